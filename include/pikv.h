@@ -1,0 +1,149 @@
+/* pikv — GPT-2-family inference with a compressible, per-head KV cache.
+ *
+ * Conventions for the whole API:
+ *  - functions that can fail return NULL or -1 and record a one-line message
+ *    that names the file or parameter at fault; read it with pikv_last_error();
+ *  - the library never prints and never calls exit();
+ *  - memory returned to the caller is released with pikv_free().
+ */
+#ifndef PIKV_H
+#define PIKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors and memory ------------------------------------------------- */
+
+const char *pikv_last_error(void);
+void pikv_clear_error(void);
+void pikv_free(void *p);
+/* Tests only: make the n-th allocation from now on fail (0 turns it off). */
+void pikv_test_fail_alloc_after(long n);
+
+/* ---- model ------------------------------------------------------------- */
+
+/* The hyper-parameters of a GPT-2-family checkpoint, from its config.json. */
+typedef struct pikv_config {
+    int n_layer, n_head, n_embd, head_dim;
+    int n_inner;       /* MLP width: n_inner, or 4 * n_embd when null */
+    int n_positions;   /* hard limit on absolute positions */
+    int vocab_size;
+    float layer_norm_epsilon;
+    int scale_attn_weights;               /* divide scores by sqrt(head_dim) */
+    int scale_attn_by_inverse_layer_idx;  /* and by (layer + 1) */
+    int bos_token_id, eos_token_id;       /* -1 when absent */
+} pikv_config;
+
+typedef struct pikv_model pikv_model;
+
+/* Load config.json and model.safetensors (or the shards listed in
+ * model.safetensors.index.json) from a Hugging Face model directory. Weights in
+ * F32, F16 or BF16 are converted once to float32 in a single allocation. */
+pikv_model *pikv_model_load(const char *dir);
+void pikv_model_free(pikv_model *m);
+const pikv_config *pikv_model_config(const pikv_model *m);
+
+/* What `pikv inspect` shows about a loaded model. */
+typedef struct pikv_model_info {
+    char dir[512];
+    char architecture[64];   /* e.g. GPT2LMHeadModel */
+    char stored_dtype[16];   /* F32, F16, BF16 or mixed */
+    size_t n_params;         /* parameters actually used by the forward pass */
+    size_t file_bytes;       /* bytes of the safetensors file(s) */
+    size_t weight_bytes;     /* bytes of the float32 weights in memory */
+    int n_tensors;
+    int tied_lm_head;        /* 1 when the LM head is wte transposed */
+    size_t nonfinite_weights;        /* NaN or infinite values found while loading */
+    char first_nonfinite_tensor[128];
+} pikv_model_info;
+void pikv_model_get_info(const pikv_model *m, pikv_model_info *info);
+
+/* ---- tokenizer --------------------------------------------------------- */
+
+typedef struct pikv_tokenizer pikv_tokenizer;
+
+/* Load vocab.json and merges.txt from a model directory; special tokens come
+ * from tokenizer.json's added_tokens or tokenizer_config.json when present,
+ * and <|endoftext|> is special when it is in the vocabulary. */
+pikv_tokenizer *pikv_tokenizer_load(const char *dir);
+void pikv_tokenizer_free(pikv_tokenizer *t);
+int pikv_tokenizer_vocab_size(const pikv_tokenizer *t);
+
+/* Encode UTF-8 text into token ids exactly as GPT-2's byte-level BPE does.
+ * Invalid UTF-8 is an error. *ids is allocated (free with pikv_free). */
+int pikv_tokenize(const pikv_tokenizer *t, const char *text, size_t len,
+                  int32_t **ids, size_t *n_ids);
+
+/* Decode ids into bytes (NUL-terminated; may end inside a UTF-8 sequence when
+ * the ids do). An id outside the vocabulary is an error. */
+char *pikv_detokenize(const pikv_tokenizer *t, const int32_t *ids, size_t n_ids,
+                      size_t *len);
+
+/* ---- inference session: one sequence and its KV cache --------------------- */
+
+typedef struct pikv_session pikv_session;
+
+/* A session owns the KV cache and the scratch buffers for one sequence.
+ * n_threads <= 0 means all cores. */
+pikv_session *pikv_session_new(const pikv_model *m, int n_threads);
+void pikv_session_free(pikv_session *s);
+/* Forget the sequence: the cache is emptied (and its memory released). */
+void pikv_session_reset(pikv_session *s);
+
+/* Run n tokens through the model at the next absolute positions, appending
+ * their keys and values to the cache. Writes the logits of the last position
+ * ([vocab]) or, with all_logits, of every position ([n, vocab]) to logits
+ * (may be NULL). Fails when the positions would pass n_positions. */
+int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits,
+                 int all_logits);
+
+/* Threads the session's forward pass uses. */
+int pikv_session_threads(const pikv_session *s);
+/* Absolute position of the next token (tokens seen so far). */
+int pikv_session_position(const pikv_session *s);
+/* Bytes of KV cache memory actually allocated (payload + position index). */
+size_t pikv_session_kv_bytes(const pikv_session *s);
+/* Entries held by one (layer, head) of the cache. */
+int pikv_session_kv_len(const pikv_session *s, int layer, int head);
+/* Copy the cached key or value rows of one (layer, head): [len, head_dim]. */
+int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
+                         float *out, int cap_rows);
+
+/* ---- sampling and generation -------------------------------------------- */
+
+typedef struct pikv_sampling {
+    int greedy;          /* 1: argmax, the other fields are ignored */
+    float temperature;   /* > 0 */
+    int top_k;           /* 0 = off */
+    float top_p;         /* 1 = off */
+    uint64_t seed;
+} pikv_sampling;
+
+/* Pick the next token from logits ([vocab]); rng is the generator's state,
+ * seeded from pikv_sampling.seed. Overwrites logits with probabilities. */
+int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng);
+
+typedef struct pikv_generation {
+    int32_t *ids;        /* generated ids (free with pikv_free) */
+    int n_ids;
+    double prefill_s;    /* wall-clock seconds of the prompt's forward pass */
+    double decode_s;     /* seconds of the n_ids - 1 single-token passes after it */
+} pikv_generation;
+
+/* Prefill the prompt (after whatever the session already holds), then generate up to
+ * max_new_tokens, stopping early at stop_id (>= 0). */
+int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt,
+                  int max_new_tokens, const pikv_sampling *p, int stop_id,
+                  pikv_generation *out);
+
+/* Monotonic wall clock in seconds. */
+double pikv_now(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

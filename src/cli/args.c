@@ -1,0 +1,169 @@
+#include "cli/args.h"
+#include "pikv.h"
+#include "util/file.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int cli_error(const cli_command *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "pikv %s: ", cmd->name);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+int cli_fail(const cli_command *cmd) { return cli_error(cmd, "%s", pikv_last_error()); }
+
+static void print_help(const cli_command *cmd)
+{
+    printf("usage: pikv %s\n\n%s\n\noptions:\n", cmd->usage, cmd->summary);
+    for (int i = 0; i < cmd->n_opts; i++) {
+        const cli_opt *o = &cmd->opts[i];
+        char names[64];
+        snprintf(names, sizeof names, "%s%s%s%s", o->alias ? o->alias : "", o->alias ? ", " : "", o->name,
+                 o->kind == OPT_FLAG ? "" : " X");
+        printf("  %-26s %s\n", names, o->help);
+    }
+    printf("  %-26s %s\n", "-h, --help", "show this help");
+}
+
+/* Store one option's value, checking that numbers are numbers. */
+static int store(const cli_command *cmd, const cli_opt *o, const char *value)
+{
+    char *end;
+    errno = 0;
+    switch (o->kind) {
+    case OPT_FLAG: *(int *)o->dest = 1; break;
+    case OPT_INT: {
+        long v = strtol(value, &end, 10);
+        if (end == value || *end || errno || v < INT_MIN || v > INT_MAX)
+            return cli_error(cmd, "%s: '%s' is not an integer", o->name, value) + 1;
+        *(int *)o->dest = (int)v;
+        break;
+    }
+    case OPT_FLOAT: {
+        double v = strtod(value, &end);
+        if (end == value || *end || errno || !isfinite(v))
+            return cli_error(cmd, "%s: '%s' is not a number", o->name, value) + 1;
+        *(double *)o->dest = v;
+        break;
+    }
+    case OPT_STRING: *(const char **)o->dest = value; break;
+    case OPT_LIST: {
+        cli_list *l = o->dest;
+        if (l->n == CLI_LIST_MAX) return cli_error(cmd, "%s: at most %d times", o->name, CLI_LIST_MAX) + 1;
+        l->items[l->n++] = value;
+        break;
+    }
+    }
+    if (o->seen) *o->seen = 1;
+    return 0;
+}
+
+int cli_parse(const cli_command *cmd, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
+            print_help(cmd);
+            return 1;
+        }
+        const char *eq = strncmp(arg, "--", 2) == 0 ? strchr(arg, '=') : NULL;
+        size_t name_len = eq ? (size_t)(eq - arg) : strlen(arg);
+        const cli_opt *o = NULL;
+        for (int j = 0; j < cmd->n_opts && !o; j++) {
+            const cli_opt *c = &cmd->opts[j];
+            if ((strlen(c->name) == name_len && strncmp(c->name, arg, name_len) == 0) ||
+                (c->alias && strcmp(c->alias, arg) == 0))
+                o = c;
+        }
+        if (!o) {
+            if (arg[0] == '-') return cli_error(cmd, "unknown option '%s' (see pikv %s --help)", arg, cmd->name) + 1;
+            return cli_error(cmd, "unexpected argument '%s' (see pikv %s --help)", arg, cmd->name) + 1;
+        }
+        const char *value = NULL;
+        if (o->kind != OPT_FLAG) {
+            if (eq) value = eq + 1;
+            else if (i + 1 < argc) value = argv[++i];
+            else return cli_error(cmd, "%s needs a value", o->name) + 1;
+        } else if (eq) {
+            return cli_error(cmd, "%s takes no value", o->name) + 1;
+        }
+        int rc = store(cmd, o, value);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+const char *cli_model_dir(const char *flag_value)
+{
+    static char bundled[PATH_MAX];
+    if (flag_value) return flag_value;
+    const char *env = getenv("PIKV_MODEL");
+    if (env && *env) return env;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(bundled, sizeof bundled, "%.*s/../models/pikv-ref-14m", PATH_MAX - 40, exe);
+            char probe[PATH_MAX + 16];
+            snprintf(probe, sizeof probe, "%s/config.json", bundled);
+            if (access(probe, R_OK) == 0) return bundled;
+        }
+    }
+    return "models/pikv-ref-14m";
+}
+
+char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len)
+{
+    char *text = pk_read_file(path, len);
+    if (!text) cli_error(cmd, "%s: %s", flag, pikv_last_error());
+    return text;
+}
+
+void cli_machine(char *out, int cap)
+{
+    char model[256] = "unknown CPU";
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f))
+            if (strncmp(line, "model name", 10) == 0) {
+                char *colon = strchr(line, ':');
+                if (colon) {
+                    snprintf(model, sizeof model, "%s", colon + 2);
+                    model[strcspn(model, "\n")] = '\0';
+                }
+                break;
+            }
+        fclose(f);
+    }
+    snprintf(out, (size_t)cap, "%s, %ld cores, OpenBLAS %s kernels", model, sysconf(_SC_NPROCESSORS_ONLN),
+             openblas_get_corename());
+}
+
+int cli_load(const cli_command *cmd, const char *dir, pikv_model **model, pikv_tokenizer **tok)
+{
+    *model = pikv_model_load(dir);
+    if (!*model) return cli_fail(cmd);
+    if (!tok) return 0;
+    *tok = pikv_tokenizer_load(dir);
+    if (*tok) return 0;
+    pikv_model_free(*model);
+    *model = NULL;
+    return cli_fail(cmd);
+}

@@ -1,0 +1,60 @@
+/* Command-line options shared by every `pikv` subcommand: a table per command,
+ * one parser, and errors of the form "pikv CMD: --flag: what is wrong". */
+#ifndef PIKV_CLI_ARGS_H
+#define PIKV_CLI_ARGS_H
+
+#include <stddef.h>
+
+typedef enum { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STRING, OPT_LIST } cli_kind;
+
+enum { CLI_LIST_MAX = 64 };
+
+/* Repeatable string option (e.g. --question). */
+typedef struct {
+    const char *items[CLI_LIST_MAX];
+    int n;
+} cli_list;
+
+typedef struct {
+    const char *name;    /* "--max-new-tokens" */
+    const char *alias;   /* "-n" or NULL */
+    cli_kind kind;
+    void *dest;          /* int*, double*, const char**, cli_list* */
+    const char *help;
+    int *seen;           /* optional: set to 1 when given */
+} cli_opt;
+
+typedef struct {
+    const char *name;     /* "generate" */
+    const char *usage;    /* one line after "usage: pikv " */
+    const char *summary;  /* one paragraph */
+    const cli_opt *opts;
+    int n_opts;
+} cli_command;
+
+/* Parse argv[1..] (argv[0] is the command name). Returns 0 to go on, 1 when
+ * --help was printed, 2 on a usage error (already printed to stderr). */
+int cli_parse(const cli_command *cmd, int argc, char **argv);
+
+/* Print "pikv CMD: message" to stderr; returns 1 for `return cli_error(...)`. */
+int cli_error(const cli_command *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Report the library's last error under the command's name; returns 1. */
+int cli_fail(const cli_command *cmd);
+
+/* The model directory to use: --model, else $PIKV_MODEL, else the bundled model
+ * next to the executable (../models/pikv-ref-14m), else ./models/pikv-ref-14m. */
+const char *cli_model_dir(const char *flag_value);
+
+/* Read a whole text file given to a flag; errors name the flag and file. */
+char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len);
+
+struct pikv_model;
+struct pikv_tokenizer;
+/* Load the model and (when tok != NULL) its tokenizer from dir; on failure print
+ * the error under the command's name and return 1. */
+int cli_load(const cli_command *cmd, const char *dir, struct pikv_model **model, struct pikv_tokenizer **tok);
+
+/* Machine description for reports: CPU model, cores. */
+void cli_machine(char *out, int cap);
+
+#endif

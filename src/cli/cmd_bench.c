@@ -1,0 +1,136 @@
+/* pikv bench: prefill and decode speed, repeated, as medians with their spread. */
+#include "bench/stats.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "pikv.h"
+#include "util/mem.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { MAX_REPS = 100 };
+
+/* One repetition: prefill `n_prompt` tokens into an empty cache, then decode
+ * `n_gen` tokens greedily. Returns tokens/s of each phase. */
+static int bench_once(pikv_session *s, const int32_t *prompt, int n_prompt, int n_gen, float *logits, int vocab,
+                      double *prefill_tok_s, double *decode_tok_s)
+{
+    pikv_session_reset(s);
+    double t0 = pikv_now();
+    if (pikv_forward(s, prompt, n_prompt, logits, 0)) return -1;
+    double t1 = pikv_now();
+    pikv_sampling greedy = {.greedy = 1};
+    for (int i = 0; i < n_gen; i++) {
+        int32_t id = pikv_sample(logits, vocab, &greedy, NULL);
+        if (pikv_forward(s, &id, 1, logits, 0)) return -1;
+    }
+    double t2 = pikv_now();
+    *prefill_tok_s = n_prompt / (t1 - t0);
+    *decode_tok_s = n_gen ? n_gen / (t2 - t1) : 0;
+    return 0;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    const char *model_flag = NULL;
+    int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, json = 0;
+    const cli_opt opts[] = {
+        {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
+        {"--prompt-tokens", "-p", OPT_INT, &n_prompt, "prompt length to prefill (default 512)", NULL},
+        {"--gen-tokens", "-n", OPT_INT, &n_gen, "tokens to decode after it (default 128)", NULL},
+        {"--reps", "-r", OPT_INT, &reps, "repetitions (default 5)", NULL},
+        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
+        {"--json", NULL, OPT_FLAG, &json, "print one JSON object", NULL},
+    };
+    const cli_command cmd = {"bench", "bench [--model DIR] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS] [--threads N] [--json]",
+                             "Prefills a prompt of P tokens, then decodes N tokens, R times; prints the median\n"
+                             "tokens/s of each phase with the min..max spread. Decode speed is measured at\n"
+                             "context P..P+N.",
+                             opts, sizeof opts / sizeof *opts};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (n_prompt < 1) return cli_error(&cmd, "--prompt-tokens: must be >= 1, got %d", n_prompt), 2;
+    if (n_gen < 0) return cli_error(&cmd, "--gen-tokens: must be >= 0, got %d", n_gen), 2;
+    if (reps < 1 || reps > MAX_REPS) return cli_error(&cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, reps), 2;
+    if (threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", threads), 2;
+
+    const char *dir = cli_model_dir(model_flag);
+    pikv_model *m;
+    if (cli_load(&cmd, dir, &m, NULL)) return 1;
+    const pikv_config *c = pikv_model_config(m);
+    if (n_prompt + n_gen > c->n_positions) {
+        cli_error(&cmd, "-p %d + -n %d exceed the model's %d positions", n_prompt, n_gen, c->n_positions);
+        pikv_model_free(m);
+        return 2;
+    }
+    pikv_session *s = pikv_session_new(m, threads);
+    int32_t *prompt = pk_malloc_array((size_t)n_prompt, sizeof *prompt, "prompt");
+    float *logits = pk_malloc_array((size_t)c->vocab_size, sizeof *logits, "logits");
+    double prefill[MAX_REPS], decode[MAX_REPS];
+    rc = 1;
+    if (!s || !prompt || !logits) { cli_fail(&cmd); goto done; }
+    /* Token ids do not change the arithmetic; a fixed spread of ids keeps runs comparable. */
+    for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)((7919u * (unsigned)i + 13u) % (unsigned)c->vocab_size);
+    if (bench_once(s, prompt, n_prompt < 16 ? n_prompt : 16, 2, logits, c->vocab_size, &prefill[0], &decode[0])) {
+        cli_fail(&cmd); /* warm-up: page in the weights, start the thread pool */
+        goto done;
+    }
+    for (int r = 0; r < reps; r++) {
+        if (bench_once(s, prompt, n_prompt, n_gen, logits, c->vocab_size, &prefill[r], &decode[r])) {
+            cli_fail(&cmd);
+            goto done;
+        }
+        fprintf(stderr, "\rbench: repetition %d/%d", r + 1, reps);
+    }
+    fprintf(stderr, "\n");
+    pk_summary pp = pk_summarize(prefill, reps), tg = pk_summarize(decode, reps);
+    pikv_model_info info;
+    pikv_model_get_info(m, &info);
+    char machine[300];
+    cli_machine(machine, sizeof machine);
+    int n_threads = threads > 0 ? threads : pikv_session_threads(s);
+    if (json) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "model", info.dir);
+        cJSON_AddStringToObject(o, "machine", machine);
+        cJSON_AddNumberToObject(o, "threads", n_threads);
+        cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
+        cJSON_AddNumberToObject(o, "gen_tokens", n_gen);
+        cJSON_AddNumberToObject(o, "reps", reps);
+        const pk_summary *sums[2] = {&pp, &tg};
+        const char *names[2] = {"prefill_tok_s", "decode_tok_s"};
+        for (int i = 0; i < 2; i++) {
+            cJSON *x = cJSON_AddObjectToObject(o, names[i]);
+            cJSON_AddNumberToObject(x, "median", sums[i]->median);
+            cJSON_AddNumberToObject(x, "min", sums[i]->min);
+            cJSON_AddNumberToObject(x, "max", sums[i]->max);
+        }
+        char *text = cJSON_PrintUnformatted(o);
+        if (text) puts(text);
+        cJSON_free(text);
+        cJSON_Delete(o);
+    } else {
+        printf("machine: %s; threads: %d; %d repetitions, median (min..max)\n\n", machine, n_threads, reps);
+        printf("| %-24s | %8s | %7s | %-16s | %-26s |\n", "model", "params", "threads", "test", "tok/s");
+        printf("| %-24s | %8s | %7s | %-16s | %-26s |\n", "------------------------", "--------", "-------",
+               "----------------", "--------------------------");
+        const char *name = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
+        char test[32], val[64];
+        snprintf(test, sizeof test, "pp%d", n_prompt);
+        snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", pp.median, pp.min, pp.max);
+        printf("| %-24s | %6.2f M | %7d | %-16s | %-26s |\n", name, info.n_params / 1e6, n_threads, test, val);
+        if (n_gen) {
+            snprintf(test, sizeof test, "tg%d @ ctx %d", n_gen, n_prompt);
+            snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg.median, tg.min, tg.max);
+            printf("| %-24s | %6.2f M | %7d | %-16s | %-26s |\n", name, info.n_params / 1e6, n_threads, test, val);
+        }
+    }
+    rc = 0;
+done:
+    pikv_free(logits);
+    pikv_free(prompt);
+    pikv_session_free(s);
+    pikv_model_free(m);
+    return rc;
+}

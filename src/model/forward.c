@@ -1,0 +1,245 @@
+/* The GPT-2 forward pass over a session's KV cache.
+ *
+ * One call runs T new tokens (a prompt, a question, or one decoded token) at
+ * absolute positions pos..pos+T-1. Each layer appends the new keys and values
+ * to every head's cache, then the new queries attend to everything that head
+ * holds: its earlier entries (possibly compressed) and the new tokens up to
+ * and including their own position. */
+#include "model/ops.h"
+#include "model/session.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+#include <time.h>
+
+double pikv_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void free_scratch(pikv_session *s)
+{
+    pk_free(s->x);
+    pk_free(s->xn);
+    pk_free(s->qkv);
+    pk_free(s->att);
+    pk_free(s->fc);
+    s->x = s->xn = s->qkv = s->att = s->fc = NULL;
+    s->rows = 0;
+}
+
+/* Grow the activation buffers to hold `rows` tokens. */
+static int ensure_scratch(pikv_session *s, int rows)
+{
+    if (rows <= s->rows) return 0;
+    const pikv_config *c = &s->model->cfg;
+    size_t n = (size_t)rows, C = (size_t)c->n_embd, F = (size_t)c->n_inner;
+    free_scratch(s);
+    s->x = pk_malloc_array(n * C, sizeof(float), "activations");
+    s->xn = pk_malloc_array(n * C, sizeof(float), "activations");
+    s->qkv = pk_malloc_array(n * 3 * C, sizeof(float), "activations");
+    s->att = pk_malloc_array(n * C, sizeof(float), "activations");
+    s->fc = pk_malloc_array(n * F, sizeof(float), "activations");
+    if (!s->x || !s->xn || !s->qkv || !s->att || !s->fc) {
+        free_scratch(s);
+        return -1;
+    }
+    s->rows = rows;
+    return 0;
+}
+
+pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
+{
+    pikv_session *s = pk_calloc(1, sizeof *s, "session");
+    if (!s) return NULL;
+    s->model = m;
+    s->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    const pikv_config *c = &m->cfg;
+    s->scores = pk_malloc_array((size_t)s->n_threads * PK_QUERY_BLOCK * (size_t)c->n_positions, sizeof(float),
+                                "attention scores");
+    if (!s->scores || pk_kv_init(&s->kv, c->n_layer, c->n_head, c->head_dim)) {
+        pikv_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void pikv_session_free(pikv_session *s)
+{
+    if (!s) return;
+    pk_kv_free(&s->kv);
+    free_scratch(s);
+    pk_free(s->scores);
+    pk_free(s);
+}
+
+void pikv_session_reset(pikv_session *s)
+{
+    pk_kv_clear(&s->kv);
+    s->pos = 0;
+}
+
+int pikv_session_threads(const pikv_session *s) { return s->n_threads; }
+
+int pikv_session_position(const pikv_session *s) { return s->pos; }
+
+size_t pikv_session_kv_bytes(const pikv_session *s) { return pk_kv_bytes(&s->kv); }
+
+int pikv_session_kv_len(const pikv_session *s, int layer, int head)
+{
+    return pk_kv_at(&s->kv, layer, head)->len;
+}
+
+int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
+{
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
+    const pk_kv_head *h = pk_kv_at(&s->kv, layer, head);
+    if (h->len > cap_rows) return pk_fail("KV cache: %d rows do not fit in %d", h->len, cap_rows);
+    memcpy(out, values ? h->v : h->k, (size_t)h->len * (size_t)c->head_dim * sizeof(float));
+    return h->len;
+}
+
+/* y[T, out] (+)= x[T, in] · W[in, out]; beta = 1 accumulates into y (the
+ * residual stream), beta = 0 overwrites. One token uses a matrix-vector product. */
+static void matmul(float *y, const float *x, const float *W, int T, int in, int out, float beta)
+{
+    if (T == 1)
+        cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.f, W, out, x, 1, beta, y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, out, in, 1.f, x, in, W, out, beta, y, out);
+}
+
+/* Append the keys and values of the T new tokens (from qkv [T, 3C]) to every
+ * head of one layer. Capacity was reserved by the caller. */
+static void append_kv(pikv_session *s, int layer, int T)
+{
+    const pikv_config *c = &s->model->cfg;
+    size_t C = (size_t)c->n_embd, hd = (size_t)c->head_dim;
+    for (int h = 0; h < c->n_head; h++) {
+        pk_kv_head *kh = pk_kv_at(&s->kv, layer, h);
+        for (int t = 0; t < T; t++) {
+            const float *row = s->qkv + (size_t)t * 3 * C;
+            memcpy(kh->k + (size_t)(kh->len + t) * hd, row + C + (size_t)h * hd, hd * sizeof(float));
+            memcpy(kh->v + (size_t)(kh->len + t) * hd, row + 2 * C + (size_t)h * hd, hd * sizeof(float));
+            kh->pos[kh->len + t] = s->pos + t;
+        }
+        kh->len += T;
+    }
+}
+
+/* Causal attention of the T new queries over each head's cache, written to
+ * att [T, C]. Work items are (head, block of query rows); new token i sees the
+ * head's old entries and new tokens 0..i. */
+static void attention(pikv_session *s, int layer, int T)
+{
+    const pikv_config *c = &s->model->cfg;
+    const int C = c->n_embd, hd = c->head_dim, n_head = c->n_head;
+    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)hd) : 1.f;
+    if (c->scale_attn_by_inverse_layer_idx) scale /= (float)(layer + 1);
+    const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
+    const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)c->n_positions;
+
+#pragma omp parallel for schedule(dynamic) num_threads(s->n_threads)
+    for (int item = 0; item < n_head * n_blocks; item++) {
+        const int h = item / n_blocks, r0 = (item % n_blocks) * PK_QUERY_BLOCK;
+        const int rows = T - r0 < PK_QUERY_BLOCK ? T - r0 : PK_QUERY_BLOCK;
+        const pk_kv_head *kh = pk_kv_at(&s->kv, layer, h);
+        const int old = kh->len - T, width = old + r0 + rows;
+        float *S = s->scores + (size_t)omp_get_thread_num() * score_stride;
+        const float *Q = s->qkv + (size_t)r0 * 3 * (size_t)C + (size_t)h * (size_t)hd;
+        float *out = s->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
+        if (rows == 1) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, width, hd, 1.f, kh->k, hd, Q, 1, 0.f, S, 1);
+            pk_softmax(S, width, scale);
+            cblas_sgemv(CblasRowMajor, CblasTrans, width, hd, 1.f, kh->v, hd, S, 1, 0.f, out, 1);
+            continue;
+        }
+        /* S[rows, width] = Q[rows, hd] · K[width, hd]^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, hd, 1.f, Q, 3 * C, kh->k, hd, 0.f, S,
+                    width);
+        for (int i = 0; i < rows; i++) {
+            float *row = S + (size_t)i * (size_t)width;
+            int visible = old + r0 + i + 1;
+            pk_softmax(row, visible, scale);
+            memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
+        }
+        /* out[rows, hd] = P[rows, width] · V[width, hd] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, kh->v, hd, 0.f, out,
+                    C);
+    }
+}
+
+/* Layer norm of every row of x into out. */
+static void layernorm_rows(pikv_session *s, float *out, const float *x, const float *w, const float *b, int T)
+{
+    const int C = s->model->cfg.n_embd;
+    const float eps = s->model->cfg.layer_norm_epsilon;
+#pragma omp parallel for num_threads(s->n_threads) if (T > 1)
+    for (int t = 0; t < T; t++) pk_layernorm(out + (size_t)t * C, x + (size_t)t * C, w, b, C, eps);
+}
+
+/* One transformer block on the T new rows of the residual stream. */
+static void block_forward(pikv_session *s, int layer, int T)
+{
+    const pikv_config *c = &s->model->cfg;
+    const pk_layer *L = &s->model->layers[layer];
+    const int C = c->n_embd, F = c->n_inner;
+
+    layernorm_rows(s, s->xn, s->x, L->ln_1_w, L->ln_1_b, T);     /* xn [T, C] */
+    matmul(s->qkv, s->xn, L->attn_w, T, C, 3 * C, 0.f);           /* qkv [T, 3C] */
+    pk_add_bias(s->qkv, L->attn_b, T, 3 * C);
+    append_kv(s, layer, T);
+    attention(s, layer, T);                                        /* att [T, C] */
+    pk_add_bias(s->x, L->attn_proj_b, T, C);
+    matmul(s->x, s->att, L->attn_proj_w, T, C, C, 1.f);           /* x += att · Wo */
+
+    layernorm_rows(s, s->xn, s->x, L->ln_2_w, L->ln_2_b, T);
+    matmul(s->fc, s->xn, L->fc_w, T, C, F, 0.f);                  /* fc [T, F] */
+    pk_add_bias(s->fc, L->fc_b, T, F);
+#pragma omp parallel for num_threads(s->n_threads) if (T > 1)
+    for (int t = 0; t < T; t++) pk_gelu(s->fc + (size_t)t * F, (size_t)F);
+    pk_add_bias(s->x, L->fc_proj_b, T, C);
+    matmul(s->x, s->fc, L->fc_proj_w, T, F, C, 1.f);              /* x += gelu(fc) · Wp */
+}
+
+int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
+{
+    const pikv_model *m = s->model;
+    const pikv_config *c = &m->cfg;
+    const int C = c->n_embd, V = c->vocab_size;
+    if (n <= 0) return pk_fail("forward: no tokens to run");
+    if (s->pos + n > c->n_positions)
+        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
+                       s->pos, c->n_positions);
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= V) return pk_fail("token id %d is outside the vocabulary (0..%d)", ids[t], V - 1);
+    if (ensure_scratch(s, n) || pk_kv_reserve(&s->kv, n, n > 1)) return -1;
+    openblas_set_num_threads(s->n_threads);
+
+    for (int t = 0; t < n; t++) { /* x = wte[id] + wpe[pos] */
+        const float *te = m->wte + (size_t)ids[t] * C, *pe = m->wpe + (size_t)(s->pos + t) * C;
+        float *x = s->x + (size_t)t * C;
+        for (int i = 0; i < C; i++) x[i] = te[i] + pe[i];
+    }
+    for (int l = 0; l < c->n_layer; l++) block_forward(s, l, n);
+    s->pos += n;
+    if (!logits) return 0;
+
+    /* Final norm and LM head, only for the rows whose logits are wanted. */
+    int first = all_logits ? 0 : n - 1, rows = n - first;
+    layernorm_rows(s, s->xn, s->x + (size_t)first * C, m->ln_f_w, m->ln_f_b, rows);
+    if (rows == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, V, C, 1.f, m->lm_head, C, s->xn, 1, 0.f, logits, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.f, s->xn, C, m->lm_head, C, 0.f, logits,
+                    V);
+    return 0;
+}

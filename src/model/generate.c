@@ -1,0 +1,104 @@
+/* Token selection and the generation loop. */
+#include "model/session.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* splitmix64: a small, well-mixed generator; the same seed gives the same text. */
+static uint64_t next_random(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [0, 1) with 24 bits, matching float precision. */
+static float random_unit(uint64_t *state) { return (float)(next_random(state) >> 40) / 16777216.f; }
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+typedef struct { float p; int id; } candidate;
+
+static int by_probability(const void *a, const void *b)
+{
+    const candidate *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->id - y->id;
+}
+
+int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng)
+{
+    if (p->greedy) return argmax(logits, vocab);
+    if (!(p->temperature > 0.f)) return pk_fail("sampling: temperature must be > 0");
+    /* Softmax at the given temperature. */
+    float max = logits[argmax(logits, vocab)], sum = 0.f;
+    for (int i = 0; i < vocab; i++) sum += logits[i] = expf((logits[i] - max) / p->temperature);
+    candidate *c = pk_malloc_array((size_t)vocab, sizeof *c, "sampling candidates");
+    if (!c) return -1;
+    for (int i = 0; i < vocab; i++) c[i] = (candidate){logits[i] / sum, i};
+    qsort(c, (size_t)vocab, sizeof *c, by_probability);
+    /* Keep the top_k most likely, then the smallest prefix whose mass reaches top_p. */
+    int n = p->top_k > 0 && p->top_k < vocab ? p->top_k : vocab;
+    float mass = 0.f, top_p = p->top_p > 0.f && p->top_p < 1.f ? p->top_p : 1.f;
+    int kept = 0;
+    while (kept < n) {
+        mass += c[kept++].p;
+        if (mass >= top_p) break;
+    }
+    float r = random_unit(rng) * mass, acc = 0.f;
+    int id = c[kept - 1].id;
+    for (int i = 0; i < kept; i++) {
+        acc += c[i].p;
+        if (r < acc) { id = c[i].id; break; }
+    }
+    pk_free(c);
+    return id;
+}
+
+int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_new_tokens,
+                  const pikv_sampling *p, int stop_id, pikv_generation *out)
+{
+    const int V = s->model->cfg.vocab_size;
+    out->ids = NULL;
+    out->n_ids = 0;
+    out->prefill_s = out->decode_s = 0;
+    if (max_new_tokens < 0) return pk_fail("max_new_tokens must be >= 0");
+    int limit = s->model->cfg.n_positions;
+    if (s->pos + n_prompt + max_new_tokens - 1 > limit)
+        return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)",
+                       s->pos + n_prompt, max_new_tokens, limit);
+    float *logits = pk_malloc_array((size_t)V, sizeof(float), "logits");
+    out->ids = pk_malloc_array((size_t)max_new_tokens + 1, sizeof(int32_t), "generated ids");
+    if (!logits || !out->ids) goto fail;
+    uint64_t rng = p->seed;
+
+    double t0 = pikv_now();
+    if (pikv_forward(s, prompt, n_prompt, logits, 0)) goto fail;
+    double t1 = pikv_now();
+    out->prefill_s = t1 - t0;
+    for (int i = 0; i < max_new_tokens; i++) {
+        int id = pikv_sample(logits, V, p, &rng);
+        if (id < 0) goto fail;
+        out->ids[out->n_ids++] = id;
+        if (id == stop_id || i + 1 == max_new_tokens) break;
+        if (pikv_forward(s, &out->ids[out->n_ids - 1], 1, logits, 0)) goto fail;
+    }
+    out->decode_s = pikv_now() - t1;
+    pk_free(logits);
+    return 0;
+fail:
+    pk_free(logits);
+    pk_free(out->ids);
+    out->ids = NULL;
+    out->n_ids = 0;
+    return -1;
+}

@@ -1,0 +1,51 @@
+#include "model/ops.h"
+
+#include <math.h>
+
+void pk_layernorm(float *out, const float *x, const float *w, const float *b, int C, float eps)
+{
+    float mean = 0.f, var = 0.f;
+    for (int i = 0; i < C; i++) mean += x[i];
+    mean /= (float)C;
+    for (int i = 0; i < C; i++) {
+        float d = x[i] - mean;
+        var += d * d;
+    }
+    float rstd = 1.f / sqrtf(var / (float)C + eps);
+    for (int i = 0; i < C; i++) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+void pk_gelu(float *x, size_t n)
+{
+    const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        x[i] = 0.5f * v * (1.f + tanhf(k * (v + 0.044715f * v * v * v)));
+    }
+}
+
+void pk_softmax(float *x, int n, float scale)
+{
+    float max = x[0];
+    for (int i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    float sum = 0.f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(scale * (x[i] - max));
+        sum += x[i];
+    }
+    float inv = 1.f / sum;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+void pk_add_bias(float *x, const float *b, int n_rows, int n_cols)
+{
+    for (int r = 0; r < n_rows; r++)
+        for (int c = 0; c < n_cols; c++) x[(size_t)r * (size_t)n_cols + (size_t)c] += b[c];
+}
+
+float pk_dot(const float *a, const float *b, int n)
+{
+    float s = 0.f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}

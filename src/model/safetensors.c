@@ -1,0 +1,227 @@
+#include "model/safetensors.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Headers beyond this are not plausible model headers; refuse them early rather
+ * than attempting a huge JSON parse. */
+#define MAX_HEADER_BYTES (100u << 20)
+
+static const struct { const char *name; pk_dtype dt; size_t size; } dtypes[] = {
+    {"F32", PK_DT_F32, 4}, {"F16", PK_DT_F16, 2}, {"BF16", PK_DT_BF16, 2},
+    {"F64", PK_DT_F64, 8}, {"I64", PK_DT_I64, 8}, {"I32", PK_DT_I32, 4},
+    {"I16", PK_DT_I16, 2}, {"I8", PK_DT_I8, 1},   {"U8", PK_DT_U8, 1},
+    {"BOOL", PK_DT_BOOL, 1},
+};
+
+const char *pk_dtype_name(pk_dtype dt)
+{
+    for (size_t i = 0; i < sizeof dtypes / sizeof *dtypes; i++)
+        if (dtypes[i].dt == dt) return dtypes[i].name;
+    return "?";
+}
+
+static size_t dtype_size(pk_dtype dt)
+{
+    for (size_t i = 0; i < sizeof dtypes / sizeof *dtypes; i++)
+        if (dtypes[i].dt == dt) return dtypes[i].size;
+    return 0;
+}
+
+static int lookup_dtype(const char *name, pk_dtype *dt)
+{
+    for (size_t i = 0; i < sizeof dtypes / sizeof *dtypes; i++)
+        if (strcmp(dtypes[i].name, name) == 0) { *dt = dtypes[i].dt; return 0; }
+    return -1;
+}
+
+/* Read one header entry into t, checking dtype, shape and offsets against the
+ * size of the data region. */
+static int parse_entry(const cJSON *e, pk_st_tensor *t, size_t data_size, const char *path)
+{
+    const char *name = e->string;
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    const cJSON *offs = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    if (!cJSON_IsObject(e) || !cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs))
+        return pk_fail("%s: tensor '%s': header entry needs dtype, shape and data_offsets", path, name);
+    if (lookup_dtype(dt->valuestring, &t->dtype))
+        return pk_fail("%s: tensor '%s': unknown dtype '%s'", path, name, dt->valuestring);
+    t->ndim = cJSON_GetArraySize(shape);
+    if (t->ndim > PK_ST_MAX_DIMS)
+        return pk_fail("%s: tensor '%s': %d dimensions (at most %d)", path, name, t->ndim, PK_ST_MAX_DIMS);
+    size_t numel = 1;
+    int d = 0;
+    const cJSON *dim;
+    cJSON_ArrayForEach(dim, shape) {
+        double v = cJSON_IsNumber(dim) ? dim->valuedouble : -1;
+        if (v < 0 || v != floor(v) || v > 9.0e15)
+            return pk_fail("%s: tensor '%s': shape entry %d is not a non-negative integer", path, name, d);
+        t->shape[d++] = (int64_t)v;
+        if (v != 0 && numel > SIZE_MAX / (size_t)v)
+            return pk_fail("%s: tensor '%s': shape overflows", path, name);
+        numel *= (size_t)v;
+    }
+    t->numel = numel;
+    if (cJSON_GetArraySize(offs) != 2)
+        return pk_fail("%s: tensor '%s': data_offsets must be [begin, end]", path, name);
+    double b = cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) ? cJSON_GetArrayItem(offs, 0)->valuedouble : -1;
+    double en = cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) ? cJSON_GetArrayItem(offs, 1)->valuedouble : -1;
+    if (b < 0 || en < b || b != floor(b) || en != floor(en))
+        return pk_fail("%s: tensor '%s': bad data_offsets", path, name);
+    if (en > (double)data_size)
+        return pk_fail("%s: tensor '%s': data_offsets [%.0f, %.0f] run past the end of the data (%zu bytes)",
+                       path, name, b, en, data_size);
+    size_t esize = dtype_size(t->dtype);
+    if (numel > SIZE_MAX / esize || (size_t)(en - b) != numel * esize)
+        return pk_fail("%s: tensor '%s': %s shape needs %zu bytes but data_offsets span %.0f",
+                       path, name, dt->valuestring, numel * esize, en - b);
+    t->nbytes = (size_t)(en - b);
+    t->data = (const uint8_t *)(uintptr_t)(size_t)b; /* relative until the caller rebases */
+    return 0;
+}
+
+static int by_offset(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const pk_st_tensor *)a)->data, y = (uintptr_t)((const pk_st_tensor *)b)->data;
+    return (x > y) - (x < y);
+}
+
+int pk_st_parse(pk_safetensors *st, const uint8_t *buf, size_t size, const char *path)
+{
+    memset(st, 0, sizeof *st);
+    if (size < 8) return pk_fail("%s: file too short for a safetensors header (%zu bytes)", path, size);
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | buf[i];
+    if (hlen > size - 8)
+        return pk_fail("%s: header length %llu is larger than the file (%zu bytes)", path,
+                       (unsigned long long)hlen, size);
+    if (hlen > MAX_HEADER_BYTES) return pk_fail("%s: header of %llu bytes is implausibly large", path,
+                                                (unsigned long long)hlen);
+    cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return pk_fail("%s: header is not a JSON object", path);
+    }
+    const uint8_t *data = buf + 8 + hlen;
+    size_t data_size = size - 8 - (size_t)hlen;
+    int n = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, root) n += strcmp(e->string, "__metadata__") != 0;
+    st->path = pk_strdup(path, "safetensors path");
+    st->tensors = pk_calloc((size_t)n, sizeof *st->tensors, "safetensors index");
+    if (!st->path || !st->tensors) goto fail;
+    cJSON_ArrayForEach(e, root) {
+        if (strcmp(e->string, "__metadata__") == 0) continue;
+        pk_st_tensor *t = &st->tensors[st->n_tensors];
+        if (parse_entry(e, t, data_size, path)) goto fail;
+        if (!(t->name = pk_strdup(e->string, "tensor name"))) goto fail;
+        st->n_tensors++;
+    }
+    /* Overlap check on the sorted offsets, then make the pointers absolute. */
+    qsort(st->tensors, (size_t)st->n_tensors, sizeof *st->tensors, by_offset);
+    for (int i = 1; i < st->n_tensors; i++) {
+        const pk_st_tensor *p = &st->tensors[i - 1], *t = &st->tensors[i];
+        if ((uintptr_t)p->data + p->nbytes > (uintptr_t)t->data && t->nbytes && p->nbytes) {
+            pk_fail("%s: tensors '%s' and '%s' overlap", path, p->name, t->name);
+            goto fail;
+        }
+    }
+    for (int i = 0; i < st->n_tensors; i++)
+        st->tensors[i].data = data + (uintptr_t)st->tensors[i].data;
+    cJSON_Delete(root);
+    return 0;
+fail:
+    cJSON_Delete(root);
+    pk_st_close(st);
+    return -1;
+}
+
+int pk_st_open(pk_safetensors *st, const char *path)
+{
+    memset(st, 0, sizeof *st);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return pk_fail("%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return pk_fail("%s: not a regular file", path);
+    }
+    size_t size = (size_t)sb.st_size;
+    void *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    close(fd);
+    if (map == MAP_FAILED)
+        return size ? pk_fail("%s: cannot map: %s", path, strerror(errno))
+                    : pk_fail("%s: file is empty", path);
+    if (pk_st_parse(st, map, size, path)) {
+        munmap(map, size);
+        return -1;
+    }
+    st->map = map;
+    st->map_size = size;
+    return 0;
+}
+
+void pk_st_close(pk_safetensors *st)
+{
+    for (int i = 0; i < st->n_tensors; i++) pk_free(st->tensors[i].name);
+    pk_free(st->tensors);
+    pk_free(st->path);
+    if (st->map) munmap(st->map, st->map_size);
+    memset(st, 0, sizeof *st);
+}
+
+const pk_st_tensor *pk_st_find(const pk_safetensors *st, const char *name)
+{
+    for (int i = 0; i < st->n_tensors; i++)
+        if (strcmp(st->tensors[i].name, name) == 0) return &st->tensors[i];
+    return NULL;
+}
+
+/* IEEE half to float, subnormals included. */
+static float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000u | man << 13;
+    else if (exp) bits = sign | (exp + 112) << 23 | man << 13;
+    else if (!man) bits = sign;
+    else {
+        float f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+int pk_st_to_f32(const pk_safetensors *st, const pk_st_tensor *t, float *out)
+{
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case PK_DT_F32: memcpy(out, p, t->numel * 4); return 0;
+    case PK_DT_F64:
+        for (size_t i = 0; i < t->numel; i++) { double d; memcpy(&d, p + 8 * i, 8); out[i] = (float)d; }
+        return 0;
+    case PK_DT_F16:
+        for (size_t i = 0; i < t->numel; i++) out[i] = f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return 0;
+    case PK_DT_BF16:
+        for (size_t i = 0; i < t->numel; i++) {
+            uint32_t bits = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
+            memcpy(&out[i], &bits, 4);
+        }
+        return 0;
+    default:
+        return pk_fail("%s: tensor '%s' has dtype %s, expected a floating-point type", st->path, t->name,
+                       pk_dtype_name(t->dtype));
+    }
+}
