@@ -101,6 +101,8 @@ void pikv_session_reset(pikv_session *s);
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits,
                  int all_logits);
 
+/* The model the session runs. */
+const pikv_model *pikv_session_model(const pikv_session *s);
 /* Threads the session's forward pass uses. */
 int pikv_session_threads(const pikv_session *s);
 /* Absolute position of the next token (tokens seen so far). */
@@ -139,6 +141,80 @@ typedef struct pikv_generation {
 int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt,
                   int max_new_tokens, const pikv_sampling *p, int stop_id,
                   pikv_generation *out);
+
+/* ---- presses: KV-cache compression ------------------------------------- */
+
+typedef struct pk_press pikv_press;
+
+/* Build a press from its spec, e.g. "snapkv:ratio=0.5,window=64",
+ * "adakv(expected_attention):0.5", "composed[knorm:0.2,streaming_llm:0.3]".
+ * The error names the position and reason of a syntax error, or the parameter
+ * at fault. The model supplies layer counts and default pattern files. */
+pikv_press *pikv_press_new(const char *spec, const pikv_model *m, const char *model_dir);
+void pikv_press_free(pikv_press *p);
+const char *pikv_press_name(const pikv_press *p);
+/* The nominal fraction of entries it removes (1 - prod(1 - r) for compositions). */
+double pikv_press_ratio(const pikv_press *p);
+/* 1 when the press acts while generating (compression every N tokens) rather
+ * than once after the prefill. */
+int pikv_press_acts_while_generating(const pikv_press *p);
+
+/* Like pikv_forward (logits of the last position), with the press compressing
+ * each layer's cache right after that layer's attention has used the full
+ * cache (kvpress's semantics). A press that acts while generating is attached
+ * to the session instead and acts on every later call until the next reset.
+ * press may be NULL. After a failure the session must be reset. */
+int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits);
+
+typedef struct pikv_press_stats {
+    size_t kv_bytes_before;  /* bytes the compressed layers held before their press ran */
+    size_t kv_bytes_after;   /* ... and after */
+    double compression_s;    /* seconds spent inside presses */
+} pikv_press_stats;
+/* What the presses did since the last reset. */
+void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st);
+
+/* Remember the cache as it is (e.g. a compressed context), and later drop
+ * everything added since, returning its memory: several questions can then be
+ * answered against one compressed context. Rewinding fails if the cache was
+ * compressed again after the mark. */
+int pikv_session_mark(pikv_session *s);
+int pikv_session_rewind(pikv_session *s);
+
+/* kvpress's text-generation pipeline: a context, compressed once, then each
+ * question answered greedily against it, the cache rewound between questions.
+ * Query-aware mode instead prefills context + question together for each
+ * question, so the press sees the question when it compresses. */
+typedef struct pikv_qa_request {
+    const int32_t *context;
+    int n_context;
+    const int32_t *const *questions;   /* may be NULL when n_questions == 0 */
+    const int *n_question;
+    int n_questions;                   /* 0: continue the context itself */
+    int max_new_tokens;
+    int stop_id;                       /* -1: none */
+    int query_aware;
+} pikv_qa_request;
+
+typedef struct pikv_qa_result {
+    int n_answers;
+    int32_t **answers;                 /* [n_answers] generated ids */
+    int *n_answer;
+    size_t kv_bytes_before;            /* the first compression: cache before its press ran */
+    size_t kv_bytes_after;             /* ... and after it, before any question */
+    double prefill_s;                  /* context and question forward passes, presses excluded */
+    double compression_s;              /* inside presses */
+    double decode_s;                   /* generated tokens after the first of each answer */
+    int decode_tokens;
+} pikv_qa_result;
+
+int pikv_answer(pikv_session *s, pikv_press *press, const pikv_qa_request *rq, pikv_qa_result *out);
+void pikv_qa_result_free(pikv_qa_result *r);
+
+/* Generate from logits the session has just produced (e.g. by pikv_prefill);
+ * logits ([vocab]) is used as scratch. prefill_s is 0. */
+int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const pikv_sampling *p, int stop_id,
+                       pikv_generation *out);
 
 /* Monotonic wall clock in seconds. */
 double pikv_now(void);

@@ -65,8 +65,8 @@ check "bench --json reports both phases" grep -q '"decode_tok_s"' "$dir/out"
 
 expect_error "unknown command" 2 "unknown command 'frobnicate'" frobnicate
 expect_error "unknown flag" 2 "unknown option '--frobnicate'" generate --prompt hi --frobnicate
-expect_error "both prompt flags" 2 "exactly one of --prompt and --prompt-file" generate --prompt a --prompt-file b
-expect_error "no prompt" 2 "exactly one of --prompt and --prompt-file" generate
+expect_error "both prompt flags" 2 "exactly one of --prompt, --prompt-file and --context-file" generate --prompt a --prompt-file b
+expect_error "no prompt" 2 "exactly one of --prompt, --prompt-file and --context-file" generate
 expect_error "non-integer" 2 "--max-new-tokens: 'abc' is not an integer" generate --prompt hi --max-new-tokens abc
 expect_error "missing value" 2 "--seed needs a value" generate --prompt hi --seed
 expect_error "top-p out of range" 2 "--top-p: must be in (0, 1]" generate --prompt hi --top-p 1.5
@@ -77,7 +77,7 @@ expect_error "missing model" 1 "$dir/nomodel/config.json" generate --model "$dir
 printf 'abc \377\376 def' >"$dir/bad-utf8.txt"
 expect_error "invalid UTF-8" 1 "invalid UTF-8" generate --prompt-file "$dir/bad-utf8.txt"
 printf '' >"$dir/empty.txt"
-expect_error "empty prompt" 1 "the prompt is empty" generate --prompt-file "$dir/empty.txt"
+expect_error "empty prompt" 1 "the text is empty" generate --prompt-file "$dir/empty.txt"
 i=0
 while [ $i -lt 700 ]; do printf 'one two three ' ; i=$((i + 1)); done >"$dir/long.txt"
 expect_error "prompt past n_positions" 1 "n_positions" generate --prompt-file "$dir/long.txt"

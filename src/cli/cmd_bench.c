@@ -11,15 +11,18 @@
 
 enum { MAX_REPS = 100 };
 
-/* One repetition: prefill `n_prompt` tokens into an empty cache, then decode
- * `n_gen` tokens greedily. Returns tokens/s of each phase. */
-static int bench_once(pikv_session *s, const int32_t *prompt, int n_prompt, int n_gen, float *logits, int vocab,
-                      double *prefill_tok_s, double *decode_tok_s)
+/* One repetition: prefill `n_prompt` tokens into an empty cache (compressed
+ * by the press, if any), then decode `n_gen` tokens greedily. Returns tokens/s
+ * of each phase (the prefill's includes the compression) and the KV bytes held
+ * when decoding starts. */
+static int bench_once(pikv_session *s, pikv_press *press, const int32_t *prompt, int n_prompt, int n_gen,
+                      float *logits, int vocab, double *prefill_tok_s, double *decode_tok_s, size_t *kv_bytes)
 {
     pikv_session_reset(s);
     double t0 = pikv_now();
-    if (pikv_forward(s, prompt, n_prompt, logits, 0)) return -1;
+    if (pikv_prefill(s, prompt, n_prompt, press, logits)) return -1;
     double t1 = pikv_now();
+    *kv_bytes = pikv_session_kv_bytes(s);
     pikv_sampling greedy = {.greedy = 1};
     for (int i = 0; i < n_gen; i++) {
         int32_t id = pikv_sample(logits, vocab, &greedy, NULL);
@@ -35,7 +38,9 @@ int cmd_bench(int argc, char **argv)
 {
     const char *model_flag = NULL;
     int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, json = 0;
+    cli_list specs = {0};
     const cli_opt opts[] = {
+        {"--press", NULL, OPT_LIST, &specs, "press to measure (repeatable; default: none)", NULL},
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
         {"--prompt-tokens", "-p", OPT_INT, &n_prompt, "prompt length to prefill (default 512)", NULL},
         {"--gen-tokens", "-n", OPT_INT, &n_gen, "tokens to decode after it (default 128)", NULL},
@@ -43,10 +48,13 @@ int cmd_bench(int argc, char **argv)
         {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
         {"--json", NULL, OPT_FLAG, &json, "print one JSON object", NULL},
     };
-    const cli_command cmd = {"bench", "bench [--model DIR] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS] [--threads N] [--json]",
-                             "Prefills a prompt of P tokens, then decodes N tokens, R times; prints the median\n"
-                             "tokens/s of each phase with the min..max spread. Decode speed is measured at\n"
-                             "context P..P+N.",
+    const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
+                             "       [--threads N] [--json]",
+                             "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
+                             "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
+                             "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
+                             "compression). The presses run in rotated order in every repetition, so that\n"
+                             "drift on a shared machine does not favour one of them.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -64,70 +72,98 @@ int cmd_bench(int argc, char **argv)
         pikv_model_free(m);
         return 2;
     }
+    if (specs.n == 0) specs.items[specs.n++] = "none";
     pikv_session *s = pikv_session_new(m, threads);
+    pikv_press *presses[CLI_LIST_MAX] = {0};
     int32_t *prompt = pk_malloc_array((size_t)n_prompt, sizeof *prompt, "prompt");
     float *logits = pk_malloc_array((size_t)c->vocab_size, sizeof *logits, "logits");
-    double prefill[MAX_REPS], decode[MAX_REPS];
+    static double prefill[CLI_LIST_MAX][MAX_REPS], decode[CLI_LIST_MAX][MAX_REPS];
+    size_t kv_bytes[CLI_LIST_MAX] = {0};
     rc = 1;
     if (!s || !prompt || !logits) { cli_fail(&cmd); goto done; }
+    for (int i = 0; i < specs.n; i++)
+        if (!(presses[i] = pikv_press_new(specs.items[i], m, dir))) {
+            cli_error(&cmd, "--press: %s", pikv_last_error());
+            goto done;
+        }
     /* Token ids do not change the arithmetic; a fixed spread of ids keeps runs comparable. */
     for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)((7919u * (unsigned)i + 13u) % (unsigned)c->vocab_size);
-    if (bench_once(s, prompt, n_prompt < 16 ? n_prompt : 16, 2, logits, c->vocab_size, &prefill[0], &decode[0])) {
+    double ignored;
+    if (bench_once(s, NULL, prompt, n_prompt < 16 ? n_prompt : 16, 2, logits, c->vocab_size, &ignored, &ignored,
+                   &kv_bytes[0])) {
         cli_fail(&cmd); /* warm-up: page in the weights, start the thread pool */
         goto done;
     }
     for (int r = 0; r < reps; r++) {
-        if (bench_once(s, prompt, n_prompt, n_gen, logits, c->vocab_size, &prefill[r], &decode[r])) {
-            cli_fail(&cmd);
-            goto done;
+        for (int k = 0; k < specs.n; k++) {
+            int i = (r + k) % specs.n; /* rotate the order every repetition */
+            if (bench_once(s, presses[i], prompt, n_prompt, n_gen, logits, c->vocab_size, &prefill[i][r],
+                           &decode[i][r], &kv_bytes[i])) {
+                cli_error(&cmd, "%s: %s", specs.items[i], pikv_last_error());
+                goto done;
+            }
         }
         fprintf(stderr, "\rbench: repetition %d/%d", r + 1, reps);
     }
     fprintf(stderr, "\n");
-    pk_summary pp = pk_summarize(prefill, reps), tg = pk_summarize(decode, reps);
     pikv_model_info info;
     pikv_model_get_info(m, &info);
     char machine[300];
     cli_machine(machine, sizeof machine);
-    int n_threads = threads > 0 ? threads : pikv_session_threads(s);
+    const int n_threads = pikv_session_threads(s);
+    const char *name = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
+    cJSON *o = json ? cJSON_CreateObject() : NULL, *rows = NULL;
     if (json) {
-        cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "model", info.dir);
         cJSON_AddStringToObject(o, "machine", machine);
         cJSON_AddNumberToObject(o, "threads", n_threads);
         cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
         cJSON_AddNumberToObject(o, "gen_tokens", n_gen);
         cJSON_AddNumberToObject(o, "reps", reps);
-        const pk_summary *sums[2] = {&pp, &tg};
-        const char *names[2] = {"prefill_tok_s", "decode_tok_s"};
-        for (int i = 0; i < 2; i++) {
-            cJSON *x = cJSON_AddObjectToObject(o, names[i]);
-            cJSON_AddNumberToObject(x, "median", sums[i]->median);
-            cJSON_AddNumberToObject(x, "min", sums[i]->min);
-            cJSON_AddNumberToObject(x, "max", sums[i]->max);
+        rows = cJSON_AddArrayToObject(o, "presses");
+    } else {
+        printf("model %s (%.2f M parameters); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n",
+               name, info.n_params / 1e6, machine, n_threads, reps);
+        printf("| %-36s | %9s | %-16s | %-26s |\n", "press", "KV MiB", "test", "tok/s");
+        printf("|%s|%s|%s|%s|\n", "--------------------------------------", "-----------", "------------------",
+               "----------------------------");
+    }
+    for (int i = 0; i < specs.n; i++) {
+        pk_summary pp = pk_summarize(prefill[i], reps), tg = pk_summarize(decode[i], reps);
+        if (json) {
+            cJSON *row = cJSON_CreateObject();
+            cJSON_AddStringToObject(row, "press", specs.items[i]);
+            cJSON_AddNumberToObject(row, "kv_bytes", (double)kv_bytes[i]);
+            const pk_summary *sums[2] = {&pp, &tg};
+            const char *names[2] = {"prefill_tok_s", "decode_tok_s"};
+            for (int k = 0; k < 2; k++) {
+                cJSON *x = cJSON_AddObjectToObject(row, names[k]);
+                cJSON_AddNumberToObject(x, "median", sums[k]->median);
+                cJSON_AddNumberToObject(x, "min", sums[k]->min);
+                cJSON_AddNumberToObject(x, "max", sums[k]->max);
+            }
+            cJSON_AddItemToArray(rows, row);
+            continue;
         }
+        char test[48], val[64];
+        snprintf(test, sizeof test, "pp%d", n_prompt);
+        snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", pp.median, pp.min, pp.max);
+        printf("| %-36s | %9.2f | %-16s | %-26s |\n", specs.items[i], kv_bytes[i] / 1048576.0, test, val);
+        if (n_gen) {
+            snprintf(test, sizeof test, "tg%d @ ctx %d", n_gen, n_prompt);
+            snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg.median, tg.min, tg.max);
+            printf("| %-36s | %9.2f | %-16s | %-26s |\n", specs.items[i], kv_bytes[i] / 1048576.0, test, val);
+        }
+    }
+    if (json) {
         char *text = cJSON_PrintUnformatted(o);
         if (text) puts(text);
         cJSON_free(text);
         cJSON_Delete(o);
-    } else {
-        printf("machine: %s; threads: %d; %d repetitions, median (min..max)\n\n", machine, n_threads, reps);
-        printf("| %-24s | %8s | %7s | %-16s | %-26s |\n", "model", "params", "threads", "test", "tok/s");
-        printf("| %-24s | %8s | %7s | %-16s | %-26s |\n", "------------------------", "--------", "-------",
-               "----------------", "--------------------------");
-        const char *name = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
-        char test[32], val[64];
-        snprintf(test, sizeof test, "pp%d", n_prompt);
-        snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", pp.median, pp.min, pp.max);
-        printf("| %-24s | %6.2f M | %7d | %-16s | %-26s |\n", name, info.n_params / 1e6, n_threads, test, val);
-        if (n_gen) {
-            snprintf(test, sizeof test, "tg%d @ ctx %d", n_gen, n_prompt);
-            snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg.median, tg.min, tg.max);
-            printf("| %-24s | %6.2f M | %7d | %-16s | %-26s |\n", name, info.n_params / 1e6, n_threads, test, val);
-        }
     }
     rc = 0;
 done:
+    for (int i = 0; i < specs.n; i++) pikv_press_free(presses[i]);
     pikv_free(logits);
     pikv_free(prompt);
     pikv_session_free(s);

@@ -1,119 +1,250 @@
-/* pikv generate: prefill a prompt and generate, greedy or sampled. */
+/* pikv generate: run a prompt and generate, greedy or sampled; or, with a press,
+ * a context and questions (kvpress's pipeline): compress the context once,
+ * then answer each question greedily against the compressed cache. */
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "pikv.h"
+#include "util/mem.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
 
-int cmd_generate(int argc, char **argv)
+typedef struct {
+    const char *model_flag, *prompt, *prompt_file, *context_file, *press_spec;
+    cli_list questions;
+    int max_new, greedy, top_k, seed, threads, print_ids, json, query_aware, sampling_given;
+    double temperature, top_p;
+} generate_options;
+
+/* Everything a run holds, released in one place. */
+typedef struct {
+    pikv_model *model;
+    pikv_tokenizer *tok;
+    pikv_session *session;
+    pikv_press *press;
+    char *file_text;
+    int32_t *context;
+    int n_context;
+    int32_t *questions[CLI_LIST_MAX];
+    int n_question[CLI_LIST_MAX];
+} generate_run;
+
+static void run_free(generate_run *r)
 {
-    const char *model_flag = NULL, *prompt = NULL, *prompt_file = NULL;
-    int max_new = 32, greedy = 0, top_k = 0, seed = 0, threads = 0, print_ids = 0, json = 0;
-    double temperature = 1.0, top_p = 1.0;
-    int sampling_given = 0;
-    const cli_opt opts[] = {
-        {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
-        {"--prompt", "-p", OPT_STRING, &prompt, "prompt text", NULL},
-        {"--prompt-file", "-f", OPT_STRING, &prompt_file, "read the prompt from a file", NULL},
-        {"--max-new-tokens", "-n", OPT_INT, &max_new, "tokens to generate (default 32)", NULL},
-        {"--greedy", NULL, OPT_FLAG, &greedy, "pick the most likely token (the default)", NULL},
-        {"--temperature", NULL, OPT_FLOAT, &temperature, "sample at this temperature (> 0)", &sampling_given},
-        {"--top-k", NULL, OPT_INT, &top_k, "sample among the k most likely tokens (0 = all)", &sampling_given},
-        {"--top-p", NULL, OPT_FLOAT, &top_p, "sample from the smallest set with this mass (0 < p <= 1)",
-         &sampling_given},
-        {"--seed", NULL, OPT_INT, &seed, "random seed for sampling (default 0)", &sampling_given},
-        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
-        {"--print-ids", NULL, OPT_FLAG, &print_ids, "print the generated token ids on one line", NULL},
-        {"--json", NULL, OPT_FLAG, &json, "print one JSON object with ids, text and timings", NULL},
-    };
-    const cli_command cmd = {"generate",
-                             "generate [--model DIR] (--prompt TEXT | --prompt-file F) [--max-new-tokens N]\n"
-                             "       [--greedy | --temperature T --top-k K --top-p P --seed S] [--threads N]\n"
-                             "       [--print-ids] [--json]",
-                             "Prefills the prompt, then generates up to N tokens (stopping at end-of-text).\n"
-                             "Prints the generated text; timings go to stderr.",
-                             opts, sizeof opts / sizeof *opts};
-    int rc = cli_parse(&cmd, argc, argv);
-    if (rc) return rc == 1 ? 0 : rc;
-    if (!prompt == !prompt_file) return cli_error(&cmd, "give exactly one of --prompt and --prompt-file"), 2;
-    if (greedy && sampling_given)
-        return cli_error(&cmd, "--greedy cannot be combined with --temperature/--top-k/--top-p/--seed"), 2;
-    if (max_new < 0) return cli_error(&cmd, "--max-new-tokens: must be >= 0, got %d", max_new), 2;
-    if (!(temperature > 0)) return cli_error(&cmd, "--temperature: must be > 0, got %g", temperature), 2;
-    if (top_k < 0) return cli_error(&cmd, "--top-k: must be >= 0, got %d", top_k), 2;
-    if (!(top_p > 0 && top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", top_p), 2;
-    if (threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", threads), 2;
+    for (int i = 0; i < CLI_LIST_MAX; i++) pikv_free(r->questions[i]);
+    pikv_free(r->context);
+    pikv_free(r->file_text);
+    pikv_press_free(r->press);
+    pikv_session_free(r->session);
+    pikv_tokenizer_free(r->tok);
+    pikv_model_free(r->model);
+}
 
-    size_t text_len = prompt ? strlen(prompt) : 0;
-    char *file_text = NULL;
-    if (prompt_file && !(file_text = cli_read_text(&cmd, "--prompt-file", prompt_file, &text_len))) return 1;
-    const char *text = prompt ? prompt : file_text;
+/* Tokenize text given to `source` (a flag or file name), which must not be empty. */
+static int tokenize_input(const cli_command *cmd, const pikv_tokenizer *tok, const char *source, const char *text,
+                          size_t len, int32_t **ids, int *n)
+{
+    size_t count = 0;
+    if (pikv_tokenize(tok, text, len, ids, &count)) return cli_error(cmd, "%s: %s", source, pikv_last_error());
+    if (count == 0) return cli_error(cmd, "%s: the text is empty", source);
+    *n = (int)count;
+    return 0;
+}
 
-    pikv_model *model = NULL;
-    pikv_tokenizer *tok = NULL;
-    pikv_session *session = NULL;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
-    pikv_generation gen = {0};
-    char *out_text = NULL;
-    rc = 1;
-    if (cli_load(&cmd, cli_model_dir(model_flag), &model, &tok)) goto done;
-    if (pikv_tokenize(tok, text, text_len, &ids, &n_ids)) {
-        cli_error(&cmd, "%s: %s", prompt ? "--prompt" : prompt_file, pikv_last_error());
-        goto done;
-    }
-    if (n_ids == 0) {
-        cli_error(&cmd, "%s: the prompt is empty", prompt ? "--prompt" : prompt_file);
-        goto done;
-    }
-    const pikv_config *cfg = pikv_model_config(model);
-    if (!(session = pikv_session_new(model, threads))) { cli_fail(&cmd); goto done; }
-    pikv_sampling sampling = {.greedy = !sampling_given, .temperature = (float)temperature, .top_k = top_k,
-                              .top_p = (float)top_p, .seed = (uint64_t)seed};
-    if (pikv_generate(session, ids, (int)n_ids, max_new, &sampling, cfg->eos_token_id, &gen)) {
-        cli_error(&cmd, "%s: %s", prompt ? "--prompt" : prompt_file, pikv_last_error());
-        goto done;
-    }
-    size_t out_len = 0;
-    if (!(out_text = pikv_detokenize(tok, gen.ids, (size_t)gen.n_ids, &out_len))) { cli_fail(&cmd); goto done; }
-    double decode_tok_s = gen.n_ids > 1 && gen.decode_s > 0 ? (gen.n_ids - 1) / gen.decode_s : 0;
-    size_t kv_bytes = pikv_session_kv_bytes(session);
-    if (json) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "prompt_tokens", (double)n_ids);
-        cJSON *arr = cJSON_AddArrayToObject(o, "ids");
-        for (int i = 0; i < gen.n_ids; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(gen.ids[i]));
-        cJSON_AddStringToObject(o, "text", out_text);
-        cJSON_AddNumberToObject(o, "prefill_s", gen.prefill_s);
-        cJSON_AddNumberToObject(o, "decode_s", gen.decode_s);
-        cJSON_AddNumberToObject(o, "decode_tok_s", decode_tok_s);
-        cJSON_AddNumberToObject(o, "kv_bytes", (double)kv_bytes);
-        char *s = cJSON_PrintUnformatted(o);
-        if (s) puts(s);
-        cJSON_free(s);
-        cJSON_Delete(o);
-    } else if (print_ids) {
-        for (int i = 0; i < gen.n_ids; i++) printf("%s%d", i ? " " : "", gen.ids[i]);
+/* Print one generated answer as text, as ids, or into a JSON array. */
+static int print_answer(const cli_command *cmd, const pikv_tokenizer *tok, const generate_options *o,
+                        const char *question, const int32_t *ids, int n, cJSON *answers)
+{
+    size_t len;
+    char *text = pikv_detokenize(tok, ids, (size_t)n, &len);
+    if (!text) return cli_fail(cmd);
+    if (answers) {
+        cJSON *a = cJSON_CreateObject();
+        if (question) cJSON_AddStringToObject(a, "question", question);
+        cJSON_AddStringToObject(a, "text", text);
+        cJSON *arr = cJSON_AddArrayToObject(a, "ids");
+        for (int i = 0; i < n; i++) cJSON_AddItemToArray(arr, cJSON_CreateNumber(ids[i]));
+        cJSON_AddItemToArray(answers, a);
+    } else if (o->print_ids) {
+        for (int i = 0; i < n; i++) printf("%s%d", i ? " " : "", ids[i]);
         putchar('\n');
     } else {
-        fwrite(out_text, 1, out_len, stdout);
+        if (question) printf("Q: %s\nA:", question);
+        fwrite(text, 1, len, stdout);
         putchar('\n');
     }
-    if (!json)
-        fprintf(stderr, "prefill: %zu tokens in %.3f s (%.0f tok/s); decode: %d tokens in %.3f s (%.1f tok/s); "
-                        "KV cache %.2f MiB\n",
-                n_ids, gen.prefill_s, n_ids / (gen.prefill_s > 0 ? gen.prefill_s : 1e-9), gen.n_ids > 0 ? gen.n_ids - 1 : 0,
-                gen.decode_s, decode_tok_s, kv_bytes / 1048576.0);
-    rc = 0;
-done:
-    pikv_free(out_text);
+    pikv_free(text);
+    return 0;
+}
+
+/* Plain generation: the prompt, then sampled or greedy tokens. */
+static int run_plain(const cli_command *cmd, const generate_options *o, generate_run *r)
+{
+    const pikv_config *cfg = pikv_model_config(r->model);
+    pikv_sampling sampling = {.greedy = !o->sampling_given, .temperature = (float)o->temperature,
+                              .top_k = o->top_k, .top_p = (float)o->top_p, .seed = (uint64_t)o->seed};
+    pikv_generation gen;
+    if (pikv_generate(r->session, r->context, r->n_context, o->max_new, &sampling, cfg->eos_token_id, &gen))
+        return cli_error(cmd, "%s: %s", o->prompt ? "--prompt" : o->prompt_file, pikv_last_error());
+    double tok_s = gen.n_ids > 1 && gen.decode_s > 0 ? (gen.n_ids - 1) / gen.decode_s : 0;
+    size_t kv_bytes = pikv_session_kv_bytes(r->session);
+    cJSON *json = o->json ? cJSON_CreateObject() : NULL, *answers = json ? cJSON_CreateArray() : NULL;
+    int rc = print_answer(cmd, r->tok, o, NULL, gen.ids, gen.n_ids, answers);
+    if (json) {
+        cJSON *first = cJSON_GetArrayItem(answers, 0);
+        cJSON_AddNumberToObject(json, "prompt_tokens", r->n_context);
+        if (first) {
+            cJSON_AddItemToObject(json, "ids", cJSON_DetachItemFromObject(first, "ids"));
+            cJSON_AddItemToObject(json, "text", cJSON_DetachItemFromObject(first, "text"));
+        }
+        cJSON_AddNumberToObject(json, "prefill_s", gen.prefill_s);
+        cJSON_AddNumberToObject(json, "decode_s", gen.decode_s);
+        cJSON_AddNumberToObject(json, "decode_tok_s", tok_s);
+        cJSON_AddNumberToObject(json, "kv_bytes", (double)kv_bytes);
+        cJSON_Delete(answers);
+        char *s = cJSON_PrintUnformatted(json);
+        if (s) puts(s);
+        cJSON_free(s);
+        cJSON_Delete(json);
+    } else {
+        fprintf(stderr, "prefill: %d tokens in %.3f s; decode: %d tokens in %.3f s (%.1f tok/s); KV cache %.2f MiB\n",
+                r->n_context, gen.prefill_s, gen.n_ids > 0 ? gen.n_ids - 1 : 0, gen.decode_s, tok_s,
+                kv_bytes / 1048576.0);
+    }
     pikv_free(gen.ids);
-    pikv_free(ids);
-    pikv_session_free(session);
-    pikv_tokenizer_free(tok);
-    pikv_model_free(model);
-    pikv_free(file_text);
+    return rc;
+}
+
+/* The pipeline: a context compressed by the press, then the questions. */
+static int run_pipeline(const cli_command *cmd, const generate_options *o, generate_run *r)
+{
+    const pikv_config *cfg = pikv_model_config(r->model);
+    pikv_qa_request rq = {.context = r->context, .n_context = r->n_context,
+                          .questions = (const int32_t *const *)r->questions, .n_question = r->n_question,
+                          .n_questions = o->questions.n, .max_new_tokens = o->max_new,
+                          .stop_id = cfg->eos_token_id, .query_aware = o->query_aware};
+    pikv_qa_result res;
+    if (pikv_answer(r->session, r->press, &rq, &res)) return cli_fail(cmd);
+    const char *mode = o->query_aware ? "query-aware" : "query-agnostic";
+    const char *press = o->press_spec ? o->press_spec : "none";
+    double tok_s = res.decode_s > 0 ? res.decode_tokens / res.decode_s : 0;
+    cJSON *json = o->json ? cJSON_CreateObject() : NULL, *answers = json ? cJSON_CreateArray() : NULL;
+    int rc = 0;
+    for (int i = 0; i < res.n_answers && rc == 0; i++)
+        rc = print_answer(cmd, r->tok, o, o->questions.n ? o->questions.items[i] : NULL, res.answers[i],
+                          res.n_answer[i], answers);
+    if (json) {
+        cJSON_AddStringToObject(json, "press", press);
+        cJSON_AddStringToObject(json, "mode", mode);
+        cJSON_AddNumberToObject(json, "prompt_tokens", r->n_context);
+        cJSON *first = cJSON_GetArrayItem(answers, 0);
+        if (first) {
+            cJSON_AddItemReferenceToObject(json, "ids", cJSON_GetObjectItem(first, "ids"));
+            cJSON_AddItemReferenceToObject(json, "text", cJSON_GetObjectItem(first, "text"));
+        }
+        cJSON_AddNumberToObject(json, "prefill_s", res.prefill_s);
+        cJSON_AddNumberToObject(json, "compression_s", res.compression_s);
+        cJSON_AddNumberToObject(json, "decode_s", res.decode_s);
+        cJSON_AddNumberToObject(json, "decode_tok_s", tok_s);
+        cJSON_AddNumberToObject(json, "kv_bytes_before", (double)res.kv_bytes_before);
+        cJSON_AddNumberToObject(json, "kv_bytes_after", (double)res.kv_bytes_after);
+        cJSON_AddNumberToObject(json, "kv_bytes", (double)res.kv_bytes_after);
+        cJSON_AddItemToObject(json, "answers", answers);
+        char *s = cJSON_PrintUnformatted(json);
+        if (s) puts(s);
+        cJSON_free(s);
+        cJSON_Delete(json);
+    } else {
+        double kept = res.kv_bytes_before ? (double)res.kv_bytes_after / (double)res.kv_bytes_before : 1;
+        fprintf(stderr,
+                "press %s (%s): KV cache %.2f -> %.2f MiB (%.1f%% kept); prefill %.3f s, compression %.3f s, "
+                "decode %d tokens in %.3f s (%.1f tok/s)\n",
+                press, mode, res.kv_bytes_before / 1048576.0, res.kv_bytes_after / 1048576.0, 100 * kept,
+                res.prefill_s, res.compression_s, res.decode_tokens, res.decode_s, tok_s);
+    }
+    pikv_qa_result_free(&res);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv)
+{
+    generate_options o = {.max_new = 32, .temperature = 1.0, .top_p = 1.0};
+    const cli_opt opts[] = {
+        {"--model", "-m", OPT_STRING, &o.model_flag, "model directory (default: the bundled model)", NULL},
+        {"--prompt", "-p", OPT_STRING, &o.prompt, "prompt text", NULL},
+        {"--prompt-file", "-f", OPT_STRING, &o.prompt_file, "read the prompt from a file", NULL},
+        {"--context-file", NULL, OPT_STRING, &o.context_file, "a context to compress and ask questions about",
+         NULL},
+        {"--question", "-q", OPT_LIST, &o.questions, "a question about the context (repeatable)", NULL},
+        {"--press", NULL, OPT_STRING, &o.press_spec, "compress the KV cache, e.g. snapkv:0.5 (see README)", NULL},
+        {"--query-aware", NULL, OPT_FLAG, &o.query_aware, "let the press see each question when it compresses",
+         NULL},
+        {"--max-new-tokens", "-n", OPT_INT, &o.max_new, "tokens to generate (default 32)", NULL},
+        {"--greedy", NULL, OPT_FLAG, &o.greedy, "pick the most likely token (the default)", NULL},
+        {"--temperature", NULL, OPT_FLOAT, &o.temperature, "sample at this temperature (> 0)", &o.sampling_given},
+        {"--top-k", NULL, OPT_INT, &o.top_k, "sample among the k most likely tokens (0 = all)", &o.sampling_given},
+        {"--top-p", NULL, OPT_FLOAT, &o.top_p, "sample from the smallest set with this mass (0 < p <= 1)",
+         &o.sampling_given},
+        {"--seed", NULL, OPT_INT, &o.seed, "random seed for sampling (default 0)", &o.sampling_given},
+        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
+        {"--print-ids", NULL, OPT_FLAG, &o.print_ids, "print the generated token ids on one line", NULL},
+        {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object with ids, text, timings and bytes", NULL},
+    };
+    const cli_command cmd = {
+        "generate",
+        "generate [--model DIR] (--prompt TEXT | --prompt-file F | --context-file F) [--max-new-tokens N]\n"
+        "       [--greedy | --temperature T --top-k K --top-p P --seed S]\n"
+        "       [--press SPEC] [--question Q]... [--query-aware] [--threads N] [--print-ids] [--json]",
+        "Prefills the prompt, then generates up to N tokens (stopping at end-of-text).\n"
+        "With --press or --question, the prompt is a context: it is compressed once by the press and each\n"
+        "question is answered greedily against the compressed cache (the cache is rewound between\n"
+        "questions). --query-aware compresses context + question together, once per question.\n"
+        "Prints the generated text; timings and KV bytes go to stderr.",
+        opts, sizeof opts / sizeof *opts};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    const int pipeline = o.press_spec || o.questions.n || o.context_file || o.query_aware;
+    if ((o.prompt != NULL) + (o.prompt_file != NULL) + (o.context_file != NULL) != 1)
+        return cli_error(&cmd, "give exactly one of --prompt, --prompt-file and --context-file"), 2;
+    if (o.greedy && o.sampling_given)
+        return cli_error(&cmd, "--greedy cannot be combined with --temperature/--top-k/--top-p/--seed"), 2;
+    if (pipeline && o.sampling_given)
+        return cli_error(&cmd, "--press/--question answer greedily: drop --temperature/--top-k/--top-p/--seed"), 2;
+    if (o.query_aware && o.questions.n == 0) return cli_error(&cmd, "--query-aware needs at least one --question"), 2;
+    if (o.max_new < 0) return cli_error(&cmd, "--max-new-tokens: must be >= 0, got %d", o.max_new), 2;
+    if (!(o.temperature > 0)) return cli_error(&cmd, "--temperature: must be > 0, got %g", o.temperature), 2;
+    if (o.top_k < 0) return cli_error(&cmd, "--top-k: must be >= 0, got %d", o.top_k), 2;
+    if (!(o.top_p > 0 && o.top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", o.top_p), 2;
+    if (o.threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", o.threads), 2;
+
+    generate_run r = {0};
+    rc = 1;
+    const char *source = o.prompt ? "--prompt" : o.prompt_file ? o.prompt_file : o.context_file;
+    const char *text = o.prompt;
+    size_t len = o.prompt ? strlen(o.prompt) : 0;
+    if (!o.prompt) {
+        const char *flag = o.prompt_file ? "--prompt-file" : "--context-file";
+        if (!(r.file_text = cli_read_text(&cmd, flag, source, &len))) goto done;
+        text = r.file_text;
+    }
+    const char *dir = cli_model_dir(o.model_flag);
+    if (cli_load(&cmd, dir, &r.model, &r.tok) || tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
+        goto done;
+    for (int i = 0; i < o.questions.n; i++)
+        if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
+                           &r.questions[i], &r.n_question[i]))
+            goto done;
+    if (!(r.session = pikv_session_new(r.model, o.threads))) {
+        cli_fail(&cmd);
+        goto done;
+    }
+    if (o.press_spec && !(r.press = pikv_press_new(o.press_spec, r.model, dir))) {
+        cli_error(&cmd, "--press: %s", pikv_last_error());
+        goto done;
+    }
+    rc = pipeline ? run_pipeline(&cmd, &o, &r) : run_plain(&cmd, &o, &r);
+done:
+    run_free(&r);
     return rc;
 }

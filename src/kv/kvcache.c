@@ -84,7 +84,19 @@ int pk_kv_keep(pk_kvcache *kv, int layer, int head, const int *keep, int n_keep)
         h->pos[i] = h->pos[j];
     }
     h->len = n_keep;
+    kv->epoch++;
     return head_resize(h, n_keep, kv->head_dim);
+}
+
+int pk_kv_truncate(pk_kvcache *kv, const int *len)
+{
+    for (int i = 0; i < kv->n_layer * kv->n_head; i++) {
+        pk_kv_head *h = &kv->heads[i];
+        if (len[i] > h->len) return pk_fail("KV cache: cannot truncate a head of %d entries to %d", h->len, len[i]);
+        h->len = len[i];
+        if (head_resize(h, len[i], kv->head_dim)) return -1;
+    }
+    return 0;
 }
 
 size_t pk_kv_entry_bytes(const pk_kvcache *kv)

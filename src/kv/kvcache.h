@@ -22,6 +22,7 @@ typedef struct {
 typedef struct {
     int n_layer, n_head, head_dim;
     pk_kv_head *heads; /* [n_layer * n_head] */
+    unsigned epoch;    /* counts compactions (pk_kv_keep), so marks can tell they are stale */
 } pk_kvcache;
 
 int pk_kv_init(pk_kvcache *kv, int n_layer, int n_head, int head_dim);
@@ -43,6 +44,10 @@ int pk_kv_reserve(pk_kvcache *kv, int extra, int exact);
 /* Keep only the entries listed in `keep` (ascending storage indices) of one
  * head, compacting in place and shrinking the allocation to fit. */
 int pk_kv_keep(pk_kvcache *kv, int layer, int head, const int *keep, int n_keep);
+
+/* Cut every head back to len[i] entries (never longer than it is), releasing
+ * the memory past them. */
+int pk_kv_truncate(pk_kvcache *kv, const int *len);
 
 /* Bytes allocated for K, V and positions over all heads. */
 size_t pk_kv_bytes(const pk_kvcache *kv);

@@ -23,7 +23,7 @@ double pikv_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void free_scratch(pikv_session *s)
+void pk_session_free_scratch(pikv_session *s)
 {
     pk_free(s->x);
     pk_free(s->xn);
@@ -40,71 +40,18 @@ static int ensure_scratch(pikv_session *s, int rows)
     if (rows <= s->rows) return 0;
     const pikv_config *c = &s->model->cfg;
     size_t n = (size_t)rows, C = (size_t)c->n_embd, F = (size_t)c->n_inner;
-    free_scratch(s);
+    pk_session_free_scratch(s);
     s->x = pk_malloc_array(n * C, sizeof(float), "activations");
     s->xn = pk_malloc_array(n * C, sizeof(float), "activations");
     s->qkv = pk_malloc_array(n * 3 * C, sizeof(float), "activations");
     s->att = pk_malloc_array(n * C, sizeof(float), "activations");
     s->fc = pk_malloc_array(n * F, sizeof(float), "activations");
     if (!s->x || !s->xn || !s->qkv || !s->att || !s->fc) {
-        free_scratch(s);
+        pk_session_free_scratch(s);
         return -1;
     }
     s->rows = rows;
     return 0;
-}
-
-pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
-{
-    pikv_session *s = pk_calloc(1, sizeof *s, "session");
-    if (!s) return NULL;
-    s->model = m;
-    s->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
-    const pikv_config *c = &m->cfg;
-    s->scores = pk_malloc_array((size_t)s->n_threads * PK_QUERY_BLOCK * (size_t)c->n_positions, sizeof(float),
-                                "attention scores");
-    if (!s->scores || pk_kv_init(&s->kv, c->n_layer, c->n_head, c->head_dim)) {
-        pikv_session_free(s);
-        return NULL;
-    }
-    return s;
-}
-
-void pikv_session_free(pikv_session *s)
-{
-    if (!s) return;
-    pk_kv_free(&s->kv);
-    free_scratch(s);
-    pk_free(s->scores);
-    pk_free(s);
-}
-
-void pikv_session_reset(pikv_session *s)
-{
-    pk_kv_clear(&s->kv);
-    s->pos = 0;
-}
-
-int pikv_session_threads(const pikv_session *s) { return s->n_threads; }
-
-int pikv_session_position(const pikv_session *s) { return s->pos; }
-
-size_t pikv_session_kv_bytes(const pikv_session *s) { return pk_kv_bytes(&s->kv); }
-
-int pikv_session_kv_len(const pikv_session *s, int layer, int head)
-{
-    return pk_kv_at(&s->kv, layer, head)->len;
-}
-
-int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
-{
-    const pikv_config *c = &s->model->cfg;
-    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
-        return pk_fail("KV cache: no layer %d head %d", layer, head);
-    const pk_kv_head *h = pk_kv_at(&s->kv, layer, head);
-    if (h->len > cap_rows) return pk_fail("KV cache: %d rows do not fit in %d", h->len, cap_rows);
-    memcpy(out, values ? h->v : h->k, (size_t)h->len * (size_t)c->head_dim * sizeof(float));
-    return h->len;
 }
 
 /* y[T, out] (+)= x[T, in] · W[in, out]; beta = 1 accumulates into y (the
@@ -138,12 +85,17 @@ static void append_kv(pikv_session *s, int layer, int T)
 /* Causal attention of the T new queries over each head's cache, written to
  * att [T, C]. Work items are (head, block of query rows); new token i sees the
  * head's old entries and new tokens 0..i. */
+static float attention_scale(const pikv_config *c, int layer)
+{
+    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)c->head_dim) : 1.f;
+    return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
+}
+
 static void attention(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
     const int C = c->n_embd, hd = c->head_dim, n_head = c->n_head;
-    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)hd) : 1.f;
-    if (c->scale_attn_by_inverse_layer_idx) scale /= (float)(layer + 1);
+    const float scale = attention_scale(c, layer);
     const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
     const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)c->n_positions;
 
@@ -186,8 +138,34 @@ static void layernorm_rows(pikv_session *s, float *out, const float *x, const fl
     for (int t = 0; t < T; t++) pk_layernorm(out + (size_t)t * C, x + (size_t)t * C, w, b, C, eps);
 }
 
+/* Bytes held by the heads of one layer. */
+static size_t layer_bytes(const pikv_session *s, int layer)
+{
+    size_t entries = 0;
+    for (int h = 0; h < s->kv.n_head; h++) entries += (size_t)pk_kv_at(&s->kv, layer, h)->cap;
+    return entries * pk_kv_entry_bytes(&s->kv);
+}
+
+/* Let the presses act on this layer, now that its attention has used the full
+ * cache: the compressing press of this call, then an attached decoding press. */
+static int run_presses(pikv_session *s, int layer, int T)
+{
+    const pikv_config *c = &s->model->cfg;
+    pk_press_view view = {.cfg = c, .layer = layer, .q = s->qkv, .q_stride = 3 * c->n_embd, .n_q = T,
+                          .q_pos0 = s->pos, .kv = &s->kv, .scale = attention_scale(c, layer)};
+    double t0 = pikv_now();
+    size_t before = layer_bytes(s, layer);
+    int rc = 0;
+    if (s->compressing) rc = pk_press_compress(s->compressing, &view);
+    if (rc == 0 && s->attached) rc = s->attached->ops->after_call(s->attached, &view);
+    s->stats.kv_bytes_before += before;
+    s->stats.kv_bytes_after += layer_bytes(s, layer);
+    s->stats.compression_s += pikv_now() - t0;
+    return rc;
+}
+
 /* One transformer block on the T new rows of the residual stream. */
-static void block_forward(pikv_session *s, int layer, int T)
+static int block_forward(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
     const pk_layer *L = &s->model->layers[layer];
@@ -198,6 +176,7 @@ static void block_forward(pikv_session *s, int layer, int T)
     pk_add_bias(s->qkv, L->attn_b, T, 3 * C);
     append_kv(s, layer, T);
     attention(s, layer, T);                                        /* att [T, C] */
+    if ((s->compressing || s->attached) && run_presses(s, layer, T)) return -1;
     pk_add_bias(s->x, L->attn_proj_b, T, C);
     matmul(s->x, s->att, L->attn_proj_w, T, C, C, 1.f);           /* x += att · Wo */
 
@@ -208,6 +187,7 @@ static void block_forward(pikv_session *s, int layer, int T)
     for (int t = 0; t < T; t++) pk_gelu(s->fc + (size_t)t * F, (size_t)F);
     pk_add_bias(s->x, L->fc_proj_b, T, C);
     matmul(s->x, s->fc, L->fc_proj_w, T, F, C, 1.f);              /* x += gelu(fc) · Wp */
+    return 0;
 }
 
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
@@ -229,7 +209,9 @@ int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int 
         float *x = s->x + (size_t)t * C;
         for (int i = 0; i < C; i++) x[i] = te[i] + pe[i];
     }
-    for (int l = 0; l < c->n_layer; l++) block_forward(s, l, n);
+    for (int l = 0; l < c->n_layer; l++)
+        if (block_forward(s, l, n)) return pk_fail_prefix("press '%s' at layer %d",
+                                                          (s->compressing ? s->compressing : s->attached)->name, l);
     s->pos += n;
     if (!logits) return 0;
 
@@ -242,4 +224,18 @@ int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.f, s->xn, C, m->lm_head, C, 0.f, logits,
                     V);
     return 0;
+}
+
+int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits)
+{
+    if (press && press->ops->after_call) {
+        if (s->attached && s->attached != press)
+            return pk_fail("press '%s': the session already has press '%s' attached", press->name, s->attached->name);
+        s->attached = press;
+        return pikv_forward(s, ids, n, logits, 0);
+    }
+    s->compressing = press;
+    int rc = pikv_forward(s, ids, n, logits, 0);
+    s->compressing = NULL;
+    return rc;
 }

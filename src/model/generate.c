@@ -64,8 +64,8 @@ int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng)
     return id;
 }
 
-int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_new_tokens,
-                  const pikv_sampling *p, int stop_id, pikv_generation *out)
+int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const pikv_sampling *p, int stop_id,
+                       pikv_generation *out)
 {
     const int V = s->model->cfg.vocab_size;
     out->ids = NULL;
@@ -73,18 +73,12 @@ int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_
     out->prefill_s = out->decode_s = 0;
     if (max_new_tokens < 0) return pk_fail("max_new_tokens must be >= 0");
     int limit = s->model->cfg.n_positions;
-    if (s->pos + n_prompt + max_new_tokens - 1 > limit)
-        return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)",
-                       s->pos + n_prompt, max_new_tokens, limit);
-    float *logits = pk_malloc_array((size_t)V, sizeof(float), "logits");
-    out->ids = pk_malloc_array((size_t)max_new_tokens + 1, sizeof(int32_t), "generated ids");
-    if (!logits || !out->ids) goto fail;
+    if (s->pos + max_new_tokens - 1 > limit)
+        return pk_fail("%d tokens + %d new tokens exceed the model's %d positions (n_positions)", s->pos,
+                       max_new_tokens, limit);
+    if (!(out->ids = pk_malloc_array((size_t)max_new_tokens + 1, sizeof(int32_t), "generated ids"))) return -1;
     uint64_t rng = p->seed;
-
     double t0 = pikv_now();
-    if (pikv_forward(s, prompt, n_prompt, logits, 0)) goto fail;
-    double t1 = pikv_now();
-    out->prefill_s = t1 - t0;
     for (int i = 0; i < max_new_tokens; i++) {
         int id = pikv_sample(logits, V, p, &rng);
         if (id < 0) goto fail;
@@ -92,13 +86,30 @@ int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_
         if (id == stop_id || i + 1 == max_new_tokens) break;
         if (pikv_forward(s, &out->ids[out->n_ids - 1], 1, logits, 0)) goto fail;
     }
-    out->decode_s = pikv_now() - t1;
-    pk_free(logits);
+    out->decode_s = pikv_now() - t0;
     return 0;
 fail:
-    pk_free(logits);
     pk_free(out->ids);
     out->ids = NULL;
     out->n_ids = 0;
     return -1;
+}
+
+int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_new_tokens,
+                  const pikv_sampling *p, int stop_id, pikv_generation *out)
+{
+    out->ids = NULL;
+    out->n_ids = 0;
+    if (s->pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)
+        return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)",
+                       s->pos + n_prompt, max_new_tokens, s->model->cfg.n_positions);
+    float *logits = pk_malloc_array((size_t)s->model->cfg.vocab_size, sizeof(float), "logits");
+    if (!logits) return -1;
+    double t0 = pikv_now();
+    int rc = pikv_forward(s, prompt, n_prompt, logits, 0);
+    double prefill_s = pikv_now() - t0;
+    if (rc == 0) rc = pikv_generate_from(s, logits, max_new_tokens, p, stop_id, out);
+    out->prefill_s = prefill_s;
+    pk_free(logits);
+    return rc;
 }

@@ -5,6 +5,7 @@
 
 #include "kv/kvcache.h"
 #include "model/model.h"
+#include "press/press.h"
 
 struct pikv_session {
     const pikv_model *model;
@@ -20,7 +21,18 @@ struct pikv_session {
     float *att;        /* [rows, C] attention output, heads side by side */
     float *fc;         /* [rows, F] MLP hidden */
     float *scores;     /* [n_threads, PK_QUERY_BLOCK, n_positions] attention rows */
+
+    pk_press *compressing;  /* compresses each layer during the current call */
+    pk_press *attached;     /* acts after each layer of every call (decoding presses) */
+    pikv_press_stats stats;
+
+    int marked, mark_pos;   /* pikv_session_mark: per-head lengths and the cache epoch */
+    int *mark_len;
+    unsigned mark_epoch;
 };
+
+/* Release the activation buffers (the session's scratch). */
+void pk_session_free_scratch(pikv_session *s);
 
 /* Queries are processed in blocks of this many rows, so the score buffer stays
  * small however long the prompt is. */

@@ -1,0 +1,90 @@
+/* pikv eval: retrieval accuracy of presses on seeded needle tasks. */
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "eval/retrieval.h"
+#include "pikv.h"
+
+#include <stdio.h>
+
+static void show_progress(int done, int total, void *ctx)
+{
+    fprintf(stderr, "\r%s: task %d/%d", (const char *)ctx, done, total);
+    if (done == total) fputc('\n', stderr);
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    const char *model_flag = NULL, *haystack = "data/haystack.txt";
+    cli_list presses = {0};
+    int n_tasks = 50, min_tokens = 1000, max_tokens = 2000, query_aware = 0, both = 0, threads = 0, seed = 1;
+    const cli_opt opts[] = {
+        {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
+        {"--press", NULL, OPT_LIST, &presses, "press to evaluate (repeatable; default: none)", NULL},
+        {"--tasks", NULL, OPT_INT, &n_tasks, "number of tasks (default 50)", NULL},
+        {"--min-tokens", NULL, OPT_INT, &min_tokens, "shortest context (default 1000)", NULL},
+        {"--max-tokens", NULL, OPT_INT, &max_tokens, "longest context (default 2000)", NULL},
+        {"--query-aware", NULL, OPT_FLAG, &query_aware, "the press sees the question when it compresses", NULL},
+        {"--both-modes", NULL, OPT_FLAG, &both, "run query-agnostic and query-aware", NULL},
+        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default data/haystack.txt)", NULL},
+        {"--seed", NULL, OPT_INT, &seed, "task seed (default 1)", NULL},
+        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
+    };
+    const cli_command cmd = {"eval", "eval [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B] [--query-aware | --both-modes]",
+                             "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
+                             "held-out text) with each press and prints the accuracy and the KV cache kept.",
+                             opts, sizeof opts / sizeof *opts};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (n_tasks < 1) return cli_error(&cmd, "--tasks: must be >= 1, got %d", n_tasks), 2;
+    if (min_tokens < 64 || max_tokens < min_tokens)
+        return cli_error(&cmd, "--min-tokens/--max-tokens: need 64 <= min <= max, got %d..%d", min_tokens, max_tokens), 2;
+    if (presses.n == 0) presses.items[presses.n++] = "none";
+
+    const char *dir = cli_model_dir(model_flag);
+    pikv_model *m;
+    pikv_tokenizer *tok;
+    if (cli_load(&cmd, dir, &m, &tok)) return 1;
+    pk_haystack h;
+    pikv_session *s = NULL;
+    rc = 1;
+    if (max_tokens + 48 > pikv_model_config(m)->n_positions) {
+        cli_error(&cmd, "--max-tokens: %d + question exceeds the model's %d positions", max_tokens,
+                  pikv_model_config(m)->n_positions);
+        goto out_model;
+    }
+    if (pk_haystack_load(&h, tok, haystack)) {
+        cli_error(&cmd, "--haystack: %s", pikv_last_error());
+        goto out_model;
+    }
+    if (!(s = pikv_session_new(m, threads))) { cli_fail(&cmd); goto out; }
+    printf("retrieval accuracy, %d tasks of %d-%d tokens (seed %d)\n\n", n_tasks, min_tokens, max_tokens, seed);
+    printf("| %-44s | %-14s | %8s | %7s | %7s |\n", "press", "mode", "accuracy", "KV kept", "seconds");
+    printf("|%s|%s|%s|%s|%s|\n", "----------------------------------------------", "----------------", "----------",
+           "---------", "---------");
+    for (int i = 0; i < presses.n; i++) {
+        pikv_press *p = pikv_press_new(presses.items[i], m, dir);
+        if (!p) { cli_error(&cmd, "--press: %s", pikv_last_error()); goto out; }
+        for (int mode = both ? 0 : query_aware; mode <= (both ? 1 : query_aware); mode++) {
+            pk_retrieval_config c = {.n_tasks = n_tasks, .min_tokens = min_tokens, .max_tokens = max_tokens,
+                                     .query_aware = mode, .seed = (uint64_t)seed};
+            pk_retrieval_result r;
+            if (pk_eval_retrieval(s, p, &h, &c, show_progress, (void *)presses.items[i], &r)) {
+                cli_fail(&cmd);
+                pikv_press_free(p);
+                goto out;
+            }
+            printf("| %-44s | %-14s | %8.2f | %6.1f%% | %7.1f |\n", presses.items[i],
+                   mode ? "query-aware" : "query-agnostic", r.accuracy, 100 * r.kv_kept, r.seconds);
+            fflush(stdout);
+        }
+        pikv_press_free(p);
+    }
+    rc = 0;
+out:
+    pikv_session_free(s);
+    pk_haystack_free(&h);
+out_model:
+    pikv_tokenizer_free(tok);
+    pikv_model_free(m);
+    return rc;
+}

@@ -1,0 +1,92 @@
+/* Sessions: creation, reset, inspection of the cache, and marks that let
+ * several questions share one compressed context. */
+#include "model/session.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <omp.h>
+#include <string.h>
+
+pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
+{
+    pikv_session *s = pk_calloc(1, sizeof *s, "session");
+    if (!s) return NULL;
+    s->model = m;
+    s->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
+    const pikv_config *c = &m->cfg;
+    s->scores = pk_malloc_array((size_t)s->n_threads * PK_QUERY_BLOCK * (size_t)c->n_positions, sizeof(float),
+                                "attention scores");
+    if (!s->scores || pk_kv_init(&s->kv, c->n_layer, c->n_head, c->head_dim)) {
+        pikv_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void pikv_session_free(pikv_session *s)
+{
+    if (!s) return;
+    pk_kv_free(&s->kv);
+    pk_session_free_scratch(s);
+    pk_free(s->mark_len);
+    pk_free(s->scores);
+    pk_free(s);
+}
+
+void pikv_session_reset(pikv_session *s)
+{
+    pk_kv_clear(&s->kv);
+    s->pos = 0;
+    s->marked = 0;
+    memset(&s->stats, 0, sizeof s->stats);
+    if (s->attached && s->attached->ops->restart) s->attached->ops->restart(s->attached);
+    s->attached = NULL;
+}
+
+const pikv_model *pikv_session_model(const pikv_session *s) { return s->model; }
+
+int pikv_session_threads(const pikv_session *s) { return s->n_threads; }
+
+int pikv_session_position(const pikv_session *s) { return s->pos; }
+
+size_t pikv_session_kv_bytes(const pikv_session *s) { return pk_kv_bytes(&s->kv); }
+
+int pikv_session_kv_len(const pikv_session *s, int layer, int head)
+{
+    return pk_kv_at(&s->kv, layer, head)->len;
+}
+
+int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
+{
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
+    const pk_kv_head *h = pk_kv_at(&s->kv, layer, head);
+    if (h->len > cap_rows) return pk_fail("KV cache: %d rows do not fit in %d", h->len, cap_rows);
+    memcpy(out, values ? h->v : h->k, (size_t)h->len * (size_t)c->head_dim * sizeof(float));
+    return h->len;
+}
+
+
+void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st) { *st = s->stats; }
+
+int pikv_session_mark(pikv_session *s)
+{
+    const size_t n = (size_t)s->kv.n_layer * (size_t)s->kv.n_head;
+    if (!s->mark_len && !(s->mark_len = pk_malloc_array(n, sizeof *s->mark_len, "session mark"))) return -1;
+    for (size_t i = 0; i < n; i++) s->mark_len[i] = s->kv.heads[i].len;
+    s->mark_pos = s->pos;
+    s->mark_epoch = s->kv.epoch;
+    s->marked = 1;
+    return 0;
+}
+
+int pikv_session_rewind(pikv_session *s)
+{
+    if (!s->marked) return pk_fail("session: rewind without a mark");
+    if (s->kv.epoch != s->mark_epoch)
+        return pk_fail("session: the cache was compressed after the mark, so it cannot be rewound");
+    if (pk_kv_truncate(&s->kv, s->mark_len)) return -1;
+    s->pos = s->mark_pos;
+    return 0;
+}

@@ -1,0 +1,20 @@
+/* none: the baseline. Keeps every entry; exists so that "no compression" is a
+ * press like any other in specs, reports and comparisons. */
+#include "press/press.h"
+#include "press/spec.h"
+#include "util/error.h"
+
+static int keep_everything(pk_press *p, const pk_press_view *v)
+{
+    (void)p, (void)v;
+    return 0;
+}
+
+static const pk_press_ops none_ops = {.compress = keep_everything};
+
+int pk_build_none(const pk_spec *spec, const pk_press_env *env, pk_press **out)
+{
+    (void)env;
+    if (spec->n_children || spec->n_params) return pk_fail("press 'none' takes no parameters");
+    return pk_press_new("none", &none_ops, 0.0, 0, out);
+}

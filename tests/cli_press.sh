@@ -1,0 +1,69 @@
+#!/bin/sh
+# End-to-end tests of presses through the CLI: `pikv generate --press` with a
+# context and questions, its JSON report, `pikv bench --press`, `pikv eval`, and
+# one-line errors for bad press specs and flag combinations. Run from the
+# repository root with $PIKV set; ends with "cli_press: N passed, M failed".
+set -u
+: "${PIKV:=build/pikv}"
+dir=$(mktemp -d) || exit 1
+trap 'rm -rf "$dir"' EXIT
+passed=0 failed=0
+ok() { passed=$((passed + 1)); }
+not_ok() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+run() {
+  "$PIKV" "$@" >"$dir/out" 2>"$dir/err"
+  rc=$?
+}
+check() {
+  name=$1
+  shift
+  if "$@"; then ok; else not_ok "$name"; fi
+}
+expect_error() {
+  name=$1 want=$2 needle=$3
+  shift 3
+  run "$@"
+  if [ "$rc" -eq "$want" ] && [ "$(wc -l <"$dir/err")" -eq 1 ] && grep -qF -- "$needle" "$dir/err"; then
+    ok
+  else
+    not_ok "$name: exit $rc (want $want), stderr: $(cat "$dir/err")"
+  fi
+}
+
+head -c 3000 data/haystack.txt >"$dir/context.txt"
+printf ' The pass key is 48213. Remember it. 48213 is the pass key. ' >>"$dir/context.txt"
+tail -c 1500 data/haystack.txt >>"$dir/context.txt"
+
+run generate --context-file "$dir/context.txt" --question " What is the pass key? The pass key is" -n 6 --json
+check "no press answers the pass key" grep -q '"text":" 48213' "$dir/out"
+for key in press mode kv_bytes_before kv_bytes_after compression_s answers decode_tok_s; do
+  check "pipeline --json has $key" grep -q "\"$key\":" "$dir/out"
+done
+run generate --context-file "$dir/context.txt" --question " What is the pass key? The pass key is" \
+  --question " The text above is about" --press knorm:0.5 -n 4 --json
+check "two questions, two answers" [ "$(grep -o '"question":' "$dir/out" | wc -l)" -eq 2 ]
+before=$(sed -E 's/.*"kv_bytes_before":([0-9]+).*/\1/' "$dir/out")
+after=$(sed -E 's/.*"kv_bytes_after":([0-9]+).*/\1/' "$dir/out")
+# floor(L / 2) entries per head: half the bytes, less at most one token's worth (18,576 bytes).
+check "knorm:0.5 halves the KV bytes ($before -> $after)" \
+  [ "$((after * 2))" -le "$before" -a "$((after * 2 + 18576))" -ge "$before" ]
+run generate --context-file "$dir/context.txt" --question " What is the pass key? The pass key is" \
+  --press snapkv:0.5 --query-aware -n 4 --json
+check "query-aware mode is reported" grep -q '"mode":"query-aware"' "$dir/out"
+
+run bench -p 256 -n 8 -r 1 --press none --press knorm:0.5 --json
+check "bench --press reports each press" [ "$(grep -o '"press":' "$dir/out" | wc -l)" -eq 2 ]
+run eval --tasks 2 --min-tokens 300 --max-tokens 400 --press none --press streaming_llm:0.5
+check "eval prints a row per press" [ "$(grep -c '^| none\|^| streaming_llm' "$dir/out")" -eq 2 ]
+
+expect_error "unknown press" 1 "--press: unknown press 'nope'" generate --prompt hi --press nope:0.5
+expect_error "ratio out of range" 1 "out of range [0, 1)" generate --prompt hi --press knorm:1.5
+expect_error "spec syntax" 1 "position 6" generate --prompt hi --press "knorm:"
+expect_error "query-aware without question" 2 "--query-aware needs at least one --question" \
+  generate --context-file "$dir/context.txt" --query-aware
+expect_error "sampling with a press" 2 "answer greedily" generate --prompt hi --press knorm:0.5 --temperature 0.7
+expect_error "bench bad press" 1 "--press: unknown press" bench -p 16 -n 1 -r 1 --press frob
+expect_error "eval bad range" 2 "--min-tokens/--max-tokens" eval --min-tokens 500 --max-tokens 100
+
+echo "cli_press: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
