@@ -1,6 +1,7 @@
 /* keydiff: keep the keys that differ most from the others (Park et al., 2025):
- * score = -cos(k_j, mean key of the head). Attention-free, so it works with any
- * attention kernel. */
+ * score = -cos(k_j, anchor), the anchor being the mean of the head's unit-length
+ * keys (kvpress's choice: every key weighs the same, whatever its norm).
+ * Attention-free, so it works with any attention kernel. */
 #include "press/press.h"
 #include "press/spec.h"
 #include "util/mem.h"
@@ -16,8 +17,13 @@ static int keydiff_score(const pk_press *p, const pk_press_view *v, float **scor
     for (int h = 0; h < v->cfg->n_head; h++) {
         const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
         for (int d = 0; d < hd; d++) anchor[d] = 0;
-        for (int j = 0; j < kh->len; j++)
-            for (int d = 0; d < hd; d++) anchor[d] += kh->k[(size_t)j * (size_t)hd + (size_t)d];
+        for (int j = 0; j < kh->len; j++) {
+            const float *k = kh->k + (size_t)j * (size_t)hd;
+            double norm = 0;
+            for (int d = 0; d < hd; d++) norm += (double)k[d] * k[d];
+            norm = norm > 0 ? sqrt(norm) : 1;
+            for (int d = 0; d < hd; d++) anchor[d] += k[d] / norm;
+        }
         double anorm = 0;
         for (int d = 0; d < hd; d++) anorm += anchor[d] * anchor[d];
         anorm = sqrt(anorm);
