@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 char *pk_read_file(const char *path, size_t *len)
 {
@@ -58,4 +59,38 @@ int pk_file_exists(const char *path)
 {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+int pk_write_file_atomic(const char *path, const void *data, size_t len)
+{
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path);
+    if (n < 0 || (size_t)n >= sizeof tmp) return pk_fail("%s: path too long", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) return pk_fail("%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left > 0) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            int err = errno;
+            close(fd);
+            unlink(tmp);
+            return pk_fail("%s: write failed: %s", path, strerror(err));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return pk_fail("%s: write failed: %s", path, strerror(err));
+    }
+    if (rename(tmp, path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return pk_fail("%s: cannot replace: %s", path, strerror(err));
+    }
+    return 0;
 }

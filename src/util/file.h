@@ -13,5 +13,8 @@ struct cJSON *pk_read_json(const char *path);
 /* dir + "/" + name into out; fails if it does not fit. */
 int pk_join_path(char *out, size_t cap, const char *dir, const char *name);
 int pk_file_exists(const char *path);
+/* Write a whole file atomically: into a temporary file beside it, flushed, then
+ * renamed over `path`, so an interrupted run never leaves half a file. */
+int pk_write_file_atomic(const char *path, const void *data, size_t len);
 
 #endif
