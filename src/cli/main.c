@@ -17,6 +17,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "print the token ids of text read on stdin"},
     {"inspect", cmd_inspect, "describe a model: architecture, parameters, dtype, bytes"},
     {"bench", cmd_bench, "measure prefill and decode speed"},
+    {"duo-calibrate", cmd_duo_calibrate, "score heads for DuoAttention and write the pattern"},
     {"eval", cmd_eval, "retrieval accuracy of presses on seeded needle tasks"},
     {"eplb", cmd_eplb, "DeepSeek's expert-parallel load balancer on a load matrix (JSON)"},
 };

@@ -2,6 +2,7 @@
 #include "util/error.h"
 #include "util/mem.h"
 
+#include <stdint.h>
 #include <string.h>
 
 int pk_kv_init(pk_kvcache *kv, int n_layer, int n_head, int head_dim)
@@ -61,7 +62,8 @@ int pk_kv_reserve(pk_kvcache *kv, int extra, int exact)
 {
     for (int i = 0; i < kv->n_layer * kv->n_head; i++) {
         pk_kv_head *h = &kv->heads[i];
-        int need = h->len + extra;
+        int full_ring = h->evict && extra == 1 && h->len >= h->sink + h->recent;
+        int need = full_ring ? h->len : h->len + extra;
         if (need <= h->cap) continue;
         int cap = exact ? need : (need + PK_KV_GROW - 1) / PK_KV_GROW * PK_KV_GROW;
         if (head_resize(h, cap, kv->head_dim)) return -1;
@@ -88,13 +90,148 @@ int pk_kv_keep(pk_kvcache *kv, int layer, int head, const int *keep, int n_keep)
     return head_resize(h, n_keep, kv->head_dim);
 }
 
-int pk_kv_truncate(pk_kvcache *kv, const int *len)
+int pk_kv_append_slot(pk_kv_head *h, int n_new)
+{
+    if (h->evict && n_new == 1 && h->len >= h->sink + h->recent) {
+        int slot = h->ring;
+        h->ring = h->sink + (h->ring - h->sink + 1) % h->recent;
+        return slot;
+    }
+    return h->len++;
+}
+
+/* Move entry `from` of a head to slot `to`. */
+static void move_entry(pk_kv_head *h, int head_dim, int to, int from)
+{
+    if (to == from) return;
+    size_t d = (size_t)head_dim;
+    memmove(h->k + (size_t)to * d, h->k + (size_t)from * d, d * sizeof(float));
+    memmove(h->v + (size_t)to * d, h->v + (size_t)from * d, d * sizeof(float));
+    h->pos[to] = h->pos[from];
+}
+
+/* Keep a streaming head's sink slots and its `recent` latest entries, the
+ * latter moved into position order behind the sinks, and shrink it to fit.
+ * Selection by position: the latest entries are found by repeatedly taking
+ * the largest position below the previous one, which is O(recent * len) but
+ * only runs when a prefill or a multi-token call ends. */
+static int trim_streaming_head(pk_kv_head *h, int head_dim)
+{
+    const int sink = h->sink < h->len ? h->sink : h->len;
+    const int keep_recent = h->len - sink < h->recent ? h->len - sink : h->recent;
+    if (h->len > sink + keep_recent) {
+        /* Positions are distinct: the cut-off is the keep_recent-th largest. */
+        int32_t above = INT32_MAX, cutoff = INT32_MIN;
+        for (int r = 0; r < keep_recent; r++) {
+            int32_t best = INT32_MIN;
+            for (int j = sink; j < h->len; j++)
+                if (h->pos[j] < above && h->pos[j] > best) best = h->pos[j];
+            above = cutoff = best;
+        }
+        int n = sink;
+        for (int j = sink; j < h->len; j++)
+            if (h->pos[j] >= cutoff) move_entry(h, head_dim, n++, j);
+        h->len = n;
+    }
+    /* Insertion sort of the recent slots by position (they are nearly sorted). */
+    float *tmp_k = NULL;
+    for (int i = sink + 1; i < h->len; i++) {
+        if (h->pos[i] > h->pos[i - 1]) continue;
+        if (!tmp_k && !(tmp_k = pk_malloc_array(2 * (size_t)head_dim, sizeof(float), "KV ring reorder"))) return -1;
+        size_t d = (size_t)head_dim;
+        int32_t p = h->pos[i];
+        memcpy(tmp_k, h->k + (size_t)i * d, d * sizeof(float));
+        memcpy(tmp_k + d, h->v + (size_t)i * d, d * sizeof(float));
+        int j = i;
+        for (; j > sink && h->pos[j - 1] > p; j--) move_entry(h, head_dim, j, j - 1);
+        memcpy(h->k + (size_t)j * d, tmp_k, d * sizeof(float));
+        memcpy(h->v + (size_t)j * d, tmp_k + d, d * sizeof(float));
+        h->pos[j] = p;
+    }
+    pk_free(tmp_k);
+    h->ring = sink;
+    return head_resize(h, h->len, head_dim);
+}
+
+int pk_kv_make_streaming(pk_kvcache *kv, int layer, int head, int sink, int recent, int evict)
+{
+    if (sink < 0 || recent < 1) return pk_fail("KV cache: a streaming window needs sink >= 0 and recent >= 1");
+    pk_kv_head *h = pk_kv_at(kv, layer, head);
+    h->sink = sink;
+    h->recent = recent;
+    h->evict = evict;
+    h->ring = sink;
+    return evict ? trim_streaming_head(h, kv->head_dim) : 0;
+}
+
+int pk_kv_trim_streaming(pk_kvcache *kv)
 {
     for (int i = 0; i < kv->n_layer * kv->n_head; i++) {
         pk_kv_head *h = &kv->heads[i];
-        if (len[i] > h->len) return pk_fail("KV cache: cannot truncate a head of %d entries to %d", h->len, len[i]);
-        h->len = len[i];
-        if (head_resize(h, len[i], kv->head_dim)) return -1;
+        if (h->evict && h->len > h->sink + h->recent && trim_streaming_head(h, kv->head_dim)) return -1;
+    }
+    return 0;
+}
+
+void pk_kv_snapshot_free(pk_kv_snapshot *snap)
+{
+    for (int i = 0; snap->copies && i < snap->n_heads; i++) head_release(&snap->copies[i]);
+    pk_free(snap->copies);
+    pk_free(snap->len);
+    memset(snap, 0, sizeof *snap);
+}
+
+/* Deep copy of one head's entries (capacity = length). */
+static int copy_head(pk_kv_head *dst, const pk_kv_head *src, int head_dim)
+{
+    *dst = *src;
+    dst->k = dst->v = NULL;
+    dst->pos = NULL;
+    dst->len = dst->cap = 0;
+    if (head_resize(dst, src->len, head_dim)) return -1;
+    size_t row = (size_t)head_dim * sizeof(float);
+    memcpy(dst->k, src->k, (size_t)src->len * row);
+    memcpy(dst->v, src->v, (size_t)src->len * row);
+    memcpy(dst->pos, src->pos, (size_t)src->len * sizeof *src->pos);
+    dst->len = src->len;
+    return 0;
+}
+
+int pk_kv_snapshot_take(const pk_kvcache *kv, pk_kv_snapshot *snap)
+{
+    pk_kv_snapshot_free(snap);
+    const int n = kv->n_layer * kv->n_head;
+    snap->n_heads = n;
+    snap->len = pk_malloc_array((size_t)n, sizeof *snap->len, "KV snapshot");
+    snap->copies = pk_calloc((size_t)n, sizeof *snap->copies, "KV snapshot");
+    if (!snap->len || !snap->copies) {
+        pk_kv_snapshot_free(snap);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        snap->len[i] = kv->heads[i].len;
+        if (kv->heads[i].evict && copy_head(&snap->copies[i], &kv->heads[i], kv->head_dim)) {
+            pk_kv_snapshot_free(snap);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int pk_kv_snapshot_restore(pk_kvcache *kv, const pk_kv_snapshot *snap)
+{
+    for (int i = 0; i < snap->n_heads; i++) {
+        pk_kv_head *h = &kv->heads[i];
+        const pk_kv_head *saved = &snap->copies[i];
+        if (saved->evict) {
+            head_release(h);
+            if (copy_head(h, saved, kv->head_dim)) return -1;
+            continue;
+        }
+        if (snap->len[i] > h->len)
+            return pk_fail("KV cache: cannot return a head of %d entries to %d", h->len, snap->len[i]);
+        h->len = snap->len[i];
+        if (head_resize(h, h->len, kv->head_dim)) return -1;
     }
     return 0;
 }

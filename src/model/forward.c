@@ -65,7 +65,8 @@ static void matmul(float *y, const float *x, const float *W, int T, int in, int 
 }
 
 /* Append the keys and values of the T new tokens (from qkv [T, 3C]) to every
- * head of one layer. Capacity was reserved by the caller. */
+ * head of one layer: at the end, or for one token into a full streaming head,
+ * over its oldest recent entry. Capacity was reserved by the caller. */
 static void append_kv(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
@@ -74,23 +75,38 @@ static void append_kv(pikv_session *s, int layer, int T)
         pk_kv_head *kh = pk_kv_at(&s->kv, layer, h);
         for (int t = 0; t < T; t++) {
             const float *row = s->qkv + (size_t)t * 3 * C;
-            memcpy(kh->k + (size_t)(kh->len + t) * hd, row + C + (size_t)h * hd, hd * sizeof(float));
-            memcpy(kh->v + (size_t)(kh->len + t) * hd, row + 2 * C + (size_t)h * hd, hd * sizeof(float));
-            kh->pos[kh->len + t] = s->pos + t;
+            size_t slot = (size_t)pk_kv_append_slot(kh, T);
+            memcpy(kh->k + slot * hd, row + C + (size_t)h * hd, hd * sizeof(float));
+            memcpy(kh->v + slot * hd, row + 2 * C + (size_t)h * hd, hd * sizeof(float));
+            kh->pos[slot] = s->pos + t;
         }
-        kh->len += T;
     }
 }
 
-/* Causal attention of the T new queries over each head's cache, written to
- * att [T, C]. Work items are (head, block of query rows); new token i sees the
- * head's old entries and new tokens 0..i. */
+/* Entries outside a streaming head's window get a score that underflows to a
+ * zero weight in the softmax (a finite value: the softmax runs with
+ * -ffast-math, where infinities are not honoured). */
+#define MASKED_SCORE (-1e30f)
+
+/* Blank out the entries of a streaming head that a query at qpos may not see. */
+static void mask_window(const pk_kv_head *kh, float *row, int width, int32_t qpos)
+{
+    if (kh->recent == 0) return;
+    for (int j = 0; j < width; j++)
+        if (!pk_kv_in_window(kh, j, qpos)) row[j] = MASKED_SCORE;
+}
+
 static float attention_scale(const pikv_config *c, int layer)
 {
     float scale = c->scale_attn_weights ? 1.f / sqrtf((float)c->head_dim) : 1.f;
     return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
 }
 
+/* Causal attention of the T new queries over each head's cache, written to
+ * att [T, C]. Work items are (head, block of query rows). The new tokens were
+ * appended in order, so new token i sees the head's old entries and new tokens
+ * 0..i (one token into a full ring sees the whole ring); a streaming head
+ * further limits each query to its window. */
 static void attention(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
@@ -110,6 +126,7 @@ static void attention(pikv_session *s, int layer, int T)
         float *out = s->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
         if (rows == 1) {
             cblas_sgemv(CblasRowMajor, CblasNoTrans, width, hd, 1.f, kh->k, hd, Q, 1, 0.f, S, 1);
+            mask_window(kh, S, width, s->pos + r0);
             pk_softmax(S, width, scale);
             cblas_sgemv(CblasRowMajor, CblasTrans, width, hd, 1.f, kh->v, hd, S, 1, 0.f, out, 1);
             continue;
@@ -120,6 +137,7 @@ static void attention(pikv_session *s, int layer, int T)
         for (int i = 0; i < rows; i++) {
             float *row = S + (size_t)i * (size_t)width;
             int visible = old + r0 + i + 1;
+            mask_window(kh, row, visible, s->pos + r0 + i);
             pk_softmax(row, visible, scale);
             memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
         }
@@ -190,7 +208,8 @@ static int block_forward(pikv_session *s, int layer, int T)
     return 0;
 }
 
-int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
+/* Run n tokens through every block, leaving the final residual stream in s->x. */
+static int forward_blocks(pikv_session *s, const int32_t *ids, int n)
 {
     const pikv_model *m = s->model;
     const pikv_config *c = &m->cfg;
@@ -212,7 +231,23 @@ int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int 
     for (int l = 0; l < c->n_layer; l++)
         if (block_forward(s, l, n)) return pk_fail_prefix("press '%s' at layer %d",
                                                           (s->compressing ? s->compressing : s->attached)->name, l);
+    if (n > 1 && pk_kv_trim_streaming(&s->kv)) return -1;
     s->pos += n;
+    return 0;
+}
+
+int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden)
+{
+    if (forward_blocks(s, ids, n)) return -1;
+    layernorm_rows(s, hidden, s->x, s->model->ln_f_w, s->model->ln_f_b, n);
+    return 0;
+}
+
+int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
+{
+    const pikv_model *m = s->model;
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    if (forward_blocks(s, ids, n)) return -1;
     if (!logits) return 0;
 
     /* Final norm and LM head, only for the rows whose logits are wanted. */
@@ -234,8 +269,13 @@ int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, 
         s->attached = press;
         return pikv_forward(s, ids, n, logits, 0);
     }
+    int chunk = press && press->ops->begin_prefill ? press->ops->begin_prefill(press, &s->kv) : 0;
+    if (chunk < 0) return -1;
+    if (chunk == 0) chunk = n;
     s->compressing = press;
-    int rc = pikv_forward(s, ids, n, logits, 0);
+    int rc = 0;
+    for (int done = 0; rc == 0 && done < n; done += chunk)
+        rc = pikv_forward(s, ids + done, n - done < chunk ? n - done : chunk, logits, 0);
     s->compressing = NULL;
     return rc;
 }

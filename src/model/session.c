@@ -28,7 +28,7 @@ void pikv_session_free(pikv_session *s)
     if (!s) return;
     pk_kv_free(&s->kv);
     pk_session_free_scratch(s);
-    pk_free(s->mark_len);
+    pk_kv_snapshot_free(&s->mark);
     pk_free(s->scores);
     pk_free(s);
 }
@@ -72,9 +72,7 @@ void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st) { *st
 
 int pikv_session_mark(pikv_session *s)
 {
-    const size_t n = (size_t)s->kv.n_layer * (size_t)s->kv.n_head;
-    if (!s->mark_len && !(s->mark_len = pk_malloc_array(n, sizeof *s->mark_len, "session mark"))) return -1;
-    for (size_t i = 0; i < n; i++) s->mark_len[i] = s->kv.heads[i].len;
+    if (pk_kv_snapshot_take(&s->kv, &s->mark)) return -1;
     s->mark_pos = s->pos;
     s->mark_epoch = s->kv.epoch;
     s->marked = 1;
@@ -86,7 +84,7 @@ int pikv_session_rewind(pikv_session *s)
     if (!s->marked) return pk_fail("session: rewind without a mark");
     if (s->kv.epoch != s->mark_epoch)
         return pk_fail("session: the cache was compressed after the mark, so it cannot be rewound");
-    if (pk_kv_truncate(&s->kv, s->mark_len)) return -1;
+    if (pk_kv_snapshot_restore(&s->kv, &s->mark)) return -1;
     s->pos = s->mark_pos;
     return 0;
 }

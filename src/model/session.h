@@ -26,10 +26,14 @@ struct pikv_session {
     pk_press *attached;     /* acts after each layer of every call (decoding presses) */
     pikv_press_stats stats;
 
-    int marked, mark_pos;   /* pikv_session_mark: per-head lengths and the cache epoch */
-    int *mark_len;
+    int marked, mark_pos;   /* pikv_session_mark: the cache's state and epoch */
+    pk_kv_snapshot mark;
     unsigned mark_epoch;
 };
+
+/* Like pikv_forward, but write the final hidden states (after ln_f) of every
+ * row to hidden [n, C] instead of logits. */
+int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden);
 
 /* Release the activation buffers (the session's scratch). */
 void pk_session_free_scratch(pikv_session *s);

@@ -29,6 +29,8 @@ static const struct {
     {"chunkkv", pk_build_chunkkv},
     {"composed", pk_build_composed},
     {"decoding", pk_build_decoding},
+    {"moe_router", pk_build_moe_router},
+    {"duo", pk_build_duo},
 };
 
 int pk_press_build(const pk_spec *spec, const pk_press_env *env, pk_press **out)

@@ -50,6 +50,9 @@ typedef struct {
     int (*after_call)(pk_press *p, const pk_press_view *v);
     /* Forget per-sequence state (the session was reset). */
     void (*restart)(pk_press *p);
+    /* Called on the empty cache before a compressing prefill; returns the
+     * chunk size to prefill in (0: all at once), or -1 on error. */
+    int (*begin_prefill)(pk_press *p, pk_kvcache *kv);
     /* Release what params point to, beyond params itself (NULL when nothing). */
     void (*destroy)(pk_press *p);
 } pk_press_ops;
@@ -127,5 +130,7 @@ int pk_build_per_layer(const struct pk_spec *, const pk_press_env *, pk_press **
 int pk_build_chunkkv(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_composed(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_decoding(const struct pk_spec *, const pk_press_env *, pk_press **);
+int pk_build_moe_router(const struct pk_spec *, const pk_press_env *, pk_press **);
+int pk_build_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
 
 #endif

@@ -1,0 +1,260 @@
+/* moe_router: the seed's MoERouterPress built on principle (DESIGN §6).
+ * Experts are shards of one head's KV cache: outside the attention sinks (the
+ * first `sink` entries) and the observation window (the entries of the last
+ * `window` query rows), which always stay, a head's cached tokens are
+ * clustered by their keys into `experts` experts with balanced spherical
+ * k-means and routed by one of six routers (router/moe_router.h). The head
+ * keeps exactly n_kept = floor(L * (1 - ratio)) entries, like a uniform press:
+ * sinks and window first, and the rest of the budget split over the experts
+ * (equal shares, or by attention share for `adaptive` and by window-query hits
+ * for `pikv`), each expert keeping its tokens with the most window attention
+ * (SnapKV's score without pooling; the key norm breaks ties). An expert with
+ * fewer tokens than its share hands the rest to the others. The point is
+ * coverage: unlike one global top-k, no region of key space is emptied.
+ *
+ * Spec: moe_router:router=eplb,experts=4,top_k=2,ratio=0.35, with optional
+ * capacity=1.5 (topk_balanced), groups=2 (hierarchical), sink=4, window=64,
+ * workers=2 (the workers eplb places the shards on, for the statistics). The
+ * press records per-expert load statistics of its last run; read them with
+ * pk_moe_router_stats. */
+#include "press/press.h"
+#include "press/spec.h"
+#include "router/moe_router.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    pk_router_config router;
+    int sink, window, workers;
+    pk_router_stats stats;
+} moe_router_params;
+
+/* Scratch for one layer, sized for its longest head. */
+typedef struct {
+    float *attention;     /* [window rows][len]: the window's attention weights */
+    float *mean;          /* [len]: mean window attention of each entry */
+    float *keys;          /* [len][head_dim]: the routable keys */
+    float *routed_mean;   /* [len]: mean window attention of each routable key */
+    float *key_norm;      /* [len] */
+    int *routable;        /* [len]: storage index of each routable key */
+    int *keep_list;       /* [len] */
+    unsigned char *fixed; /* [len]: sink or window entry */
+    unsigned char *keep;  /* [len]: routable key stays */
+} layer_scratch;
+
+/* Release a layer's scratch (missing buffers are fine). */
+static void scratch_free(layer_scratch *s)
+{
+    pk_free(s->attention);
+    pk_free(s->mean);
+    pk_free(s->keys);
+    pk_free(s->routed_mean);
+    pk_free(s->key_norm);
+    pk_free(s->routable);
+    pk_free(s->keep_list);
+    pk_free(s->fixed);
+    pk_free(s->keep);
+}
+
+/* Allocate a layer's scratch for `rows` window queries and heads of up to len
+ * entries; on failure nothing stays allocated. */
+static int scratch_alloc(layer_scratch *s, int rows, int len, int head_dim)
+{
+    const size_t n = (size_t)(len > 0 ? len : 1);
+    memset(s, 0, sizeof *s);
+    s->attention = pk_malloc_array((size_t)rows * n, sizeof(float), "moe_router window attention");
+    s->mean = pk_malloc_array(n, sizeof(float), "moe_router scores");
+    s->keys = pk_malloc_array(n * (size_t)head_dim, sizeof(float), "moe_router keys");
+    s->routed_mean = pk_malloc_array(n, sizeof(float), "moe_router scores");
+    s->key_norm = pk_malloc_array(n, sizeof(float), "moe_router scores");
+    s->routable = pk_malloc_array(n, sizeof(int), "moe_router selection");
+    s->keep_list = pk_malloc_array(n, sizeof(int), "moe_router selection");
+    s->fixed = pk_malloc_array(n, 1, "moe_router selection");
+    s->keep = pk_malloc_array(n, 1, "moe_router selection");
+    if (s->attention && s->mean && s->keys && s->routed_mean && s->key_norm && s->routable && s->keep_list &&
+        s->fixed && s->keep)
+        return 0;
+    scratch_free(s);
+    return -1;
+}
+
+/* Route, budget and select the routable entries of one head (its fixed ones
+ * are already marked), record its statistics, and compact the head to the
+ * kept entries, releasing the memory of the others. */
+static int compress_head(const moe_router_params *mp, const pk_press_view *v, int head, int n_kept, int rows,
+                         layer_scratch *s, pk_router_stats *stats)
+{
+    pk_kv_head *kh = pk_kv_at(v->kv, v->layer, head);
+    const int len = kh->len, dim = v->cfg->head_dim, E = mp->router.experts, K = mp->router.top_k;
+    int n_fixed = 0, n = 0;
+    for (int j = 0; j < len; j++) {
+        if (s->fixed[j]) {
+            n_fixed++;
+            continue;
+        }
+        const float *key = kh->k + (size_t)j * (size_t)dim;
+        memcpy(s->keys + (size_t)n * (size_t)dim, key, (size_t)dim * sizeof *key);
+        double sq = 0;
+        for (int d = 0; d < dim; d++) sq += (double)key[d] * key[d];
+        s->key_norm[n] = (float)sqrt(sq);
+        s->routed_mean[n] = s->mean[j];
+        s->routable[n++] = j;
+    }
+    /* When the sinks and window alone exceed the budget, the earliest of them stay. */
+    const int routed_budget = n_kept > n_fixed ? n_kept - n_fixed : 0;
+    int *tokens = stats->tokens + pk_router_stats_at(stats, v->layer, head);
+    int *selected = stats->selected + pk_router_stats_at(stats, v->layer, head);
+    int *budget = stats->budget + pk_router_stats_at(stats, v->layer, head);
+    int *kept = stats->kept + pk_router_stats_at(stats, v->layer, head);
+    for (int e = 0; e < E; e++) tokens[e] = selected[e] = budget[e] = kept[e] = 0;
+    memset(s->keep, 0, (size_t)n);
+    if (n > 0) {
+        pk_routing routing;
+        if (pk_router_route(&mp->router, s->keys, n, dim, &routing)) return -1;
+        int experts_of_query[PK_ROUTER_MAX_EXPERTS];
+        for (int r = v->n_q - rows; r < v->n_q; r++) {
+            pk_router_route_vector(&routing, v->q + (size_t)r * (size_t)v->q_stride + (size_t)head * (size_t)dim,
+                                   experts_of_query);
+            for (int i = 0; i < K; i++) selected[experts_of_query[i]]++;
+        }
+        for (size_t i = 0; i < (size_t)n * (size_t)K; i++)
+            if (routing.slot[i] >= 0) tokens[routing.slot[i]]++;
+        double weight[PK_ROUTER_MAX_EXPERTS];
+        pk_router_budget_weights(&routing, s->routed_mean, selected, weight);
+        pk_router_split_budget(weight, E, routed_budget, budget);
+        int rc = pk_router_select(&routing, s->routed_mean, s->key_norm, budget, s->keep, kept);
+        pk_routing_free(&routing);
+        if (rc) return -1;
+    }
+    int count = 0, fixed_left = n_kept < n_fixed ? n_kept : n_fixed;
+    for (int j = 0, i = 0; j < len; j++) {
+        if (s->fixed[j]) {
+            if (fixed_left-- > 0) s->keep_list[count++] = j;
+        } else if (s->keep[i++]) {
+            s->keep_list[count++] = j;
+        }
+    }
+    return count < len ? pk_kv_keep(v->kv, v->layer, head, s->keep_list, count) : 0;
+}
+
+/* (Re)size the statistics for this model and forget the last run when a new
+ * one starts at layer 0. */
+static int prepare_stats(moe_router_params *mp, const pk_press_view *v)
+{
+    pk_router_stats *st = &mp->stats;
+    if (st->n_layer != v->cfg->n_layer || st->n_head != v->cfg->n_head) {
+        pk_router_stats_free(st);
+        if (pk_router_stats_init(st, v->cfg->n_layer, v->cfg->n_head, mp->router.experts, mp->workers)) return -1;
+    }
+    if (v->layer == 0) {
+        memset(st->recorded, 0, (size_t)st->n_layer);
+        for (size_t i = 0; i < (size_t)st->n_layer * (size_t)st->slots; i++) st->slot_shard[i] = -1;
+    }
+    return 0;
+}
+
+/* Compress one layer: per head, the window's mean attention to every entry
+ * and which entries are sinks or window, then compress_head; finally, for the
+ * eplb router, the placement of the layer's shards. */
+static int moe_router_compress(pk_press *p, const pk_press_view *v)
+{
+    moe_router_params *mp = p->params;
+    const int H = v->cfg->n_head, rows = mp->window < v->n_q ? mp->window : v->n_q;
+    const int32_t window_start = v->q_pos0 + v->n_q - rows; /* first position of the observation window */
+    if (prepare_stats(mp, v)) return -1;
+    int max_len = 0;
+    for (int h = 0; h < H; h++) {
+        const int len = pk_kv_at(v->kv, v->layer, h)->len;
+        max_len = len > max_len ? len : max_len;
+    }
+    layer_scratch s;
+    if (scratch_alloc(&s, rows, max_len, v->cfg->head_dim)) return -1;
+    for (int h = 0; h < H; h++) {
+        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const int len = kh->len;
+        pk_query_attention(v, h, v->n_q - rows, rows, s.attention);
+        for (int j = 0; j < len; j++) {
+            double sum = 0;
+            for (int r = 0; r < rows; r++) sum += s.attention[(size_t)r * (size_t)len + (size_t)j];
+            s.mean[j] = (float)(sum / rows);
+            s.fixed[j] = j < mp->sink || kh->pos[j] >= window_start;
+        }
+        if (compress_head(mp, v, h, pk_press_n_kept(len, p->ratio), rows, &s, &mp->stats)) {
+            scratch_free(&s);
+            return -1;
+        }
+    }
+    scratch_free(&s);
+    mp->stats.recorded[v->layer] = 1;
+    return mp->router.kind == PK_ROUTER_EPLB ? pk_router_place_shards(&mp->stats, v->layer) : 0;
+}
+
+/* Release the statistics, which the parameters point to. */
+static void moe_router_destroy(pk_press *p) { pk_router_stats_free(&((moe_router_params *)p->params)->stats); }
+
+static const pk_press_ops moe_router_ops = {.compress = moe_router_compress, .destroy = moe_router_destroy};
+
+const pk_router_stats *pk_moe_router_stats(const pk_press *p)
+{
+    if (!p || p->ops != &moe_router_ops) return NULL;
+    const pk_router_stats *st = &((const moe_router_params *)p->params)->stats;
+    return st->n_layer ? st : NULL;
+}
+
+/* Read and check the router's parameters: the router by name, experts, top_k
+ * (at most the experts, or the experts per group for hierarchical), the
+ * capacity factor and the groups. */
+static int router_params(const pk_spec *spec, pk_router_config *rc)
+{
+    const char *name = pk_spec_get(spec, "router");
+    const int kind = pk_router_lookup(name ? name : "eplb");
+    if (kind < 0) {
+        char known[128] = "";
+        size_t used = 0;
+        for (int k = 0; k < PK_ROUTER_KINDS && used < sizeof known; k++)
+            used += (size_t)snprintf(known + used, sizeof known - used, "%s%s", k ? ", " : "",
+                                     pk_router_name((pk_router_kind)k));
+        return pk_fail("press 'moe_router': unknown router '%s' (known: %s)", name, known);
+    }
+    rc->kind = (pk_router_kind)kind;
+    if (pk_spec_int(spec, "experts", 4, 1, PK_ROUTER_MAX_EXPERTS, &rc->experts) ||
+        pk_spec_int(spec, "top_k", rc->experts < 2 ? rc->experts : 2, 1, PK_ROUTER_MAX_EXPERTS, &rc->top_k) ||
+        pk_spec_double(spec, "capacity", 1.5, 1.0, 1000.0, &rc->capacity) ||
+        pk_spec_int(spec, "groups", 2, 1, PK_ROUTER_MAX_EXPERTS, &rc->groups))
+        return -1;
+    if (rc->top_k > rc->experts)
+        return pk_fail("press 'moe_router': top_k=%d exceeds experts=%d", rc->top_k, rc->experts);
+    if (rc->kind != PK_ROUTER_HIERARCHICAL) return 0;
+    if (rc->experts % rc->groups != 0)
+        return pk_fail("press 'moe_router': groups=%d does not divide experts=%d (router=hierarchical)", rc->groups,
+                       rc->experts);
+    if (rc->top_k > rc->experts / rc->groups)
+        return pk_fail("press 'moe_router': top_k=%d exceeds the %d experts of a group (router=hierarchical)",
+                       rc->top_k, rc->experts / rc->groups);
+    return 0;
+}
+
+int pk_build_moe_router(const pk_spec *spec, const pk_press_env *env, pk_press **out)
+{
+    (void)env;
+    static const char *const keys[] = {"ratio", "router", "experts", "top_k", "capacity",
+                                       "groups", "sink",   "window",  "workers", NULL};
+    double ratio;
+    pk_router_config router;
+    int sink, window, workers;
+    if (pk_press_scorer_spec(spec, keys, &ratio) || router_params(spec, &router) ||
+        pk_spec_int(spec, "sink", 4, 0, 1 << 20, &sink) || pk_spec_int(spec, "window", 64, 1, 1 << 20, &window) ||
+        pk_spec_int(spec, "workers", 2, 1, 1024, &workers))
+        return -1;
+    if (pk_press_new("moe_router", &moe_router_ops, ratio, sizeof(moe_router_params), out)) return -1;
+    moe_router_params *mp = (*out)->params;
+    mp->router = router;
+    mp->sink = sink;
+    mp->window = window;
+    mp->workers = workers;
+    return 0;
+}
