@@ -103,6 +103,13 @@ int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits,
 
 /* The model the session runs. */
 const pikv_model *pikv_session_model(const pikv_session *s);
+/* Run decode attention on `workers` parallel workers (threads), placing the
+ * heads' caches on them by DeepSeek's EPLB (balanced != 0: heavy heads are
+ * split into replicas that read equal slices) or by an equal count of heads
+ * each; partial softmaxes are merged exactly. workers <= 1 turns it off. */
+int pikv_session_set_workers(pikv_session *s, int workers, int balanced);
+/* Mean over placed decode steps and layers of max/mean worker load (1 = even). */
+double pikv_session_worker_imbalance(const pikv_session *s);
 /* Threads the session's forward pass uses. */
 int pikv_session_threads(const pikv_session *s);
 /* Absolute position of the next token (tokens seen so far). */

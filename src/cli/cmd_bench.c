@@ -37,7 +37,7 @@ static int bench_once(pikv_session *s, pikv_press *press, const int32_t *prompt,
 int cmd_bench(int argc, char **argv)
 {
     const char *model_flag = NULL;
-    int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, json = 0;
+    int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, json = 0, workers = 0;
     cli_list specs = {0};
     const cli_opt opts[] = {
         {"--press", NULL, OPT_LIST, &specs, "press to measure (repeatable; default: none)", NULL},
@@ -46,15 +46,19 @@ int cmd_bench(int argc, char **argv)
         {"--gen-tokens", "-n", OPT_INT, &n_gen, "tokens to decode after it (default 128)", NULL},
         {"--reps", "-r", OPT_INT, &reps, "repetitions (default 5)", NULL},
         {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
+        {"--workers", "-w", OPT_INT, &workers, "decode attention on W workers: EPLB vs equal-count placement", NULL},
         {"--json", NULL, OPT_FLAG, &json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
-                             "       [--threads N] [--json]",
+                             "       [--threads N] [--workers W] [--json]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
                              "compression). The presses run in rotated order in every repetition, so that\n"
-                             "drift on a shared machine does not favour one of them.",
+                             "drift on a shared machine does not favour one of them. With --workers W, decode attention\n"
+                             "runs on W workers twice per press: heads placed by DeepSeek's EPLB (heavy heads split\n"
+                             "into replicas) and by an equal count of heads per worker; the mean max/mean worker load\n"
+                             "is shown beside the speed.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -62,6 +66,8 @@ int cmd_bench(int argc, char **argv)
     if (n_gen < 0) return cli_error(&cmd, "--gen-tokens: must be >= 0, got %d", n_gen), 2;
     if (reps < 1 || reps > MAX_REPS) return cli_error(&cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, reps), 2;
     if (threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", threads), 2;
+    if (workers < 0 || workers == 1 || workers > 64)
+        return cli_error(&cmd, "--workers: must be 2..64 (or 0 for off), got %d", workers), 2;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
@@ -77,8 +83,11 @@ int cmd_bench(int argc, char **argv)
     pikv_press *presses[CLI_LIST_MAX] = {0};
     int32_t *prompt = pk_malloc_array((size_t)n_prompt, sizeof *prompt, "prompt");
     float *logits = pk_malloc_array((size_t)c->vocab_size, sizeof *logits, "logits");
-    static double prefill[CLI_LIST_MAX][MAX_REPS], decode[CLI_LIST_MAX][MAX_REPS];
-    size_t kv_bytes[CLI_LIST_MAX] = {0};
+    /* A row is a press, or with workers a (press, placement) pair. */
+    enum { MAX_ROWS = 2 * CLI_LIST_MAX };
+    static double prefill[MAX_ROWS][MAX_REPS], decode[MAX_ROWS][MAX_REPS], imbalance[MAX_ROWS][MAX_REPS];
+    size_t kv_bytes[MAX_ROWS] = {0};
+    const int variants = workers ? 2 : 1, n_rows = specs.n * variants;
     rc = 1;
     if (!s || !prompt || !logits) { cli_fail(&cmd); goto done; }
     for (int i = 0; i < specs.n; i++)
@@ -95,13 +104,15 @@ int cmd_bench(int argc, char **argv)
         goto done;
     }
     for (int r = 0; r < reps; r++) {
-        for (int k = 0; k < specs.n; k++) {
-            int i = (r + k) % specs.n; /* rotate the order every repetition */
-            if (bench_once(s, presses[i], prompt, n_prompt, n_gen, logits, c->vocab_size, &prefill[i][r],
-                           &decode[i][r], &kv_bytes[i])) {
+        for (int k = 0; k < n_rows; k++) {
+            int row = (r + k) % n_rows, i = row / variants; /* rotate the order every repetition */
+            if ((workers && pikv_session_set_workers(s, workers, row % variants == 0)) ||
+                bench_once(s, presses[i], prompt, n_prompt, n_gen, logits, c->vocab_size, &prefill[row][r],
+                           &decode[row][r], &kv_bytes[row])) {
                 cli_error(&cmd, "%s: %s", specs.items[i], pikv_last_error());
                 goto done;
             }
+            imbalance[row][r] = pikv_session_worker_imbalance(s);
         }
         fprintf(stderr, "\rbench: repetition %d/%d", r + 1, reps);
     }
@@ -113,6 +124,8 @@ int cmd_bench(int argc, char **argv)
     const int n_threads = pikv_session_threads(s);
     const char *name = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
     cJSON *o = json ? cJSON_CreateObject() : NULL, *rows = NULL;
+    if (workers)
+        printf("%s", json ? "" : "workers column: W, placement, mean max/mean worker load over decode steps\n");
     if (json) {
         cJSON_AddStringToObject(o, "model", info.dir);
         cJSON_AddStringToObject(o, "machine", machine);
@@ -124,16 +137,26 @@ int cmd_bench(int argc, char **argv)
     } else {
         printf("model %s (%.2f M parameters); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n",
                name, info.n_params / 1e6, machine, n_threads, reps);
-        printf("| %-36s | %9s | %-16s | %-26s |\n", "press", "KV MiB", "test", "tok/s");
-        printf("|%s|%s|%s|%s|\n", "--------------------------------------", "-----------", "------------------",
-               "----------------------------");
+        printf("| %-36s | %9s | %-11s | %-16s | %-26s |\n", "press", "KV MiB", "workers", "test", "tok/s");
+        printf("|%s|%s|%s|%s|%s|\n", "--------------------------------------", "-----------", "-------------",
+               "------------------", "----------------------------");
     }
-    for (int i = 0; i < specs.n; i++) {
-        pk_summary pp = pk_summarize(prefill[i], reps), tg = pk_summarize(decode[i], reps);
+    for (int r = 0; r < n_rows; r++) {
+        const int i = r / variants;
+        pk_summary pp = pk_summarize(prefill[r], reps), tg = pk_summarize(decode[r], reps),
+                   load = pk_summarize(imbalance[r], reps);
+        const char *policy = r % variants == 0 ? "eplb" : "equal_count";
+        char place[40] = "-";
+        if (workers) snprintf(place, sizeof place, "%d %s %.2f", workers, r % variants == 0 ? "eplb" : "equal", load.median);
         if (json) {
             cJSON *row = cJSON_CreateObject();
             cJSON_AddStringToObject(row, "press", specs.items[i]);
-            cJSON_AddNumberToObject(row, "kv_bytes", (double)kv_bytes[i]);
+            cJSON_AddNumberToObject(row, "kv_bytes", (double)kv_bytes[r]);
+            if (workers) {
+                cJSON_AddNumberToObject(row, "workers", workers);
+                cJSON_AddStringToObject(row, "placement", policy);
+                cJSON_AddNumberToObject(row, "load_max_over_mean", load.median);
+            }
             const pk_summary *sums[2] = {&pp, &tg};
             const char *names[2] = {"prefill_tok_s", "decode_tok_s"};
             for (int k = 0; k < 2; k++) {
@@ -148,11 +171,13 @@ int cmd_bench(int argc, char **argv)
         char test[48], val[64];
         snprintf(test, sizeof test, "pp%d", n_prompt);
         snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", pp.median, pp.min, pp.max);
-        printf("| %-36s | %9.2f | %-16s | %-26s |\n", specs.items[i], kv_bytes[i] / 1048576.0, test, val);
+        printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", specs.items[i], kv_bytes[r] / 1048576.0, "-", test,
+               val);
         if (n_gen) {
             snprintf(test, sizeof test, "tg%d @ ctx %d", n_gen, n_prompt);
             snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg.median, tg.min, tg.max);
-            printf("| %-36s | %9.2f | %-16s | %-26s |\n", specs.items[i], kv_bytes[i] / 1048576.0, test, val);
+            printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", specs.items[i], kv_bytes[r] / 1048576.0, place,
+                   test, val);
         }
     }
     if (json) {

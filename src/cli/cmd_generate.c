@@ -13,7 +13,7 @@
 typedef struct {
     const char *model_flag, *prompt, *prompt_file, *context_file, *press_spec;
     cli_list questions;
-    int max_new, greedy, top_k, seed, threads, print_ids, json, query_aware, sampling_given;
+    int max_new, greedy, top_k, seed, threads, workers, print_ids, json, query_aware, sampling_given;
     double temperature, top_p;
 } generate_options;
 
@@ -188,6 +188,7 @@ int cmd_generate(int argc, char **argv)
          &o.sampling_given},
         {"--seed", NULL, OPT_INT, &o.seed, "random seed for sampling (default 0)", &o.sampling_given},
         {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
+        {"--workers", "-w", OPT_INT, &o.workers, "decode attention on W workers, heads placed by EPLB", NULL},
         {"--print-ids", NULL, OPT_FLAG, &o.print_ids, "print the generated token ids on one line", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object with ids, text, timings and bytes", NULL},
     };
@@ -195,7 +196,8 @@ int cmd_generate(int argc, char **argv)
         "generate",
         "generate [--model DIR] (--prompt TEXT | --prompt-file F | --context-file F) [--max-new-tokens N]\n"
         "       [--greedy | --temperature T --top-k K --top-p P --seed S]\n"
-        "       [--press SPEC] [--question Q]... [--query-aware] [--threads N] [--print-ids] [--json]",
+        "       [--press SPEC] [--question Q]... [--query-aware] [--threads N] [--workers W] [--print-ids]\n"
+        "       [--json]",
         "Prefills the prompt, then generates up to N tokens (stopping at end-of-text).\n"
         "With --press or --question, the prompt is a context: it is compressed once by the press and each\n"
         "question is answered greedily against the compressed cache (the cache is rewound between\n"
@@ -217,6 +219,7 @@ int cmd_generate(int argc, char **argv)
     if (o.top_k < 0) return cli_error(&cmd, "--top-k: must be >= 0, got %d", o.top_k), 2;
     if (!(o.top_p > 0 && o.top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", o.top_p), 2;
     if (o.threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", o.threads), 2;
+    if (o.workers < 0 || o.workers > 64) return cli_error(&cmd, "--workers: must be 0..64, got %d", o.workers), 2;
 
     generate_run r = {0};
     rc = 1;
@@ -235,7 +238,7 @@ int cmd_generate(int argc, char **argv)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
                            &r.questions[i], &r.n_question[i]))
             goto done;
-    if (!(r.session = pikv_session_new(r.model, o.threads))) {
+    if (!(r.session = pikv_session_new(r.model, o.threads)) || pikv_session_set_workers(r.session, o.workers, 1)) {
         cli_fail(&cmd);
         goto done;
     }

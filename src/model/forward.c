@@ -88,12 +88,13 @@ static void append_kv(pikv_session *s, int layer, int T)
  * -ffast-math, where infinities are not honoured). */
 #define MASKED_SCORE (-1e30f)
 
-/* Blank out the entries of a streaming head that a query at qpos may not see. */
-static void mask_window(const pk_kv_head *kh, float *row, int width, int32_t qpos)
+/* Blank out the entries start..start+width-1 of a streaming head that a query
+ * at qpos may not see (row[0] is entry `start`). */
+static void mask_window(const pk_kv_head *kh, float *row, int start, int width, int32_t qpos)
 {
     if (kh->recent == 0) return;
     for (int j = 0; j < width; j++)
-        if (!pk_kv_in_window(kh, j, qpos)) row[j] = MASKED_SCORE;
+        if (!pk_kv_in_window(kh, start + j, qpos)) row[j] = MASKED_SCORE;
 }
 
 static float attention_scale(const pikv_config *c, int layer)
@@ -126,7 +127,7 @@ static void attention(pikv_session *s, int layer, int T)
         float *out = s->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
         if (rows == 1) {
             cblas_sgemv(CblasRowMajor, CblasNoTrans, width, hd, 1.f, kh->k, hd, Q, 1, 0.f, S, 1);
-            mask_window(kh, S, width, s->pos + r0);
+            mask_window(kh, S, 0, width, s->pos + r0);
             pk_softmax(S, width, scale);
             cblas_sgemv(CblasRowMajor, CblasTrans, width, hd, 1.f, kh->v, hd, S, 1, 0.f, out, 1);
             continue;
@@ -137,7 +138,7 @@ static void attention(pikv_session *s, int layer, int T)
         for (int i = 0; i < rows; i++) {
             float *row = S + (size_t)i * (size_t)width;
             int visible = old + r0 + i + 1;
-            mask_window(kh, row, visible, s->pos + r0 + i);
+            mask_window(kh, row, 0, visible, s->pos + r0 + i);
             pk_softmax(row, visible, scale);
             memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
         }
@@ -145,6 +146,65 @@ static void attention(pikv_session *s, int layer, int T)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, kh->v, hd, 0.f, out,
                     C);
     }
+}
+
+/* Decode attention (one new token) with the heads' caches placed on workers.
+ * Each worker computes, for each of its slices, the partial softmax state: the
+ * largest score m, the sum l of exp(scale (s - m)) and the weighted values o.
+ * Per head the slices merge exactly: with M the largest m,
+ * out = sum(o_i e^{scale (m_i - M)}) / sum(l_i e^{scale (m_i - M)}). */
+static int attention_placed(pikv_session *s, int layer)
+{
+    const pikv_config *c = &s->model->cfg;
+    const int hd = c->head_dim, H = c->n_head, W = s->workers;
+    const float scale = attention_scale(c, layer);
+    for (int h = 0; h < H; h++) s->head_len[h] = pk_kv_at(&s->kv, layer, h)->len;
+    if (pk_place_heads(s->head_len, H, W, s->placement, &s->plan)) return -1;
+    s->imbalance_sum += pk_placement_imbalance(&s->plan);
+    s->imbalance_steps++;
+    const int stride = hd + 2;
+    if (s->plan.n_items > s->cap_partials) {
+        float *grown = pk_realloc(s->partials, (size_t)s->plan.n_items * (size_t)stride * sizeof(float), "partials");
+        if (!grown) return -1;
+        s->partials = grown;
+        s->cap_partials = s->plan.n_items;
+    }
+#pragma omp parallel num_threads(W)
+    {
+        const int w = omp_get_thread_num();
+        float *S = s->worker_scores + (size_t)w * (size_t)c->n_positions;
+        for (int i = s->plan.first[w]; i < s->plan.first[w + 1]; i++) {
+            const pk_work_item *it = &s->plan.items[i];
+            const pk_kv_head *kh = pk_kv_at(&s->kv, layer, it->head);
+            const float *q = s->qkv + (size_t)it->head * (size_t)hd;
+            float *part = s->partials + (size_t)i * (size_t)stride;
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, it->count, hd, 1.f, kh->k + (size_t)it->start * hd, hd, q, 1,
+                        0.f, S, 1);
+            mask_window(kh, S, it->start, it->count, s->pos);
+            float m = S[0];
+            for (int j = 1; j < it->count; j++) m = S[j] > m ? S[j] : m;
+            part[0] = m;
+            part[1] = pk_exp_shifted(S, it->count, scale, m);
+            cblas_sgemv(CblasRowMajor, CblasTrans, it->count, hd, 1.f, kh->v + (size_t)it->start * hd, hd, S, 1,
+                        0.f, part + 2, 1);
+        }
+    }
+    for (int h = 0; h < H; h++) {
+        float M = -3.4e38f;
+        for (int i = 0; i < s->plan.n_items; i++)
+            if (s->plan.items[i].head == h && s->partials[(size_t)i * stride] > M) M = s->partials[(size_t)i * stride];
+        float *out = s->att + (size_t)h * (size_t)hd, l = 0;
+        memset(out, 0, (size_t)hd * sizeof *out);
+        for (int i = 0; i < s->plan.n_items; i++) {
+            if (s->plan.items[i].head != h) continue;
+            const float *part = s->partials + (size_t)i * stride;
+            const float f = expf(scale * (part[0] - M));
+            l += part[1] * f;
+            for (int d = 0; d < hd; d++) out[d] += part[2 + d] * f;
+        }
+        for (int d = 0; d < hd; d++) out[d] /= l;
+    }
+    return 0;
 }
 
 /* Layer norm of every row of x into out. */
@@ -193,7 +253,11 @@ static int block_forward(pikv_session *s, int layer, int T)
     matmul(s->qkv, s->xn, L->attn_w, T, C, 3 * C, 0.f);           /* qkv [T, 3C] */
     pk_add_bias(s->qkv, L->attn_b, T, 3 * C);
     append_kv(s, layer, T);
-    attention(s, layer, T);                                        /* att [T, C] */
+    if (T == 1 && s->workers) {                                    /* att [T, C] */
+        if (attention_placed(s, layer)) return -1;
+    } else {
+        attention(s, layer, T);
+    }
     if ((s->compressing || s->attached) && run_presses(s, layer, T)) return -1;
     pk_add_bias(s->x, L->attn_proj_b, T, C);
     matmul(s->x, s->att, L->attn_proj_w, T, C, C, 1.f);           /* x += att · Wo */

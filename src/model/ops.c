@@ -37,6 +37,16 @@ void pk_softmax(float *x, int n, float scale)
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
+float pk_exp_shifted(float *x, int n, float scale, float max)
+{
+    float sum = 0.f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(scale * (x[i] - max));
+        sum += x[i];
+    }
+    return sum;
+}
+
 void pk_add_bias(float *x, const float *b, int n_rows, int n_cols)
 {
     for (int r = 0; r < n_rows; r++)

@@ -13,6 +13,9 @@ void pk_layernorm(float *out, const float *x, const float *w, const float *b, in
 void pk_gelu(float *x, size_t n);
 /* x[0..n) = softmax(scale * x) in place. */
 void pk_softmax(float *x, int n, float scale);
+/* x[i] = exp(scale * (x[i] - max)) for i < n; returns their sum (an
+ * unnormalised softmax, for partial softmaxes that are merged later). */
+float pk_exp_shifted(float *x, int n, float scale, float max);
 /* x[r, :] += b for rows r < n_rows. */
 void pk_add_bias(float *x, const float *b, int n_rows, int n_cols);
 /* Dot product of two rows. */

@@ -29,6 +29,10 @@ void pikv_session_free(pikv_session *s)
     pk_kv_free(&s->kv);
     pk_session_free_scratch(s);
     pk_kv_snapshot_free(&s->mark);
+    pk_placement_free(&s->plan);
+    pk_free(s->worker_scores);
+    pk_free(s->head_len);
+    pk_free(s->partials);
     pk_free(s->scores);
     pk_free(s);
 }
@@ -87,4 +91,30 @@ int pikv_session_rewind(pikv_session *s)
     if (pk_kv_snapshot_restore(&s->kv, &s->mark)) return -1;
     s->pos = s->mark_pos;
     return 0;
+}
+
+int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
+{
+    if (workers < 0 || workers > 1024) return pk_fail("workers: %d is out of range 0..1024", workers);
+    pk_free(s->worker_scores);
+    pk_free(s->head_len);
+    s->worker_scores = NULL;
+    s->head_len = NULL;
+    s->workers = workers > 1 ? workers : 0;
+    s->placement = balanced ? PK_PLACE_EPLB : PK_PLACE_EQUAL_COUNT;
+    s->imbalance_sum = 0;
+    s->imbalance_steps = 0;
+    if (s->workers &&
+        (!(s->worker_scores = pk_malloc_array((size_t)workers * (size_t)s->model->cfg.n_positions, sizeof(float),
+                                              "worker scores")) ||
+         !(s->head_len = pk_malloc_array((size_t)s->model->cfg.n_head, sizeof(int), "worker placement")))) {
+        s->workers = 0;
+        return -1;
+    }
+    return 0;
+}
+
+double pikv_session_worker_imbalance(const pikv_session *s)
+{
+    return s->imbalance_steps ? s->imbalance_sum / (double)s->imbalance_steps : 1.0;
 }

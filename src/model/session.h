@@ -4,6 +4,7 @@
 #define PIKV_MODEL_SESSION_H
 
 #include "kv/kvcache.h"
+#include "kv/placement.h"
 #include "model/model.h"
 #include "press/press.h"
 
@@ -25,6 +26,17 @@ struct pikv_session {
     pk_press *compressing;  /* compresses each layer during the current call */
     pk_press *attached;     /* acts after each layer of every call (decoding presses) */
     pikv_press_stats stats;
+
+    /* Decode attention on placed workers (pikv_session_set_workers). */
+    int workers;                 /* 0: heads in parallel, unplaced */
+    pk_place_policy placement;
+    pk_placement plan;
+    float *worker_scores;        /* [workers, n_positions] */
+    int *head_len;               /* [n_head]: one layer's head lengths, to place */
+    float *partials;             /* per work item: max, sum, then head_dim weighted values */
+    int cap_partials;
+    double imbalance_sum;        /* sum over placed layer steps of max/mean worker load */
+    long imbalance_steps;
 
     int marked, mark_pos;   /* pikv_session_mark: the cache's state and epoch */
     pk_kv_snapshot mark;

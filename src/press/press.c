@@ -31,6 +31,7 @@ static const struct {
     {"decoding", pk_build_decoding},
     {"moe_router", pk_build_moe_router},
     {"duo", pk_build_duo},
+    {"eplb_duo", pk_build_eplb_duo},
 };
 
 int pk_press_build(const pk_spec *spec, const pk_press_env *env, pk_press **out)

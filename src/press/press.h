@@ -132,5 +132,6 @@ int pk_build_composed(const struct pk_spec *, const pk_press_env *, pk_press **)
 int pk_build_decoding(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_moe_router(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
+int pk_build_eplb_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
 
 #endif
