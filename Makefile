@@ -87,3 +87,6 @@ bench: deps
 
 clean:
 	rm -rf build build-asan
+
+# Fuzzing with libFuzzer (clang): make fuzz [FUZZ_SECONDS=60]
+include fuzz.mk

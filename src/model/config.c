@@ -36,7 +36,7 @@ static int token_id_field(const cJSON *root, const char *path, const char *key, 
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
     if (cJSON_IsArray(v)) v = cJSON_GetArrayItem(v, 0);
     if (!v || cJSON_IsNull(v)) { *out = -1; return 0; }
-    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != floor(v->valuedouble))
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != floor(v->valuedouble) || v->valuedouble > 1e9)
         return pk_fail("%s: \"%s\" must be a non-negative integer", path, key);
     *out = (int)v->valuedouble;
     return 0;
@@ -61,6 +61,9 @@ int pk_config_parse(const cJSON *root, const char *path, pikv_config *cfg)
         int_field(root, path, "n_positions", "n_ctx", 1, &cfg->n_positions) ||
         int_field(root, path, "vocab_size", NULL, 1, &cfg->vocab_size))
         return -1;
+    if (cfg->n_embd > (1 << 24) || cfg->n_layer > 4096 || cfg->n_positions > (1 << 24) || cfg->vocab_size > (1 << 24))
+        return pk_fail("%s: n_embd %d, n_layer %d, n_positions %d or vocab_size %d is implausibly large", path,
+                       cfg->n_embd, cfg->n_layer, cfg->n_positions, cfg->vocab_size);
     if (cfg->n_embd % cfg->n_head)
         return pk_fail("%s: n_embd %d is not a multiple of n_head %d", path, cfg->n_embd, cfg->n_head);
     cfg->head_dim = cfg->n_embd / cfg->n_head;
@@ -70,7 +73,7 @@ int pk_config_parse(const cJSON *root, const char *path, pikv_config *cfg)
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_epsilon");
     cfg->layer_norm_epsilon = 1e-5f;
     if (eps) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0 && eps->valuedouble < 1))
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0 && eps->valuedouble < 1) || !((float)eps->valuedouble > 0))
             return pk_fail("%s: \"layer_norm_epsilon\" must be a number in (0, 1)", path);
         cfg->layer_norm_epsilon = (float)eps->valuedouble;
     }

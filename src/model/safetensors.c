@@ -129,12 +129,15 @@ int pk_st_parse(pk_safetensors *st, const uint8_t *buf, size_t size, const char 
     }
     /* Overlap check on the sorted offsets, then make the pointers absolute. */
     qsort(st->tensors, (size_t)st->n_tensors, sizeof *st->tensors, by_offset);
-    for (int i = 1; i < st->n_tensors; i++) {
-        const pk_st_tensor *p = &st->tensors[i - 1], *t = &st->tensors[i];
-        if ((uintptr_t)p->data + p->nbytes > (uintptr_t)t->data && t->nbytes && p->nbytes) {
-            pk_fail("%s: tensors '%s' and '%s' overlap", path, p->name, t->name);
+    const pk_st_tensor *prev = NULL; /* the last non-empty tensor: empty ones overlap nothing */
+    for (int i = 0; i < st->n_tensors; i++) {
+        const pk_st_tensor *t = &st->tensors[i];
+        if (!t->nbytes) continue;
+        if (prev && (uintptr_t)prev->data + prev->nbytes > (uintptr_t)t->data) {
+            pk_fail("%s: tensors '%s' and '%s' overlap", path, prev->name, t->name);
             goto fail;
         }
+        prev = t;
     }
     for (int i = 0; i < st->n_tensors; i++)
         st->tensors[i].data = data + (uintptr_t)st->tensors[i].data;

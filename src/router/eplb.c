@@ -200,6 +200,8 @@ static int make_shape(int num_experts, int num_replicas, int num_groups, int num
 {
     if (num_experts <= 0) return pk_fail("num_experts must be positive, got %d", num_experts);
     if (num_replicas <= 0) return pk_fail("num_replicas must be positive, got %d", num_replicas);
+    if (num_replicas > (1 << 20) || num_experts > (1 << 20))
+        return pk_fail("num_replicas (%d) and num_experts (%d) must be at most %d", num_replicas, num_experts, 1 << 20);
     if (num_groups <= 0) return pk_fail("num_groups must be positive, got %d", num_groups);
     if (num_nodes <= 0) return pk_fail("num_nodes must be positive, got %d", num_nodes);
     if (num_gpus <= 0) return pk_fail("num_gpus must be positive, got %d", num_gpus);

@@ -10,7 +10,7 @@
  * adjacent pairs are merged lowest merge rank first until no listed pair remains.
  *
  * Decoding concatenates the bytes each token stands for. */
-#include "pikv.h"
+#include "tokenizer/tokenizer.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -178,19 +178,12 @@ static int read_file(const char *path, int optional, char **data, size_t *size)
     return 0;
 }
 
-/* Read and parse a JSON file. Returns 1 (and *json NULL) for an absent optional file. */
-static int read_json(const char *path, int optional, cJSON **json)
+/* Parse the JSON text of a file (NUL-terminated at text[size]). */
+static int parse_json(const char *text, size_t size, cJSON **json)
 {
-    char *text;
-    size_t size;
-    *json = NULL;
-    int rc = read_file(path, optional, &text, &size);
-    if (rc != 0) return rc;
     const char *parse_end = text;
     *json = cJSON_ParseWithLengthOpts(text, size + 1, &parse_end, 1);
-    size_t error_at = (size_t)(parse_end - text);
-    pk_free(text);
-    if (!*json) return pk_fail("invalid JSON near byte %zu", error_at);
+    if (!*json) return pk_fail("invalid JSON near byte %zu", (size_t)(parse_end - text));
     return 0;
 }
 
@@ -267,9 +260,9 @@ static size_t table_capacity(size_t n)
 /* Parse vocab.json (an object of token string -> id), check it (integer ids, no
  * id or string twice, a token for every byte) and fill the string map and the
  * tokenizer's byte tokens. */
-static int load_vocab(pikv_tokenizer *t, vocab_loader *v, const char *path)
+static int load_vocab(pikv_tokenizer *t, vocab_loader *v, const char *text, size_t size)
 {
-    if (read_json(path, 0, &v->json) < 0) return -1;
+    if (parse_json(text, size, &v->json) < 0) return -1;
     if (!cJSON_IsObject(v->json)) return pk_fail("not a JSON object of token -> id");
 
     size_t n = 0;
@@ -342,12 +335,12 @@ static int add_special(pikv_tokenizer *t, const char *text, int32_t id)
 }
 
 /* Special tokens from tokenizer.json: the added_tokens entries marked special,
- * with their own ids. Returns 1 when the file does not exist. */
-static int load_added_tokens(pikv_tokenizer *t, vocab_loader *v, const char *path)
+ * with their own ids. */
+static int load_added_tokens(pikv_tokenizer *t, vocab_loader *v, const char *text, size_t size)
 {
     (void)v;
     cJSON *json;
-    int rc = read_json(path, 1, &json);
+    int rc = parse_json(text, size, &json);
     if (rc != 0) return rc;
     if (!cJSON_IsObject(json)) {
         cJSON_Delete(json);
@@ -374,13 +367,12 @@ static int load_added_tokens(pikv_tokenizer *t, vocab_loader *v, const char *pat
 }
 
 /* Special tokens from tokenizer_config.json: bos_token, eos_token and unk_token,
- * given as a string or as {"content": string}, when they are in the vocabulary.
- * Returns 1 when the file does not exist. */
-static int load_config_tokens(pikv_tokenizer *t, vocab_loader *v, const char *path)
+ * given as a string or as {"content": string}, when they are in the vocabulary. */
+static int load_config_tokens(pikv_tokenizer *t, vocab_loader *v, const char *contents, size_t size)
 {
     static const char *const keys[] = {"bos_token", "eos_token", "unk_token"};
     cJSON *json;
-    int rc = read_json(path, 1, &json);
+    int rc = parse_json(contents, size, &json);
     if (rc != 0) return rc;
     if (!cJSON_IsObject(json)) rc = pk_fail("not a JSON object");
     for (size_t k = 0; k < sizeof keys / sizeof keys[0] && rc == 0; k++) {
@@ -423,11 +415,8 @@ static merge_slot *merge_slot_of(merge_slot *merges, size_t mask, int32_t left, 
  * A "#version" line and blank lines are skipped; both halves and their
  * concatenation must be tokens. A pair listed twice keeps its later rank, like
  * GPT-2's and Hugging Face's loaders. */
-static int load_merges(pikv_tokenizer *t, vocab_loader *v, const char *path)
+static int load_merges(pikv_tokenizer *t, vocab_loader *v, const char *text, size_t size)
 {
-    char *text;
-    size_t size;
-    if (read_file(path, 0, &text, &size) < 0) return -1;
     size_t n_lines = 1;
     for (size_t i = 0; i < size; i++) n_lines += text[i] == '\n';
     size_t cap = table_capacity(n_lines);
@@ -438,14 +427,14 @@ static int load_merges(pikv_tokenizer *t, vocab_loader *v, const char *path)
 
     uint32_t rank = 0;
     size_t line_no = 0;
-    for (char *line = text; line < text + size && rc == 0;) {
-        char *eol = memchr(line, '\n', (size_t)(text + size - line));
+    for (const char *line = text; line < text + size && rc == 0;) {
+        const char *eol = memchr(line, '\n', (size_t)(text + size - line));
         if (!eol) eol = text + size;
-        char *next_line = eol + 1;
+        const char *next_line = eol + 1;
         line_no++;
         if (eol > line && eol[-1] == '\r') eol--;
         size_t len = (size_t)(eol - line);
-        char *space = memchr(line, ' ', len);
+        const char *space = memchr(line, ' ', len);
         if (len == 0 || (len >= 8 && memcmp(line, "#version", 8) == 0)) {
             line = next_line;
             continue;
@@ -472,7 +461,6 @@ static int load_merges(pikv_tokenizer *t, vocab_loader *v, const char *path)
         }
         line = next_line;
     }
-    pk_free(text);
     return rc;
 }
 
@@ -517,43 +505,81 @@ static int build_pieces(pikv_tokenizer *t, const vocab_loader *v)
 
 /* ---- loading ----------------------------------------------------------------- */
 
-typedef int (*load_step)(pikv_tokenizer *t, vocab_loader *v, const char *path);
+typedef int (*load_step)(pikv_tokenizer *t, vocab_loader *v, const char *text, size_t size);
 
-/* Run one loading step on dir/file; its error message gets the file's path in front. */
-static int load_file(pikv_tokenizer *t, vocab_loader *v, const char *dir, const char *file,
-                     load_step step)
+/* Where the tokenizer's files come from: the directory dir, or, when dir is
+ * NULL, the named buffers of files. */
+typedef struct tokenizer_source {
+    const char *dir;
+    const pk_tokenizer_file *files;
+    size_t n_files;
+} tokenizer_source;
+
+/* Copy the buffer named `name` into a NUL-terminated allocation, as read_file
+ * would read the file. Returns 1 when it is absent and `optional` is set. */
+static int copy_buffer(const tokenizer_source *src, const char *name, int optional, char **text,
+                       size_t *size)
 {
-    char *path = join_path(dir, file);
-    if (!path) return pk_fail_prefix("%s", dir);
-    int rc = step(t, v, path);
-    if (rc < 0) pk_fail_prefix("%s", path);
+    *text = NULL;
+    *size = 0;
+    for (size_t i = 0; i < src->n_files; i++) {
+        const pk_tokenizer_file *f = &src->files[i];
+        if (strcmp(f->name, name) != 0) continue;
+        char *copy = pk_malloc(f->len + 1, "file contents");
+        if (!copy) return -1;
+        if (f->len) memcpy(copy, f->data, f->len);
+        copy[f->len] = '\0';
+        *text = copy;
+        *size = f->len;
+        return 0;
+    }
+    return optional ? 1 : pk_fail("not given");
+}
+
+/* Run one loading step on the contents of `file`; its error message gets the
+ * file's path (or, from memory, its name) in front. Returns 1 when an optional
+ * file is absent. */
+static int load_file(pikv_tokenizer *t, vocab_loader *v, const tokenizer_source *src, const char *file,
+                     int optional, load_step step)
+{
+    char *path = NULL, *text;
+    size_t size;
+    int rc;
+    if (src->dir) {
+        if (!(path = join_path(src->dir, file))) return pk_fail_prefix("%s", src->dir);
+        rc = read_file(path, optional, &text, &size);
+    } else {
+        rc = copy_buffer(src, file, optional, &text, &size);
+    }
+    if (rc == 0) {
+        rc = step(t, v, text, size);
+        pk_free(text);
+    }
+    if (rc < 0) pk_fail_prefix("%s", path ? path : file);
     pk_free(path);
     return rc;
 }
 
-/* Load vocab.json, the special tokens and merges.txt from a model directory. */
-pikv_tokenizer *pikv_tokenizer_load(const char *dir)
+/* Load vocab.json, the special tokens and merges.txt from a source. */
+static pikv_tokenizer *load_tokenizer(const tokenizer_source *src)
 {
-    if (!dir) {
-        pk_fail("pikv_tokenizer_load: directory is NULL");
-        return NULL;
-    }
+    const char *where = src->dir ? src->dir : "tokenizer files";
     vocab_loader v = {0};
     pikv_tokenizer *t = pk_calloc(1, sizeof *t, "tokenizer");
-    int rc = t ? 0 : pk_fail_prefix("%s", dir);
-    if (rc == 0) rc = load_file(t, &v, dir, "vocab.json", load_vocab);
+    int rc = t ? 0 : pk_fail_prefix("%s", where);
+    if (rc == 0) rc = load_file(t, &v, src, "vocab.json", 0, load_vocab);
     if (rc == 0) {
-        rc = load_file(t, &v, dir, "tokenizer.json", load_added_tokens);
-        if (rc > 0) rc = load_file(t, &v, dir, "tokenizer_config.json", load_config_tokens);
+        rc = load_file(t, &v, src, "tokenizer.json", 1, load_added_tokens);
+        if (rc > 0) rc = load_file(t, &v, src, "tokenizer_config.json", 1, load_config_tokens);
         if (rc > 0) rc = 0;
     }
     if (rc == 0) {
         static const char end_of_text[] = "<|endoftext|>";
         int32_t id = vocab_find(&v, end_of_text, sizeof end_of_text - 1, "", 0);
-        if (id >= 0 && add_special(t, end_of_text, id) < 0) rc = pk_fail_prefix("%s", dir);
+        if (id >= 0 && add_special(t, end_of_text, id) < 0) rc = pk_fail_prefix("%s", where);
     }
-    if (rc == 0) rc = load_file(t, &v, dir, "merges.txt", load_merges);
-    if (rc == 0 && build_pieces(t, &v) < 0) rc = pk_fail_prefix("%s", dir);
+    if (rc == 0) rc = load_file(t, &v, src, "merges.txt", 0, load_merges);
+    if (rc == 0 && build_pieces(t, &v) < 0) rc = pk_fail_prefix("%s", where);
     cJSON_Delete(v.json);
     pk_free(v.map);
     if (rc < 0) {
@@ -565,6 +591,27 @@ pikv_tokenizer *pikv_tokenizer_load(const char *dir)
     for (int i = 0; i < t->n_specials; i++)
         t->special_first_byte[(unsigned char)t->specials[i].text[0]] = 1;
     return t;
+}
+
+/* Load vocab.json, the special tokens and merges.txt from a model directory. */
+pikv_tokenizer *pikv_tokenizer_load(const char *dir)
+{
+    if (!dir) {
+        pk_fail("pikv_tokenizer_load: directory is NULL");
+        return NULL;
+    }
+    return load_tokenizer(&(tokenizer_source){dir, NULL, 0});
+}
+
+/* The same from buffers in memory: the fuzzers' entry point. */
+pikv_tokenizer *pk_tokenizer_from_buffers(const pk_tokenizer_file *files, size_t n_files)
+{
+    for (size_t i = 0; i < n_files; i++)
+        if (!files[i].name || (!files[i].data && files[i].len)) {
+            pk_fail("pk_tokenizer_from_buffers: file %zu has no name or no data", i);
+            return NULL;
+        }
+    return load_tokenizer(&(tokenizer_source){NULL, files, n_files});
 }
 
 /* Release a tokenizer and everything it owns (NULL is fine). */
