@@ -27,7 +27,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-asan bench clean
+.PHONY: all deps run test test-asan test-valgrind bench clean
 
 all: $(BUILD)/pikv $(TESTS)
 
@@ -81,12 +81,19 @@ test-asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer $(ASAN_FLAGS)" SANITIZE="$(ASAN_FLAGS)" all
 	PIKV_TEST_QUICK=1 ASAN_OPTIONS=detect_leaks=1 PIKV=build-asan/pikv TEST_BIN=build-asan/tests sh tests/run.sh
 
+# The CLI under valgrind's memcheck (no leaks, no invalid accesses), built
+# without AVX-512, which valgrind cannot decode.
+test-valgrind: deps
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind; }
+	$(MAKE) BUILD=build-valgrind OPT="-O2 -g -march=x86-64-v3" build-valgrind/pikv
+	PIKV=build-valgrind/pikv sh tests/valgrind.sh
+
 bench: deps
 	$(MAKE) $(BUILD)/pikv
 	$(BUILD)/pikv bench -p 1024 -n 128 -r 5
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-valgrind build-fuzz
 
 # Fuzzing with libFuzzer (clang): make fuzz [FUZZ_SECONDS=60]
 include fuzz.mk
