@@ -68,7 +68,7 @@ $(BUILD)/src/model/ops.o: FILE_CFLAGS = -ffast-math
 
 run: deps
 	$(MAKE) $(BUILD)/pikv
-	$(BUILD)/pikv generate --prompt "The pass key is 48213. Remember it. 48213 is the pass key. What is the pass key? The pass key is" --max-new-tokens 24 --greedy
+	$(BUILD)/pikv compare
 
 test: deps
 	$(MAKE) all

@@ -9,6 +9,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_eplb(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 int cmd_duo_calibrate(int argc, char **argv);
 
 #endif

@@ -20,6 +20,7 @@ static const struct {
     {"duo-calibrate", cmd_duo_calibrate, "score heads for DuoAttention and write the pattern"},
     {"eval", cmd_eval, "retrieval accuracy of presses on seeded needle tasks"},
     {"eplb", cmd_eplb, "DeepSeek's expert-parallel load balancer on a load matrix (JSON)"},
+    {"compare", cmd_compare, "compare KV-cache compression methods: memory, time, speed, quality"},
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,335 @@
+/* pikv compare: the seed's comparison experiment. No Compression, Duo
+ * Attention and EPLB + Duo Attention (or any presses) on one context, measured
+ * in one run: KV memory, prefill / compression / decode time, speed, quality
+ * against no compression; the relative improvements and a recommendation.
+ * --detailed adds sweeps over the ratio, the number of experts and the
+ * context length, written as JSON, CSV and SVG plots with --out. */
+#include "bench/compare.h"
+#include "bench/report.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "pikv.h"
+#include "util/file.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+enum { MAX_REPS = 100, QUICK_TASKS = 10, DETAILED_TASKS = 50 };
+
+typedef struct {
+    const char *model_flag, *context_file, *question, *methods, *scenario, *csv, *out, *haystack;
+    double ratio, eplb_share;
+    int experts, top_k, context_tokens, max_new, reps, threads, tasks, seed, query_aware, json, detailed;
+    int ratio_seen, experts_seen, context_seen, tasks_seen;
+} compare_options;
+
+/* Everything a run holds, released in one place. */
+typedef struct {
+    pikv_model *model;
+    pikv_tokenizer *tok;
+    pikv_session *session;
+    pk_haystack haystack;
+    pk_task task;
+    char *file_text, *question_text;
+    int32_t *context, *question; /* from --context-file and --question */
+    int n_context, n_question;
+    pk_compare_report report;
+} compare_run;
+
+/* Release everything a run holds; safe on a partly built run. */
+static void run_free(compare_run *r)
+{
+    pk_compare_report_free(&r->report);
+    pikv_free(r->question);
+    pikv_free(r->context);
+    pikv_free(r->question_text);
+    pikv_free(r->file_text);
+    pk_task_free(&r->task);
+    pk_haystack_free(&r->haystack);
+    pikv_session_free(r->session);
+    pikv_tokenizer_free(r->tok);
+    pikv_model_free(r->model);
+}
+
+/* Check the numeric options; prints the error and returns 2 when one is out of range. */
+static int check_options(const cli_command *cmd, const compare_options *o)
+{
+    if (!(o->ratio >= 0 && o->ratio < 1)) return cli_error(cmd, "--ratio: must be in [0, 1), got %g", o->ratio), 2;
+    if (o->experts < 1) return cli_error(cmd, "--experts: must be >= 1, got %d", o->experts), 2;
+    if (o->top_k < 1 || o->top_k > o->experts)
+        return cli_error(cmd, "--top-k: must be in 1..%d (the number of experts), got %d", o->experts, o->top_k), 2;
+    if (!(o->eplb_share >= 0 && o->eplb_share <= 1))
+        return cli_error(cmd, "--eplb-share: must be in [0, 1], got %g", o->eplb_share), 2;
+    if (o->reps < 1 || o->reps > MAX_REPS)
+        return cli_error(cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, o->reps), 2;
+    if (o->tasks < 1) return cli_error(cmd, "--tasks: must be >= 1, got %d", o->tasks), 2;
+    if (o->max_new < 2)
+        return cli_error(cmd, "--max-new-tokens: must be >= 2 (decode speed needs a decoded token), got %d",
+                         o->max_new), 2;
+    if (o->threads < 0) return cli_error(cmd, "--threads: must be >= 1, got %d", o->threads), 2;
+    if (o->context_tokens < 64) return cli_error(cmd, "--context-tokens: must be >= 64, got %d", o->context_tokens), 2;
+    if (o->context_file && o->context_seen)
+        return cli_error(cmd, "give --context-file or --context-tokens, not both"), 2;
+    if (o->context_file && !o->question) return cli_error(cmd, "--context-file needs a --question"), 2;
+    return 0;
+}
+
+/* Tokenize text given to `flag`, which must not be empty. */
+static int tokenize_flag(const cli_command *cmd, const pikv_tokenizer *tok, const char *flag, const char *text,
+                         size_t len, int32_t **ids, int *n)
+{
+    size_t count = 0;
+    if (pikv_tokenize(tok, text, len, ids, &count)) return cli_error(cmd, "%s: %s", flag, pikv_last_error());
+    if (count == 0) return cli_error(cmd, "%s: the text is empty", flag);
+    *n = (int)count;
+    return 0;
+}
+
+/* The inputs: the context file with the question, or a needle task of
+ * --context-tokens tokens (capped with a notice when a scenario asks for more
+ * than the model holds) with its question or --question. Returns 0, or the
+ * exit status after printing the error. */
+static int make_inputs(const cli_command *cmd, const compare_options *o, compare_run *r, pk_compare_config *c)
+{
+    const int n_positions = pikv_model_config(r->model)->n_positions;
+    if (o->question && tokenize_flag(cmd, r->tok, "--question", o->question, strlen(o->question), &r->question,
+                                     &r->n_question))
+        return 1;
+    if (o->context_file) {
+        size_t len;
+        if (!(r->file_text = cli_read_text(cmd, "--context-file", o->context_file, &len)) ||
+            tokenize_flag(cmd, r->tok, o->context_file, r->file_text, len, &r->context, &r->n_context))
+            return 1;
+        if (r->n_context + r->n_question + o->max_new > n_positions)
+            return cli_error(cmd, "--context-file: %d tokens + %d question + %d answer tokens exceed the model's %d "
+                                  "positions",
+                             r->n_context, r->n_question, o->max_new, n_positions);
+        *c = (pk_compare_config){.context = r->context, .n_context = r->n_context, .question = r->question,
+                                 .n_question = r->n_question, .question_text = o->question,
+                                 .context_source = o->context_file};
+        return 0;
+    }
+    /* The detailed run's main context defaults to the longest that fits, the
+     * top of its context sweep, so that those inputs are measured once. */
+    const int longest = o->detailed && !o->context_seen && !o->scenario;
+    int tokens = longest ? n_positions : o->context_tokens;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (pk_compare_needle_task(&r->haystack, tokens, (uint64_t)o->seed, &r->task))
+            return cli_error(cmd, "--context-tokens: %s", pikv_last_error());
+        const int room = (o->question ? r->n_question : r->task.n_question) + o->max_new;
+        const int fits = pk_context_cap(tokens, n_positions, room);
+        if (fits == tokens) break;
+        pk_task_free(&r->task);
+        if (!longest && (o->context_seen || !o->scenario))
+            return cli_error(cmd, "--context-tokens: %d + %d question and answer tokens exceed the model's %d "
+                                  "positions (at most %d)",
+                             tokens, room, n_positions, fits), 2;
+        if (fits < 64) return cli_error(cmd, "--max-new-tokens: %d leaves no room for a context", o->max_new), 2;
+        if (!longest)
+            fprintf(stderr, "pikv %s: notice: scenario %s asks for %d context tokens; capped at %d (the model's %d "
+                            "positions less %d for the question and answer)\n",
+                    cmd->name, o->scenario, tokens, fits, n_positions, room);
+        tokens = fits;
+    }
+    const int own_question = o->question == NULL;
+    if (own_question &&
+        !(r->question_text = pikv_detokenize(r->tok, r->task.question, (size_t)r->task.n_question, NULL)))
+        return cli_fail(cmd);
+    *c = (pk_compare_config){.context = r->task.context, .n_context = r->task.n_context,
+                             .question = own_question ? r->task.question : r->question,
+                             .n_question = own_question ? r->task.n_question : r->n_question,
+                             .question_text = own_question ? r->question_text : o->question,
+                             .context_source = "a needle task: a pass key at half depth in the haystack text",
+                             .task = own_question ? &r->task : NULL};
+    return 0;
+}
+
+/* The status line on stderr: each line overwrites the last; NULL ends it. */
+typedef struct {
+    const char *command;
+    int shown;
+} status_line;
+
+/* Overwrite the status line on stderr; NULL ends it with a newline. */
+static void show_status(const char *line, void *ctx)
+{
+    status_line *s = ctx;
+    if (!line) {
+        if (s->shown) fputc('\n', stderr);
+        s->shown = 0;
+        return;
+    }
+    fprintf(stderr, "\r%s: %-110.110s", s->command, line);
+    s->shown = 1;
+}
+
+/* Tell the user where a file went. */
+static void show_written(const char *path, void *ctx)
+{
+    fprintf(stderr, "pikv %s: wrote %s\n", (const char *)ctx, path);
+}
+
+/* Print the report (text or JSON) and write the requested files. */
+static int emit(const cli_command *cmd, const compare_options *o, const pk_compare_report *report)
+{
+    if (o->json) {
+        cJSON *json = pk_report_json(report);
+        char *text = json ? cJSON_PrintUnformatted(json) : NULL;
+        cJSON_Delete(json);
+        if (!text) return cli_error(cmd, "out of memory printing JSON");
+        puts(text);
+        cJSON_free(text);
+    } else {
+        pk_report_text(stdout, report);
+    }
+    fflush(stdout);
+    if (o->csv) {
+        char *csv = pk_report_csv(report);
+        if (!csv || pk_write_file_atomic(o->csv, csv, strlen(csv))) {
+            pikv_free(csv);
+            return cli_error(cmd, "--csv: %s", pikv_last_error());
+        }
+        pikv_free(csv);
+        show_written(o->csv, (void *)cmd->name);
+    }
+    if (o->out) {
+        if (mkdir(o->out, 0777) != 0 && errno != EEXIST)
+            return cli_error(cmd, "--out: %s: cannot create the directory: %s", o->out, strerror(errno));
+        if (pk_report_write_dir(report, o->out, show_written, (void *)cmd->name))
+            return cli_error(cmd, "--out: %s", pikv_last_error());
+    }
+    return 0;
+}
+
+/* Parse and check the options, apply the scenario, load the model and inputs,
+ * run the experiment and emit the report. */
+int cmd_compare(int argc, char **argv)
+{
+    compare_options o = {.ratio = 0.5, .experts = 4, .top_k = 2, .eplb_share = 0.7, .context_tokens = 2000,
+                         .max_new = 24, .reps = 3, .tasks = QUICK_TASKS, .seed = 1, .haystack = "data/haystack.txt"};
+    const cli_opt opts[] = {
+        {"--model", "-m", OPT_STRING, &o.model_flag, "model directory (default: the bundled model)", NULL},
+        {"--methods", NULL, OPT_STRING, &o.methods,
+         "methods separated by ';', each SPEC or NAME=SPEC (default: the seed's three, above)", NULL},
+        {"--ratio", NULL, OPT_FLOAT, &o.ratio, "compression ratio {r} (default 0.5)", &o.ratio_seen},
+        {"--experts", NULL, OPT_INT, &o.experts, "experts of the EPLB router {e} (default 4)", &o.experts_seen},
+        {"--top-k", NULL, OPT_INT, &o.top_k, "experts per token {k} (default 2)", NULL},
+        {"--eplb-share", NULL, OPT_FLOAT, &o.eplb_share, "EPLB's share of the ratio {s} (default 0.7)", NULL},
+        {"--scenario", NULL, OPT_STRING, &o.scenario, "preset ratio, experts and context: long-doc-qa, chat, content",
+         NULL},
+        {"--context-tokens", NULL, OPT_INT, &o.context_tokens,
+         "needle-task context length (default 2000; --detailed: all that fits)", &o.context_seen},
+        {"--context-file", NULL, OPT_STRING, &o.context_file, "use this text as the context (needs --question)",
+         NULL},
+        {"--question", "-q", OPT_STRING, &o.question, "the question (default: the needle task's)", NULL},
+        {"--max-new-tokens", "-n", OPT_INT, &o.max_new, "answer tokens to decode (default 24)", NULL},
+        {"--query-aware", NULL, OPT_FLAG, &o.query_aware, "the press sees the question when it compresses", NULL},
+        {"--reps", "-r", OPT_INT, &o.reps, "timed repetitions (default 3)", NULL},
+        {"--tasks", NULL, OPT_INT, &o.tasks, "retrieval tasks per measurement (default 10; 50 with --detailed)",
+         &o.tasks_seen},
+        {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7, experts 2/4/8, context length",
+         NULL},
+        {"--out", NULL, OPT_STRING, &o.out, "write compare.json, compare.csv (and plots) into this directory", NULL},
+        {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object instead of the text report", NULL},
+        {"--csv", NULL, OPT_STRING, &o.csv, "write one CSV row per method to this file", NULL},
+        {"--haystack", NULL, OPT_STRING, &o.haystack, "text for needle tasks and perplexity (data/haystack.txt)",
+         NULL},
+        {"--seed", NULL, OPT_INT, &o.seed, "task seed (default 1)", NULL},
+        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
+    };
+    const cli_command cmd = {
+        "compare",
+        "compare [--model DIR] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
+        "       [--eplb-share S] [--scenario NAME] [--context-tokens N | --context-file F --question Q]\n"
+        "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]",
+        "Compares KV-cache compression methods on one context: the KV bytes each holds after\n"
+        "compression, prefill / compression / decode time (medians of --reps repetitions, methods in\n"
+        "rotated order), decode and prefill speed, and quality against No Compression (retrieval accuracy\n"
+        "on needle tasks, perplexity, KL divergence and top-1 agreement of a continuation, agreement of\n"
+        "the greedy answer). No Compression (none) is the baseline; it is added when --methods lacks it.\n"
+        "Then the relative improvements and a recommendation: the largest KV reduction that keeps 95% of\n"
+        "the baseline's retrieval accuracy. The context is a needle task (a pass key at half depth in\n"
+        "data/haystack.txt) unless --context-file is given. A progress line goes to stderr.\n\n"
+        "Methods are press specs; as press specs hold commas, --methods separates them with ';'. In a\n"
+        "spec, {r} {e} {k} {s} stand for --ratio, --experts, --top-k and --eplb-share, and the sweeps of\n"
+        "--detailed vary them. The default methods are\n"
+        "  No Compression        none\n"
+        "  Duo Attention         duo:ratio={r}\n"
+        "  EPLB + Duo Attention  eplb_duo:ratio={r},experts={e},top_k={k},eplb_share={s}\n"
+        "Scenarios (the seed's presets; explicit options win): long-doc-qa = ratio 0.6, 6 experts, 4000\n"
+        "tokens (capped to what the model holds, with a notice); chat = 0.4, 4, 1000; content = 0.5, 4,\n"
+        "2000. --detailed also sweeps ratio 0.3/0.5/0.7, experts 2/4/8 and context 512/1024/the longest\n"
+        "that fits (also its default main context), with 50 tasks per point unless --tasks says\n"
+        "otherwise; --out DIR then receives compare.json, compare.csv and SVG plots of memory, decode\n"
+        "speed and retrieval accuracy for each sweep.",
+        opts, sizeof opts / sizeof *opts};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (o.scenario) {
+        const char *known;
+        const pk_scenario *sc = pk_scenario_find(o.scenario, &known);
+        if (!sc) return cli_error(&cmd, "--scenario: unknown scenario '%s' (known: %s)", o.scenario, known), 2;
+        if (!o.ratio_seen) o.ratio = sc->ratio;
+        if (!o.experts_seen) o.experts = sc->experts;
+        if (!o.context_seen) o.context_tokens = sc->context_tokens;
+    }
+    if (o.detailed && !o.tasks_seen) o.tasks = DETAILED_TASKS;
+    if ((rc = check_options(&cmd, &o))) return rc;
+    pk_method methods[PK_COMPARE_MAX_METHODS];
+    int n_methods = 0;
+    if (!o.methods) n_methods = pk_methods_default(methods);
+    else if (pk_methods_parse(o.methods, methods, PK_COMPARE_MAX_METHODS, &n_methods))
+        return cli_error(&cmd, "--methods: %s", pikv_last_error()), 2;
+    if (pk_methods_with_baseline(methods, &n_methods, PK_COMPARE_MAX_METHODS))
+        return cli_error(&cmd, "--methods: %s", pikv_last_error()), 2;
+
+    compare_run r = {0};
+    pk_compare_config c;
+    const char *dir = cli_model_dir(o.model_flag);
+    rc = 1;
+    if (cli_load(&cmd, dir, &r.model, &r.tok)) goto done;
+    if (pk_haystack_load(&r.haystack, r.tok, o.haystack)) {
+        cli_error(&cmd, "--haystack: %s", pikv_last_error());
+        goto done;
+    }
+    if ((rc = make_inputs(&cmd, &o, &r, &c))) goto done;
+    rc = 1;
+    if (!(r.session = pikv_session_new(r.model, o.threads))) {
+        cli_fail(&cmd);
+        goto done;
+    }
+    pikv_model_info info;
+    pikv_model_get_info(r.model, &info);
+    char model_name[300], machine[300];
+    const char *base = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
+    snprintf(model_name, sizeof model_name, "%.200s (%.2f M parameters)", base, info.n_params / 1e6);
+    cli_machine(machine, sizeof machine);
+    status_line status = {cmd.name, 0};
+    c.haystack = &r.haystack;
+    c.model_dir = dir;
+    c.session = r.session;
+    c.model_name = model_name;
+    c.machine = machine;
+    c.methods = methods;
+    c.n_methods = n_methods;
+    c.params = (pk_method_params){o.ratio, o.experts, o.top_k, o.eplb_share};
+    c.max_new_tokens = o.max_new;
+    c.reps = o.reps;
+    c.n_tasks = o.tasks;
+    c.query_aware = o.query_aware;
+    c.detailed = o.detailed;
+    c.seed = (uint64_t)o.seed;
+    c.progress = show_status;
+    c.progress_ctx = &status;
+    if (pk_compare_run(&c, &r.report)) {
+        cli_error(&cmd, "%s", pikv_last_error());
+        goto done;
+    }
+    rc = emit(&cmd, &o, &r.report);
+done:
+    run_free(&r);
+    return rc;
+}
