@@ -11,7 +11,7 @@
 const char *const pk_sweep_names[PK_SWEEP_COUNT] = {"ratio", "experts", "context"};
 
 /* The values the detailed run sweeps (besides the main setting, always included). */
-static const double sweep_ratios[] = {0.3, 0.5, 0.7};
+static const double sweep_ratios[] = {0.3, 0.5, 0.7, 0.9};
 static const int sweep_experts[] = {2, 4, 8};
 static const int sweep_contexts[] = {512, 1024}; /* and the longest that fits */
 

@@ -230,7 +230,7 @@ int cmd_compare(int argc, char **argv)
         {"--reps", "-r", OPT_INT, &o.reps, "timed repetitions (default 3)", NULL},
         {"--tasks", NULL, OPT_INT, &o.tasks, "retrieval tasks per measurement (default 10; 50 with --detailed)",
          &o.tasks_seen},
-        {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7, experts 2/4/8, context length",
+        {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7/0.9, experts 2/4/8, context length",
          NULL},
         {"--out", NULL, OPT_STRING, &o.out, "write compare.json, compare.csv (and plots) into this directory", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object instead of the text report", NULL},
@@ -261,7 +261,7 @@ int cmd_compare(int argc, char **argv)
         "  EPLB + Duo Attention  eplb_duo:ratio={r},experts={e},top_k={k},eplb_share={s}\n"
         "Scenarios (the seed's presets; explicit options win): long-doc-qa = ratio 0.6, 6 experts, 4000\n"
         "tokens (capped to what the model holds, with a notice); chat = 0.4, 4, 1000; content = 0.5, 4,\n"
-        "2000. --detailed also sweeps ratio 0.3/0.5/0.7, experts 2/4/8 and context 512/1024/the longest\n"
+        "2000. --detailed also sweeps ratio 0.3/0.5/0.7 (the seed's) and 0.9, experts 2/4/8 and context 512/1024/the longest\n"
         "that fits (also its default main context), with 50 tasks per point unless --tasks says\n"
         "otherwise; --out DIR then receives compare.json, compare.csv and SVG plots of memory, decode\n"
         "speed and retrieval accuracy for each sweep.",
