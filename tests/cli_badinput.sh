@@ -7,32 +7,7 @@
 # file or flag. The cases tests/cli_basic.sh and tests/cli_press.sh cover are
 # not repeated. Run from the repository root with $PIKV set; ends with
 # "cli_badinput: N passed, M failed".
-set -u
-: "${PIKV:=build/pikv}"
-dir=$(mktemp -d) || exit 1
-trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); }
-not_ok() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-
-run() {
-  "$PIKV" "$@" >"$dir/out" 2>"$dir/err"
-  rc=$?
-}
-
-# expect_error NAME RC NEEDLE ARGS...: exit status RC and exactly one line on
-# stderr, containing NEEDLE.
-expect_error() {
-  name=$1 want=$2 needle=$3
-  shift 3
-  run "$@"
-  if [ "$rc" -eq "$want" ] && [ "$(wc -l <"$dir/err")" -eq 1 ] && grep -qF -- "$needle" "$dir/err"; then
-    ok
-  else
-    not_ok "$name: exit $rc (want $want), stderr: $(cat "$dir/err")"
-  fi
-}
-
+. tests/lib/cli.sh
 # le64 N: N as 8 bytes, little-endian.
 le64() {
   n=$1 i=0
@@ -157,5 +132,4 @@ expect_error "integer flag past int" 2 "--max-new-tokens: '99999999999' is not a
 expect_error "negative new tokens" 2 "--max-new-tokens: must be >= 0" generate --prompt hi -n -1
 expect_error "NaN temperature" 2 "--temperature" generate --prompt hi --temperature nan
 
-echo "cli_badinput: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_badinput

@@ -3,39 +3,7 @@
 # bundled model: real outputs, and for every bad input a non-zero exit with one
 # line on stderr that names the flag or file. Run from the repository root with
 # $PIKV set; ends with "cli_basic: N passed, M failed".
-set -u
-: "${PIKV:=build/pikv}"
-dir=$(mktemp -d) || exit 1
-trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); }
-not_ok() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-
-run() {
-  "$PIKV" "$@" >"$dir/out" 2>"$dir/err"
-  rc=$?
-}
-
-# expect_error NAME RC NEEDLE ARGS...: exit status RC, exactly one line on
-# stderr, containing NEEDLE.
-expect_error() {
-  name=$1 want=$2 needle=$3
-  shift 3
-  run "$@"
-  lines=$(wc -l <"$dir/err")
-  if [ "$rc" -eq "$want" ] && [ "$lines" -eq 1 ] && grep -qF -- "$needle" "$dir/err"; then
-    ok
-  else
-    not_ok "$name: exit $rc (want $want), stderr: $(cat "$dir/err")"
-  fi
-}
-
-# check NAME CONDITION...: the shell condition holds.
-check() {
-  name=$1
-  shift
-  if "$@"; then ok; else not_ok "$name"; fi
-}
+. tests/lib/cli.sh
 
 run --help
 check "pikv --help" [ "$rc" -eq 0 ]
@@ -88,5 +56,4 @@ rc=$?
 check "tokenize invalid UTF-8 fails" [ "$rc" -eq 1 ]
 check "tokenize invalid UTF-8 names stdin" grep -q "^pikv tokenize: stdin: invalid UTF-8" "$dir/err"
 
-echo "cli_basic: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_basic

@@ -3,34 +3,7 @@
 # shape, the JSON keys, --csv, the detailed run's files, the scenario notice,
 # and one-line errors for bad options. Run from the repository root with $PIKV
 # set; ends with "cli_compare: N passed, M failed".
-set -u
-: "${PIKV:=build/pikv}"
-dir=$(mktemp -d) || exit 1
-trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); }
-not_ok() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-run() {
-  "$PIKV" "$@" >"$dir/out" 2>"$dir/err"
-  rc=$?
-}
-check() {
-  name=$1
-  shift
-  if "$@"; then ok; else not_ok "$name"; fi
-}
-# expect_error NAME RC NEEDLE ARGS...: exit status RC, one line on stderr holding NEEDLE.
-expect_error() {
-  name=$1 want=$2 needle=$3
-  shift 3
-  run "$@"
-  if [ "$rc" -eq "$want" ] && [ "$(wc -l <"$dir/err")" -eq 1 ] && grep -qF -- "$needle" "$dir/err"; then
-    ok
-  else
-    not_ok "$name: exit $rc (want $want), stderr: $(cat "$dir/err")"
-  fi
-}
-
+. tests/lib/cli.sh
 # One thread: on a busy machine, idle OpenMP threads spinning for a core cost more than they bring.
 quick="--context-tokens 300 --reps 1 --tasks 2 -n 4 -t 1"
 tiny="${PIKV_SHARED:-../shared}/fixtures/tiny-gpt2"
@@ -120,5 +93,4 @@ expect_error "empty method" 2 "--methods: method 2: empty press spec" compare --
 expect_error "unknown method spec" 1 "method 'frob:0.5': unknown press 'frob'" compare --methods 'frob:0.5' $quick
 expect_error "unknown placeholder" 1 "unknown placeholder {x}" compare --methods 'knorm:{x}' $quick
 
-echo "cli_compare: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_compare

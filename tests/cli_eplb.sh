@@ -2,22 +2,7 @@
 # End-to-end tests of `pikv eplb`. Run from the repository root with $PIKV set to
 # the pikv binary. Ends with "cli_eplb: N passed, M failed"; exit status non-zero
 # when any check failed.
-set -u
-: "${PIKV:=build/pikv}"
-dir=$(mktemp -d) || exit 1
-trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-
-ok() { passed=$((passed + 1)); }
-not_ok() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-
-# run ARGS...: run pikv, keeping its stdout in $dir/out, stderr in $dir/err and
-# exit status in $rc.
-run() {
-  "$PIKV" "$@" >"$dir/out" 2>"$dir/err"
-  rc=$?
-}
-
+. tests/lib/cli.sh
 # expect_output NAME FILE WANT: `pikv eplb --input FILE` succeeds and prints WANT.
 expect_output() {
   run eplb --input "$2"
@@ -28,10 +13,10 @@ expect_output() {
   fi
 }
 
-# expect_error NAME RC FILE NEEDLE: `pikv eplb --input FILE` exits with RC,
+# expect_input_error NAME RC FILE NEEDLE: `pikv eplb --input FILE` exits with RC,
 # prints nothing on stdout and one line on stderr that starts with
 # "pikv eplb: FILE: " and contains NEEDLE.
-expect_error() {
+expect_input_error() {
   run eplb --input "$3"
   err=$(cat "$dir/err")
   lines=$(wc -l <"$dir/err")
@@ -57,27 +42,27 @@ expect_output "worked example" "$dir/example.json" "$example_out"
 printf '[%s,\n %s]\n' "$one" "$example" >"$dir/list.json"
 expect_output "list input" "$dir/list.json" "[$one_out,$example_out]"
 
-expect_error "missing file" 1 "$dir/absent.json" "No such file"
+expect_input_error "missing file" 1 "$dir/absent.json" "No such file"
 
 printf '{"weight": [[1, 2]], "num_replicas": 2,\n' >"$dir/truncated.json"
-expect_error "bad JSON" 1 "$dir/truncated.json" "invalid JSON"
+expect_input_error "bad JSON" 1 "$dir/truncated.json" "invalid JSON"
 
 printf '{"weight": [[1, 2, 3, 4]], "num_replicas": 6, "num_groups": 1, "num_nodes": 1, "num_gpus": 4}\n' \
   >"$dir/indivisible.json"
-expect_error "R not divisible by D" 1 "$dir/indivisible.json" \
+expect_input_error "R not divisible by D" 1 "$dir/indivisible.json" \
   "num_replicas (6) must be a multiple of num_gpus (4)"
 
 printf '{"weight": [[1, 2]], "num_replicas": 2, "num_groups": 1, "num_nodes": 1}\n' \
   >"$dir/missing_key.json"
-expect_error "missing key" 1 "$dir/missing_key.json" 'missing key "num_gpus"'
+expect_input_error "missing key" 1 "$dir/missing_key.json" 'missing key "num_gpus"'
 
 printf '[%s, {"weight": [[1, 2], [3]], "num_replicas": 2, "num_groups": 1, "num_nodes": 1, "num_gpus": 1}]\n' \
   "$one" >"$dir/ragged.json"
-expect_error "ragged rows in a list item" 1 "$dir/ragged.json" \
+expect_input_error "ragged rows in a list item" 1 "$dir/ragged.json" \
   "item 1: weight[1] has 1 entries but weight[0] has 2"
 
 : >"$dir/empty.json"
-expect_error "empty file" 1 "$dir/empty.json" "empty"
+expect_input_error "empty file" 1 "$dir/empty.json" "empty"
 
 run eplb --input "$dir/example.json" --x
 if [ "$rc" -eq 2 ] && [ "$(cat "$dir/err")" = "pikv eplb: unknown option '--x'" ]; then ok
@@ -91,5 +76,4 @@ run eplb --help
 if [ "$rc" -eq 0 ] && grep -q "usage: pikv eplb --input FILE.json" "$dir/out"; then ok
 else not_ok "--help: exit $rc, stdout '$(cat "$dir/out")'"; fi
 
-echo "cli_eplb: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_eplb

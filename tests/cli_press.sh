@@ -3,33 +3,7 @@
 # context and questions, its JSON report, `pikv bench --press`, `pikv eval`, and
 # one-line errors for bad press specs and flag combinations. Run from the
 # repository root with $PIKV set; ends with "cli_press: N passed, M failed".
-set -u
-: "${PIKV:=build/pikv}"
-dir=$(mktemp -d) || exit 1
-trap 'rm -rf "$dir"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); }
-not_ok() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-run() {
-  "$PIKV" "$@" >"$dir/out" 2>"$dir/err"
-  rc=$?
-}
-check() {
-  name=$1
-  shift
-  if "$@"; then ok; else not_ok "$name"; fi
-}
-expect_error() {
-  name=$1 want=$2 needle=$3
-  shift 3
-  run "$@"
-  if [ "$rc" -eq "$want" ] && [ "$(wc -l <"$dir/err")" -eq 1 ] && grep -qF -- "$needle" "$dir/err"; then
-    ok
-  else
-    not_ok "$name: exit $rc (want $want), stderr: $(cat "$dir/err")"
-  fi
-}
-
+. tests/lib/cli.sh
 head -c 3000 data/haystack.txt >"$dir/context.txt"
 printf ' The pass key is 48213. Remember it. 48213 is the pass key. ' >>"$dir/context.txt"
 tail -c 1500 data/haystack.txt >>"$dir/context.txt"
@@ -65,5 +39,4 @@ expect_error "sampling with a press" 2 "answer greedily" generate --prompt hi --
 expect_error "bench bad press" 1 "--press: unknown press" bench -p 16 -n 1 -r 1 --press frob
 expect_error "eval bad range" 2 "--min-tokens/--max-tokens" eval --min-tokens 500 --max-tokens 100
 
-echo "cli_press: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish cli_press
