@@ -681,13 +681,17 @@ double pk_compare_kv_reduction(const pk_compare_report *r, int row)
     return base->kv_bytes ? 1 - (double)w->kv_bytes / (double)base->kv_bytes : 0;
 }
 
-/* Apply the recommendation rule to every row, with retrieval retained as quality. */
+/* Apply the recommendation rule to every row. Quality retained is the lower of
+ * retrieval accuracy retained and perplexity retained: a setting that still
+ * finds needles but no longer models text (DuoAttention at 0.9 on the bundled
+ * model: perplexity 8.3 -> 27.7) is not one to recommend. */
 int pk_compare_recommend(const pk_compare_report *r)
 {
     pk_candidate *c = pk_malloc_array((size_t)(r->n_rows ? r->n_rows : 1), sizeof *c, "candidates");
     if (!c) return -1;
     for (int i = 0; i < r->n_rows; i++) {
-        c[i] = (pk_candidate){pk_compare_kv_reduction(r, i), r->rows[i].retained.retrieval_acc};
+        const pk_quality *q = &r->rows[i].retained;
+        c[i] = (pk_candidate){pk_compare_kv_reduction(r, i), fmin(q->retrieval_acc, q->ppl)};
     }
     const int best = pk_recommend(c, r->n_rows, PK_RECOMMEND_MIN_RETAINED);
     pk_free(c);
