@@ -3,6 +3,8 @@
 #ifndef PIKV_TESTS_CHECK_H
 #define PIKV_TESTS_CHECK_H
 
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -25,6 +27,17 @@ static inline const char *shared_dir(void)
 {
     const char *d = getenv("PIKV_SHARED");
     return d && *d ? d : "../shared";
+}
+
+/* ||a - b|| / ||b||: how far a result is from its reference. */
+static inline double rel_l2(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
 }
 
 static inline int check_done(const char *name)

@@ -19,16 +19,6 @@ static pikv_tokenizer *tok;
 static pk_haystack haystack;
 static char tmp[64];
 
-static double rel_l2(const float *a, const float *b, int n)
-{
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 static pk_task context_of(int n, uint64_t seed)
 {
     pk_task t;

@@ -11,17 +11,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* ||a - b|| / ||b|| */
-static double rel_l2(const float *a, const float *b, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 static double max_abs_diff(const float *a, const float *b, size_t n)
 {
     double m = 0;

@@ -55,16 +55,6 @@ static void check_hand_cases(void)
     pk_placement_free(&ep);
 }
 
-static double rel_l2(const float *a, const float *b, int n)
-{
-    double num = 0, den = 0;
-    for (int i = 0; i < n; i++) {
-        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-        den += (double)b[i] * b[i];
-    }
-    return sqrt(num / (den > 0 ? den : 1));
-}
-
 /* On a duo:0.75 cache at 2,000 tokens: EPLB's balance for 2 and 8 workers
  * against an equal count, and decode logits with placed workers equal to the
  * logits without workers. */
