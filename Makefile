@@ -84,7 +84,7 @@ test-asan: deps
 # The CLI under valgrind's memcheck (no leaks, no invalid accesses), built
 # without AVX-512, which valgrind cannot decode.
 test-valgrind: deps
-	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq valgrind; }
+	@command -v valgrind >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(MAKE) BUILD=build-valgrind OPT="-O2 -g -march=x86-64-v3" build-valgrind/pikv
 	PIKV=build-valgrind/pikv sh tests/valgrind.sh
 
