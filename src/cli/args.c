@@ -167,3 +167,9 @@ int cli_load(const cli_command *cmd, const char *dir, pikv_model **model, pikv_t
     *model = NULL;
     return cli_fail(cmd);
 }
+
+void cli_progress(int done, int total, void *ctx)
+{
+    fprintf(stderr, "\r%s %d/%d", (const char *)ctx, done, total);
+    if (done == total) fputc('\n', stderr);
+}

@@ -54,6 +54,10 @@ struct pikv_tokenizer;
  * the error under the command's name and return 1. */
 int cli_load(const cli_command *cmd, const char *dir, struct pikv_model **model, struct pikv_tokenizer **tok);
 
+/* A progress callback for long library loops: "\rLABEL done/total" on stderr,
+ * ending the line at the last step; ctx is the label (a string). */
+void cli_progress(int done, int total, void *ctx);
+
 /* Machine description for reports: CPU model, cores. */
 void cli_machine(char *out, int cap);
 

@@ -7,13 +7,6 @@
 
 #include <stdio.h>
 
-static void show_progress(int done, int total, void *ctx)
-{
-    (void)ctx;
-    fprintf(stderr, "\rduo-calibrate: sample %d/%d", done, total);
-    if (done == total) fputc('\n', stderr);
-}
-
 int cmd_duo_calibrate(int argc, char **argv)
 {
     const char *model_flag = NULL, *out_dir = NULL, *haystack = "data/haystack.txt";
@@ -66,7 +59,7 @@ int cmd_duo_calibrate(int argc, char **argv)
     else {
         pk_duo_calibration c = {samples, min_tokens, max_tokens, sink, recent, (uint64_t)seed};
         double t0 = pikv_now();
-        if (pk_duo_calibrate(s, &h, &c, show_progress, NULL, &pattern) || pk_duo_pattern_save(out_dir, &pattern))
+        if (pk_duo_calibrate(s, &h, &c, cli_progress, "duo-calibrate: sample", &pattern) || pk_duo_pattern_save(out_dir, &pattern))
             cli_error(&cmd, "%s", pikv_last_error());
         else {
             fprintf(stderr, "duo-calibrate: %d heads scored on %d samples in %.1f s; pattern written to %s\n",

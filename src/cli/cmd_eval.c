@@ -6,12 +6,6 @@
 
 #include <stdio.h>
 
-static void show_progress(int done, int total, void *ctx)
-{
-    fprintf(stderr, "\r%s: task %d/%d", (const char *)ctx, done, total);
-    if (done == total) fputc('\n', stderr);
-}
-
 int cmd_eval(int argc, char **argv)
 {
     const char *model_flag = NULL, *haystack = "data/haystack.txt";
@@ -68,7 +62,9 @@ int cmd_eval(int argc, char **argv)
             pk_retrieval_config c = {.n_tasks = n_tasks, .min_tokens = min_tokens, .max_tokens = max_tokens,
                                      .query_aware = mode, .seed = (uint64_t)seed};
             pk_retrieval_result r;
-            if (pk_eval_retrieval(s, p, &h, &c, show_progress, (void *)presses.items[i], &r)) {
+            char label[300];
+            snprintf(label, sizeof label, "%s: task", presses.items[i]);
+            if (pk_eval_retrieval(s, p, &h, &c, cli_progress, label, &r)) {
                 cli_fail(&cmd);
                 pikv_press_free(p);
                 goto out;
