@@ -181,6 +181,22 @@ typedef struct pikv_press_stats {
 /* What the presses did since the last reset. */
 void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st);
 
+/* Query-time routing (moe_router with route=1): over the (query, layer, head)
+ * triples that read a routed cache since the last reset, the share of the
+ * visible entries they read, and -- on the sampled queries, where full
+ * attention over the kept cache was computed as well -- the attention mass
+ * full attention puts on the entries the routing skipped. */
+typedef struct pikv_routing_stats {
+    long queries;
+    double fraction_read;    /* entries read / entries visible, summed over queries */
+    long sampled;
+    double mass_missed;      /* mean over sampled queries */
+    double mass_missed_max;
+} pikv_routing_stats;
+/* The press's routing statistics (then zeroed when reset != 0); -1 when the
+ * press does not route. */
+int pikv_press_routing_stats(pikv_press *p, pikv_routing_stats *st, int reset);
+
 /* Remember the cache as it is (e.g. a compressed context), and later drop
  * everything added since, returning its memory: several questions can then be
  * answered against one compressed context. Rewinding fails if the cache was

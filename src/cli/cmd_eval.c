@@ -25,7 +25,9 @@ int cmd_eval(int argc, char **argv)
     };
     const cli_command cmd = {"eval", "eval [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B] [--query-aware | --both-modes]",
                              "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
-                             "held-out text) with each press and prints the accuracy and the KV cache kept.",
+                             "held-out text) with each press and prints the accuracy and the KV cache kept; for a\n"
+                             "press that routes queries (moe_router route=1), also the share of the kept cache the\n"
+                             "queries read and the attention mass they missed (mean over sampled queries).",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -52,9 +54,10 @@ int cmd_eval(int argc, char **argv)
     }
     if (!(s = pikv_session_new(m, threads))) { cli_fail(&cmd); goto out; }
     printf("retrieval accuracy, %d tasks of %d-%d tokens (seed %d)\n\n", n_tasks, min_tokens, max_tokens, seed);
-    printf("| %-44s | %-14s | %8s | %7s | %7s |\n", "press", "mode", "accuracy", "KV kept", "seconds");
-    printf("|%s|%s|%s|%s|%s|\n", "----------------------------------------------", "----------------", "----------",
-           "---------", "---------");
+    printf("| %-44s | %-14s | %8s | %7s | %7s | %7s | %7s |\n", "press", "mode", "accuracy", "KV kept", "read",
+           "missed", "seconds");
+    printf("|%s|%s|%s|%s|%s|%s|%s|\n", "----------------------------------------------", "----------------",
+           "----------", "---------", "---------", "---------", "---------");
     for (int i = 0; i < presses.n; i++) {
         pikv_press *p = pikv_press_new(presses.items[i], m, dir);
         if (!p) { cli_error(&cmd, "--press: %s", pikv_last_error()); goto out; }
@@ -69,8 +72,13 @@ int cmd_eval(int argc, char **argv)
                 pikv_press_free(p);
                 goto out;
             }
-            printf("| %-44s | %-14s | %8.2f | %6.1f%% | %7.1f |\n", presses.items[i],
-                   mode ? "query-aware" : "query-agnostic", r.accuracy, 100 * r.kv_kept, r.seconds);
+            char read[16] = "-", missed[16] = "-";
+            if (r.routed) {
+                snprintf(read, sizeof read, "%.1f%%", 100 * r.routing.fraction_read);
+                snprintf(missed, sizeof missed, "%.1f%%", 100 * r.routing.mass_missed);
+            }
+            printf("| %-44s | %-14s | %8.2f | %6.1f%% | %7s | %7s | %7.1f |\n", presses.items[i],
+                   mode ? "query-aware" : "query-agnostic", r.accuracy, 100 * r.kv_kept, read, missed, r.seconds);
             fflush(stdout);
         }
         pikv_press_free(p);

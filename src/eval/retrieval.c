@@ -24,6 +24,9 @@ int pk_eval_retrieval(pikv_session *s, pikv_press *press, const pk_haystack *h, 
         return pk_fail("retrieval: context lengths %d..%d (at least 64, min <= max)", c->min_tokens, c->max_tokens);
     const pikv_config *cfg = pikv_model_config(pikv_session_model(s));
     const double t0 = pikv_now();
+    pikv_routing_stats before;
+    out->routed = press && pikv_press_routing_stats(press, &before, 1) == 0;
+    pikv_clear_error();
     for (int i = 0; i < c->n_tasks; i++) {
         pk_task task;
         if (pk_retrieval_task(h, c, i, &task)) return -1;
@@ -47,5 +50,6 @@ int pk_eval_retrieval(pikv_session *s, pikv_press *press, const pk_haystack *h, 
     out->accuracy = (double)out->n_correct / out->n_tasks;
     out->kv_kept /= out->n_tasks;
     out->seconds = pikv_now() - t0;
+    if (out->routed) pikv_press_routing_stats(press, &out->routing, 0);
     return 0;
 }

@@ -17,6 +17,8 @@ typedef struct {
     double accuracy;
     double kv_kept;         /* mean over tasks of bytes after / bytes before compression */
     double seconds;
+    int routed;                  /* the press routes queries (route=1): */
+    pikv_routing_stats routing;  /* what they read and missed over these tasks */
 } pk_retrieval_result;
 
 /* The i-th task of a configuration (what pk_eval_retrieval runs). */

@@ -7,6 +7,7 @@
  * and including their own position. */
 #include "model/ops.h"
 #include "model/session.h"
+#include "router/route.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -103,11 +104,58 @@ static float attention_scale(const pikv_config *c, int layer)
     return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
 }
 
+/* The attention mass that full attention of q over the first `visible`
+ * entries puts on the entries not listed in idx (n ascending indices); P is
+ * scratch for `visible` weights. */
+static double missed_mass(const pk_kv_head *kh, const float *q, int hd, int32_t qpos, int visible, const int *idx,
+                          int n, float scale, float *P)
+{
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, visible, hd, 1.f, kh->k, hd, q, 1, 0.f, P, 1);
+    mask_window(kh, P, 0, visible, qpos);
+    pk_softmax(P, visible, scale);
+    double missed = 0;
+    for (int j = 0, r = 0; j < visible; j++) {
+        if (r < n && idx[r] == j)
+            r++;
+        else
+            missed += P[j];
+    }
+    return missed;
+}
+
+/* Attention of query rows r0..r0+rows-1 of head h through the route table
+ * (route=1): each row gathers only the entries it is routed to. Rows see
+ * entries as in attention(). S has room for two rows of n_positions weights. */
+static void routed_attention(pikv_session *s, int layer, int h, int T, int r0, int rows, float *S, int *idx)
+{
+    const pikv_config *c = &s->model->cfg;
+    const int C = c->n_embd, hd = c->head_dim;
+    const float scale = attention_scale(c, layer);
+    const pk_kv_head *kh = pk_kv_at(&s->kv, layer, h);
+    for (int row = r0; row < r0 + rows; row++) {
+        const int visible = kh->len - T + row + 1;
+        const int32_t qpos = s->pos + row;
+        const float *q = s->qkv + (size_t)row * 3 * (size_t)C + (size_t)h * (size_t)hd;
+        float *out = s->att + (size_t)row * (size_t)C + (size_t)h * (size_t)hd;
+        int n_visible;
+        const int n = pk_route_select(s->routing, layer, h, kh, q, qpos, visible, idx, &n_visible);
+        for (int j = 0; j < n; j++) S[j] = cblas_sdot(hd, q, 1, kh->k + (size_t)idx[j] * (size_t)hd, 1);
+        pk_softmax(S, n, scale);
+        memset(out, 0, (size_t)hd * sizeof *out);
+        for (int j = 0; j < n; j++) cblas_saxpy(hd, S[j], kh->v + (size_t)idx[j] * (size_t)hd, 1, out, 1);
+        const double missed = pk_route_sampled(s->routing, qpos)
+                                  ? missed_mass(kh, q, hd, qpos, visible, idx, n, scale, S + c->n_positions)
+                                  : -1.0;
+        pk_route_record(s->routing, n, n_visible, missed);
+    }
+}
+
 /* Causal attention of the T new queries over each head's cache, written to
  * att [T, C]. Work items are (head, block of query rows). The new tokens were
  * appended in order, so new token i sees the head's old entries and new tokens
  * 0..i (one token into a full ring sees the whole ring); a streaming head
- * further limits each query to its window. */
+ * further limits each query to its window. A routed cache (route=1) is read
+ * through its route table instead. */
 static void attention(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
@@ -123,6 +171,11 @@ static void attention(pikv_session *s, int layer, int T)
         const pk_kv_head *kh = pk_kv_at(&s->kv, layer, h);
         const int old = kh->len - T, width = old + r0 + rows;
         float *S = s->scores + (size_t)omp_get_thread_num() * score_stride;
+        if (s->routing) {
+            routed_attention(s, layer, h, T, r0, rows,
+                             S, s->route_idx + (size_t)omp_get_thread_num() * (size_t)c->n_positions);
+            continue;
+        }
         const float *Q = s->qkv + (size_t)r0 * 3 * (size_t)C + (size_t)h * (size_t)hd;
         float *out = s->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
         if (rows == 1) {
@@ -284,6 +337,10 @@ static int forward_blocks(pikv_session *s, const int32_t *ids, int n)
                        s->pos, c->n_positions);
     for (int t = 0; t < n; t++)
         if (ids[t] < 0 || ids[t] >= V) return pk_fail("token id %d is outside the vocabulary (0..%d)", ids[t], V - 1);
+    if (s->routing) {
+        if (s->workers) return pk_fail("query-time routing (route=1) does not run on placed workers (--workers)");
+        if (pk_route_table_check(s->routing, &s->kv)) return -1;
+    }
     if (ensure_scratch(s, n) || pk_kv_reserve(&s->kv, n, n > 1)) return -1;
     openblas_set_num_threads(s->n_threads);
 
@@ -325,8 +382,21 @@ int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int 
     return 0;
 }
 
+/* After a compressing prefill by a press that routes queries, read the cache
+ * through its route table from now on. */
+static int start_routing(pikv_session *s, pk_route_table *table)
+{
+    if (!s->route_idx &&
+        !(s->route_idx = pk_malloc_array((size_t)s->n_threads * (size_t)s->model->cfg.n_positions,
+                                         sizeof *s->route_idx, "routed attention")))
+        return -1;
+    s->routing = table;
+    return 0;
+}
+
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits)
 {
+    if (press) s->routing = NULL; /* the press changes the cache; it routes it or nobody does */
     if (press && press->ops->after_call) {
         if (s->attached && s->attached != press)
             return pk_fail("press '%s': the session already has press '%s' attached", press->name, s->attached->name);
@@ -341,5 +411,6 @@ int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, 
     for (int done = 0; rc == 0 && done < n; done += chunk)
         rc = pikv_forward(s, ids + done, n - done < chunk ? n - done : chunk, logits, 0);
     s->compressing = NULL;
-    return rc;
+    pk_route_table *table = press && press->ops->routing ? press->ops->routing(press) : NULL;
+    return rc == 0 && table ? start_routing(s, table) : rc;
 }

@@ -33,6 +33,7 @@ void pikv_session_free(pikv_session *s)
     pk_free(s->worker_scores);
     pk_free(s->head_len);
     pk_free(s->partials);
+    pk_free(s->route_idx);
     pk_free(s->scores);
     pk_free(s);
 }
@@ -45,6 +46,7 @@ void pikv_session_reset(pikv_session *s)
     memset(&s->stats, 0, sizeof s->stats);
     if (s->attached && s->attached->ops->restart) s->attached->ops->restart(s->attached);
     s->attached = NULL;
+    s->routing = NULL;
 }
 
 const pikv_model *pikv_session_model(const pikv_session *s) { return s->model; }

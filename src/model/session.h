@@ -25,6 +25,8 @@ struct pikv_session {
 
     pk_press *compressing;  /* compresses each layer during the current call */
     pk_press *attached;     /* acts after each layer of every call (decoding presses) */
+    struct pk_route_table *routing;  /* route=1: the table later queries are routed through */
+    int *route_idx;         /* [n_threads, n_positions]: the entries one routed query reads */
     pikv_press_stats stats;
 
     /* Decode attention on placed workers (pikv_session_set_workers). */

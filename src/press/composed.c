@@ -27,8 +27,11 @@ int pk_build_composed(const pk_spec *spec, const pk_press_env *env, pk_press **o
             *out = NULL;
             return -1;
         }
-        if (inner->ops->after_call) {
-            pk_fail("press '%s' acts while generating and cannot be composed; wrap the composition instead",
+        if (inner->ops->after_call || (inner->ops->routing && inner->ops->routing(inner))) {
+            pk_fail(inner->ops->after_call
+                        ? "press '%s' acts while generating and cannot be composed; wrap the composition instead"
+                        : "press '%s' with route=1 cannot be composed: queries are routed through the cache it "
+                          "leaves, so it must be the outermost press",
                     inner->name);
             pk_press_destroy(inner);
             pk_press_destroy(*out);

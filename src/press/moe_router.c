@@ -16,10 +16,17 @@
  * capacity=1.5 (topk_balanced), groups=2 (hierarchical), sink=4, window=64,
  * workers=2 (the workers eplb places the shards on, for the statistics). The
  * press records per-expert load statistics of its last run; read them with
- * pk_moe_router_stats. */
+ * pk_moe_router_stats.
+ *
+ * route=1 adds query-time routing (router/route.h): the press keeps the
+ * experts' centroids and every kept entry's experts, and each later query of
+ * the session reads only its own top_k experts, the sinks and window, and
+ * what came after the compression; every `sample`-th query position (default
+ * 8) also measures the attention mass that skipping the rest misses. */
 #include "press/press.h"
 #include "press/spec.h"
 #include "router/moe_router.h"
+#include "router/route.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -31,6 +38,8 @@ typedef struct {
     pk_router_config router;
     int sink, window, workers;
     pk_router_stats stats;
+    int route, sample;
+    pk_route_table table;   /* route=1: what later queries are routed through */
 } moe_router_params;
 
 /* Scratch for one layer, sized for its longest head. */
@@ -42,6 +51,7 @@ typedef struct {
     float *key_norm;      /* [len] */
     int *routable;        /* [len]: storage index of each routable key */
     int *keep_list;       /* [len] */
+    int *source;          /* [len]: routable index of each kept entry, -1 for sinks and window */
     unsigned char *fixed; /* [len]: sink or window entry */
     unsigned char *keep;  /* [len]: routable key stays */
 } layer_scratch;
@@ -56,6 +66,7 @@ static void scratch_free(layer_scratch *s)
     pk_free(s->key_norm);
     pk_free(s->routable);
     pk_free(s->keep_list);
+    pk_free(s->source);
     pk_free(s->fixed);
     pk_free(s->keep);
 }
@@ -73,19 +84,21 @@ static int scratch_alloc(layer_scratch *s, int rows, int len, int head_dim)
     s->key_norm = pk_malloc_array(n, sizeof(float), "moe_router scores");
     s->routable = pk_malloc_array(n, sizeof(int), "moe_router selection");
     s->keep_list = pk_malloc_array(n, sizeof(int), "moe_router selection");
+    s->source = pk_malloc_array(n, sizeof(int), "moe_router selection");
     s->fixed = pk_malloc_array(n, 1, "moe_router selection");
     s->keep = pk_malloc_array(n, 1, "moe_router selection");
     if (s->attention && s->mean && s->keys && s->routed_mean && s->key_norm && s->routable && s->keep_list &&
-        s->fixed && s->keep)
+        s->source && s->fixed && s->keep)
         return 0;
     scratch_free(s);
     return -1;
 }
 
 /* Route, budget and select the routable entries of one head (its fixed ones
- * are already marked), record its statistics, and compact the head to the
- * kept entries, releasing the memory of the others. */
-static int compress_head(const moe_router_params *mp, const pk_press_view *v, int head, int n_kept, int rows,
+ * are already marked), record its statistics, compact the head to the kept
+ * entries, releasing the memory of the others, and (route=1) describe the kept
+ * entries in the route table. */
+static int compress_head(moe_router_params *mp, const pk_press_view *v, int head, int n_kept, int rows,
                          layer_scratch *s, pk_router_stats *stats)
 {
     pk_kv_head *kh = pk_kv_at(v->kv, v->layer, head);
@@ -112,8 +125,8 @@ static int compress_head(const moe_router_params *mp, const pk_press_view *v, in
     int *kept = stats->kept + pk_router_stats_at(stats, v->layer, head);
     for (int e = 0; e < E; e++) tokens[e] = selected[e] = budget[e] = kept[e] = 0;
     memset(s->keep, 0, (size_t)n);
+    pk_routing routing = {0};
     if (n > 0) {
-        pk_routing routing;
         if (pk_router_route(&mp->router, s->keys, n, dim, &routing)) return -1;
         int experts_of_query[PK_ROUTER_MAX_EXPERTS];
         for (int r = v->n_q - rows; r < v->n_q; r++) {
@@ -126,29 +139,39 @@ static int compress_head(const moe_router_params *mp, const pk_press_view *v, in
         double weight[PK_ROUTER_MAX_EXPERTS];
         pk_router_budget_weights(&routing, s->routed_mean, selected, weight);
         pk_router_split_budget(weight, E, routed_budget, budget);
-        int rc = pk_router_select(&routing, s->routed_mean, s->key_norm, budget, s->keep, kept);
-        pk_routing_free(&routing);
-        if (rc) return -1;
+        if (pk_router_select(&routing, s->routed_mean, s->key_norm, budget, s->keep, kept)) {
+            pk_routing_free(&routing);
+            return -1;
+        }
     }
     int count = 0, fixed_left = n_kept < n_fixed ? n_kept : n_fixed;
     for (int j = 0, i = 0; j < len; j++) {
-        if (s->fixed[j]) {
-            if (fixed_left-- > 0) s->keep_list[count++] = j;
-        } else if (s->keep[i++]) {
+        const int routable = !s->fixed[j];
+        if (routable ? s->keep[i] : fixed_left-- > 0) {
+            s->source[count] = routable ? i : -1;
             s->keep_list[count++] = j;
         }
+        i += routable;
     }
-    return count < len ? pk_kv_keep(v->kv, v->layer, head, s->keep_list, count) : 0;
+    int rc = count < len ? pk_kv_keep(v->kv, v->layer, head, s->keep_list, count) : 0;
+    if (rc == 0 && mp->route) rc = pk_route_head_set(&mp->table, v->layer, head, &routing, s->source, count);
+    pk_routing_free(&routing);
+    return rc;
 }
 
-/* (Re)size the statistics for this model and forget the last run when a new
- * one starts at layer 0. */
+/* (Re)size the statistics (and the route table) for this model and forget
+ * the last run when a new one starts at layer 0. */
 static int prepare_stats(moe_router_params *mp, const pk_press_view *v)
 {
     pk_router_stats *st = &mp->stats;
     if (st->n_layer != v->cfg->n_layer || st->n_head != v->cfg->n_head) {
         pk_router_stats_free(st);
         if (pk_router_stats_init(st, v->cfg->n_layer, v->cfg->n_head, mp->router.experts, mp->workers)) return -1;
+    }
+    if (mp->route && (mp->table.n_layer != v->cfg->n_layer || mp->table.n_head != v->cfg->n_head)) {
+        pk_route_table_free(&mp->table);
+        if (pk_route_table_init(&mp->table, v->cfg->n_layer, v->cfg->n_head, mp->router.top_k, mp->sample))
+            return -1;
     }
     if (v->layer == 0) {
         memset(st->recorded, 0, (size_t)st->n_layer);
@@ -190,13 +213,27 @@ static int moe_router_compress(pk_press *p, const pk_press_view *v)
     }
     scratch_free(&s);
     mp->stats.recorded[v->layer] = 1;
+    if (mp->route && v->layer == v->cfg->n_layer - 1) pk_route_table_seal(&mp->table, v->kv);
     return mp->router.kind == PK_ROUTER_EPLB ? pk_router_place_shards(&mp->stats, v->layer) : 0;
 }
 
-/* Release the statistics, which the parameters point to. */
-static void moe_router_destroy(pk_press *p) { pk_router_stats_free(&((moe_router_params *)p->params)->stats); }
+/* route=1: the route table (empty before the first compression). */
+static pk_route_table *moe_router_routing(pk_press *p)
+{
+    moe_router_params *mp = p->params;
+    return mp->route ? &mp->table : NULL;
+}
 
-static const pk_press_ops moe_router_ops = {.compress = moe_router_compress, .destroy = moe_router_destroy};
+/* Release the statistics and the route table, which the parameters point to. */
+static void moe_router_destroy(pk_press *p)
+{
+    moe_router_params *mp = p->params;
+    pk_router_stats_free(&mp->stats);
+    pk_route_table_free(&mp->table);
+}
+
+static const pk_press_ops moe_router_ops = {
+    .compress = moe_router_compress, .routing = moe_router_routing, .destroy = moe_router_destroy};
 
 const pk_router_stats *pk_moe_router_stats(const pk_press *p)
 {
@@ -242,13 +279,14 @@ int pk_build_moe_router(const pk_spec *spec, const pk_press_env *env, pk_press *
 {
     (void)env;
     static const char *const keys[] = {"ratio", "router", "experts", "top_k", "capacity",
-                                       "groups", "sink",   "window",  "workers", NULL};
+                                       "groups", "sink",   "window",  "workers", "route", "sample", NULL};
     double ratio;
     pk_router_config router;
-    int sink, window, workers;
+    int sink, window, workers, route, sample;
     if (pk_press_scorer_spec(spec, keys, &ratio) || router_params(spec, &router) ||
         pk_spec_int(spec, "sink", 4, 0, 1 << 20, &sink) || pk_spec_int(spec, "window", 64, 1, 1 << 20, &window) ||
-        pk_spec_int(spec, "workers", 2, 1, 1024, &workers))
+        pk_spec_int(spec, "workers", 2, 1, 1024, &workers) || pk_spec_int(spec, "route", 0, 0, 1, &route) ||
+        pk_spec_int(spec, "sample", 8, 1, 1 << 20, &sample))
         return -1;
     if (pk_press_new("moe_router", &moe_router_ops, ratio, sizeof(moe_router_params), out)) return -1;
     moe_router_params *mp = (*out)->params;
@@ -256,5 +294,7 @@ int pk_build_moe_router(const pk_spec *spec, const pk_press_env *env, pk_press *
     mp->sink = sink;
     mp->window = window;
     mp->workers = workers;
+    mp->route = route;
+    mp->sample = sample;
     return 0;
 }

@@ -2,6 +2,7 @@
  * observation-window attention that several presses share. */
 #include "press/press.h"
 #include "press/spec.h"
+#include "router/route.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -232,3 +233,17 @@ const char *pikv_press_name(const pikv_press *p) { return p->name; }
 double pikv_press_ratio(const pikv_press *p) { return p->ratio; }
 
 int pikv_press_acts_while_generating(const pikv_press *p) { return p->ops->after_call != NULL; }
+
+int pikv_press_routing_stats(pikv_press *p, pikv_routing_stats *st, int reset)
+{
+    pk_route_table *t = p->ops->routing ? p->ops->routing(p) : NULL;
+    memset(st, 0, sizeof *st);
+    if (!t) return pk_fail("press '%s' does not route queries (moe_router with route=1 does)", p->name);
+    st->queries = t->queries;
+    st->fraction_read = t->entries_visible > 0 ? t->entries_read / t->entries_visible : 1.0;
+    st->sampled = t->sampled;
+    st->mass_missed = t->sampled ? t->missed_sum / (double)t->sampled : 0.0;
+    st->mass_missed_max = t->missed_max;
+    if (reset) t->queries = t->sampled = 0, t->entries_read = t->entries_visible = t->missed_sum = t->missed_max = 0;
+    return 0;
+}

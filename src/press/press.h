@@ -19,6 +19,7 @@
 #include "pikv.h"
 
 struct pk_spec;
+struct pk_route_table;
 
 /* What a press sees of one layer. The queries are the rows of the forward call
  * that triggered the compression (the context, or context + question in
@@ -53,6 +54,10 @@ typedef struct {
     /* Called on the empty cache before a compressing prefill; returns the
      * chunk size to prefill in (0: all at once), or -1 on error. */
     int (*begin_prefill)(pk_press *p, pk_kvcache *kv);
+    /* Query-time routing: the route table the press's last compression left,
+     * through which the session's later queries read the cache; NULL when the
+     * press does not route (and NULL op for presses that never do). */
+    struct pk_route_table *(*routing)(pk_press *p);
     /* Release what params point to, beyond params itself (NULL when nothing). */
     void (*destroy)(pk_press *p);
 } pk_press_ops;
