@@ -29,6 +29,15 @@ run bench -p 256 -n 8 -r 1 --press none --press knorm:0.5 --json
 check "bench --press reports each press" [ "$(grep -o '"press":' "$dir/out" | wc -l)" -eq 2 ]
 run eval --tasks 2 --min-tokens 300 --max-tokens 400 --press none --press streaming_llm:0.5
 check "eval prints a row per press" [ "$(grep -c '^| none\|^| streaming_llm' "$dir/out")" -eq 2 ]
+check "eval: no routing columns for presses that do not route" grep -q '^| none .*| *- | *- |' "$dir/out"
+# Query-time routing: top_k = experts reads everything and misses nothing; top_k=1 reads part of the cache.
+run eval --tasks 2 --min-tokens 300 --max-tokens 400 --press moe_router:ratio=0.3,experts=2,top_k=2,route=1 \
+  --press moe_router:ratio=0.3,experts=4,top_k=1,route=1
+check "eval: top_k = experts reads 100% and misses 0%" grep -q 'top_k=2,route=1 .*| *100.0% | *0.0% |' "$dir/out"
+check "eval: top_k=1 of 4 reads part of the cache" grep -Eq 'top_k=1,route=1 .*% \| +[1-9][0-9]?\.[0-9]% \| +[0-9.]+% \|' "$dir/out"
+run generate --context-file "$dir/context.txt" --question " What is the pass key? The pass key is" \
+  --press moe_router:ratio=0.3,top_k=1,route=1 -n 4 --json
+check "generate --json reports the routing" grep -Eq '"routing":\{"queries":[1-9][0-9]*,"fraction_read":0\.' "$dir/out"
 
 expect_error "unknown press" 1 "--press: unknown press 'nope'" generate --prompt hi --press nope:0.5
 expect_error "ratio out of range" 1 "out of range [0, 1)" generate --prompt hi --press knorm:1.5
@@ -37,6 +46,10 @@ expect_error "query-aware without question" 2 "--query-aware needs at least one 
   generate --context-file "$dir/context.txt" --query-aware
 expect_error "sampling with a press" 2 "answer greedily" generate --prompt hi --press knorm:0.5 --temperature 0.7
 expect_error "bench bad press" 1 "--press: unknown press" bench -p 16 -n 1 -r 1 --press frob
+expect_error "route=1 inside a composition" 1 "must be the outermost press" \
+  generate --prompt hi --press "composed[moe_router:ratio=0.3,route=1,knorm:0.2]"
+expect_error "route=1 with workers" 1 "does not run on placed workers" \
+  generate --context-file "$dir/context.txt" --question " The pass key is" --press moe_router:0.3,route=1 --workers 2
 expect_error "eval bad range" 2 "--min-tokens/--max-tokens" eval --min-tokens 500 --max-tokens 100
 
 finish cli_press

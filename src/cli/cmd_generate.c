@@ -116,6 +116,31 @@ static int run_plain(const cli_command *cmd, const generate_options *o, generate
     return rc;
 }
 
+/* For a press that routes queries (moe_router route=1): what the queries read
+ * of the kept cache and the attention mass they missed, into the JSON object
+ * or as a line on stderr. */
+static void report_routing(pikv_press *press, cJSON *json)
+{
+    pikv_routing_stats st;
+    if (!press || pikv_press_routing_stats(press, &st, 0)) {
+        pikv_clear_error();
+        return;
+    }
+    if (json) {
+        cJSON *r = cJSON_AddObjectToObject(json, "routing");
+        cJSON_AddNumberToObject(r, "queries", (double)st.queries);
+        cJSON_AddNumberToObject(r, "fraction_read", st.fraction_read);
+        cJSON_AddNumberToObject(r, "sampled", (double)st.sampled);
+        cJSON_AddNumberToObject(r, "mass_missed", st.mass_missed);
+        cJSON_AddNumberToObject(r, "mass_missed_max", st.mass_missed_max);
+        return;
+    }
+    fprintf(stderr,
+            "routing: queries read %.1f%% of the visible cache (%ld query-head reads); full attention puts %.2f%% "
+            "of its mass (max %.2f%%) on the entries they skipped (%ld sampled)\n",
+            100 * st.fraction_read, st.queries, 100 * st.mass_missed, 100 * st.mass_missed_max, st.sampled);
+}
+
 /* The pipeline: a context compressed by the press, then the questions. */
 static int run_pipeline(const cli_command *cmd, const generate_options *o, generate_run *r)
 {
@@ -151,6 +176,7 @@ static int run_pipeline(const cli_command *cmd, const generate_options *o, gener
         cJSON_AddNumberToObject(json, "kv_bytes_after", (double)res.kv_bytes_after);
         cJSON_AddNumberToObject(json, "kv_bytes", (double)res.kv_bytes_after);
         cJSON_AddItemToObject(json, "answers", answers);
+        report_routing(r->press, json);
         char *s = cJSON_PrintUnformatted(json);
         if (s) puts(s);
         cJSON_free(s);
@@ -162,6 +188,7 @@ static int run_pipeline(const cli_command *cmd, const generate_options *o, gener
                 "decode %d tokens in %.3f s (%.1f tok/s)\n",
                 press, mode, res.kv_bytes_before / 1048576.0, res.kv_bytes_after / 1048576.0, 100 * kept,
                 res.prefill_s, res.compression_s, res.decode_tokens, res.decode_s, tok_s);
+        report_routing(r->press, NULL);
     }
     pikv_qa_result_free(&res);
     return rc;
