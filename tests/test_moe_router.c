@@ -526,6 +526,7 @@ int main(void)
     check_bad_specs();
     check_allocation_failures("moe_router:router=eplb,ratio=0.5,window=16");
     check_allocation_failures("moe_router:router=hierarchical,ratio=0.5,window=16");
+    check_allocation_failures("moe_router:router=eplb,ratio=0.5,window=16,route=1");
     check_bundled_model();
     return check_done("moe_router");
 }

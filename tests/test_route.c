@@ -369,6 +369,38 @@ static void check_misuse(void)
     pk_task_free(&task);
 }
 
+/* Allocation failure anywhere in a routed prefill and decode step is an
+ * error that says so, and the session can start again. */
+static void check_allocation_failures(void)
+{
+    pk_task task = context_of(200, 11);
+    float *logits = malloc((size_t)model->cfg.vocab_size * sizeof *logits);
+    int failures = 0, reported = 1, succeeded = 0;
+    for (long n = 1; n < 2000 && !succeeded; n++) {
+        pikv_press *p = pikv_press_new("moe_router:ratio=0.5,window=16,route=1", model, MODEL);
+        pikv_session *s = pikv_session_new(model, 2);
+        const int32_t id = 5;
+        pikv_test_fail_alloc_after(n);
+        int rc = pikv_prefill(s, task.context, task.n_context, p, logits) || pikv_forward(s, &id, 1, logits, 0);
+        pikv_test_fail_alloc_after(0);
+        if (rc == 0) {
+            succeeded = 1;
+        } else {
+            failures++;
+            reported &= strstr(pikv_last_error(), "out of memory") != NULL;
+            pikv_session_reset(s);
+            rc = pikv_prefill(s, task.context, task.n_context, p, logits) || pikv_forward(s, &id, 1, logits, 0);
+            reported &= rc == 0;
+        }
+        pikv_session_free(s);
+        pikv_press_free(p);
+    }
+    CHECK(succeeded && failures >= 10 && reported, "routed prefill and decode: %d allocation failures, each "
+          "reported and recovered from: %d", failures, reported);
+    free(logits);
+    pk_task_free(&task);
+}
+
 int main(void)
 {
     model = pikv_model_load(MODEL);
@@ -385,6 +417,7 @@ int main(void)
     check_all_experts("eplb");
     check_all_experts("base");
     check_misuse();
+    check_allocation_failures();
     pk_haystack_free(&haystack);
     pikv_tokenizer_free(tok);
     pikv_model_free(model);

@@ -139,10 +139,9 @@ static void routed_attention(pikv_session *s, int layer, int h, int T, int r0, i
         float *out = s->att + (size_t)row * (size_t)C + (size_t)h * (size_t)hd;
         int n_visible;
         const int n = pk_route_select(s->routing, layer, h, kh, q, qpos, visible, idx, &n_visible);
-        for (int j = 0; j < n; j++) S[j] = cblas_sdot(hd, q, 1, kh->k + (size_t)idx[j] * (size_t)hd, 1);
+        pk_gather_scores(kh->k, idx, n, q, hd, S);
         pk_softmax(S, n, scale);
-        memset(out, 0, (size_t)hd * sizeof *out);
-        for (int j = 0; j < n; j++) cblas_saxpy(hd, S[j], kh->v + (size_t)idx[j] * (size_t)hd, 1, out, 1);
+        pk_gather_weighted_sum(kh->v, idx, n, S, hd, out);
         const double missed = pk_route_sampled(s->routing, qpos)
                                   ? missed_mass(kh, q, hd, qpos, visible, idx, n, scale, S + c->n_positions)
                                   : -1.0;

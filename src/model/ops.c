@@ -59,3 +59,17 @@ float pk_dot(const float *a, const float *b, int n)
     for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
 }
+
+void pk_gather_scores(const float *K, const int *idx, int n, const float *q, int dim, float *scores)
+{
+    for (int i = 0; i < n; i++) scores[i] = pk_dot(q, K + (size_t)idx[i] * (size_t)dim, dim);
+}
+
+void pk_gather_weighted_sum(const float *V, const int *idx, int n, const float *w, int dim, float *out)
+{
+    for (int d = 0; d < dim; d++) out[d] = 0.f;
+    for (int i = 0; i < n; i++) {
+        const float *v = V + (size_t)idx[i] * (size_t)dim;
+        for (int d = 0; d < dim; d++) out[d] += w[i] * v[d];
+    }
+}

@@ -20,5 +20,9 @@ float pk_exp_shifted(float *x, int n, float scale, float max);
 void pk_add_bias(float *x, const float *b, int n_rows, int n_cols);
 /* Dot product of two rows. */
 float pk_dot(const float *a, const float *b, int n);
+/* Attention over a gathered subset of a head's rows (routed attention):
+ * scores[i] = q · K[idx[i]], and out[dim] = sum_i w[i] V[idx[i]]. */
+void pk_gather_scores(const float *K, const int *idx, int n, const float *q, int dim, float *scores);
+void pk_gather_weighted_sum(const float *V, const int *idx, int n, const float *w, int dim, float *out);
 
 #endif
