@@ -52,7 +52,7 @@ $(BUILD)/libpikv.a: $(LIB_OBJ)
 $(BUILD)/pikv: $(CLI_OBJ) $(BUILD)/libpikv.a
 	$(CC) $(CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/%.c tests/check.h $(BUILD)/libpikv.a
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(BUILD)/libpikv.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libpikv.a $(LDLIBS)
 

@@ -5,6 +5,7 @@
  * per-head lengths and released memory; bad specs; and one run on the bundled
  * model. */
 #include "check.h"
+#include "press_build.h"
 #include "eval/tasks.h"
 #include "kv/kvcache.h"
 #include "pikv.h"
@@ -152,19 +153,6 @@ static void layer_free(test_layer *t)
     free(t->q);
 }
 
-/* Parse and build a press; NULL (with a failed check) when that fails. */
-static pk_press *press_from(const char *text)
-{
-    pk_spec *spec = NULL;
-    pk_press *press = NULL;
-    pk_press_env env = {NULL, MODEL};
-    int rc = pk_spec_parse(text, &spec);
-    if (rc == 0) rc = pk_press_build(spec, &env, &press);
-    pk_spec_free(spec);
-    CHECK(rc == 0 && press, "press '%s' should build: %s", text, pikv_last_error());
-    return rc == 0 ? press : NULL;
-}
-
 /* Compress both layers of t with press. */
 static int compress_layers(pk_press *press, test_layer *t, const char *what)
 {
@@ -236,7 +224,7 @@ static void check_router(const char *router)
     snprintf(what, sizeof what, "router %s", router);
     test_layer t;
     if (layer_init(&t, L, L, 0)) return;
-    pk_press *press = press_from(spec);
+    pk_press *press = press_from(spec, NULL);
     if (press && compress_layers(press, &t, what) == 0) {
         expect_exact_heads(&t, L, N_KEPT, SINK, WINDOW, what);
         const pk_router_stats *st = pk_moe_router_stats(press);
@@ -313,7 +301,7 @@ static void check_capacity_binds(void)
     for (int i = 0; i < 2; i++) {
         test_layer t;
         if (layer_init(&t, 200, 200, 0)) return;
-        pk_press *press = press_from(specs[i]);
+        pk_press *press = press_from(specs[i], NULL);
         const int ok = press && compress_layers(press, &t, specs[i]) == 0;
         const pk_router_stats *st = ok ? pk_moe_router_stats(press) : NULL;
         for (int l = 0; st && l < N_LAYER; l++)
@@ -338,7 +326,7 @@ static void check_coverage(void)
     enum { L = 200 };
     test_layer t;
     if (layer_init(&t, L, L, 0)) return;
-    pk_press *press = press_from("moe_router:router=eplb,top_k=1,ratio=0.6,sink=4,window=16");
+    pk_press *press = press_from("moe_router:router=eplb,top_k=1,ratio=0.6,sink=4,window=16", NULL);
     if (press && compress_layers(press, &t, "coverage") == 0) {
         const pk_kv_head *kh = pk_kv_at(&t.kv, 0, 0);
         int per_direction[DIRECTIONS] = {0};
@@ -365,7 +353,7 @@ static void check_edges(void)
         layer_free(&t);
         return;
     }
-    pk_press *press = press_from("moe_router:0");
+    pk_press *press = press_from("moe_router:0", NULL);
     const size_t bytes = pk_kv_bytes(&t.kv);
     if (press && compress_layers(press, &t, "ratio 0") == 0)
         CHECK(pk_kv_bytes(&t.kv) == bytes && memcmp(pk_kv_at(&t.kv, 0, 0)->k, pk_kv_at(&u.kv, 0, 0)->k,
@@ -373,7 +361,7 @@ static void check_edges(void)
               "ratio 0 keeps every entry as it was");
     pk_press_destroy(press);
 
-    press = press_from("moe_router:ratio=0.95,sink=4,window=64");
+    press = press_from("moe_router:ratio=0.95,sink=4,window=64", NULL);
     if (press && compress_layers(press, &t, "ratio 0.95") == 0) {
         const pk_kv_head *kh = pk_kv_at(&t.kv, 1, 1);
         CHECK(kh->len == 10 && kh->pos[0] == 0 && kh->pos[3] == 3 && kh->pos[4] == 136 && kh->pos[9] == 141,
@@ -389,7 +377,7 @@ static void check_edges(void)
         layer_free(&t);
         return;
     }
-    press = press_from("moe_router:router=hierarchical,ratio=0.4,window=16");
+    press = press_from("moe_router:router=hierarchical,ratio=0.4,window=16", NULL);
     if (press && compress_layers(press, &t, "determinism") == 0 && compress_layers(press, &u, "determinism") == 0)
         CHECK(memcmp(pk_kv_at(&t.kv, 1, 0)->pos, pk_kv_at(&u.kv, 1, 0)->pos,
                      (size_t)pk_press_n_kept(200, 0.4) * sizeof(int32_t)) == 0,
@@ -400,7 +388,7 @@ static void check_edges(void)
 
     /* Query rows 0..7 are positions 192..199 of the 200 cached. */
     if (layer_init(&t, 200, 8, 192)) return;
-    press = press_from("moe_router:router=pikv,ratio=0.5,window=16");
+    press = press_from("moe_router:router=pikv,ratio=0.5,window=16", NULL);
     if (press && compress_layers(press, &t, "decode view") == 0) expect_exact_heads(&t, 200, 100, 4, 8, "decode view");
     pk_press_destroy(press);
     layer_free(&t);
@@ -462,10 +450,10 @@ static void check_bad_specs(void)
     expect_bad_spec("moe_router:ratio=1", "ratio=1 is out of range");
     expect_bad_spec("moe_router:expert=4", "unknown parameter 'expert'");
     expect_bad_spec("moe_router(snapkv):0.3", "takes no inner press");
-    pk_press *snap = press_from("snapkv:0.3");
+    pk_press *snap = press_from("snapkv:0.3", NULL);
     CHECK(pk_moe_router_stats(snap) == NULL, "another press has no router statistics");
     pk_press_destroy(snap);
-    pk_press *fresh = press_from("moe_router:0.3");
+    pk_press *fresh = press_from("moe_router:0.3", NULL);
     CHECK(pk_moe_router_stats(fresh) == NULL, "no statistics before the first compression");
     pk_press_destroy(fresh);
 }

@@ -10,6 +10,7 @@
  * entry it can see. The attention scale of the synthetic view is 1, so with a
  * query (1, 0) and a key (x, y) an entry's unnormalised weight is exp(x). */
 #include "check.h"
+#include "press_build.h"
 #include "kv/kvcache.h"
 #include "pikv.h"
 #include "press/press.h"
@@ -149,19 +150,6 @@ static void expect_memory_released(const test_layer *t, const char *what)
           loose < 0 ? 0 : t->kv.heads[loose].len);
     CHECK(pk_kv_bytes(&t->kv) == entries * pk_kv_entry_bytes(&t->kv), "%s: %zu bytes for %zu entries of %zu", what,
           pk_kv_bytes(&t->kv), entries, pk_kv_entry_bytes(&t->kv));
-}
-
-/* Parse and build a press; NULL (with a failed check) when that fails. */
-static pk_press *press_from(const char *text, const pikv_model *model)
-{
-    pk_spec *spec = NULL;
-    pk_press *press = NULL;
-    pk_press_env env = {model, model_dir};
-    int rc = pk_spec_parse(text, &spec);
-    if (rc == 0) rc = pk_press_build(spec, &env, &press);
-    pk_spec_free(spec);
-    CHECK(rc == 0 && press, "press '%s' should build: %s", text, pikv_last_error());
-    return rc == 0 ? press : NULL;
 }
 
 static void compress_ok(pk_press *press, test_layer *t, const char *what)
