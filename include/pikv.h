@@ -169,8 +169,11 @@ int pikv_press_acts_while_generating(const pikv_press *p);
 /* Like pikv_forward (logits of the last position), with the press compressing
  * each layer's cache right after that layer's attention has used the full
  * cache (kvpress's semantics). A press that acts while generating is attached
- * to the session instead and acts on every later call until the next reset.
- * press may be NULL. After a failure the session must be reset. */
+ * to the session instead and acts on every later call until the next reset;
+ * one that routes queries (moe_router route=1) makes every later call read the
+ * cache through its route table until the next reset or compressing prefill.
+ * Either must outlive that use. press may be NULL. After a failure the session
+ * must be reset. */
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits);
 
 typedef struct pikv_press_stats {
