@@ -137,22 +137,37 @@ static void affine(double *y, const double *x, const float *W, const float *b, i
         for (int o = 0; o < out; o++) y[o] += x[i] * W[(size_t)i * (size_t)out + (size_t)o];
 }
 
-/* The query's top_k experts by cosine to the centroids (the router's softmax
- * keeps that order; eplb and base routers have no groups). */
+/* Cosines of q to the `count` unit rows of centroids. */
+static void cosines_of(const double *q, int dim, const float *centroids, int count, double *out)
+{
+    double norm = 0;
+    for (int d = 0; d < dim; d++) norm += q[d] * q[d];
+    for (int c = 0; c < count; c++) {
+        out[c] = 0;
+        for (int d = 0; d < dim; d++) out[c] += q[d] * centroids[(size_t)c * (size_t)dim + (size_t)d];
+        out[c] /= sqrt(norm);
+    }
+}
+
+/* The query's top_k experts: by cosine to the centroids (the router's softmax
+ * keeps that order), or for the hierarchical router inside the group whose
+ * centroid is closest (a group's probability mass is its softmax weight). */
 static void query_experts(const pk_routing *r, const double *q, unsigned char *wanted)
 {
-    double cosine[PK_ROUTER_MAX_EXPERTS], norm = 0;
-    const int E = r->cfg.experts;
-    for (int d = 0; d < r->dim; d++) norm += q[d] * q[d];
-    for (int e = 0; e < E; e++) {
-        cosine[e] = 0;
-        for (int d = 0; d < r->dim; d++) cosine[e] += q[d] * r->centroids[(size_t)e * (size_t)r->dim + (size_t)d];
-        cosine[e] /= sqrt(norm);
-        wanted[e] = 0;
+    double cosine[PK_ROUTER_MAX_EXPERTS], group_cosine[PK_ROUTER_MAX_EXPERTS];
+    int first = 0, span = r->cfg.experts;
+    cosines_of(q, r->dim, r->centroids, r->cfg.experts, cosine);
+    if (r->group_centroids) {
+        cosines_of(q, r->dim, r->group_centroids, r->cfg.groups, group_cosine);
+        int best = 0;
+        for (int g = 1; g < r->cfg.groups; g++) best = group_cosine[g] > group_cosine[best] ? g : best;
+        span = r->cfg.experts / r->cfg.groups;
+        first = best * span;
     }
+    memset(wanted, 0, PK_ROUTER_MAX_EXPERTS);
     for (int k = 0; k < r->cfg.top_k; k++) {
         int best = -1;
-        for (int e = 0; e < E; e++)
+        for (int e = first; e < first + span; e++)
             if (!wanted[e] && (best < 0 || cosine[e] > cosine[best])) best = e;
         wanted[best] = 1;
     }
@@ -413,6 +428,7 @@ int main(void)
     check_routed_decode("moe_router:router=eplb,experts=4,top_k=2,ratio=0.35,window=16,route=1,sample=2");
     check_routed_decode("moe_router:router=base,experts=8,top_k=1,ratio=0.5,window=16,route=1,sample=1");
     check_routed_decode("moe_router:router=topk_balanced,experts=4,top_k=1,ratio=0.2,sink=0,window=8,route=1,sample=1");
+    check_routed_decode("moe_router:router=hierarchical,experts=8,groups=2,top_k=2,ratio=0.3,window=16,route=1,sample=1");
     check_routed_block();
     check_all_experts("eplb");
     check_all_experts("base");
