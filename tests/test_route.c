@@ -109,8 +109,8 @@ static void check_hand_table(void)
     pk_route_record(&t, 3, 6, 0.25);
     pk_route_record(&t, 2, 4, -1);
     pk_route_record(&t, 5, 10, 0.05);
-    CHECK(t.queries == 3 && t.sampled == 2 && t.entries_read == 10 && t.entries_visible == 20 &&
-              fabs(t.missed_sum - 0.30) < 1e-12 && t.missed_max == 0.25,
+    CHECK(t.stats.queries == 3 && t.stats.sampled == 2 && t.stats.entries_read == 10 &&
+              t.stats.entries_visible == 20 && fabs(t.stats.missed_sum - 0.30) < 1e-12 && t.stats.missed_max == 0.25,
           "statistics add up");
     CHECK(pk_route_sampled(&t, 8) && !pk_route_sampled(&t, 9), "every 4th position is sampled");
     pk_route_table_free(&t);

@@ -239,11 +239,12 @@ int pikv_press_routing_stats(pikv_press *p, pikv_routing_stats *st, int reset)
     pk_route_table *t = p->ops->routing ? p->ops->routing(p) : NULL;
     memset(st, 0, sizeof *st);
     if (!t) return pk_fail("press '%s' does not route queries (moe_router with route=1 does)", p->name);
-    st->queries = t->queries;
-    st->fraction_read = t->entries_visible > 0 ? t->entries_read / t->entries_visible : 1.0;
-    st->sampled = t->sampled;
-    st->mass_missed = t->sampled ? t->missed_sum / (double)t->sampled : 0.0;
-    st->mass_missed_max = t->missed_max;
-    if (reset) t->queries = t->sampled = 0, t->entries_read = t->entries_visible = t->missed_sum = t->missed_max = 0;
+    const pk_route_stats *rs = &t->stats;
+    st->queries = rs->queries;
+    st->fraction_read = rs->entries_visible > 0 ? rs->entries_read / rs->entries_visible : 1.0;
+    st->sampled = rs->sampled;
+    st->mass_missed = rs->sampled ? rs->missed_sum / (double)rs->sampled : 0.0;
+    st->mass_missed_max = rs->missed_max;
+    if (reset) memset(&t->stats, 0, sizeof t->stats);
     return 0;
 }

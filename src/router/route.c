@@ -101,13 +101,14 @@ void pk_route_record(pk_route_table *t, int n_read, int n_visible, double missed
 {
 #pragma omp critical(pk_route_record)
     {
-        t->queries++;
-        t->entries_read += n_read;
-        t->entries_visible += n_visible;
+        pk_route_stats *st = &t->stats;
+        st->queries++;
+        st->entries_read += n_read;
+        st->entries_visible += n_visible;
         if (missed >= 0) {
-            t->sampled++;
-            t->missed_sum += missed;
-            if (missed > t->missed_max) t->missed_max = missed;
+            st->sampled++;
+            st->missed_sum += missed;
+            if (missed > st->missed_max) st->missed_max = missed;
         }
     }
 }

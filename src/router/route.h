@@ -33,15 +33,19 @@ typedef struct {
                                 PK_ROUTE_ALWAYS, or -1 for a slot left unfilled */
 } pk_route_head;
 
+/* What the routed queries did, over (query, layer, head) triples. */
+typedef struct {
+    long queries, sampled;
+    double entries_read, entries_visible;
+    double missed_sum, missed_max;
+} pk_route_stats;
+
 typedef struct pk_route_table {
     int n_layer, n_head, top_k, sample_every;
     pk_route_head *heads;    /* [n_layer * n_head] */
     const pk_kvcache *kv;    /* the cache described, and its epoch after the compression */
     unsigned epoch;
-    /* Statistics since the last reset, over (query, layer, head) triples. */
-    long queries, sampled;
-    double entries_read, entries_visible;
-    double missed_sum, missed_max;
+    pk_route_stats stats;    /* since the last reset */
 } pk_route_table;
 
 int pk_route_table_init(pk_route_table *t, int n_layer, int n_head, int top_k, int sample_every);
