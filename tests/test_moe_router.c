@@ -5,7 +5,7 @@
  * per-head lengths and released memory; bad specs; and one run on the bundled
  * model. */
 #include "check.h"
-#include "press_build.h"
+#include "press_test.h"
 #include "eval/tasks.h"
 #include "kv/kvcache.h"
 #include "pikv.h"
@@ -93,13 +93,6 @@ static void check_kmeans_balanced(void)
 
 /* ---- a synthetic layer --------------------------------------------------- */
 
-typedef struct {
-    pikv_config cfg;
-    pk_kvcache kv;
-    float *q;
-    pk_press_view view;
-} test_layer;
-
 /* The direction (0..3) of the key at position j: shuffled, not in blocks. */
 static int direction_of(int j) { return (j * 7 + 3) % DIRECTIONS; }
 
@@ -110,47 +103,26 @@ static int direction_of(int j) { return (j * 7 + 3) % DIRECTIONS; }
  * layer 0. */
 static int layer_init(test_layer *t, int len, int n_q, int q_pos0)
 {
-    memset(t, 0, sizeof *t);
-    t->cfg = (pikv_config){.n_layer = N_LAYER, .n_head = N_HEAD, .head_dim = HEAD_DIM, .n_embd = ROW_WIDTH,
-                           .n_positions = 1024};
-    if (pk_kv_init(&t->kv, N_LAYER, N_HEAD, HEAD_DIM) || pk_kv_reserve(&t->kv, len, 1)) {
-        pk_kv_free(&t->kv);
-        return -1;
-    }
+    if (test_layer_init(t, N_LAYER, N_HEAD, HEAD_DIM, len, n_q, q_pos0, ROW_WIDTH)) return -1;
     uint64_t rng = 42;
     for (int l = 0; l < N_LAYER; l++)
         for (int h = 0; h < N_HEAD; h++) {
             pk_kv_head *kh = pk_kv_at(&t->kv, l, h);
             for (int j = 0; j < len; j++) {
-                kh->pos[j] = j;
                 for (int d = 0; d < HEAD_DIM; d++) {
                     kh->k[j * HEAD_DIM + d] = 0.2f * next_uniform(&rng);
                     kh->v[j * HEAD_DIM + d] = next_uniform(&rng);
                 }
                 kh->k[j * HEAD_DIM + 2 * direction_of(j)] += 2.f;
             }
-            kh->len = len;
         }
-    t->q = malloc((size_t)n_q * ROW_WIDTH * sizeof *t->q);
-    if (!t->q) {
-        pk_kv_free(&t->kv);
-        return -1;
-    }
     for (int r = 0; r < n_q; r++)
         for (int h = 0; h < N_HEAD; h++) {
             float *q = t->q + (size_t)r * ROW_WIDTH + (size_t)h * HEAD_DIM;
             for (int d = 0; d < HEAD_DIM; d++) q[d] = 0.3f * next_uniform(&rng);
             q[0] += 1.5f;
         }
-    t->view = (pk_press_view){.cfg = &t->cfg, .layer = 0, .q = t->q, .q_stride = ROW_WIDTH, .n_q = n_q,
-                              .q_pos0 = q_pos0, .kv = &t->kv, .scale = 1.f};
     return 0;
-}
-
-static void layer_free(test_layer *t)
-{
-    pk_kv_free(&t->kv);
-    free(t->q);
 }
 
 /* Compress both layers of t with press. */

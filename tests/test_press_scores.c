@@ -10,7 +10,7 @@
  * entry it can see. The attention scale of the synthetic view is 1, so with a
  * query (1, 0) and a key (x, y) an entry's unnormalised weight is exp(x). */
 #include "check.h"
-#include "press_build.h"
+#include "press_test.h"
 #include "kv/kvcache.h"
 #include "pikv.h"
 #include "press/press.h"
@@ -26,60 +26,11 @@ enum { N_LAYER = 2, N_HEAD = 2, HEAD_DIM = 2, ROW_WIDTH = N_HEAD * HEAD_DIM };
 
 static const char *const model_dir = "models/pikv-ref-14m";
 
-/* One synthetic model's cache and the view a press gets of its layer 0. */
-typedef struct {
-    pikv_config cfg;
-    pk_kvcache kv;
-    float *q;
-    pk_press_view view;
-} test_layer;
-
-/* Two layers of two heads, each holding `len` entries at positions 0..len-1
- * with zero keys and values; `n_q` zero query rows of `q_stride` floats, the
- * first at position q_pos0. The view looks at layer 0 with scale 1. */
+/* Two layers of two heads of HEAD_DIM, `len` zero entries each, `n_q` zero
+ * query rows of `q_stride` floats from position q_pos0 (test_layer_init). */
 static int layer_init(test_layer *t, int len, int n_q, int q_pos0, int q_stride)
 {
-    memset(t, 0, sizeof *t);
-    t->cfg.n_layer = N_LAYER;
-    t->cfg.n_head = N_HEAD;
-    t->cfg.head_dim = HEAD_DIM;
-    t->cfg.n_embd = ROW_WIDTH;
-    t->cfg.n_positions = 1024;
-    if (pk_kv_init(&t->kv, N_LAYER, N_HEAD, HEAD_DIM) || pk_kv_reserve(&t->kv, len, 1)) {
-        pk_kv_free(&t->kv);
-        return -1;
-    }
-    for (int l = 0; l < N_LAYER; l++)
-        for (int h = 0; h < N_HEAD; h++) {
-            pk_kv_head *kh = pk_kv_at(&t->kv, l, h);
-            for (int j = 0; j < len; j++) {
-                kh->pos[j] = j;
-                for (int d = 0; d < HEAD_DIM; d++) kh->k[j * HEAD_DIM + d] = kh->v[j * HEAD_DIM + d] = 0.f;
-            }
-            kh->len = len;
-        }
-    t->q = calloc((size_t)(n_q > 0 ? n_q : 1) * (size_t)q_stride, sizeof *t->q);
-    if (!t->q) {
-        pk_kv_free(&t->kv);
-        return -1;
-    }
-    t->view = (pk_press_view){.cfg = &t->cfg,
-                              .layer = 0,
-                              .q = t->q,
-                              .q_stride = q_stride,
-                              .n_q = n_q,
-                              .q_pos0 = q_pos0,
-                              .kv = &t->kv,
-                              .scale = 1.f,
-                              .seed = 0};
-    return 0;
-}
-
-static void layer_free(test_layer *t)
-{
-    pk_kv_free(&t->kv);
-    free(t->q);
-    t->q = NULL;
+    return test_layer_init(t, N_LAYER, N_HEAD, HEAD_DIM, len, n_q, q_pos0, q_stride);
 }
 
 /* Append one zero entry at position `pos` to every head of every layer. */
