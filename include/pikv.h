@@ -121,6 +121,10 @@ int pikv_session_kv_len(const pikv_session *s, int layer, int head);
 /* Copy the cached key or value rows of one (layer, head): [len, head_dim]. */
 int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
                          float *out, int cap_rows);
+/* Copy the absolute positions of the entries one (layer, head) holds, in
+ * storage order: [len]. */
+int pikv_session_kv_positions(const pikv_session *s, int layer, int head,
+                              int32_t *out, int cap);
 
 /* ---- sampling and generation -------------------------------------------- */
 

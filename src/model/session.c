@@ -73,6 +73,16 @@ int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
     return h->len;
 }
 
+int pikv_session_kv_positions(const pikv_session *s, int layer, int head, int32_t *out, int cap)
+{
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
+    const pk_kv_head *h = pk_kv_at(&s->kv, layer, head);
+    if (h->len > cap) return pk_fail("KV cache: %d positions do not fit in %d", h->len, cap);
+    memcpy(out, h->pos, (size_t)h->len * sizeof *out);
+    return h->len;
+}
 
 void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st) { *st = s->stats; }
 
