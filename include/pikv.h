@@ -21,8 +21,6 @@ extern "C" {
 const char *pikv_last_error(void);
 void pikv_clear_error(void);
 void pikv_free(void *p);
-/* Tests only: make the n-th allocation from now on fail (0 turns it off). */
-void pikv_test_fail_alloc_after(long n);
 
 /* ---- model ------------------------------------------------------------- */
 
@@ -90,6 +88,16 @@ typedef struct pikv_session pikv_session;
 /* A session owns the KV cache and the scratch buffers for one sequence.
  * n_threads <= 0 means all cores. */
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads);
+
+/* A session's options, in llama.h's manner: start from the defaults and set
+ * what you need. */
+typedef struct pikv_session_params {
+    int n_threads;         /* <= 0: all cores (default) */
+    int workers;           /* decode attention on this many placed workers; <= 1: off (default) */
+    int balanced_workers;  /* 1: place heads by DeepSeek's EPLB (default); 0: an equal count each */
+} pikv_session_params;
+pikv_session_params pikv_session_default_params(void);
+pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_session_params *p);
 void pikv_session_free(pikv_session *s);
 /* Forget the sequence: the cache is emptied (and its memory released). */
 void pikv_session_reset(pikv_session *s);
@@ -147,6 +155,17 @@ typedef struct pikv_generation {
     double decode_s;     /* seconds of the n_ids - 1 single-token passes after it */
 } pikv_generation;
 
+/* What to generate, in llama.h's manner: start from the defaults. */
+typedef struct pikv_generation_params {
+    int max_new_tokens;      /* default 32 */
+    pikv_sampling sampling;  /* default greedy */
+    int stop_id;             /* stop after this id (-1, the default: never) */
+} pikv_generation_params;
+pikv_generation_params pikv_generation_default_params(void);
+/* pikv_generate with its options in one struct. */
+int pikv_generate_with_params(pikv_session *s, const int32_t *prompt, int n_prompt,
+                              const pikv_generation_params *p, pikv_generation *out);
+
 /* Prefill the prompt (after whatever the session already holds), then generate up to
  * max_new_tokens, stopping early at stop_id (>= 0). */
 int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt,
@@ -169,6 +188,9 @@ double pikv_press_ratio(const pikv_press *p);
 /* 1 when the press acts while generating (compression every N tokens) rather
  * than once after the prefill. */
 int pikv_press_acts_while_generating(const pikv_press *p);
+/* 1 when later queries read the cache it compressed through its route table
+ * (moe_router with route=1), so that pikv_press_routing_stats applies. */
+int pikv_press_routes_queries(const pikv_press *p);
 
 /* Like pikv_forward (logits of the last position), with the press compressing
  * each layer's cache right after that layer's attention has used the full

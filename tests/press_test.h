@@ -1,10 +1,11 @@
-/* For tests that drive presses below the public API (pk_press_compress on
- * hand-made layers): a synthetic cache and the view a press gets of it, and
+/* For tests that drive presses below the public API (a press on hand-made
+ * layers, its decision applied as the engine applies it): a synthetic cache and the view a press gets of it, and
  * presses built from their spec text. */
 #ifndef PIKV_TESTS_PRESS_TEST_H
 #define PIKV_TESTS_PRESS_TEST_H
 
 #include "check.h"
+#include "engine/compress.h"
 #include "pikv.h"
 #include "press/press.h"
 #include "press/spec.h"
@@ -18,6 +19,7 @@ typedef struct {
     pk_kvcache kv;
     float *q;
     pk_press_view view;
+    pk_keep_set keep;
 } test_layer;
 
 /* n_layer x n_head heads of head_dim, each holding `len` zero entries at
@@ -46,13 +48,19 @@ static int test_layer_init(test_layer *t, int n_layer, int n_head, int head_dim,
         return -1;
     }
     t->view = (pk_press_view){.cfg = &t->cfg, .layer = 0, .q = t->q, .q_stride = q_stride, .n_q = n_q,
-                              .q_pos0 = q_pos0, .kv = &t->kv, .scale = 1.f};
+                              .q_pos0 = q_pos0, .kv = &t->kv, .backend = &pk_backend_cpu, .scale = 1.f};
+    if (pk_keep_set_init(&t->keep, n_head)) {
+        pk_kv_free(&t->kv);
+        free(t->q);
+        return -1;
+    }
     return 0;
 }
 
 static void layer_free(test_layer *t)
 {
     pk_kv_free(&t->kv);
+    pk_keep_set_free(&t->keep);
     free(t->q);
     t->q = NULL;
 }
@@ -69,6 +77,20 @@ static pk_press *press_from(const char *text, const pikv_model *model)
     pk_spec_free(spec);
     CHECK(rc == 0 && press, "press '%s' should build: %s", text, pikv_last_error());
     return rc == 0 ? press : NULL;
+}
+
+/* Run a press on the view's layer as the engine does: it decides, the cache applies. */
+static inline int layer_compress(pk_press *press, test_layer *t)
+{
+    return pk_compress_layer(press, &t->view, &t->kv, &t->keep);
+}
+
+/* One decoding step of a press that acts while generating, applied when it decides. */
+static inline int layer_decode_step(pk_press *press, test_layer *t)
+{
+    if (pk_keep_set_reset(&t->keep, pk_kv_max_len(&t->kv, t->view.layer))) return -1;
+    int rc = press->ops->decode_step(press, &t->view, &t->keep);
+    return rc == 1 ? pk_kv_apply(&t->kv, t->view.layer, &t->keep) : rc;
 }
 
 #endif

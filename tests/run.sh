@@ -7,7 +7,7 @@ set -u
 export PIKV
 total_pass=0 total_fail=0 crashed=0
 log=$(mktemp)
-for t in "$TEST_BIN"/test_* tests/cli_*.sh; do
+for t in "$TEST_BIN"/test_* tests/cli_*.sh tests/check_*.sh; do
   [ -e "$t" ] || continue
   case "$t" in *.d|*.o) continue ;; esac
   case "$t" in *.sh) cmd="sh $t" ;; *) cmd="$t" ;; esac

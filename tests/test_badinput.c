@@ -11,6 +11,7 @@
  * parser on hand-made headers, a few truncations, NaN counting, allocation
  * failures while loading a model or a tokenizer) is not repeated here. */
 #include "check.h"
+#include "util/mem.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "pikv.h"
@@ -530,9 +531,9 @@ static void fail_each_allocation(const char *label, alloc_step step, const pikv_
 /* Making a session. */
 static int step_session(const pikv_model *m, long fail_at)
 {
-    pikv_test_fail_alloc_after(fail_at);
+    pk_test_fail_alloc_after(fail_at);
     pikv_session *s = pikv_session_new(m, 1);
-    pikv_test_fail_alloc_after(0);
+    pk_test_fail_alloc_after(0);
     pikv_session_free(s);
     return s ? 0 : -1;
 }
@@ -544,10 +545,10 @@ static int step_forward(const pikv_model *m, long fail_at)
     float logits[N_VOCAB];
     pikv_session *s = pikv_session_new(m, 1);
     if (!s) return -1;
-    pikv_test_fail_alloc_after(fail_at);
+    pk_test_fail_alloc_after(fail_at);
     int rc = pikv_forward(s, ids, 8, logits, 0);
     if (rc == 0) rc = pikv_forward(s, ids + 8, 1, logits, 0);
-    pikv_test_fail_alloc_after(0);
+    pk_test_fail_alloc_after(0);
     pikv_session_free(s);
     return rc;
 }
@@ -562,9 +563,9 @@ static const char composite_spec[] =
 /* Building the composite press from its spec. */
 static int step_press_new(const pikv_model *m, long fail_at)
 {
-    pikv_test_fail_alloc_after(fail_at);
+    pk_test_fail_alloc_after(fail_at);
     pikv_press *p = pikv_press_new(composite_spec, m, NULL);
-    pikv_test_fail_alloc_after(0);
+    pk_test_fail_alloc_after(0);
     pikv_press_free(p);
     return p ? 0 : -1;
 }
@@ -586,9 +587,9 @@ static int answer_with(const pikv_model *m, const char *spec, long fail_at)
         return -1;
     }
     pikv_qa_result res;
-    pikv_test_fail_alloc_after(fail_at);
+    pk_test_fail_alloc_after(fail_at);
     int rc = pikv_answer(s, p, &rq, &res);
-    pikv_test_fail_alloc_after(0);
+    pk_test_fail_alloc_after(0);
     if (rc == 0) pikv_qa_result_free(&res);
     pikv_press_free(p);
     pikv_session_free(s);

@@ -8,6 +8,7 @@
 #include "bench/report.h"
 #include "bench/svg.h"
 #include "check.h"
+#include "util/mem.h"
 #include "eval/quality.h"
 #include "pikv.h"
 
@@ -401,9 +402,9 @@ static void test_allocation_failures(void)
         int failures = 0, finished = 0;
         for (long k = 1; k < 5000 && !finished; k++) {
             pk_compare_report r;
-            pikv_test_fail_alloc_after(k);
+            pk_test_fail_alloc_after(k);
             const int rc = pk_compare_run(&c, &r);
-            pikv_test_fail_alloc_after(0);
+            pk_test_fail_alloc_after(0);
             if (rc == 0) {
                 finished = 1;
                 CHECK(r.n_points > 0 && r.n_rows > 3, "the detailed run has sweep points");

@@ -3,9 +3,9 @@
  * files, and calibration that finds the heads retrieval needs. */
 #include "check.h"
 #include "eval/retrieval.h"
-#include "model/session.h"
+#include "engine/session.h"
 #include "pikv.h"
-#include "press/duo_calibrate.h"
+#include "eval/duo_calibrate.h"
 #include "press/duo_pattern.h"
 
 #include <math.h>
@@ -42,7 +42,7 @@ static void check_bytes(void)
     size_t entries = 0;
     for (int l = 0; l < c->n_layer; l++)
         for (int h = 0; h < c->n_head; h++) {
-            const pk_kv_head *kh = pk_kv_at(&s->kv, l, h);
+            const pk_kv_head *kh = pk_kv_head_at(&s->fwd.kv, l, h);
             streaming += kh->evict;
             right &= kh->len == (kh->evict ? 64 + 256 : 1000);
             entries += (size_t)kh->cap;
@@ -57,7 +57,7 @@ static void check_bytes(void)
     int bounded = 1;
     for (int l = 0; l < c->n_layer; l++)
         for (int h = 0; h < c->n_head; h++) {
-            const pk_kv_head *kh = pk_kv_at(&s->kv, l, h);
+            const pk_kv_head *kh = pk_kv_head_at(&s->fwd.kv, l, h);
             if (kh->evict) bounded &= kh->len == 320 && kh->cap == 320;
             else bounded &= kh->len == 1500;
         }
@@ -115,8 +115,8 @@ static void check_ring_against_mask(const char *spec, int mask_from_start)
     if (!mask_from_start) pikv_prefill(dense, t.context, t.n_context, NULL, b);
     for (int l = 0; l < c->n_layer; l++)
         for (int h = 0; h < c->n_head; h++) {
-            const pk_kv_head *rh = pk_kv_at(&ring->kv, l, h);
-            if (rh->evict) pk_kv_make_streaming(&dense->kv, l, h, rh->sink, rh->recent, 0);
+            const pk_kv_head *rh = pk_kv_head_at(&ring->fwd.kv, l, h);
+            if (rh->evict) pk_kv_make_streaming(&dense->fwd.kv, l, h, rh->sink, rh->recent, 0);
         }
     if (mask_from_start) pikv_prefill(dense, t.context, t.n_context, NULL, b);
     double worst = rel_l2(a, b, V);
@@ -131,7 +131,7 @@ static void check_ring_against_mask(const char *spec, int mask_from_start)
     int bounded = 1;
     for (int l = 0; l < c->n_layer; l++)
         for (int h = 0; h < c->n_head; h++) {
-            const pk_kv_head *rh = pk_kv_at(&ring->kv, l, h);
+            const pk_kv_head *rh = pk_kv_head_at(&ring->fwd.kv, l, h);
             if (rh->evict) bounded &= rh->len == rh->sink + rh->recent;
         }
     CHECK(bounded, "%s: ring heads stay at sink + recent", spec);

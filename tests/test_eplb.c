@@ -331,9 +331,9 @@ static void test_allocation_failures(void)
     int failures = 0, ok = 1;
     for (long n = 1; n < 100; n++) {
         pk_eplb_plan plan;
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         int rc = pk_eplb_rebalance(load, 1, 8, 12, 4, 2, 4, &plan);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (rc == 0) {
             pk_eplb_plan_free(&plan);
             break;
@@ -349,9 +349,9 @@ static void test_allocation_failures(void)
     failures = 0;
     ok = 1;
     for (long n = 1; n < 100; n++) {
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         char *out = pk_eplb_json(json, strlen(json));
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (out) {
             pk_free(out);
             break;

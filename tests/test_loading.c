@@ -3,6 +3,7 @@
  * with broken or missing parts, sharded checkpoints, NaN weights, and an
  * allocation failure at every step of a load. */
 #include "check.h"
+#include "util/mem.h"
 #include "model/safetensors.h"
 #include "pikv.h"
 
@@ -259,9 +260,9 @@ static void check_model_dirs(void)
     /* An allocation failure at any point of a load frees everything and says so. */
     int failures = 0, n_alloc;
     for (n_alloc = 1; n_alloc < 10000; n_alloc++) {
-        pikv_test_fail_alloc_after(n_alloc);
+        pk_test_fail_alloc_after(n_alloc);
         pikv_model *m = pikv_model_load(tiny_dir);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (m) {
             pikv_model_free(m);
             break;

@@ -125,6 +125,38 @@ static void check_decode_matches_prefill(void)
     pikv_model_free(m);
 }
 
+/* The option structs: their documented defaults, and a session and a
+ * generation made from them behave as the plain calls do. */
+static void check_default_params(void)
+{
+    pikv_session_params sp = pikv_session_default_params();
+    CHECK(sp.n_threads == 0 && sp.workers == 0 && sp.balanced_workers == 1, "session defaults");
+    pikv_generation_params gp = pikv_generation_default_params();
+    CHECK(gp.max_new_tokens == 32 && gp.sampling.greedy == 1 && gp.stop_id == -1, "generation defaults");
+    pikv_model *m = pikv_model_load("models/pikv-ref-14m");
+    if (!m) return;
+    sp.n_threads = 2;
+    sp.workers = 2;
+    pikv_session *a = pikv_session_new_with_params(m, &sp), *b = pikv_session_new(m, 2);
+    CHECK(a && pikv_session_threads(a) == 2, "session from params");
+    const int32_t prompt[] = {12, 279, 268, 199};
+    pikv_generation ga, gb;
+    gp.max_new_tokens = 8;
+    int ra = pikv_generate_with_params(a, prompt, 4, &gp, &ga);
+    int rb = pikv_generate(b, prompt, 4, 8, &gp.sampling, -1, &gb);
+    CHECK(ra == 0 && rb == 0 && ga.n_ids == 8 && gb.n_ids == 8 && memcmp(ga.ids, gb.ids, 8 * sizeof *ga.ids) == 0,
+          "generation from params (on 2 placed workers) = the plain call");
+    CHECK(pikv_session_worker_imbalance(a) >= 1.0, "the params' workers ran the decode attention");
+    if (ra == 0) pikv_free(ga.ids);
+    if (rb == 0) pikv_free(gb.ids);
+    sp.workers = 5000;
+    CHECK(pikv_session_new_with_params(m, &sp) == NULL && strstr(pikv_last_error(), "workers"),
+          "out-of-range workers refused: %s", pikv_last_error());
+    pikv_session_free(a);
+    pikv_session_free(b);
+    pikv_model_free(m);
+}
+
 int main(void)
 {
     char golden_path[512], tiny_dir[512], tiny_golden[512];
@@ -134,5 +166,6 @@ int main(void)
     check_parity("pikv-ref-14m", "models/pikv-ref-14m", golden_path, 6);
     check_parity("tiny-gpt2", tiny_dir, tiny_golden, 2);
     check_decode_matches_prefill();
+    check_default_params();
     return check_done("model");
 }

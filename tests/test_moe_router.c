@@ -5,6 +5,7 @@
  * per-head lengths and released memory; bad specs; and one run on the bundled
  * model. */
 #include "check.h"
+#include "util/mem.h"
 #include "press_test.h"
 #include "eval/tasks.h"
 #include "kv/kvcache.h"
@@ -131,7 +132,7 @@ static int compress_layers(pk_press *press, test_layer *t, const char *what)
     int rc = 0;
     for (int l = 0; l < N_LAYER && rc == 0; l++) {
         t->view.layer = l;
-        rc = pk_press_compress(press, &t->view);
+        rc = layer_compress(press, t);
     }
     t->view.layer = 0;
     CHECK(rc == 0, "%s: compress failed: %s", what, pikv_last_error());
@@ -141,7 +142,7 @@ static int compress_layers(pk_press *press, test_layer *t, const char *what)
 /* Whether head (layer, head) holds position pos. */
 static int holds_position(const test_layer *t, int layer, int head, int pos)
 {
-    const pk_kv_head *kh = pk_kv_at(&t->kv, layer, head);
+    const pk_kv_head *kh = pk_kv_head_at(&t->kv, layer, head);
     for (int j = 0; j < kh->len; j++)
         if (kh->pos[j] == pos) return 1;
     return 0;
@@ -153,7 +154,7 @@ static void expect_exact_heads(const test_layer *t, int len, int n_kept, int sin
 {
     for (int l = 0; l < N_LAYER; l++)
         for (int h = 0; h < N_HEAD; h++) {
-            const pk_kv_head *kh = pk_kv_at(&t->kv, l, h);
+            const pk_kv_head *kh = pk_kv_head_at(&t->kv, l, h);
             CHECK(kh->len == n_kept, "%s: layer %d head %d keeps %d, want %d", what, l, h, kh->len, n_kept);
             CHECK(kh->cap == kh->len, "%s: layer %d head %d cap %d for len %d (memory not released)", what, l, h,
                   kh->cap, kh->len);
@@ -300,7 +301,7 @@ static void check_coverage(void)
     if (layer_init(&t, L, L, 0)) return;
     pk_press *press = press_from("moe_router:router=eplb,top_k=1,ratio=0.6,sink=4,window=16", NULL);
     if (press && compress_layers(press, &t, "coverage") == 0) {
-        const pk_kv_head *kh = pk_kv_at(&t.kv, 0, 0);
+        const pk_kv_head *kh = pk_kv_head_at(&t.kv, 0, 0);
         int per_direction[DIRECTIONS] = {0};
         for (int j = 0; j < kh->len; j++)
             if (kh->pos[j] >= 4 && kh->pos[j] < L - 16) per_direction[direction_of(kh->pos[j])]++;
@@ -335,7 +336,7 @@ static void check_edges(void)
 
     press = press_from("moe_router:ratio=0.95,sink=4,window=64", NULL);
     if (press && compress_layers(press, &t, "ratio 0.95") == 0) {
-        const pk_kv_head *kh = pk_kv_at(&t.kv, 1, 1);
+        const pk_kv_head *kh = pk_kv_head_at(&t.kv, 1, 1);
         CHECK(kh->len == 10 && kh->pos[0] == 0 && kh->pos[3] == 3 && kh->pos[4] == 136 && kh->pos[9] == 141,
               "ratio 0.95: keeps the 10 earliest of sinks and window (got %d entries, %d..%d)", kh->len, kh->pos[0],
               kh->pos[kh->len - 1]);
@@ -377,12 +378,12 @@ static void check_allocation_failures(const char *spec)
         if (layer_init(&t, 120, 120, 0)) return;
         pk_press *press = pikv_press_new(spec, NULL, MODEL);
         int rc = -1;
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         for (int l = 0; press && l < N_LAYER; l++) {
             t.view.layer = l;
-            if ((rc = pk_press_compress(press, &t.view))) break;
+            if ((rc = layer_compress(press, &t))) break;
         }
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (rc == 0) {
             succeeded = 1;
         } else {

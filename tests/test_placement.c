@@ -4,8 +4,8 @@
  * equal to attention computed in one piece. */
 #include "check.h"
 #include "eval/tasks.h"
-#include "kv/placement.h"
-#include "model/session.h"
+#include "router/placement.h"
+#include "engine/session.h"
 #include "pikv.h"
 
 #include <math.h>

@@ -4,7 +4,7 @@
  * share one compressed context, decoding-time compression, and bad specs. */
 #include "check.h"
 #include "eval/tasks.h"
-#include "model/session.h"
+#include "engine/session.h"
 #include "pikv.h"
 
 #include <math.h>
@@ -110,9 +110,9 @@ static void check_masked_reference(const pk_task *t, const char *spec)
     for (int h = 0; h < c->n_head; h++) {
         pikv_session_kv_read(full, last, h, 0, Kf, L);
         pikv_session_kv_read(full, last, h, 1, Vf, L);
-        const pk_kv_head *kh = pk_kv_at(&comp->kv, last, h);
-        const float *q = comp->qkv + (size_t)h * hd;                 /* the new token's query */
-        const float *k_new = comp->qkv + C + (size_t)h * hd, *v_new = comp->qkv + 2 * C + (size_t)h * hd;
+        const pk_kv_head *kh = pk_kv_head_at(&comp->fwd.kv, last, h);
+        const float *q = comp->fwd.qkv + (size_t)h * hd;                 /* the new token's query */
+        const float *k_new = comp->fwd.qkv + C + (size_t)h * hd, *v_new = comp->fwd.qkv + 2 * C + (size_t)h * hd;
         /* Dense scores over every context position; mask those the press dropped. */
         double *w = calloc((size_t)L + 1, sizeof *w), max = -INFINITY, sum = 0;
         char *kept = calloc((size_t)L, 1);
@@ -130,7 +130,7 @@ static void check_masked_reference(const pk_task *t, const char *spec)
             double out = 0;
             for (int j = 0; j <= L; j++)
                 if (w[j] != -INFINITY) out += exp(w[j] - max) / sum * (j < L ? Vf[(size_t)j * hd + d] : v_new[d]);
-            worst = fmax(worst, fabs(out - comp->att[(size_t)h * hd + d]));
+            worst = fmax(worst, fabs(out - comp->fwd.att[(size_t)h * hd + d]));
         }
         free(w);
         free(kept);
@@ -173,7 +173,7 @@ static void check_needle_removed(void)
     const pikv_config *c = pikv_model_config(model);
     for (int l = 0; l < c->n_layer; l++)
         for (int h = 0; h < c->n_head; h++) {
-            const pk_kv_head *kh = pk_kv_at(&s->kv, l, h);
+            const pk_kv_head *kh = pk_kv_head_at(&s->fwd.kv, l, h);
             for (int j = 0; j < kh->len; j++)
                 found += kh->pos[j] >= t.needle_start && kh->pos[j] < t.needle_start + t.needle_len;
         }
@@ -291,6 +291,61 @@ static void check_bad_specs(const pk_task *t)
     pikv_session_free(s);
 }
 
+/* Capabilities inside a composition: each either runs there or is refused
+ * with a message naming it; eplb_duo is a composition object of its two
+ * presses; a press made for another model is refused by the session. */
+static void check_capabilities(const pk_task *t)
+{
+    expect_bad_spec("composed[knorm:0.2,duo:ratio=0.5,prefill_chunk=256]", "prefill_chunk cannot be composed");
+    expect_bad_spec("composed[duo:ratio=0.5,prefill_chunk=64]", "prefill_chunk cannot be composed");
+    expect_bad_spec("composed[knorm:0.2,decoding(knorm):every=4,target=10]", "acts while generating");
+    expect_bad_spec("composed[moe_router:ratio=0.3,route=1]", "route=1 cannot be composed");
+    pikv_press *chunked = pikv_press_new("duo:ratio=0.5,prefill_chunk=256", model, MODEL);
+    CHECK(chunked && (chunked->caps & PK_PRESS_CHUNKED_PREFILL) && chunked->prefill_chunk == 256,
+          "duo with prefill_chunk declares a chunked prefill");
+    pikv_press_free(chunked);
+
+    /* A composition inside a composition runs its parts in order too: the same
+     * entries as the flat composition. */
+    pikv_press *flat = pikv_press_new("composed[knorm:0.2,streaming_llm:0.3,snapkv:0.2]", model, MODEL);
+    pikv_press *nested = pikv_press_new("composed[composed[knorm:0.2,streaming_llm:0.3],snapkv:0.2]", model, MODEL);
+    pikv_session *a = pikv_session_new(model, 2), *b = pikv_session_new(model, 2);
+    CHECK(flat && nested && (nested->caps & PK_PRESS_SEQUENCE), "compositions build");
+    pikv_prefill(a, t->context, t->n_context, flat, NULL);
+    pikv_prefill(b, t->context, t->n_context, nested, NULL);
+    int same = pikv_session_kv_bytes(a) == pikv_session_kv_bytes(b) && pikv_session_kv_bytes(a) > 0;
+    int32_t pa[2048], pb[2048];
+    for (int l = 0; same && l < pikv_model_config(model)->n_layer; l++)
+        for (int h = 0; same && h < pikv_model_config(model)->n_head; h++) {
+            int na = pikv_session_kv_positions(a, l, h, pa, 2048), nb = pikv_session_kv_positions(b, l, h, pb, 2048);
+            same = na == nb && na > 0 && memcmp(pa, pb, (size_t)na * sizeof *pa) == 0;
+        }
+    CHECK(same, "nested composition keeps what the flat one keeps");
+    pikv_press_free(flat);
+    pikv_press_free(nested);
+
+    pikv_press *ed = pikv_press_new("eplb_duo:ratio=0.5,eplb_share=0.7", model, MODEL);
+    CHECK(ed && (ed->caps & PK_PRESS_SEQUENCE) && ed->n_inner == 2 && strcmp(ed->inner[0]->name, "moe_router") == 0 &&
+              strcmp(ed->inner[1]->name, "duo") == 0 && fabs(ed->inner[0]->ratio - 0.35) < 1e-12 &&
+              fabs(ed->inner[1]->ratio - 0.15) < 1e-12 && strcmp(ed->name, "eplb_duo") == 0,
+          "eplb_duo is moe_router 0.35 then duo 0.15");
+    pikv_press_free(ed);
+
+    char tiny[512];
+    snprintf(tiny, sizeof tiny, "%s/fixtures/tiny-gpt2", shared_dir());
+    pikv_model *other = pikv_model_load(tiny);
+    pikv_press *knorm = pikv_press_new("knorm:0.5", model, MODEL);
+    pikv_session *s = other ? pikv_session_new(other, 1) : NULL;
+    const int32_t ids[4] = {1, 2, 3, 4};
+    CHECK(s && knorm && pikv_prefill(s, ids, 4, knorm, NULL) != 0 && strstr(pikv_last_error(), "was made for a model"),
+          "a press of another model is refused: %s", pikv_last_error());
+    pikv_session_free(s);
+    pikv_press_free(knorm);
+    pikv_model_free(other);
+    pikv_session_free(a);
+    pikv_session_free(b);
+}
+
 int main(void)
 {
     model = pikv_model_load(MODEL);
@@ -309,6 +364,7 @@ int main(void)
     check_questions_share_context();
     check_decoding_press();
     check_bad_specs(&t);
+    check_capabilities(&t);
     pk_task_free(&t);
     pk_haystack_free(&haystack);
     pikv_tokenizer_free(tok);

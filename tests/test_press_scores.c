@@ -47,14 +47,14 @@ static int layer_append(test_layer *t, int pos)
 
 static void set_key(test_layer *t, int layer, int head, int j, float x, float y)
 {
-    float *k = pk_kv_at(&t->kv, layer, head)->k + j * HEAD_DIM;
+    float *k = pk_kv_head_at(&t->kv, layer, head)->k + j * HEAD_DIM;
     k[0] = x;
     k[1] = y;
 }
 
 static void set_value(test_layer *t, int layer, int head, int j, float x, float y)
 {
-    float *v = pk_kv_at(&t->kv, layer, head)->v + j * HEAD_DIM;
+    float *v = pk_kv_head_at(&t->kv, layer, head)->v + j * HEAD_DIM;
     v[0] = x;
     v[1] = y;
 }
@@ -73,7 +73,7 @@ static const char *kept_positions(const test_layer *t, int layer, int head)
     static char buffers[4][512];
     static int next;
     char *buf = buffers[next++ % 4];
-    const pk_kv_head *kh = pk_kv_at(&t->kv, layer, head);
+    const pk_kv_head *kh = pk_kv_head_at(&t->kv, layer, head);
     size_t n = 0;
     buf[0] = '\0';
     for (int j = 0; j < kh->len && n < sizeof buffers[0]; j++)
@@ -105,7 +105,7 @@ static void expect_memory_released(const test_layer *t, const char *what)
 
 static void compress_ok(pk_press *press, test_layer *t, const char *what)
 {
-    int rc = pk_press_compress(press, &t->view);
+    int rc = layer_compress(press, t);
     CHECK(rc == 0, "%s: compress failed: %s", what, pikv_last_error());
 }
 
@@ -765,21 +765,21 @@ static void test_decoding(const pikv_model *model)
         for (int j = 0; j < 6; j++) set_key(&t, 0, h, j, norms[j], 0.f);
     pk_press *press = press_from("decoding(knorm):every=2,target=3", model);
     if (press) {
-        CHECK(press->ops->after_call != NULL, "decoding acts while generating");
-        int rc = press->ops->after_call(press, &t.view);
+        CHECK(press->caps & PK_PRESS_WHILE_DECODING, "decoding acts while generating");
+        int rc = layer_decode_step(press, &t);
         CHECK(rc == 0 && pk_kv_at(&t.kv, 0, 0)->len == 6, "decoding: the prefill call must not cut (len %d)",
               pk_kv_at(&t.kv, 0, 0)->len);
 
         t.view.n_q = 1;
         t.view.q_pos0 = 5;
-        rc = press->ops->after_call(press, &t.view);
+        rc = layer_decode_step(press, &t);
         CHECK(rc == 0, "decoding first token: %s", pikv_last_error());
         for (int h = 0; h < N_HEAD; h++) expect_kept(&t, 0, h, "0,1,2,3,4,5", "decoding after 1 token");
 
         if (layer_append(&t, 6) == 0) {
             for (int h = 0; h < N_HEAD; h++) set_key(&t, 0, h, 6, 0.5f, 0.f);
             t.view.q_pos0 = 6;
-            rc = press->ops->after_call(press, &t.view);
+            rc = layer_decode_step(press, &t);
             CHECK(rc == 0, "decoding second token: %s", pikv_last_error());
             for (int h = 0; h < N_HEAD; h++) {
                 expect_kept(&t, 0, h, "1,3,6", "decoding after 2 tokens");

@@ -5,7 +5,7 @@
 #include "check.h"
 #include "eval/retrieval.h"
 #include "model/model.h"
-#include "model/session.h"
+#include "engine/session.h"
 #include "pikv.h"
 #include "router/route.h"
 #include "util/mem.h"
@@ -185,13 +185,13 @@ static void reference_step(const pikv_session *s, const pk_route_table *t, int32
     double *qkv = calloc(3 * (size_t)C, sizeof *qkv), *att = calloc((size_t)C, sizeof *att);
     double *fc = calloc((size_t)F, sizeof *fc), *tmp = calloc((size_t)C, sizeof *tmp);
     double *w = calloc((size_t)c->n_positions + 1, sizeof *w);
-    for (int i = 0; i < C; i++) x[i] = (double)m->wte[(size_t)id * C + i] + m->wpe[(size_t)s->pos * C + i];
+    for (int i = 0; i < C; i++) x[i] = (double)m->wte[(size_t)id * C + i] + m->wpe[(size_t)s->fwd.pos * C + i];
     for (int l = 0; l < c->n_layer; l++) {
         const pk_layer *L = &m->layers[l];
         layernorm(xn, x, L->ln_1_w, L->ln_1_b, C, c->layer_norm_epsilon);
         affine(qkv, xn, L->attn_w, L->attn_b, C, 3 * C);
         for (int h = 0; h < H; h++) {
-            const pk_kv_head *kh = pk_kv_at(&s->kv, l, h);
+            const pk_kv_head *kh = pk_kv_head_at(&s->fwd.kv, l, h);
             const pk_route_head *rh = t ? &t->heads[l * H + h] : NULL;
             const double *q = qkv + h * hd, *k_new = qkv + C + h * hd, *v_new = qkv + 2 * C + h * hd;
             unsigned char wanted[PK_ROUTER_MAX_EXPERTS] = {0};
@@ -257,7 +257,7 @@ static void check_routed_decode(const char *spec)
     double *ref = malloc((size_t)V * sizeof *ref), *full = malloc((size_t)V * sizeof *full);
     pikv_routing_stats st;
     CHECK(p && pikv_prefill(s, task.context, task.n_context, p, logits) == 0, "%s: prefill", spec);
-    const pk_route_table *t = s->routing;
+    const pk_route_table *t = s->routing.table;
     double worst = 0, nearest_full = 1e300;
     for (int i = 0; t && i < steps; i++) {
         const int32_t id = (int32_t)(1000 + 37 * i);
@@ -377,7 +377,7 @@ static void check_misuse(void)
     CHECK(pikv_forward(s, &id, 1, logits, 0) == 0, "and runs without them");
     pikv_session_reset(s);
     pikv_prefill(s, task.context, task.n_context, NULL, logits);
-    CHECK(s->routing == NULL && pikv_forward(s, &id, 1, logits, 0) == 0, "a reset ends the routing");
+    CHECK(s->routing.table == NULL && pikv_forward(s, &id, 1, logits, 0) == 0, "a reset ends the routing");
     free(logits);
     pikv_session_free(s);
     pikv_press_free(p);
@@ -395,9 +395,9 @@ static void check_allocation_failures(void)
         pikv_press *p = pikv_press_new("moe_router:ratio=0.5,window=16,route=1", model, MODEL);
         pikv_session *s = pikv_session_new(model, 2);
         const int32_t id = 5;
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         int rc = pikv_prefill(s, task.context, task.n_context, p, logits) || pikv_forward(s, &id, 1, logits, 0);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (rc == 0) {
             succeeded = 1;
         } else {

@@ -3,6 +3,7 @@
  * with its exact position, the limits, the typed getters, unknown keys, and
  * allocation failure at every step. */
 #include "check.h"
+#include "util/mem.h"
 #include "pikv.h"
 #include "press/spec.h"
 
@@ -538,9 +539,9 @@ static void test_alloc_failures(void)
         for (long n = 1; n < 100; n++) {
             pk_spec *s = (pk_spec *)&s;
             pikv_clear_error();
-            pikv_test_fail_alloc_after(n);
+            pk_test_fail_alloc_after(n);
             int rc = pk_spec_parse(texts[t], &s);
-            pikv_test_fail_alloc_after(0);
+            pk_test_fail_alloc_after(0);
             if (rc == 0) {
                 pk_spec_free(s);
                 break;

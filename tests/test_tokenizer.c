@@ -2,6 +2,7 @@
  * texts, pre-tokenisation on Unicode spaces and contractions, special tokens from
  * each source, round trips, every error path, and allocation failures. */
 #include "check.h"
+#include "util/mem.h"
 #include "pikv.h"
 
 #include <cjson/cJSON.h>
@@ -295,9 +296,9 @@ static void check_allocation_failures(void)
     long failures = 0, bad = 0;
     for (long n = 1; !t && n < 10000; n++) {
         pikv_clear_error();
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         t = pikv_tokenizer_load(REFERENCE_DIR);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (!t) {
             failures++;
             bad += strstr(pikv_last_error(), "out of memory") == NULL;
@@ -313,9 +314,9 @@ static void check_allocation_failures(void)
     int rc = -1;
     failures = bad = 0;
     for (long n = 1; rc != 0 && n < 1000; n++) {
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         rc = pikv_tokenize(t, text, strlen(text), &ids, &n_ids);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         if (rc != 0) {
             failures++;
             bad += ids != NULL || n_ids != 0;
@@ -326,9 +327,9 @@ static void check_allocation_failures(void)
     char *out = NULL;
     failures = 0;
     for (long n = 1; !out && n < 100; n++) {
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         out = pikv_detokenize(t, ids, n_ids, NULL);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         failures += !out;
     }
     CHECK(out && strcmp(out, text) == 0 && failures > 0, "detokenize under allocation failure");

@@ -3,7 +3,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "pikv.h"
-#include "press/duo_calibrate.h"
+#include "eval/duo_calibrate.h"
 
 #include <stdio.h>
 

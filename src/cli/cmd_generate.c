@@ -122,10 +122,7 @@ static int run_plain(const cli_command *cmd, const generate_options *o, generate
 static void report_routing(pikv_press *press, cJSON *json)
 {
     pikv_routing_stats st;
-    if (!press || pikv_press_routing_stats(press, &st, 0)) {
-        pikv_clear_error();
-        return;
-    }
+    if (!press || !pikv_press_routes_queries(press) || pikv_press_routing_stats(press, &st, 0)) return;
     if (json) {
         cJSON *r = cJSON_AddObjectToObject(json, "routing");
         cJSON_AddNumberToObject(r, "queries", (double)st.queries);

@@ -25,8 +25,8 @@ int pk_eval_retrieval(pikv_session *s, pikv_press *press, const pk_haystack *h, 
     const pikv_config *cfg = pikv_model_config(pikv_session_model(s));
     const double t0 = pikv_now();
     pikv_routing_stats before;
-    out->routed = press && pikv_press_routing_stats(press, &before, 1) == 0;
-    pikv_clear_error();
+    out->routed = press && pikv_press_routes_queries(press);
+    if (out->routed && pikv_press_routing_stats(press, &before, 1)) return -1;
     for (int i = 0; i < c->n_tasks; i++) {
         pk_task task;
         if (pk_retrieval_task(h, c, i, &task)) return -1;

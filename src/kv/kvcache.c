@@ -164,6 +164,16 @@ int pk_kv_make_streaming(pk_kvcache *kv, int layer, int head, int sink, int rece
     return evict ? trim_streaming_head(h, kv->head_dim) : 0;
 }
 
+int pk_kv_set_window(pk_kvcache *kv, int layer, int head, int sink, int recent)
+{
+    if (recent == 0) {
+        pk_kv_head *h = pk_kv_at(kv, layer, head);
+        h->sink = h->recent = h->evict = 0;
+        return 0;
+    }
+    return pk_kv_make_streaming(kv, layer, head, sink, recent, 0);
+}
+
 int pk_kv_trim_streaming(pk_kvcache *kv)
 {
     for (int i = 0; i < kv->n_layer * kv->n_head; i++) {
@@ -246,4 +256,71 @@ size_t pk_kv_bytes(const pk_kvcache *kv)
     size_t entries = 0;
     for (int i = 0; i < kv->n_layer * kv->n_head; i++) entries += (size_t)kv->heads[i].cap;
     return entries * pk_kv_entry_bytes(kv);
+}
+
+int pk_keep_set_init(pk_keep_set *k, int n_head)
+{
+    memset(k, 0, sizeof *k);
+    k->keep = pk_calloc((size_t)n_head, sizeof *k->keep, "keep lists");
+    k->n_keep = pk_malloc_array((size_t)n_head, sizeof *k->n_keep, "keep lists");
+    k->stream = pk_calloc((size_t)n_head, sizeof *k->stream, "keep lists");
+    k->n_head = n_head;
+    if (!k->keep || !k->n_keep || !k->stream) {
+        pk_keep_set_free(k);
+        return -1;
+    }
+    return pk_keep_set_reset(k, 0);
+}
+
+void pk_keep_set_free(pk_keep_set *k)
+{
+    for (int h = 0; k->keep && h < k->n_head; h++) pk_free(k->keep[h]);
+    pk_free(k->keep);
+    pk_free(k->n_keep);
+    pk_free(k->stream);
+    memset(k, 0, sizeof *k);
+}
+
+int pk_keep_set_reset(pk_keep_set *k, int len)
+{
+    if (len > k->cap) {
+        for (int h = 0; h < k->n_head; h++) {
+            int *grown = pk_realloc(k->keep[h], (size_t)len * sizeof *grown, "keep lists");
+            if (!grown) return -1;
+            k->keep[h] = grown;
+        }
+        k->cap = len;
+    }
+    for (int h = 0; h < k->n_head; h++) {
+        k->n_keep[h] = -1;
+        k->stream[h] = (pk_stream_shape){0, 0};
+    }
+    return 0;
+}
+
+int pk_kv_apply(pk_kvcache *kv, int layer, const pk_keep_set *k)
+{
+    for (int h = 0; h < kv->n_head; h++) {
+        const pk_kv_head *kh = pk_kv_at(kv, layer, h);
+        const pk_stream_shape sh = k->stream[h];
+        if (sh.recent > 0) {
+            /* A head already streaming in this shape and within it stays as is. */
+            if (kh->evict && kh->sink == sh.sink && kh->recent == sh.recent && kh->len <= sh.sink + sh.recent)
+                continue;
+            if (pk_kv_make_streaming(kv, layer, h, sh.sink, sh.recent, 1)) return -1;
+        } else if (k->n_keep[h] >= 0 && k->n_keep[h] < kh->len) {
+            if (pk_kv_keep(kv, layer, h, k->keep[h], k->n_keep[h])) return -1;
+        }
+    }
+    return 0;
+}
+
+int pk_kv_max_len(const pk_kvcache *kv, int layer)
+{
+    int max = 0;
+    for (int h = 0; h < kv->n_head; h++) {
+        int len = pk_kv_head_at(kv, layer, h)->len;
+        max = len > max ? len : max;
+    }
+    return max;
 }

@@ -42,7 +42,13 @@ void pk_kv_free(pk_kvcache *kv);
 /* Drop every entry and release the memory. */
 void pk_kv_clear(pk_kvcache *kv);
 
-static inline pk_kv_head *pk_kv_at(const pk_kvcache *kv, int layer, int head)
+static inline pk_kv_head *pk_kv_at(pk_kvcache *kv, int layer, int head)
+{
+    return &kv->heads[(size_t)layer * (size_t)kv->n_head + (size_t)head];
+}
+
+/* A head to read. */
+static inline const pk_kv_head *pk_kv_head_at(const pk_kvcache *kv, int layer, int head)
 {
     return &kv->heads[(size_t)layer * (size_t)kv->n_head + (size_t)head];
 }
@@ -74,8 +80,39 @@ static inline int pk_kv_in_window(const pk_kv_head *h, int j, int32_t qpos)
  * `sink` earliest and `recent` latest entries (recent ones in position order)
  * and return the rest of its memory. */
 int pk_kv_make_streaming(pk_kvcache *kv, int layer, int head, int sink, int recent, int evict);
+/* Limit one head's attention to a streaming window as a mask only, keeping
+ * every entry (recent = 0 lifts the window again). */
+int pk_kv_set_window(pk_kvcache *kv, int layer, int head, int sink, int recent);
 /* Trim every evicting streaming head that a multi-token call left over size. */
 int pk_kv_trim_streaming(pk_kvcache *kv);
+
+/* What a press decided for one layer, for pk_kv_apply: per head, the storage
+ * indices of the entries that stay (ascending; n_keep[h] < 0 keeps the head
+ * whole), or a streaming shape (DuoAttention: recent > 0 keeps the sinks and
+ * the recent window, which then rolls in place). The cache is the only thing
+ * that changes the cache: presses fill one of these and the engine applies it. */
+typedef struct {
+    int sink, recent;
+} pk_stream_shape;
+
+typedef struct {
+    int n_head, cap;         /* cap: room for indices per head */
+    int **keep;              /* [n_head][cap] */
+    int *n_keep;             /* [n_head] */
+    pk_stream_shape *stream; /* [n_head] */
+} pk_keep_set;
+
+int pk_keep_set_init(pk_keep_set *k, int n_head);
+void pk_keep_set_free(pk_keep_set *k);
+/* Room for `len` indices per head, and every head back to "keep whole". */
+int pk_keep_set_reset(pk_keep_set *k, int len);
+
+/* Apply a layer's keep set: drop what it does not keep (returning the memory)
+ * and make its streaming heads stream. */
+int pk_kv_apply(pk_kvcache *kv, int layer, const pk_keep_set *k);
+
+/* The most entries any head of the layer holds. */
+int pk_kv_max_len(const pk_kvcache *kv, int layer);
 
 /* The state of a cache to come back to: every head's length, and a copy of
  * every evicting streaming head (whose ring later tokens overwrite). */

@@ -31,13 +31,13 @@ static int by_score_then_place(const void *a, const void *b)
     return x->index - y->index;
 }
 
-static int adakv_compress(pk_press *p, const pk_press_view *v)
+static int adakv_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     if (p->ratio == 0) return 0;
     const adakv_params *ap = p->params;
     const int H = v->cfg->n_head;
     size_t total = 0;
-    for (int h = 0; h < H; h++) total += (size_t)pk_kv_at(v->kv, v->layer, h)->len;
+    for (int h = 0; h < H; h++) total += (size_t)pk_press_head(v, h)->len;
     float **scores = pk_press_alloc_scores(v);
     int *n_keep = pk_calloc((size_t)H, sizeof *n_keep, "adakv budgets");
     scored_entry *all = pk_malloc_array(total, sizeof *all, "adakv selection");
@@ -47,7 +47,7 @@ static int adakv_compress(pk_press *p, const pk_press_view *v)
     /* The safeguard: each head's own top floor(alpha * n_kept) cannot be outbid. */
     size_t budget = 0, m = 0;
     for (int h = 0; h < H; h++) {
-        const int len = pk_kv_at(v->kv, v->layer, h)->len, kept = pk_press_n_kept(len, p->ratio);
+        const int len = pk_press_head(v, h)->len, kept = pk_press_n_kept(len, p->ratio);
         const int safe = (int)(ap->alpha * kept);
         budget += (size_t)kept;
         size_t first = m;
@@ -59,7 +59,7 @@ static int adakv_compress(pk_press *p, const pk_press_view *v)
     for (size_t i = 0; i < m; i++) all[i].score = scores[all[i].head][all[i].index];
     qsort(all, m, sizeof *all, by_score_then_place);
     for (size_t i = 0; i < budget; i++) n_keep[all[i].head]++;
-    rc = pk_press_keep_top(v, scores, n_keep);
+    rc = pk_press_keep_top(v, scores, n_keep, out);
 done:
     pk_free(all);
     pk_free(n_keep);
@@ -67,7 +67,7 @@ done:
     return rc;
 }
 
-static const pk_press_ops adakv_ops = {.compress = adakv_compress};
+static const pk_press_ops adakv_ops = {.select = adakv_select};
 
 int pk_build_adakv(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {

@@ -28,14 +28,14 @@ static int by_chunk_score(const void *a, const void *b)
     return x->index - y->index;
 }
 
-static int chunkkv_compress(pk_press *p, const pk_press_view *v)
+static int chunkkv_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     if (p->ratio == 0) return 0;
     const int C = ((const chunkkv_params *)p->params)->chunk, H = v->cfg->n_head;
-    const pk_kv_head *k0 = pk_kv_at(v->kv, v->layer, 0);
+    const pk_kv_head *k0 = pk_press_head(v, 0);
     const int n = k0->len;
     for (int h = 1; h < H; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         if (kh->len != n || memcmp(kh->pos, k0->pos, (size_t)n * sizeof *k0->pos) != 0)
             return pk_fail("press 'chunkkv': the heads of layer %d hold different positions (chunkkv keeps the same "
                            "chunks in every head: put it before head-wise presses)", v->layer);
@@ -63,8 +63,11 @@ static int chunkkv_compress(pk_press *p, const pk_press_view *v)
     int m = 0;
     for (int j = 0; j < n; j++)
         if (keep[j]) keep[m++] = j;
+    for (int h = 0; h < H; h++) {
+        memcpy(out->keep[h], keep, (size_t)m * sizeof *keep);
+        out->n_keep[h] = m;
+    }
     rc = 0;
-    for (int h = 0; h < H && rc == 0; h++) rc = pk_kv_keep(v->kv, v->layer, h, keep, m);
 done:
     pk_free(keep);
     pk_free(chunks);
@@ -72,7 +75,7 @@ done:
     return rc;
 }
 
-static const pk_press_ops chunkkv_ops = {.compress = chunkkv_compress};
+static const pk_press_ops chunkkv_ops = {.select = chunkkv_select};
 
 int pk_build_chunkkv(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {

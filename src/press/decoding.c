@@ -39,7 +39,7 @@ static void record_queries(decoding_params *dp, const pk_press_view *v)
     L->last_pos = v->q_pos0 + v->n_q - 1;
 }
 
-static int decoding_after_call(pk_press *p, const pk_press_view *v)
+static int decoding_step(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     decoding_params *dp = p->params;
     struct layer_state *L = &dp->layers[v->layer];
@@ -68,7 +68,7 @@ static int decoding_after_call(pk_press *p, const pk_press_view *v)
     int rc = -1;
     if (scores && n_keep && p->inner[0]->ops->score(p->inner[0], &recent, scores) == 0) {
         for (int h = 0; h < H; h++) n_keep[h] = dp->target;
-        rc = pk_press_keep_top(v, scores, n_keep);
+        rc = pk_press_keep_top(v, scores, n_keep, out) == 0 ? 1 : -1;
     }
     pk_free(n_keep);
     pk_press_free_scores(v, scores);
@@ -90,7 +90,7 @@ static void decoding_restart(pk_press *p)
 }
 
 static const pk_press_ops decoding_ops = {
-    .after_call = decoding_after_call, .restart = decoding_restart, .destroy = decoding_destroy};
+    .decode_step = decoding_step, .restart = decoding_restart, .destroy = decoding_destroy};
 
 int pk_build_decoding(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
@@ -103,6 +103,7 @@ int pk_build_decoding(const pk_spec *spec, const pk_press_env *env, pk_press **o
         pk_spec_int(spec, "window", 64, 1, 4096, &window) || pk_press_inner_scorer(spec, env, &inner))
         return -1;
     if (pk_press_wrap("decoding", &decoding_ops, 0.0, sizeof(decoding_params), inner, out)) return -1;
+    (*out)->caps = PK_PRESS_WHILE_DECODING;
     decoding_params *dp = (*out)->params;
     dp->every = every;
     dp->target = target;

@@ -22,39 +22,26 @@
 
 typedef struct {
     int n_layer, n_head;
-    int sink, recent, prefill_chunk;
+    int sink, recent;
     unsigned char *streaming;   /* [n_layer * n_head] */
 } duo_params;
 
-/* Make this layer's streaming heads stream (a no-op for heads that already do). */
-static int duo_compress(pk_press *p, const pk_press_view *v)
+/* This layer's streaming heads stream; the others keep everything. The
+ * decision does not depend on the entries, so for a chunked prefill the engine
+ * applies it to the empty cache first, and the streaming heads never hold more
+ * than sink + recent + one chunk. */
+static int duo_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     const duo_params *dp = p->params;
-    for (int h = 0; h < dp->n_head; h++) {
-        if (!dp->streaming[v->layer * dp->n_head + h]) continue;
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
-        if (kh->evict && kh->len <= dp->sink + dp->recent) continue;
-        if (pk_kv_make_streaming(v->kv, v->layer, h, dp->sink, dp->recent, 1)) return -1;
-    }
+    for (int h = 0; h < dp->n_head; h++)
+        if (dp->streaming[v->layer * dp->n_head + h]) out->stream[h] = (pk_stream_shape){dp->sink, dp->recent};
     return 0;
-}
-
-/* For a chunked prefill, mark the streaming heads before the first token, so
- * that they never hold more than sink + recent + one chunk. */
-static int duo_begin_prefill(pk_press *p, pk_kvcache *kv)
-{
-    const duo_params *dp = p->params;
-    if (!dp->prefill_chunk) return 0;
-    for (int i = 0; i < dp->n_layer * dp->n_head; i++)
-        if (dp->streaming[i] && pk_kv_make_streaming(kv, i / dp->n_head, i % dp->n_head, dp->sink, dp->recent, 1))
-            return -1;
-    return dp->prefill_chunk;
 }
 
 static void duo_destroy(pk_press *p) { pk_free(((duo_params *)p->params)->streaming); }
 
 static const pk_press_ops duo_ops = {
-    .compress = duo_compress, .begin_prefill = duo_begin_prefill, .destroy = duo_destroy};
+    .select = duo_select, .destroy = duo_destroy};
 
 int pk_build_duo(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
@@ -89,8 +76,10 @@ int pk_build_duo(const pk_spec *spec, const pk_press_env *env, pk_press **out)
         pk_spec_int(spec, "prefill_chunk", 0, 0, c->n_positions, &chunk))
         goto done;
     if (pk_press_new("duo", &duo_ops, ratio, sizeof(duo_params), out)) goto done;
+    (*out)->caps = chunk ? PK_PRESS_CHUNKED_PREFILL : 0;
+    (*out)->prefill_chunk = chunk;
     duo_params *dp = (*out)->params;
-    *dp = (duo_params){c->n_layer, c->n_head, sink, recent, chunk, NULL};
+    *dp = (duo_params){c->n_layer, c->n_head, sink, recent, NULL};
     dp->streaming = pk_malloc((size_t)c->n_layer * (size_t)c->n_head, "duo streaming heads");
     if (!dp->streaming || pk_duo_pattern_select(&pattern, ratio, dp->streaming)) {
         pk_press_destroy(*out);

@@ -48,7 +48,7 @@ static int expected_score(const pk_press *p, const pk_press_view *v, float **sco
         return -1;
     }
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         query_statistics(v, h, first, mu, cov);
         double max = -INFINITY, sum = 0;
         for (int j = 0; j < kh->len; j++) {

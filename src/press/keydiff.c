@@ -15,7 +15,7 @@ static int keydiff_score(const pk_press *p, const pk_press_view *v, float **scor
     double *anchor = pk_malloc_array((size_t)hd, sizeof *anchor, "keydiff anchor");
     if (!anchor) return -1;
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         for (int d = 0; d < hd; d++) anchor[d] = 0;
         for (int j = 0; j < kh->len; j++) {
             const float *k = kh->k + (size_t)j * (size_t)hd;

@@ -10,7 +10,7 @@ static int knorm_score(const pk_press *p, const pk_press_view *v, float **scores
     (void)p;
     const int hd = v->cfg->head_dim;
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         for (int j = 0; j < kh->len; j++) {
             const float *k = kh->k + (size_t)j * (size_t)hd;
             double sq = 0;

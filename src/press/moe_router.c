@@ -1,4 +1,4 @@
-/* moe_router: the seed's MoERouterPress built on principle (DESIGN §6).
+/* moe_router: PiKVpress's MoERouterPress built on principle (docs/design.md).
  * Experts are shards of one head's KV cache: outside the attention sinks (the
  * first `sink` entries) and the observation window (the entries of the last
  * `window` query rows), which always stay, a head's cached tokens are
@@ -95,13 +95,12 @@ static int scratch_alloc(layer_scratch *s, int rows, int len, int head_dim)
 }
 
 /* Route, budget and select the routable entries of one head (its fixed ones
- * are already marked), record its statistics, compact the head to the kept
- * entries, releasing the memory of the others, and (route=1) describe the kept
- * entries in the route table. */
-static int compress_head(moe_router_params *mp, const pk_press_view *v, int head, int n_kept, int rows,
-                         layer_scratch *s, pk_router_stats *stats)
+ * are already marked), record its statistics, list the kept entries in `out`
+ * and (route=1) describe them in the route table. */
+static int select_head(moe_router_params *mp, const pk_press_view *v, int head, int n_kept, int rows,
+                       layer_scratch *s, pk_router_stats *stats, pk_keep_set *out)
 {
-    pk_kv_head *kh = pk_kv_at(v->kv, v->layer, head);
+    const pk_kv_head *kh = pk_press_head(v, head);
     const int len = kh->len, dim = v->cfg->head_dim, E = mp->router.experts, K = mp->router.top_k;
     int n_fixed = 0, n = 0;
     for (int j = 0; j < len; j++) {
@@ -153,8 +152,9 @@ static int compress_head(moe_router_params *mp, const pk_press_view *v, int head
         }
         i += routable;
     }
-    int rc = count < len ? pk_kv_keep(v->kv, v->layer, head, s->keep_list, count) : 0;
-    if (rc == 0 && mp->route) rc = pk_route_head_set(&mp->table, v->layer, head, &routing, s->source, count);
+    memcpy(out->keep[head], s->keep_list, (size_t)count * sizeof *s->keep_list);
+    out->n_keep[head] = count;
+    int rc = mp->route ? pk_route_head_set(&mp->table, v->layer, head, &routing, s->source, count) : 0;
     pk_routing_free(&routing);
     return rc;
 }
@@ -180,24 +180,19 @@ static int prepare_stats(moe_router_params *mp, const pk_press_view *v)
     return 0;
 }
 
-/* Compress one layer: per head, the window's mean attention to every entry
- * and which entries are sinks or window, then compress_head; finally, for the
+/* Select for one layer: per head, the window's mean attention to every entry
+ * and which entries are sinks or window, then select_head; finally, for the
  * eplb router, the placement of the layer's shards. */
-static int moe_router_compress(pk_press *p, const pk_press_view *v)
+static int moe_router_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     moe_router_params *mp = p->params;
     const int H = v->cfg->n_head, rows = mp->window < v->n_q ? mp->window : v->n_q;
     const int32_t window_start = v->q_pos0 + v->n_q - rows; /* first position of the observation window */
     if (prepare_stats(mp, v)) return -1;
-    int max_len = 0;
-    for (int h = 0; h < H; h++) {
-        const int len = pk_kv_at(v->kv, v->layer, h)->len;
-        max_len = len > max_len ? len : max_len;
-    }
     layer_scratch s;
-    if (scratch_alloc(&s, rows, max_len, v->cfg->head_dim)) return -1;
+    if (scratch_alloc(&s, rows, pk_kv_max_len(v->kv, v->layer), v->cfg->head_dim)) return -1;
     for (int h = 0; h < H; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         const int len = kh->len;
         pk_query_attention(v, h, v->n_q - rows, rows, s.attention);
         for (int j = 0; j < len; j++) {
@@ -206,14 +201,13 @@ static int moe_router_compress(pk_press *p, const pk_press_view *v)
             s.mean[j] = (float)(sum / rows);
             s.fixed[j] = j < mp->sink || kh->pos[j] >= window_start;
         }
-        if (compress_head(mp, v, h, pk_press_n_kept(len, p->ratio), rows, &s, &mp->stats)) {
+        if (select_head(mp, v, h, pk_press_n_kept(len, p->ratio), rows, &s, &mp->stats, out)) {
             scratch_free(&s);
             return -1;
         }
     }
     scratch_free(&s);
     mp->stats.recorded[v->layer] = 1;
-    if (mp->route && v->layer == v->cfg->n_layer - 1) pk_route_table_seal(&mp->table, v->kv);
     return mp->router.kind == PK_ROUTER_EPLB ? pk_router_place_shards(&mp->stats, v->layer) : 0;
 }
 
@@ -233,7 +227,7 @@ static void moe_router_destroy(pk_press *p)
 }
 
 static const pk_press_ops moe_router_ops = {
-    .compress = moe_router_compress, .routing = moe_router_routing, .destroy = moe_router_destroy};
+    .select = moe_router_select, .routing = moe_router_routing, .destroy = moe_router_destroy};
 
 const pk_router_stats *pk_moe_router_stats(const pk_press *p)
 {
@@ -295,6 +289,7 @@ int pk_build_moe_router(const pk_spec *spec, const pk_press_env *env, pk_press *
     mp->window = window;
     mp->workers = workers;
     mp->route = route;
+    (*out)->caps = route ? PK_PRESS_ROUTES_QUERIES : 0;
     mp->sample = sample;
     return 0;
 }

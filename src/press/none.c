@@ -4,13 +4,14 @@
 #include "press/spec.h"
 #include "util/error.h"
 
-static int keep_everything(pk_press *p, const pk_press_view *v)
+/* The keep set arrives saying "keep everything"; it stays so. */
+static int keep_everything(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
-    (void)p, (void)v;
+    (void)p, (void)v, (void)out;
     return 0;
 }
 
-static const pk_press_ops none_ops = {.compress = keep_everything};
+static const pk_press_ops none_ops = {.select = keep_everything};
 
 int pk_build_none(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {

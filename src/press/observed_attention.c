@@ -11,11 +11,7 @@ enum { ROW_BLOCK = 64 };
 static int observed_score(const pk_press *p, const pk_press_view *v, float **scores)
 {
     (void)p;
-    int max_len = 0;
-    for (int h = 0; h < v->cfg->n_head; h++) {
-        int len = pk_kv_at(v->kv, v->layer, h)->len;
-        max_len = len > max_len ? len : max_len;
-    }
+    const int max_len = pk_kv_max_len(v->kv, v->layer);
     float *att = pk_malloc_array((size_t)ROW_BLOCK * (size_t)max_len, sizeof(float), "observed attention");
     double *total = pk_malloc_array((size_t)max_len, sizeof(double), "observed attention");
     if (!att || !total) {
@@ -24,7 +20,7 @@ static int observed_score(const pk_press *p, const pk_press_view *v, float **sco
         return -1;
     }
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         const int n = kh->len;
         for (int j = 0; j < n; j++) total[j] = 0;
         for (int row0 = 0; row0 < v->n_q; row0 += ROW_BLOCK) {

@@ -14,15 +14,13 @@ typedef struct {
     double ratios[]; /* [n_layer] */
 } per_layer_params;
 
-static int per_layer_compress(pk_press *p, const pk_press_view *v)
+static int per_layer_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     const per_layer_params *pp = p->params;
-    pk_press *inner = p->inner[0];
-    inner->ratio = pp->ratios[v->layer];
-    return pk_press_compress(inner, v);
+    return pk_press_select_top(p->inner[0], v, pp->ratios[v->layer], out);
 }
 
-static const pk_press_ops per_layer_ops = {.compress = per_layer_compress};
+static const pk_press_ops per_layer_ops = {.select = per_layer_select};
 
 /* Parse "0.1/0.2/..." into exactly n ratios in [0, 1). */
 static int parse_ratios(const char *text, int n, double *out)

@@ -6,8 +6,8 @@
 #include "util/error.h"
 #include "util/mem.h"
 
-#include <cblas.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,7 +39,14 @@ int pk_press_build(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
     *out = NULL;
     for (size_t i = 0; i < sizeof registry / sizeof *registry; i++)
-        if (strcmp(spec->name, registry[i].name) == 0) return registry[i].build(spec, env, out);
+        if (strcmp(spec->name, registry[i].name) == 0) {
+            if (registry[i].build(spec, env, out)) return -1;
+            if (env->model) {
+                (*out)->n_layer = pikv_model_config(env->model)->n_layer;
+                (*out)->n_head = pikv_model_config(env->model)->n_head;
+            }
+            return 0;
+        }
     char known[512] = "";
     size_t n = 0;
     for (size_t i = 0; i < sizeof registry / sizeof *registry && n < sizeof known; i++)
@@ -119,7 +126,7 @@ float **pk_press_alloc_scores(const pk_press_view *v)
     float **scores = pk_calloc((size_t)H, sizeof *scores, "press scores");
     if (!scores) return NULL;
     for (int h = 0; h < H; h++) {
-        int len = pk_kv_at(v->kv, v->layer, h)->len;
+        int len = pk_press_head(v, h)->len;
         if (!(scores[h] = pk_malloc_array((size_t)len, sizeof(float), "press scores"))) {
             pk_press_free_scores(v, scores);
             return NULL;
@@ -149,70 +156,96 @@ static int by_score_desc(const void *a, const void *b, void *ctx)
 
 static int ascending_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
-int pk_press_keep_top(const pk_press_view *v, float **scores, const int *n_keep)
+int pk_press_keep_top(const pk_press_view *v, float **scores, const int *n_keep, pk_keep_set *out)
 {
-    int max_len = 0;
     for (int h = 0; h < v->cfg->n_head; h++) {
-        int len = pk_kv_at(v->kv, v->layer, h)->len;
-        max_len = len > max_len ? len : max_len;
-    }
-    int *order = pk_malloc_array((size_t)max_len, sizeof *order, "press selection");
-    if (!order) return -1;
-    for (int h = 0; h < v->cfg->n_head; h++) {
-        int len = pk_kv_at(v->kv, v->layer, h)->len;
-        int keep = n_keep[h] < 0 ? 0 : n_keep[h];
+        const int len = pk_press_head(v, h)->len;
+        const int keep = n_keep[h] < 0 ? 0 : n_keep[h];
         if (keep >= len) continue;
+        int *order = out->keep[h];
         for (int j = 0; j < len; j++) order[j] = j;
         qsort_r(order, (size_t)len, sizeof *order, by_score_desc, scores[h]);
         qsort(order, (size_t)keep, sizeof *order, ascending_int);
-        if (pk_kv_keep(v->kv, v->layer, h, order, keep)) {
-            pk_free(order);
-            return -1;
-        }
+        out->n_keep[h] = keep;
     }
-    pk_free(order);
     return 0;
 }
 
-int pk_press_compress(pk_press *p, const pk_press_view *v)
+int pk_press_select_top(const pk_press *scorer, const pk_press_view *v, double ratio, pk_keep_set *out)
 {
-    if (p->ops->compress) return p->ops->compress(p, v);
-    if (p->ratio == 0) return 0;
+    if (ratio == 0) return 0;
     const int H = v->cfg->n_head;
     float **scores = pk_press_alloc_scores(v);
     int *n_keep = pk_malloc_array((size_t)H, sizeof *n_keep, "press budgets");
     int rc = -1;
-    if (scores && n_keep && p->ops->score(p, v, scores) == 0) {
-        for (int h = 0; h < H; h++) n_keep[h] = pk_press_n_kept(pk_kv_at(v->kv, v->layer, h)->len, p->ratio);
-        rc = pk_press_keep_top(v, scores, n_keep);
+    if (scores && n_keep && scorer->ops->score(scorer, v, scores) == 0) {
+        for (int h = 0; h < H; h++) n_keep[h] = pk_press_n_kept(pk_press_head(v, h)->len, ratio);
+        rc = pk_press_keep_top(v, scores, n_keep, out);
     }
     pk_free(n_keep);
     pk_press_free_scores(v, scores);
     return rc;
 }
 
+int pk_press_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
+{
+    return p->ops->select ? p->ops->select(p, v, out) : pk_press_select_top(p, v, p->ratio, out);
+}
+
 void pk_query_attention(const pk_press_view *v, int head, int row0, int rows, float *out)
 {
-    const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, head);
-    const int n = kh->len, hd = v->cfg->head_dim;
-    /* out[rows, n] = Q[rows, hd] · K[n, hd]^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.f,
-                v->q + (size_t)row0 * (size_t)v->q_stride + (size_t)head * (size_t)hd, v->q_stride, kh->k, hd,
-                0.f, out, n);
-    for (int r = 0; r < rows; r++) {
-        float *row = out + (size_t)r * (size_t)n;
-        const int32_t qpos = v->q_pos0 + row0 + r;
-        float max = -INFINITY;
-        for (int j = 0; j < n; j++)
-            if (kh->pos[j] <= qpos && row[j] > max) max = row[j];
-        double sum = 0;
-        for (int j = 0; j < n; j++) {
-            row[j] = kh->pos[j] <= qpos ? expf(v->scale * (row[j] - max)) : 0.f;
-            sum += row[j];
-        }
-        float inv = sum > 0 ? (float)(1.0 / sum) : 0.f;
-        for (int j = 0; j < n; j++) row[j] *= inv;
+    const int hd = v->cfg->head_dim;
+    v->backend->query_weights(pk_press_head(v, head), hd,
+                              v->q + (size_t)row0 * (size_t)v->q_stride + (size_t)head * (size_t)hd, v->q_stride,
+                              rows, v->q_pos0 + row0, v->scale, out);
+}
+
+/* The capabilities that cannot run inside a composition, and why. */
+static const struct {
+    unsigned cap;
+    const char *why;
+} uncomposable[] = {
+    {PK_PRESS_WHILE_DECODING, "acts while generating and cannot be composed; wrap the composition instead"},
+    {PK_PRESS_ROUTES_QUERIES, "with route=1 cannot be composed: queries are routed through the cache it leaves, "
+                              "so it must be the outermost press"},
+    {PK_PRESS_CHUNKED_PREFILL, "with prefill_chunk cannot be composed: the presses before it would compress each "
+                               "chunk; give prefill_chunk only to a duo press on its own"},
+};
+
+static const pk_press_ops sequence_ops = {0};
+
+int pk_press_compose(const char *name, pk_press **parts, int n_parts, pk_press **out)
+{
+    *out = NULL;
+    int rc = -1;
+    if (n_parts < 1 || n_parts > PK_PRESS_MAX_INNER) {
+        pk_fail("press '%s' composes 1 to %d presses, not %d", name, PK_PRESS_MAX_INNER, n_parts);
+        goto fail;
     }
+    for (int i = 0; i < n_parts; i++)
+        for (size_t c = 0; c < sizeof uncomposable / sizeof *uncomposable; c++)
+            if (parts[i]->caps & uncomposable[c].cap) {
+                pk_fail("press '%s' %s", parts[i]->name, uncomposable[c].why);
+                goto fail;
+            }
+    if (pk_press_new(name, &sequence_ops, 0.0, 0, out)) goto fail;
+    (*out)->caps = PK_PRESS_SEQUENCE;
+    (*out)->n_layer = parts[0]->n_layer;
+    (*out)->n_head = parts[0]->n_head;
+    double kept = 1.0;
+    for (int i = 0; i < n_parts; i++) {
+        (*out)->inner[(*out)->n_inner++] = parts[i];
+        kept *= 1.0 - parts[i]->ratio;
+        parts[i] = NULL;
+    }
+    (*out)->ratio = 1.0 - kept;
+    rc = 0;
+fail:
+    for (int i = 0; i < n_parts; i++) {
+        pk_press_destroy(parts[i]);
+        parts[i] = NULL;
+    }
+    return rc;
 }
 
 pikv_press *pikv_press_new(const char *spec_text, const pikv_model *m, const char *model_dir)
@@ -232,7 +265,9 @@ const char *pikv_press_name(const pikv_press *p) { return p->name; }
 
 double pikv_press_ratio(const pikv_press *p) { return p->ratio; }
 
-int pikv_press_acts_while_generating(const pikv_press *p) { return p->ops->after_call != NULL; }
+int pikv_press_acts_while_generating(const pikv_press *p) { return (p->caps & PK_PRESS_WHILE_DECODING) != 0; }
+
+int pikv_press_routes_queries(const pikv_press *p) { return (p->caps & PK_PRESS_ROUTES_QUERIES) != 0; }
 
 int pikv_press_routing_stats(pikv_press *p, pikv_routing_stats *st, int reset)
 {

@@ -7,56 +7,67 @@
  * decides, per head, which cached entries stay. The dropped entries are removed
  * from the head's arrays and their memory is returned.
  *
- * Most presses are *scorers*: they give every cached entry of every head a
- * score, and the n_kept = floor(L * (1 - ratio)) highest-scored entries of each
- * head stay (ties go to the earlier entry). Wrappers (adakv, pyramidkv,
- * per_layer, chunkkv, composed, decoding) change how scores become keep sets, or
- * combine presses; they implement `compress` themselves. */
+ * A press reads a read-only view of the layer and returns, per head, what to
+ * keep (a pk_keep_set, kv/kvcache.h); only the cache applies it. Most presses
+ * are *scorers*: they give every cached entry of every head a score, and the
+ * n_kept = floor(L * (1 - ratio)) highest-scored entries of each head stay
+ * (ties go to the earlier entry). Wrappers (adakv, pyramidkv, per_layer,
+ * chunkkv, decoding) change how scores become keep sets; composed runs presses
+ * one after another. What a press can do beyond that is declared in its caps. */
 #ifndef PIKV_PRESS_PRESS_H
 #define PIKV_PRESS_PRESS_H
 
 #include "kv/kvcache.h"
+#include "model/backend.h"
+#include "router/moe_router.h"
 #include "pikv.h"
 
 struct pk_spec;
 struct pk_route_table;
 
-/* What a press sees of one layer. The queries are the rows of the forward call
- * that triggered the compression (the context, or context + question in
- * query-aware mode); row t is at absolute position q_pos0 + t. An entry j of a
- * head is visible to query row t when its position is <= q_pos0 + t. */
+/* What a press sees of one layer, read-only. The queries are the rows of the
+ * forward call that triggered the compression (the context, or context +
+ * question in query-aware mode); row t is at absolute position q_pos0 + t. An
+ * entry j of a head is visible to query row t when its position is
+ * <= q_pos0 + t. */
 typedef struct {
     const pikv_config *cfg;
     int layer;
-    const float *q;     /* query of row t, head h: q[t * q_stride + h * head_dim] */
+    const float *q;        /* query of row t, head h: q[t * q_stride + h * head_dim] */
     int q_stride;
     int n_q;
     int q_pos0;
-    pk_kvcache *kv;     /* the layer's heads: pk_kv_at(kv, layer, h) */
-    float scale;        /* the layer's attention scale */
-    uint64_t seed;      /* for presses that draw random numbers */
+    const pk_kvcache *kv;  /* the layer's heads: pk_kv_head_at(kv, layer, h) */
+    const pk_backend *backend;  /* for the window attention a press scores from */
+    float scale;           /* the layer's attention scale */
+    uint64_t seed;         /* for presses that draw random numbers */
 } pk_press_view;
 
 typedef struct pk_press pk_press;
 
+/* What a press can do beyond choosing entries after a prefill, declared when
+ * it is built so that the engine never has to discover it by trying. */
+enum {
+    PK_PRESS_SEQUENCE = 1 << 0,        /* its parts run in order, each on what the last kept (composed) */
+    PK_PRESS_WHILE_DECODING = 1 << 1,  /* acts on every later call (decoding) */
+    PK_PRESS_ROUTES_QUERIES = 1 << 2,  /* later queries read the cache through its route table */
+    PK_PRESS_CHUNKED_PREFILL = 1 << 3  /* shapes the empty cache and prefills in chunks (duo prefill_chunk) */
+};
+
 typedef struct {
     /* Score every entry of every head of the layer: scores[h][j] for
-     * j < len of head h (higher = keep). NULL for presses that only compress. */
+     * j < len of head h (higher = keep). NULL for presses that only select. */
     int (*score)(const pk_press *p, const pk_press_view *v, float **scores);
-    /* Compress the layer in place. NULL means: score, then keep each head's
-     * top floor(len * (1 - ratio)). */
-    int (*compress)(pk_press *p, const pk_press_view *v);
-    /* Presses that act while generating (decoding): called after each layer of
-     * every forward call once the press is attached to a session. */
-    int (*after_call)(pk_press *p, const pk_press_view *v);
+    /* Decide what the layer keeps (out was reset to "keep everything" with
+     * room for the longest head). NULL means: score, then keep each head's
+     * top floor(len * (1 - ratio)). A press may update its own statistics. */
+    int (*select)(pk_press *p, const pk_press_view *v, pk_keep_set *out);
+    /* PK_PRESS_WHILE_DECODING: after each layer of every call; returns 1 when
+     * it filled `out` with a decision, 0 when the layer stays as it is. */
+    int (*decode_step)(pk_press *p, const pk_press_view *v, pk_keep_set *out);
     /* Forget per-sequence state (the session was reset). */
     void (*restart)(pk_press *p);
-    /* Called on the empty cache before a compressing prefill; returns the
-     * chunk size to prefill in (0: all at once), or -1 on error. */
-    int (*begin_prefill)(pk_press *p, pk_kvcache *kv);
-    /* Query-time routing: the route table the press's last compression left,
-     * through which the session's later queries read the cache; NULL when the
-     * press does not route (and NULL op for presses that never do). */
+    /* PK_PRESS_ROUTES_QUERIES: the route table the last compression left. */
     struct pk_route_table *(*routing)(pk_press *p);
     /* Release what params point to, beyond params itself (NULL when nothing). */
     void (*destroy)(pk_press *p);
@@ -68,6 +79,9 @@ struct pk_press {
     const pk_press_ops *ops;
     char name[32];
     double ratio;               /* fraction of entries it removes, for scorers */
+    unsigned caps;              /* PK_PRESS_* */
+    int prefill_chunk;          /* PK_PRESS_CHUNKED_PREFILL: tokens per prefill call */
+    int n_layer, n_head;        /* the model shape it was built for */
     void *params;               /* press-specific, owned */
     pk_press *inner[PK_PRESS_MAX_INNER];
     int n_inner;
@@ -83,16 +97,23 @@ typedef struct {
 int pk_press_build(const struct pk_spec *spec, const pk_press_env *env, pk_press **out);
 void pk_press_destroy(pk_press *p);
 
-/* Run a press on one layer: its compress, or the default score + top-k. */
-int pk_press_compress(pk_press *p, const pk_press_view *v);
+/* One press's decision for a layer (not for PK_PRESS_SEQUENCE presses, whose
+ * parts the engine runs one after another): its select, or the default. */
+int pk_press_select(pk_press *p, const pk_press_view *v, pk_keep_set *out);
+/* The default selection of a scorer at a given ratio: score, then keep each
+ * head's top floor(len * (1 - ratio)). */
+int pk_press_select_top(const pk_press *scorer, const pk_press_view *v, double ratio, pk_keep_set *out);
 
-/* The default selection shared by scorers and wrappers: keep, in every head,
- * the n_keep[h] highest scores (earlier entry on ties), in storage order. */
-int pk_press_keep_top(const pk_press_view *v, float **scores, const int *n_keep);
+/* The selection shared by scorers and wrappers: keep, in every head, the
+ * n_keep[h] highest scores (earlier entry on ties), in storage order. */
+int pk_press_keep_top(const pk_press_view *v, float **scores, const int *n_keep, pk_keep_set *out);
 
 /* Per-head score buffers for the layer: scores[h] has room for the head's len. */
 float **pk_press_alloc_scores(const pk_press_view *v);
 void pk_press_free_scores(const pk_press_view *v, float **scores);
+
+/* The entries of head h of the view. */
+static inline const pk_kv_head *pk_press_head(const pk_press_view *v, int h) { return pk_kv_head_at(v->kv, v->layer, h); }
 
 /* n_kept for a head of len entries at compression ratio r. */
 static inline int pk_press_n_kept(int len, double ratio) { return (int)((double)len * (1.0 - ratio)); }
@@ -118,6 +139,11 @@ int pk_press_wrap(const char *name, const pk_press_ops *ops, double ratio, size_
  * scorer and must not carry its own ratio (the wrapper's ratio rules). */
 int pk_press_inner_scorer(const struct pk_spec *spec, const pk_press_env *env, pk_press **inner);
 
+/* A composition of presses already built (taken over, also on failure): each
+ * runs on what the ones before it kept. Refuses parts it cannot run in
+ * order, naming them. */
+int pk_press_compose(const char *name, pk_press **parts, int n_parts, pk_press **out);
+
 /* Constructors, one per press file. */
 typedef int (*pk_press_builder)(const struct pk_spec *spec, const pk_press_env *env, pk_press **out);
 int pk_build_none(const struct pk_spec *, const pk_press_env *, pk_press **);
@@ -138,5 +164,9 @@ int pk_build_decoding(const struct pk_spec *, const pk_press_env *, pk_press **)
 int pk_build_moe_router(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_eplb_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
+
+/* The statistics of a moe_router press's last run; NULL for any other press
+ * or before its first compression. */
+const pk_router_stats *pk_moe_router_stats(const pk_press *p);
 
 #endif

@@ -29,7 +29,7 @@ int pk_pyramid_budget(int len, double ratio, int window, double beta, int layer,
     return (int)lround(max_num - layer * step);
 }
 
-static int pyramid_compress(pk_press *p, const pk_press_view *v)
+static int pyramid_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     if (p->ratio == 0) return 0;
     const pyramid_params *pp = p->params;
@@ -39,16 +39,16 @@ static int pyramid_compress(pk_press *p, const pk_press_view *v)
     int rc = -1;
     if (scores && n_keep && pk_snapkv_scores(v, pp->window, pp->kernel, scores) == 0) {
         for (int h = 0; h < H; h++)
-            n_keep[h] = pk_pyramid_budget(pk_kv_at(v->kv, v->layer, h)->len, p->ratio, pp->window, pp->beta,
+            n_keep[h] = pk_pyramid_budget(pk_press_head(v, h)->len, p->ratio, pp->window, pp->beta,
                                           v->layer, v->cfg->n_layer);
-        rc = pk_press_keep_top(v, scores, n_keep);
+        rc = pk_press_keep_top(v, scores, n_keep, out);
     }
     pk_free(n_keep);
     pk_press_free_scores(v, scores);
     return rc;
 }
 
-static const pk_press_ops pyramid_ops = {.compress = pyramid_compress};
+static const pk_press_ops pyramid_ops = {.select = pyramid_select};
 
 int pk_build_pyramidkv(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {

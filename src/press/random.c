@@ -22,7 +22,7 @@ static int random_score(const pk_press *p, const pk_press_view *v, float **score
 {
     const random_params *rp = p->params;
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         uint64_t base = mix(rp->seed ^ mix((uint64_t)v->layer << 32 | (uint64_t)h));
         for (int j = 0; j < kh->len; j++)
             scores[h][j] = (float)(mix(base ^ (uint64_t)kh->pos[j]) >> 40) / 16777216.f;

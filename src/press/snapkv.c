@@ -17,11 +17,7 @@ int pk_snapkv_scores(const pk_press_view *v, int window, int kernel, float **sco
 {
     const int w = window < v->n_q ? window : v->n_q;
     const int32_t window_start = v->q_pos0 + v->n_q - w; /* first position inside the window */
-    int max_len = 0;
-    for (int h = 0; h < v->cfg->n_head; h++) {
-        int len = pk_kv_at(v->kv, v->layer, h)->len;
-        max_len = len > max_len ? len : max_len;
-    }
+    const int max_len = pk_kv_max_len(v->kv, v->layer);
     float *att = pk_malloc_array((size_t)w * (size_t)max_len, sizeof(float), "snapkv window attention");
     float *mean = pk_malloc_array((size_t)max_len, sizeof(float), "snapkv scores");
     if (!att || !mean) {
@@ -30,7 +26,7 @@ int pk_snapkv_scores(const pk_press_view *v, int window, int kernel, float **sco
         return -1;
     }
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         const int n = kh->len;
         pk_query_attention(v, h, v->n_q - w, w, att);
         /* Mean over the window's queries, for the entries before the window. */

@@ -552,3 +552,20 @@ int pk_spec_check_keys(const pk_spec *s, const char *const *allowed)
     }
     return 0;
 }
+
+void pk_spec_init(pk_spec *s, const char *name)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "%s", name);
+}
+
+int pk_spec_add(pk_spec *s, const char *key, const char *value)
+{
+    if (s->n_params == PK_SPEC_MAX_PARAMS) return pk_fail("press '%s': too many parameters", s->name);
+    if (strlen(key) >= sizeof s->params[0].key || strlen(value) >= sizeof s->params[0].value)
+        return pk_fail("press '%s': parameter %s is too long", s->name, key);
+    snprintf(s->params[s->n_params].key, sizeof s->params[0].key, "%s", key);
+    snprintf(s->params[s->n_params].value, sizeof s->params[0].value, "%s", value);
+    s->n_params++;
+    return 0;
+}

@@ -53,6 +53,11 @@ const char *pk_spec_get(const pk_spec *s, const char *key);
  * cap bytes or the tree is one the parser could not have produced. */
 int pk_spec_format(const pk_spec *s, char *out, size_t cap);
 
+/* Build a spec in code rather than from text: a press name, then parameters
+ * added one by one (fails when there is no room or a value is too long). */
+void pk_spec_init(pk_spec *s, const char *name);
+int pk_spec_add(pk_spec *s, const char *key, const char *value);
+
 /* Typed parameters. When `key` is absent *out = dflt; when present it must be
  * a whole number in range, else the error reads e.g.
  *   press 'snapkv': window=abc is not an integer

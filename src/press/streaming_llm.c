@@ -15,7 +15,7 @@ static int streaming_score(const pk_press *p, const pk_press_view *v, float **sc
 {
     const streaming_params *sp = p->params;
     for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         for (int j = 0; j < kh->len; j++)
             scores[h][j] = kh->pos[j] < sp->n_sink ? INFINITY : (float)kh->pos[j];
     }

@@ -13,10 +13,10 @@ static int tova_score(const pk_press *p, const pk_press_view *v, float **scores)
 {
     (void)p;
     const int H = v->cfg->n_head;
-    const pk_kv_head *k0 = pk_kv_at(v->kv, v->layer, 0);
+    const pk_kv_head *k0 = pk_press_head(v, 0);
     const int n = k0->len;
     for (int h = 1; h < H; h++) {
-        const pk_kv_head *kh = pk_kv_at(v->kv, v->layer, h);
+        const pk_kv_head *kh = pk_press_head(v, h);
         if (kh->len != n || memcmp(kh->pos, k0->pos, (size_t)n * sizeof *k0->pos) != 0)
             return pk_fail("press 'tova': the heads of layer %d hold different positions (tova scores positions, "
                            "not heads: put it before head-wise presses)", v->layer);

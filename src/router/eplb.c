@@ -1,4 +1,4 @@
-/* DeepSeek's Expert Parallelism Load Balancer (DESIGN §6): replicate heavy experts,
+/* DeepSeek's Expert Parallelism Load Balancer (EPLB): replicate heavy experts,
  * then pack the replicas onto devices so that every device carries about the same
  * load. The hierarchical policy first packs expert groups onto nodes, so that the
  * replicas of a group stay on one node; the global policy is the same steps with
@@ -288,7 +288,7 @@ static int layer_scratch_alloc(layer_scratch *s, const eplb_shape *shape)
 }
 
 /* Place one layer (load[num_experts]): pack groups onto nodes and renumber the
- * experts node by node (DESIGN §6, bookkeeping 1), replicate each node's experts
+ * experts node by node (step 1 of DeepSeek's hierarchical policy), replicate each node's experts
  * into its slots (2), pack those replicas onto the node's devices and map them
  * back to slots and original experts (3). Writes phy2log[num_replicas],
  * slot_rank[num_replicas] (each slot's replica rank) and logcnt[num_experts]. */

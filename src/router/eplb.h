@@ -1,4 +1,4 @@
-/* DeepSeek's Expert Parallelism Load Balancer (EPLB), as DESIGN §6 specifies it.
+/* DeepSeek's Expert Parallelism Load Balancer (EPLB), as DeepSeek published it.
  *
  * Given how much work each logical expert does (a load matrix [layers][experts]),
  * EPLB decides how many physical replicas each expert gets and on which slot of

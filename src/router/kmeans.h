@@ -1,5 +1,5 @@
 /* Balanced spherical k-means: the clustering that turns a head's cached keys
- * into the experts of the moe_router press (DESIGN §6).
+ * into the experts of the moe_router press.
  *
  * Spherical: points and centroids are unit vectors and closeness is cosine
  * similarity, which is what attention cares about (a query picks keys by

@@ -1,4 +1,4 @@
-/* The routers of the moe_router press (DESIGN §6): experts are shards of one
+/* The routers of the moe_router press (docs/design.md): experts are shards of one
  * head's KV cache, found by balanced spherical k-means over the keys, and a
  * router decides which expert(s) each cached token belongs to and how much of
  * the head's budget each expert gets to keep.
@@ -11,7 +11,7 @@
  * probability of the expert within its group (softmax over that group's
  * experts), so its probabilities still sum to 1 over all experts.
  *
- * The routers, by the seed's names:
+ * The routers, by PiKVpress's names:
  *   base           each token to its top_k experts by probability, no limit;
  *   topk_balanced  the same, but an expert holds at most
  *                  ceil(capacity * top_k * n / experts) routing slots; a token
@@ -34,7 +34,6 @@
 
 #include <stddef.h>
 
-struct pk_press;
 
 typedef enum {
     PK_ROUTER_BASE,
@@ -140,8 +139,5 @@ int pk_router_place_shards(pk_router_stats *s, int layer);
 /* max / mean of counts[n] (1 when all are 0): the imbalance of a load. */
 double pk_router_imbalance(const int *counts, int n);
 
-/* The statistics of a moe_router press's last run; NULL for any other press
- * or before its first compression. */
-const pk_router_stats *pk_moe_router_stats(const struct pk_press *p);
 
 #endif

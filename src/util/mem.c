@@ -10,7 +10,7 @@
  * it to zero fails. Tests only; not thread-safe by design. */
 static long fail_countdown;
 
-void pikv_test_fail_alloc_after(long n) { fail_countdown = n; }
+void pk_test_fail_alloc_after(long n) { fail_countdown = n; }
 
 static int injected_failure(void)
 {

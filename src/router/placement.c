@@ -1,4 +1,4 @@
-#include "kv/placement.h"
+#include "router/placement.h"
 #include "router/eplb.h"
 #include "util/error.h"
 #include "util/mem.h"

@@ -1,5 +1,5 @@
 /* Token selection and the generation loop. */
-#include "model/session.h"
+#include "engine/session.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -73,8 +73,8 @@ int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const
     out->prefill_s = out->decode_s = 0;
     if (max_new_tokens < 0) return pk_fail("max_new_tokens must be >= 0");
     int limit = s->model->cfg.n_positions;
-    if (s->pos + max_new_tokens - 1 > limit)
-        return pk_fail("%d tokens + %d new tokens exceed the model's %d positions (n_positions)", s->pos,
+    if (s->fwd.pos + max_new_tokens - 1 > limit)
+        return pk_fail("%d tokens + %d new tokens exceed the model's %d positions (n_positions)", s->fwd.pos,
                        max_new_tokens, limit);
     if (!(out->ids = pk_malloc_array((size_t)max_new_tokens + 1, sizeof(int32_t), "generated ids"))) return -1;
     uint64_t rng = p->seed;
@@ -100,9 +100,9 @@ int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_
 {
     out->ids = NULL;
     out->n_ids = 0;
-    if (s->pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)
+    if (s->fwd.pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)
         return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)",
-                       s->pos + n_prompt, max_new_tokens, s->model->cfg.n_positions);
+                       s->fwd.pos + n_prompt, max_new_tokens, s->model->cfg.n_positions);
     float *logits = pk_malloc_array((size_t)s->model->cfg.vocab_size, sizeof(float), "logits");
     if (!logits) return -1;
     double t0 = pikv_now();
@@ -112,4 +112,15 @@ int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_
     out->prefill_s = prefill_s;
     pk_free(logits);
     return rc;
+}
+
+pikv_generation_params pikv_generation_default_params(void)
+{
+    return (pikv_generation_params){.max_new_tokens = 32, .sampling = {.greedy = 1}, .stop_id = -1};
+}
+
+int pikv_generate_with_params(pikv_session *s, const int32_t *prompt, int n_prompt, const pikv_generation_params *p,
+                              pikv_generation *out)
+{
+    return pikv_generate(s, prompt, n_prompt, p->max_new_tokens, &p->sampling, p->stop_id, out);
 }

@@ -1,5 +1,5 @@
-#include "press/duo_calibrate.h"
-#include "model/session.h"
+#include "eval/duo_calibrate.h"
+#include "engine/session.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -40,7 +40,7 @@ static int make_probe(const pikv_tokenizer *tok, const pk_task *t, int32_t **pro
 int pk_duo_calibrate(pikv_session *s, const pk_haystack *h, const pk_duo_calibration *c,
                      void (*progress)(int done, int total, void *ctx), void *ctx, pk_duo_pattern *out)
 {
-    const pikv_config *cfg = &s->model->cfg;
+    const pikv_config *cfg = pikv_model_config(pikv_session_model(s));
     const int L = cfg->n_layer, H = cfg->n_head, C = cfg->n_embd;
     memset(out, 0, sizeof *out);
     if (c->samples < 1) return pk_fail("duo calibration: at least one sample");
@@ -82,10 +82,10 @@ int pk_duo_calibrate(pikv_session *s, const pk_haystack *h, const pk_duo_calibra
             for (int hd = 0; hd < H; hd++) {
                 /* This head alone sees sink + recent while the probe runs (a mask:
                  * the context's entries stay for the next head). */
-                if (pk_kv_make_streaming(&s->kv, l, hd, c->sink, c->recent, 0) ||
-                    pk_forward_hidden(s, probe, n_probe, ablated) || pikv_session_rewind(s))
+                if (pk_session_set_window(s, l, hd, c->sink, c->recent) ||
+                    pk_forward_hidden(s, probe, n_probe, ablated) || pikv_session_rewind(s) ||
+                    pk_session_set_window(s, l, hd, 0, 0))
                     goto done;
-                pk_kv_at(&s->kv, l, hd)->recent = 0;
                 double diff = 0, norm = 0;
                 accumulate_change(ablated + (size_t)first_row * C, full + (size_t)first_row * C, rows, &diff, &norm);
                 score[l * H + hd] += norm > 0 ? diff / norm : 0;

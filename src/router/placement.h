@@ -8,9 +8,9 @@
  * takes an equal slice of the head's entries) and pack the replicas onto the
  * workers, the same number per worker. The result is a list of work items per
  * worker; it does not matter whether a worker is a thread, a process or a GPU.
- * Partial softmaxes over slices are merged exactly (see model/forward.c). */
-#ifndef PIKV_KV_PLACEMENT_H
-#define PIKV_KV_PLACEMENT_H
+ * Partial softmaxes over slices are merged exactly (engine/attention_placed.c). */
+#ifndef PIKV_ROUTER_PLACEMENT_H
+#define PIKV_ROUTER_PLACEMENT_H
 
 typedef enum { PK_PLACE_EQUAL_COUNT, PK_PLACE_EPLB } pk_place_policy;
 

@@ -8,8 +8,8 @@
  * that head alone limited to sink + recent, and record the relative change of
  * the final hidden states at the positions that predict the answer. Heads
  * whose ablation moves them least are the streaming candidates. */
-#ifndef PIKV_PRESS_DUO_CALIBRATE_H
-#define PIKV_PRESS_DUO_CALIBRATE_H
+#ifndef PIKV_EVAL_DUO_CALIBRATE_H
+#define PIKV_EVAL_DUO_CALIBRATE_H
 
 #include "eval/tasks.h"
 #include "press/duo_pattern.h"

@@ -1,0 +1,153 @@
+/* Sessions: creation, reset, inspection of the cache, and marks that let
+ * several questions share one compressed context. */
+#include "engine/session.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <omp.h>
+#include <string.h>
+
+pikv_session_params pikv_session_default_params(void)
+{
+    return (pikv_session_params){.n_threads = 0, .workers = 0, .balanced_workers = 1};
+}
+
+pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_session_params *p)
+{
+    pikv_session *s = pikv_session_new(m, p->n_threads);
+    if (s && p->workers > 1 && pikv_session_set_workers(s, p->workers, p->balanced_workers)) {
+        pikv_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
+{
+    pikv_session *s = pk_calloc(1, sizeof *s, "session");
+    if (!s) return NULL;
+    s->model = m;
+    if (pk_forward_init(&s->fwd, m, n_threads > 0 ? n_threads : omp_get_num_procs()) ||
+        pk_keep_set_init(&s->presses.keep, m->cfg.n_head)) {
+        pikv_session_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void pikv_session_free(pikv_session *s)
+{
+    if (!s) return;
+    pk_forward_free(&s->fwd);
+    pk_keep_set_free(&s->presses.keep);
+    pk_kv_snapshot_free(&s->mark.snapshot);
+    pk_placement_free(&s->workers.plan);
+    pk_free(s->workers.scores);
+    pk_free(s->workers.head_len);
+    pk_free(s->workers.partials);
+    pk_free(s->routing.idx);
+    pk_free(s);
+}
+
+void pikv_session_reset(pikv_session *s)
+{
+    pk_kv_clear(&s->fwd.kv);
+    s->fwd.pos = 0;
+    s->mark.marked = 0;
+    memset(&s->presses.stats, 0, sizeof s->presses.stats);
+    pk_press *attached = s->presses.attached;
+    if (attached && attached->ops->restart) attached->ops->restart(attached);
+    s->presses.attached = NULL;
+    s->routing.table = NULL;
+}
+
+const pikv_model *pikv_session_model(const pikv_session *s) { return s->model; }
+
+int pikv_session_threads(const pikv_session *s) { return s->fwd.n_threads; }
+
+int pikv_session_position(const pikv_session *s) { return s->fwd.pos; }
+
+size_t pikv_session_kv_bytes(const pikv_session *s) { return pk_kv_bytes(&s->fwd.kv); }
+
+int pikv_session_kv_len(const pikv_session *s, int layer, int head)
+{
+    return pk_kv_head_at(&s->fwd.kv, layer, head)->len;
+}
+
+int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
+{
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
+    const pk_kv_head *h = pk_kv_head_at(&s->fwd.kv, layer, head);
+    if (h->len > cap_rows) return pk_fail("KV cache: %d rows do not fit in %d", h->len, cap_rows);
+    memcpy(out, values ? h->v : h->k, (size_t)h->len * (size_t)c->head_dim * sizeof(float));
+    return h->len;
+}
+
+int pikv_session_kv_positions(const pikv_session *s, int layer, int head, int32_t *out, int cap)
+{
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
+    const pk_kv_head *h = pk_kv_head_at(&s->fwd.kv, layer, head);
+    if (h->len > cap) return pk_fail("KV cache: %d positions do not fit in %d", h->len, cap);
+    memcpy(out, h->pos, (size_t)h->len * sizeof *out);
+    return h->len;
+}
+
+void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st) { *st = s->presses.stats; }
+
+int pikv_session_mark(pikv_session *s)
+{
+    if (pk_kv_snapshot_take(&s->fwd.kv, &s->mark.snapshot)) return -1;
+    s->mark.pos = s->fwd.pos;
+    s->mark.epoch = s->fwd.kv.epoch;
+    s->mark.marked = 1;
+    return 0;
+}
+
+int pikv_session_rewind(pikv_session *s)
+{
+    if (!s->mark.marked) return pk_fail("session: rewind without a mark");
+    if (s->fwd.kv.epoch != s->mark.epoch)
+        return pk_fail("session: the cache was compressed after the mark, so it cannot be rewound");
+    if (pk_kv_snapshot_restore(&s->fwd.kv, &s->mark.snapshot)) return -1;
+    s->fwd.pos = s->mark.pos;
+    return 0;
+}
+
+int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int recent)
+{
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
+    return pk_kv_set_window(&s->fwd.kv, layer, head, sink, recent);
+}
+
+int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
+{
+    if (workers < 0 || workers > 1024) return pk_fail("workers: %d is out of range 0..1024", workers);
+    pk_session_workers *w = &s->workers;
+    pk_free(w->scores);
+    pk_free(w->head_len);
+    w->scores = NULL;
+    w->head_len = NULL;
+    w->workers = workers > 1 ? workers : 0;
+    w->policy = balanced ? PK_PLACE_EPLB : PK_PLACE_EQUAL_COUNT;
+    w->imbalance_sum = 0;
+    w->imbalance_steps = 0;
+    if (w->workers &&
+        (!(w->scores = pk_malloc_array((size_t)workers * (size_t)s->model->cfg.n_positions, sizeof(float),
+                                       "worker scores")) ||
+         !(w->head_len = pk_malloc_array((size_t)s->model->cfg.n_head, sizeof(int), "worker placement")))) {
+        w->workers = 0;
+        return -1;
+    }
+    return 0;
+}
+
+double pikv_session_worker_imbalance(const pikv_session *s)
+{
+    return s->workers.imbalance_steps ? s->workers.imbalance_sum / (double)s->workers.imbalance_steps : 1.0;
+}

@@ -1,0 +1,68 @@
+/* A session: one sequence run through a model. It owns its parts as separate
+ * objects -- the forward state (cache, position, scratch), the presses acting
+ * on it, query-time routing, the placement of decode attention on workers, and
+ * a mark to rewind to -- and the engine is what ties them together: prefill
+ * with a press (engine/prefill.c), generation, the question pipeline. */
+#ifndef PIKV_ENGINE_SESSION_H
+#define PIKV_ENGINE_SESSION_H
+
+#include "model/forward.h"
+#include "press/press.h"
+#include "router/placement.h"
+
+/* Presses acting on the session's calls. */
+typedef struct {
+    pk_press *compressing;  /* compresses each layer during the current call */
+    pk_press *attached;     /* acts after each layer of every call (decoding presses) */
+    pk_keep_set keep;       /* scratch for one layer's decision */
+    pikv_press_stats stats;
+} pk_session_presses;
+
+/* Query-time routing (route=1): the table later queries are routed through. */
+typedef struct {
+    struct pk_route_table *table;
+    int *idx;               /* [n_threads, n_positions]: the entries one routed query reads */
+} pk_session_routing;
+
+/* Decode attention on placed workers (pikv_session_set_workers). */
+typedef struct {
+    int workers;                 /* 0: heads in parallel, unplaced */
+    pk_place_policy policy;
+    pk_placement plan;
+    float *scores;               /* [workers, n_positions] */
+    int *head_len;               /* [n_head]: one layer's head lengths, to place */
+    float *partials;             /* per work item: max, sum, then head_dim weighted values */
+    int cap_partials;
+    double imbalance_sum;        /* sum over placed layer steps of max/mean worker load */
+    long imbalance_steps;
+} pk_session_workers;
+
+/* The cache's state to rewind to (pikv_session_mark). */
+typedef struct {
+    int marked, pos;
+    pk_kv_snapshot snapshot;
+    unsigned epoch;
+} pk_session_mark;
+
+struct pikv_session {
+    const pikv_model *model;
+    pk_forward fwd;
+    pk_session_presses presses;
+    pk_session_routing routing;
+    pk_session_workers workers;
+    pk_session_mark mark;
+};
+
+/* Like pikv_forward, but write the final hidden states (after ln_f) of every
+ * row to hidden [n, C] instead of logits. */
+int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden);
+
+/* Limit one head's attention to a streaming window without dropping anything
+ * (recent = 0 lifts it): what Duo calibration measures a head by. */
+int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int recent);
+
+/* Attention variants of the engine, in their own files. */
+int pk_routed_attention(pikv_session *s, int layer, int T);
+int pk_placed_attention(pikv_session *s, int layer);
+
+#endif

@@ -1,0 +1,67 @@
+/* The backend seam: the arithmetic of the forward pass, as one small table of
+ * operations. The forward pass (model/forward.c) says *what* to compute, in
+ * order; a backend says *how*, on its hardware. The CPU backend
+ * (model/backend_cpu.c: OpenBLAS and OpenMP) is the first; another one (a GPU)
+ * supplies the same table and leaves the forward pass, the presses, the
+ * pipeline and the reports untouched.
+ *
+ * Shapes follow Hugging Face's Conv1D layout: W is [in, out], input-major. */
+#ifndef PIKV_MODEL_BACKEND_H
+#define PIKV_MODEL_BACKEND_H
+
+#include "kv/kvcache.h"
+
+#include <stdint.h>
+
+/* Causal attention of T new query rows over every head of one layer. The new
+ * tokens' keys and values are already appended to each head, so new row i sees
+ * the head's older entries and new rows 0..i (one row into a full ring sees the
+ * whole ring); a streaming head further limits each row to its window. */
+typedef struct {
+    const pk_kvcache *kv;
+    int layer, T;
+    int32_t pos0;          /* absolute position of new row 0 */
+    const float *qkv;      /* [T, 3C]: row t's query of head h at t * 3C + h * head_dim */
+    float *att;            /* [T, C]: the output, heads side by side */
+    float scale;
+    float *scores;         /* scratch: [n_threads, PK_QUERY_BLOCK, n_positions] */
+    int n_positions, n_threads;
+} pk_attention_args;
+
+/* Queries are processed in blocks of this many rows, so the score buffer stays
+ * small however long the prompt is. */
+enum { PK_QUERY_BLOCK = 64 };
+
+typedef struct pk_backend {
+    const char *name;
+    /* Before a forward call: how many threads its products may use. */
+    void (*set_threads)(int n_threads);
+    /* y[T, out] (+)= x[T, in] · W[in, out]; beta = 1 accumulates (the
+     * residual stream), beta = 0 overwrites. */
+    void (*matmul)(float *y, const float *x, const float *W, int T, int in, int out, float beta);
+    /* y[T, out] = x[T, in] · W[out, in]^T: the LM head, stored as [V, C]. */
+    void (*matmul_t)(float *y, const float *x, const float *W, int T, int in, int out);
+    /* out[t] = layernorm(x[t]) * w + b for rows t < T of width C. */
+    void (*layernorm)(float *out, const float *x, const float *w, const float *b, int T, int C, float eps,
+                      int n_threads);
+    /* x[t, :] += b for rows t < T. */
+    void (*add_bias)(float *x, const float *b, int T, int n);
+    /* x = gelu_new(x) over T rows of width n. */
+    void (*gelu)(float *x, int T, int n, int n_threads);
+    void (*attention)(const pk_attention_args *a);
+    /* Attention weights of `rows` queries (Q [rows, head_dim], row stride
+     * q_stride, row r at position qpos0 + r) over every entry of one head:
+     * out[rows, len], 0 where an entry's position is after the query's. What
+     * presses score from (window attention). */
+    void (*query_weights)(const pk_kv_head *kh, int head_dim, const float *Q, int q_stride, int rows, int32_t qpos0,
+                          float scale, float *out);
+} pk_backend;
+
+extern const pk_backend pk_backend_cpu;
+
+/* For the CPU-only attention variants of the engine (query-time routing,
+ * placed workers): give the entries start..start+width-1 of a streaming head
+ * that a query at qpos may not see a score whose softmax weight is 0. */
+void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int32_t qpos);
+
+#endif

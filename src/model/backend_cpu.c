@@ -1,0 +1,120 @@
+/* The CPU backend: OpenBLAS for the matrix products (sgemm for blocks of rows,
+ * sgemv for one token), OpenMP across rows and across (head, query block)
+ * attention items, and the element-wise kernels of model/ops.c. */
+#include "model/backend.h"
+#include "model/ops.h"
+
+#include <cblas.h>
+#include <omp.h>
+#include <string.h>
+
+static void cpu_set_threads(int n_threads) { openblas_set_num_threads(n_threads); }
+
+static void cpu_matmul(float *y, const float *x, const float *W, int T, int in, int out, float beta)
+{
+    if (T == 1)
+        cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.f, W, out, x, 1, beta, y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, out, in, 1.f, x, in, W, out, beta, y, out);
+}
+
+static void cpu_matmul_t(float *y, const float *x, const float *W, int T, int in, int out)
+{
+    if (T == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.f, W, in, x, 1, 0.f, y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.f, x, in, W, in, 0.f, y, out);
+}
+
+static void cpu_layernorm(float *out, const float *x, const float *w, const float *b, int T, int C, float eps,
+                          int n_threads)
+{
+#pragma omp parallel for num_threads(n_threads) if (T > 1)
+    for (int t = 0; t < T; t++) pk_layernorm(out + (size_t)t * C, x + (size_t)t * C, w, b, C, eps);
+}
+
+static void cpu_gelu(float *x, int T, int n, int n_threads)
+{
+#pragma omp parallel for num_threads(n_threads) if (T > 1)
+    for (int t = 0; t < T; t++) pk_gelu(x + (size_t)t * n, (size_t)n);
+}
+
+/* Entries outside a streaming head's window get a score that underflows to a
+ * zero weight in the softmax (a finite value: the softmax runs with
+ * -ffast-math, where infinities are not honoured). */
+#define MASKED_SCORE (-1e30f)
+
+/* Blank out the entries start..start+width-1 of a streaming head that a query
+ * at qpos may not see (row[0] is entry `start`). */
+void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int32_t qpos)
+{
+    if (kh->recent == 0) return;
+    for (int j = 0; j < width; j++)
+        if (!pk_kv_in_window(kh, start + j, qpos)) row[j] = MASKED_SCORE;
+}
+
+/* Work items are (head, block of query rows), shared out dynamically. */
+static void cpu_attention(const pk_attention_args *a)
+{
+    const pk_kvcache *kv = a->kv;
+    const int hd = kv->head_dim, n_head = kv->n_head, C = n_head * hd, T = a->T;
+    const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
+    const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)a->n_positions;
+
+#pragma omp parallel for schedule(dynamic) num_threads(a->n_threads)
+    for (int item = 0; item < n_head * n_blocks; item++) {
+        const int h = item / n_blocks, r0 = (item % n_blocks) * PK_QUERY_BLOCK;
+        const int rows = T - r0 < PK_QUERY_BLOCK ? T - r0 : PK_QUERY_BLOCK;
+        const pk_kv_head *kh = pk_kv_head_at(kv, a->layer, h);
+        const int old = kh->len - T, width = old + r0 + rows;
+        float *S = a->scores + (size_t)omp_get_thread_num() * score_stride;
+        const float *Q = a->qkv + (size_t)r0 * 3 * (size_t)C + (size_t)h * (size_t)hd;
+        float *out = a->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
+        if (rows == 1) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, width, hd, 1.f, kh->k, hd, Q, 1, 0.f, S, 1);
+            pk_mask_window(kh, S, 0, width, a->pos0 + r0);
+            pk_softmax(S, width, a->scale);
+            cblas_sgemv(CblasRowMajor, CblasTrans, width, hd, 1.f, kh->v, hd, S, 1, 0.f, out, 1);
+            continue;
+        }
+        /* S[rows, width] = Q[rows, hd] · K[width, hd]^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, hd, 1.f, Q, 3 * C, kh->k, hd, 0.f, S,
+                    width);
+        for (int i = 0; i < rows; i++) {
+            float *row = S + (size_t)i * (size_t)width;
+            int visible = old + r0 + i + 1;
+            pk_mask_window(kh, row, 0, visible, a->pos0 + r0 + i);
+            pk_softmax(row, visible, a->scale);
+            memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
+        }
+        /* out[rows, hd] = P[rows, width] · V[width, hd] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, kh->v, hd, 0.f, out,
+                    C);
+    }
+}
+
+static void cpu_query_weights(const pk_kv_head *kh, int hd, const float *Q, int q_stride, int rows, int32_t qpos0,
+                              float scale, float *out)
+{
+    const int n = kh->len;
+    /* out[rows, n] = Q[rows, hd] · K[n, hd]^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.f, Q, q_stride, kh->k, hd, 0.f, out, n);
+    for (int r = 0; r < rows; r++) {
+        float *row = out + (size_t)r * (size_t)n;
+        for (int j = 0; j < n; j++)
+            if (kh->pos[j] > qpos0 + r) row[j] = MASKED_SCORE;
+        pk_softmax(row, n, scale);
+    }
+}
+
+const pk_backend pk_backend_cpu = {
+    .name = "cpu",
+    .set_threads = cpu_set_threads,
+    .matmul = cpu_matmul,
+    .matmul_t = cpu_matmul_t,
+    .layernorm = cpu_layernorm,
+    .add_bias = pk_add_bias,
+    .gelu = cpu_gelu,
+    .attention = cpu_attention,
+    .query_weights = cpu_query_weights,
+};

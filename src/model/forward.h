@@ -1,0 +1,66 @@
+/* The GPT-2 forward pass over a KV cache, and the state it runs in.
+ *
+ * One call runs T new tokens (a prompt, a question, or one decoded token) at
+ * absolute positions pos..pos+T-1. Each layer appends the new keys and values
+ * to every head's cache, then the new queries attend to everything that head
+ * holds: its earlier entries (possibly compressed) and the new tokens up to
+ * and including their own position.
+ *
+ * The pass knows nothing of presses, routing or workers: the layer above
+ * (engine/) reaches in through two hooks, one that may replace a layer's
+ * attention and one that runs right after it, while the layer's attention has
+ * just used the full cache. */
+#ifndef PIKV_MODEL_FORWARD_H
+#define PIKV_MODEL_FORWARD_H
+
+#include "kv/kvcache.h"
+#include "model/backend.h"
+#include "model/model.h"
+
+/* The state of one sequence's forward pass: its cache, its position, and the
+ * scratch memory of the activations. */
+typedef struct pk_forward {
+    const pikv_model *model;
+    const pk_backend *backend;
+    pk_kvcache kv;
+    int pos;           /* absolute position of the next token */
+    int n_threads;
+    /* Scratch for a call of up to `rows` tokens. */
+    int rows;
+    float *x;          /* [rows, C] residual stream */
+    float *xn;         /* [rows, C] layer-normed input of the current sub-block */
+    float *qkv;        /* [rows, 3C] */
+    float *att;        /* [rows, C] attention output, heads side by side */
+    float *fc;         /* [rows, F] MLP hidden */
+    float *scores;     /* [n_threads, PK_QUERY_BLOCK, n_positions] attention rows */
+} pk_forward;
+
+typedef struct {
+    /* Compute the attention of layer's T new rows into f->att instead of the
+     * backend's attention: 1 when done, 0 to leave it to the backend, -1 on
+     * error. NULL: always the backend. */
+    int (*attention)(void *ctx, pk_forward *f, int layer, int T);
+    /* After the layer's attention (f->qkv holds its queries): -1 stops the call. */
+    int (*after_attention)(void *ctx, pk_forward *f, int layer, int T);
+    void *ctx;
+} pk_forward_hooks;
+
+int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads);
+void pk_forward_free(pk_forward *f);
+/* Release the activation buffers (they grow again on the next call). */
+void pk_forward_free_scratch(pk_forward *f);
+
+/* Run n tokens through every block (hooks may be NULL), leaving the final
+ * residual stream of each row in f->x and advancing f->pos. */
+int pk_forward_run(pk_forward *f, const int32_t *ids, int n, const pk_forward_hooks *hooks);
+/* After pk_forward_run of n rows: the logits of the last row ([vocab]) or of
+ * every row ([n, vocab]). */
+void pk_forward_logits(pk_forward *f, int n, float *logits, int all_rows);
+/* After pk_forward_run of n rows: the final hidden states (after ln_f) [n, C]. */
+void pk_forward_hidden_states(pk_forward *f, int n, float *hidden);
+
+/* The attention scale of a layer: 1/sqrt(head_dim), and / (layer + 1) when the
+ * config asks for it. */
+float pk_attention_scale(const pikv_config *c, int layer);
+
+#endif
