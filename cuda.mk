@@ -2,7 +2,9 @@
 # build and `make test` never compile it.
 #
 #   make cuda        library, tests and benchmark with the CUDA engine, in build-cuda/
-#   make test-cuda   the CUDA parity tests (needs a GPU; without one they say "skipped")
+#   make bench-cuda  pikv-cuda-bench on the bundled model and random gpt2 / gpt2-medium shapes
+#   make test-cuda   the kernels emulated on the host (no GPU needed), then the
+#                    parity tests on the GPU (without one they print "skipped")
 #
 # Host code is built for x86-64-v3 rather than -march=native, and OpenBLAS,
 # libgfortran and utf8proc are linked statically, so that the programs run on a
@@ -23,12 +25,12 @@ CUDA_LDLIBS := $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a -L$(CUDA_HOME)/lib64 -
                $(BLAS_DIR)/libopenblas.a -Wl,-Bstatic -lgfortran -lquadmath -lutf8proc -Wl,-Bdynamic \
                -lcjson -lstdc++ -ldl -lrt -lpthread -lm -fopenmp
 
-.PHONY: cuda cuda-programs test-cuda
+.PHONY: cuda cuda-programs test-cuda bench-cuda
 
 cuda: deps
 	$(MAKE) BUILD=$(CUDA_BUILD) OPT="-O3 -march=x86-64-v3" cuda-programs
 
-cuda-programs: $(BUILD)/pikv-cuda-bench $(BUILD)/tests/cuda/test_cuda
+cuda-programs: $(BUILD)/pikv-cuda-bench $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_kernels_host
 
 $(BUILD)/src/backend/cuda/%.o: src/backend/cuda/%.cu $(CUDA_HDR)
 	@mkdir -p $(dir $@)
@@ -44,5 +46,24 @@ $(BUILD)/tests/cuda/test_cuda: tests/cuda/test_cuda.c tests/check.h $(BUILD)/lib
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(CUDA_LDLIBS)
 
+# The kernels compiled by the host C++ compiler against CUDA's headers.
+$(BUILD)/tests/cuda/test_kernels_host: tests/cuda/test_kernels_host.cpp tests/cuda/emulation.h tests/check.h $(CUDA_HDR)
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++20 -O1 -Wall -Wextra -Wno-unknown-pragmas -I$(CUDA_HOME)/include -Iinclude -Isrc -o $@ $< -lpthread
+
 test-cuda: cuda
+	$(CUDA_BUILD)/tests/cuda/test_kernels_host
 	$(CUDA_BUILD)/tests/cuda/test_cuda
+
+# Decode and prefill speed on the bundled model, then on random-weight
+# checkpoints of gpt2 and gpt2-medium shape written by random_gpt2.py (needs
+# python3 with torch and transformers; they are written once into
+# CUDA_BENCH_DIR).
+CUDA_BENCH_DIR ?= /tmp/pikv-cuda-bench
+bench-cuda: cuda
+	$(CUDA_BUILD)/pikv-cuda-bench models/pikv-ref-14m
+	for shape in gpt2 gpt2-medium; do \
+	  [ -f $(CUDA_BENCH_DIR)/$$shape/config.json ] || \
+	    python3 src/backend/cuda/random_gpt2.py $(CUDA_BENCH_DIR)/$$shape $$shape || exit 1; \
+	  $(CUDA_BUILD)/pikv-cuda-bench $(CUDA_BENCH_DIR)/$$shape || exit 1; \
+	done

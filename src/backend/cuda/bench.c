@@ -64,7 +64,8 @@ int main(int argc, char **argv)
         return 1;
     }
     const pikv_config *c = pikv_model_config(m);
-    if (prompt + n_new > c->n_positions) prompt = c->n_positions - n_new;
+    /* As the transformers comparison does: keep the whole run inside n_positions. */
+    if (prompt + n_new + 8 > c->n_positions) prompt = c->n_positions - n_new - 8;
     pk_cuda_params params = {.dtype = t, .max_seq = batch, .use_graphs = graphs};
     pk_cuda_session *s = pk_cuda_session_new(m, &params);
     if (!s) {

@@ -41,6 +41,16 @@ template <typename W> __device__ __forceinline__ void load16(const W *p, float *
     for (int i = 0; i < vec<W>::n; i++) f[i] = to_f<W>(e[i]);
 }
 
+/* The launch's dynamic shared memory (tests/cuda/emulation.h supplies its own
+ * when the kernels run on the host). */
+#ifndef PK_CUDA_EMULATION
+__device__ __forceinline__ float *dynamic_shared()
+{
+    extern __shared__ float4 pk_dynamic_shared[];
+    return reinterpret_cast<float *>(pk_dynamic_shared);
+}
+#endif
+
 __device__ __forceinline__ float warp_sum(float v)
 {
 #pragma unroll
@@ -170,7 +180,7 @@ __global__ void __launch_bounds__(256) gemv_kernel(const W *Wt, const float *bia
                                                    const float *ln_w, const float *ln_b, float eps,
                                                    epilogue<W, OutT, EPI> epi)
 {
-    extern __shared__ float xs[]; /* [n_rows][in] */
+    float *xs = dynamic_shared(); /* [n_rows][in] */
     __shared__ float red[32];
     for (int i = threadIdx.x; i < n_rows * in; i += blockDim.x) xs[i] = x[i];
     if (LN) {
