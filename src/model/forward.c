@@ -98,11 +98,6 @@ static void mask_window(const pk_kv_head *kh, float *row, int start, int width, 
         if (!pk_kv_in_window(kh, start + j, qpos)) row[j] = MASKED_SCORE;
 }
 
-static float attention_scale(const pikv_config *c, int layer)
-{
-    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)c->head_dim) : 1.f;
-    return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
-}
 
 /* The attention mass that full attention of q over the first `visible`
  * entries puts on the entries not listed in idx (n ascending indices); P is
@@ -130,7 +125,7 @@ static void routed_attention(pikv_session *s, int layer, int h, int T, int r0, i
 {
     const pikv_config *c = &s->model->cfg;
     const int C = c->n_embd, hd = c->head_dim;
-    const float scale = attention_scale(c, layer);
+    const float scale = pk_attention_scale(c, layer);
     const pk_kv_head *kh = pk_kv_at(&s->kv, layer, h);
     for (int row = r0; row < r0 + rows; row++) {
         const int visible = kh->len - T + row + 1;
@@ -159,7 +154,7 @@ static void attention(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
     const int C = c->n_embd, hd = c->head_dim, n_head = c->n_head;
-    const float scale = attention_scale(c, layer);
+    const float scale = pk_attention_scale(c, layer);
     const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
     const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)c->n_positions;
 
@@ -209,7 +204,7 @@ static int attention_placed(pikv_session *s, int layer)
 {
     const pikv_config *c = &s->model->cfg;
     const int hd = c->head_dim, H = c->n_head, W = s->workers;
-    const float scale = attention_scale(c, layer);
+    const float scale = pk_attention_scale(c, layer);
     for (int h = 0; h < H; h++) s->head_len[h] = pk_kv_at(&s->kv, layer, h)->len;
     if (pk_place_heads(s->head_len, H, W, s->placement, &s->plan)) return -1;
     s->imbalance_sum += pk_placement_imbalance(&s->plan);
@@ -282,7 +277,7 @@ static int run_presses(pikv_session *s, int layer, int T)
 {
     const pikv_config *c = &s->model->cfg;
     pk_press_view view = {.cfg = c, .layer = layer, .q = s->qkv, .q_stride = 3 * c->n_embd, .n_q = T,
-                          .q_pos0 = s->pos, .kv = &s->kv, .scale = attention_scale(c, layer)};
+                          .q_pos0 = s->pos, .kv = &s->kv, .scale = pk_attention_scale(c, layer)};
     double t0 = pikv_now();
     size_t before = layer_bytes(s, layer);
     int rc = 0;

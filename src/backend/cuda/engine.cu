@@ -165,6 +165,7 @@ template <typename W> static rows_ctx<W> make_ctx(pk_cuda_session *s, int seq0, 
     return c;
 }
 
+/* An epilogue writing to y [R][out] (EPI_QKV: queries to y, keys and values to the cache of `layer`). */
 template <typename W, typename OutT, int EPI>
 static epilogue<W, OutT, EPI> make_epi(void *y, int out, int layer, const rows_ctx<W> &c)
 {
@@ -215,12 +216,12 @@ template <typename W, bool LN, typename OutT, int EPI> static int allow_smem(siz
     return 0;
 }
 
-template <typename W> static int prepare_kernels(pk_cuda_session *s, size_t smem)
+/* The four matrix-vector variants the forward pass launches. */
+template <typename W> static int prepare_kernels(size_t smem)
 {
     if (allow_smem<W, true, float, EPI_QKV>(smem) || allow_smem<W, false, float, EPI_RESIDUAL>(smem) ||
         allow_smem<W, true, float, EPI_GELU>(smem) || allow_smem<W, true, float, EPI_STORE>(smem))
         return -1;
-    (void)s;
     return 0;
 }
 
@@ -237,6 +238,7 @@ static int gemm(pk_cuda_session *s, const void *Wt, const void *x, float *y, int
     return 0;
 }
 
+/* The epilogue over a cuBLAS product of R rows. */
 template <typename W, typename OutT, int EPI>
 static void epilogue_launch(pk_cuda_session *s, const float *prod, const float *bias, int R,
                             epilogue<W, OutT, EPI> epi)
@@ -248,17 +250,12 @@ static void epilogue_launch(pk_cuda_session *s, const float *prod, const float *
     s->launches++;
 }
 
+/* Layer norm of R rows into the input type of the following cuBLAS product. */
 template <typename W>
 static void layernorm(pk_cuda_session *s, void *out, const float *x, const float *w, const float *b, int R)
 {
     layernorm_kernel<W><<<R, 256, 0, s->stream>>>((W *)out, x, w, b, s->cfg.n_embd, s->cfg.layer_norm_epsilon);
     s->launches++;
-}
-
-static float attention_scale(const pikv_config *c, int layer)
-{
-    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)c->head_dim) : 1.f;
-    return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
 }
 
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
@@ -268,7 +265,7 @@ template <typename W, typename OutT>
 static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c)
 {
     const dim3 grid(c.rows_per_seq, s->cfg.n_head, n_seq);
-    const float scale = attention_scale(&s->cfg, layer);
+    const float scale = pk_attention_scale(&s->cfg, layer);
     OutT *o = (OutT *)out;
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1)                                                                                         \
@@ -348,6 +345,7 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     return 0;
 }
 
+/* enqueue_forward for the session's storage type. */
 static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
                    int all_logits)
 {
@@ -426,9 +424,9 @@ static int session_init(pk_cuda_session *s)
     if (s->gemv_rows > MAX_GEMV_ROWS) s->gemv_rows = MAX_GEMV_ROWS;
     if (s->gemv_rows < 1) return pk_fail("CUDA session: n_inner %d is too wide for the decode kernels", c->n_inner);
     const size_t smem = (size_t)s->gemv_rows * widest;
-    int rc = s->params.dtype == PK_CUDA_BF16  ? prepare_kernels<__nv_bfloat16>(s, smem)
-             : s->params.dtype == PK_CUDA_F16 ? prepare_kernels<__half>(s, smem)
-                                              : prepare_kernels<float>(s, smem);
+    int rc = s->params.dtype == PK_CUDA_BF16  ? prepare_kernels<__nv_bfloat16>(smem)
+             : s->params.dtype == PK_CUDA_F16 ? prepare_kernels<__half>(smem)
+                                              : prepare_kernels<float>(smem);
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
@@ -470,6 +468,7 @@ static int upload_table(pk_cuda_session *s)
     return 0;
 }
 
+/* Every id inside the vocabulary. */
 static int check_tokens(const pk_cuda_session *s, const int32_t *ids, int n)
 {
     for (int i = 0; i < n; i++)
@@ -524,7 +523,10 @@ static int decode_graph(pk_cuda_session *s, int n_seq, cudaGraphExec_t *exec)
     CU(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal), "starting graph capture");
     int rc = enqueue(s, &s->small, 0, n_seq, 1, 1, 0);
     cudaError_t e = cudaStreamEndCapture(s->stream, &g);
-    if (rc) return -1;
+    if (rc) {
+        if (e == cudaSuccess) cudaGraphDestroy(g);
+        return -1;
+    }
     if (n_seq == 1) s->kernels_per_decode = s->launches;
     if (e != cudaSuccess) return cuda_fail(e, "capturing the decode step");
     e = cudaGraphInstantiate(&s->graphs[n_seq], g, 0);
@@ -582,7 +584,10 @@ extern "C" int pk_cuda_truncate(pk_cuda_session *s, int seq, int len)
     return 0;
 }
 
-extern "C" int pk_cuda_position(const pk_cuda_session *s, int seq) { return s->h_pos[seq]; }
+extern "C" int pk_cuda_position(const pk_cuda_session *s, int seq)
+{
+    return seq >= 0 && seq < s->params.max_seq ? s->h_pos[seq] : -1;
+}
 
 extern "C" void pk_cuda_get_stats(const pk_cuda_session *s, pk_cuda_stats *st)
 {

@@ -65,6 +65,7 @@ int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *log
 /* Cut sequence seq back to its first len tokens, freeing the blocks past them. */
 int pk_cuda_truncate(pk_cuda_session *s, int seq, int len);
 
+/* The position of sequence seq's next token (-1 for no such sequence). */
 int pk_cuda_position(const pk_cuda_session *s, int seq);
 
 void pk_cuda_get_stats(const pk_cuda_session *s, pk_cuda_stats *st);
