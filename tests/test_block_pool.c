@@ -2,8 +2,9 @@
  * the host): block lists grow a block per block_entries entries, a truncation
  * frees exactly the blocks past the kept entries and the next reservation takes
  * them back at once, the high-water mark counts the most blocks held, a full
- * pool refuses a reservation without taking anything, and the changed part of
- * the table is recorded for the copy to the device. */
+ * pool refuses a reservation without taking anything, the changed part of
+ * the table is recorded for the copy to the device, and a failed allocation in
+ * init is reported and leaks nothing. */
 #include "check.h"
 #include "kv/block_pool.h"
 #include "pikv.h"
@@ -108,10 +109,26 @@ static void check_limits_and_dirty_range(void)
           "zero blocks: %s", pikv_last_error());
 }
 
+/* Each of init's three allocations failing in turn. */
+static void check_allocation_failures(void)
+{
+    int reported = 0;
+    for (long n = 1; n <= 3; n++) {
+        pk_block_pool p;
+        pikv_test_fail_alloc_after(n);
+        int rc = pk_block_pool_init(&p, 8, 16, 1, 2, 2, 64);
+        pikv_test_fail_alloc_after(0);
+        reported += rc == -1 && strstr(pikv_last_error(), "out of memory") && !p.table && !p.held && !p.free_ids;
+        if (rc == 0) pk_block_pool_free(&p);
+    }
+    CHECK(reported == 3, "%d of 3 allocation failures reported with nothing held", reported);
+}
+
 int main(void)
 {
     check_growth_and_truncation();
     check_reuse_over_calls();
     check_limits_and_dirty_range();
+    check_allocation_failures();
     return check_done("test_block_pool");
 }
