@@ -25,8 +25,7 @@ typedef enum { PK_CUDA_BF16 = 0, PK_CUDA_F16, PK_CUDA_F32 } pk_cuda_dtype;
 typedef struct {
     pk_cuda_dtype dtype;
     int max_seq;        /* sequences in the session (batched decode runs up to this many) */
-    int block_entries;  /* KV entries of one head per block (0: 16) */
-    long pool_blocks;   /* blocks in the pool (0: enough for every sequence at n_positions) */
+    long pool_blocks;   /* blocks of 16 entries in the pool (0: enough for every sequence at n_positions) */
     int use_graphs;     /* capture the decode step in a CUDA graph and replay it */
 } pk_cuda_params;
 
@@ -35,7 +34,7 @@ typedef struct pk_cuda_session pk_cuda_session;
 typedef struct {
     size_t weight_bytes;      /* device bytes of the weights */
     size_t pool_bytes;        /* device bytes of the whole block pool */
-    size_t block_bytes;       /* bytes of one block (keys and values of block_entries entries) */
+    size_t block_bytes;       /* bytes of one block (keys and values of 16 entries of one head) */
     size_t kv_bytes_in_use;   /* blocks held by heads, in bytes */
     size_t kv_high_water;     /* most bytes ever held at once */
     int blocks_in_use;
@@ -45,7 +44,8 @@ typedef struct {
 /* 1 when a CUDA device is usable, else 0 with the reason in pikv_last_error(). */
 int pk_cuda_available(void);
 
-/* The device and driver, e.g. "NVIDIA H200, driver 13.0, runtime 13.0". */
+/* The device, driver and runtime, e.g. "NVIDIA H200 (132 SMs, 140 GiB), CUDA driver API 13.0,
+ * runtime 13.0". */
 int pk_cuda_describe(char *buf, size_t len);
 
 /* Upload the model's weights and allocate the block pool. */
