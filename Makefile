@@ -4,6 +4,7 @@
 #   make test   build and run the test suite
 #   make test-asan   the same suite built with AddressSanitizer + UBSan
 #   make bench  pikv bench on the bundled model
+#   make cuda   the CUDA backend, its tests and benchmark (cuda.mk)
 
 CC      ?= cc
 OPT     ?= -O3 -march=native
@@ -20,8 +21,8 @@ BUILD   ?= build
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all
 DEB_PACKAGES := build-essential pkg-config libopenblas-openmp-dev libutf8proc-dev libcjson-dev
 
-LIB_SRC  := $(shell find src -name '*.c' -not -path 'src/cli/*' | sort)
-CLI_SRC  := $(shell find src/cli -name '*.c' | sort)
+LIB_SRC  := $(shell find src -name '*.c' -not -path 'src/cli/*' -not -path 'src/backend/cuda/*' | sort)
+CLI_SRC  := $(shell find src/cli -name '*.c' -not -path 'src/cli/cuda/*' | sort)
 TEST_SRC := $(wildcard tests/test_*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -93,7 +94,8 @@ bench: deps
 	$(BUILD)/pikv bench -p 1024 -n 128 -r 5
 
 clean:
-	rm -rf build build-asan build-valgrind build-fuzz
+	rm -rf build build-asan build-valgrind build-fuzz build-cuda
 
 # Fuzzing with libFuzzer (clang): make fuzz [FUZZ_SECONDS=60]
 include fuzz.mk
+include cuda.mk

@@ -31,7 +31,8 @@ FUZZ_CFLAGS    := -g -O1 -fno-omit-frame-pointer $(FUZZ_SANITIZE) -std=c11 -D_GN
                   $(shell pkg-config --cflags cjson 2>/dev/null)
 FUZZ_LDLIBS    := -L$(FUZZ_BLAS_DIR) -Wl,-rpath,$(FUZZ_BLAS_DIR) -lopenblas -lutf8proc -lcjson -lm -fopenmp
 
-FUZZ_LIB_SRC := $(shell find src -name '*.c' -not -path 'src/cli/*' | sort)
+# The library's sources as the Makefile lists them (without the CUDA backend).
+FUZZ_LIB_SRC := $(LIB_SRC)
 FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%)
 

@@ -4,7 +4,7 @@
 # lowest first, are the directories of src/ in this order; include/pikv.h (the
 # public API) may be included anywhere. Ends with "check_layers: N passed, M failed".
 set -u
-LAYERS="util tokenizer kv model router press engine eval bench cli"
+LAYERS="util tokenizer kv model backend router press engine eval bench cli"
 
 rank() {
   r=0

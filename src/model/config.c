@@ -84,3 +84,9 @@ int pk_config_parse(const cJSON *root, const char *path, pikv_config *cfg)
         return -1;
     return 0;
 }
+
+float pk_attention_scale(const pikv_config *c, int layer)
+{
+    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)c->head_dim) : 1.f;
+    return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
+}

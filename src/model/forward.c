@@ -63,12 +63,6 @@ static int ensure_scratch(pk_forward *f, int rows)
     return 0;
 }
 
-float pk_attention_scale(const pikv_config *c, int layer)
-{
-    float scale = c->scale_attn_weights ? 1.f / sqrtf((float)c->head_dim) : 1.f;
-    return c->scale_attn_by_inverse_layer_idx ? scale / (float)(layer + 1) : scale;
-}
-
 /* Append the keys and values of the T new tokens (from qkv [T, 3C]) to every
  * head of one layer: at the end, or for one token into a full streaming head,
  * over its oldest recent entry. Capacity was reserved by the caller. */

@@ -59,8 +59,4 @@ void pk_forward_logits(pk_forward *f, int n, float *logits, int all_rows);
 /* After pk_forward_run of n rows: the final hidden states (after ln_f) [n, C]. */
 void pk_forward_hidden_states(pk_forward *f, int n, float *hidden);
 
-/* The attention scale of a layer: 1/sqrt(head_dim), and / (layer + 1) when the
- * config asks for it. */
-float pk_attention_scale(const pikv_config *c, int layer);
-
 #endif

@@ -31,6 +31,11 @@ struct pikv_model {
     pikv_model_info info;
 };
 
+/* The factor attention scores of one layer are multiplied by: 1/sqrt(head_dim)
+ * when scale_attn_weights, further divided by layer + 1 when
+ * scale_attn_by_inverse_layer_idx. */
+float pk_attention_scale(const pikv_config *c, int layer);
+
 /* Parse a Hugging Face GPT-2 config.json (path only names it in errors). */
 int pk_config_parse(const struct cJSON *root, const char *path, pikv_config *cfg);
 

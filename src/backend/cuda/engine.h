@@ -1,0 +1,91 @@
+/* The CUDA engine: the GPT-2 forward pass on one NVIDIA GPU, with the KV cache
+ * in a device pool of fixed-size blocks (kv/block_pool.h).
+ *
+ * Self-contained behind this small interface so that a backend table in the
+ * CPU engine can call it later. A session holds up to max_seq sequences; each
+ * has its own position and every head of it its own block list. Calls that
+ * return logits copy them to the host as float32. Errors go through pk_fail()
+ * like the rest of the library. */
+#ifndef PIKV_BACKEND_CUDA_ENGINE_H
+#define PIKV_BACKEND_CUDA_ENGINE_H
+
+#include "pikv.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* How the weights and the KV cache are stored on the device; arithmetic
+ * always accumulates in float32. */
+typedef enum { PK_CUDA_BF16 = 0, PK_CUDA_F16, PK_CUDA_F32 } pk_cuda_dtype;
+
+typedef struct {
+    pk_cuda_dtype dtype;
+    int max_seq;        /* sequences in the session (batched decode runs up to this many) */
+    long pool_blocks;   /* blocks of 16 entries in the pool (0: enough for every sequence at n_positions) */
+    int use_graphs;     /* capture the decode step in a CUDA graph and replay it */
+} pk_cuda_params;
+
+typedef struct pk_cuda_session pk_cuda_session;
+
+typedef struct {
+    size_t weight_bytes;      /* device bytes of the weights */
+    size_t pool_bytes;        /* device bytes of the whole block pool */
+    size_t block_bytes;       /* bytes of one block (keys and values of 16 entries of one head) */
+    size_t kv_bytes_in_use;   /* blocks held by heads, in bytes */
+    size_t kv_high_water;     /* most bytes ever held at once */
+    int blocks_in_use;
+    int kernels_per_decode;   /* kernel launches in one decode step of one sequence */
+} pk_cuda_stats;
+
+/* 1 when a CUDA device is usable, else 0 with the reason in pikv_last_error(). */
+int pk_cuda_available(void);
+
+/* The device, driver and runtime, e.g. "NVIDIA H200 (132 SMs, 140 GiB), CUDA driver API 13.0,
+ * runtime 13.0". */
+int pk_cuda_describe(char *buf, size_t len);
+
+/* Upload the model's weights and allocate the block pool. */
+pk_cuda_session *pk_cuda_session_new(const pikv_model *m, const pk_cuda_params *p);
+void pk_cuda_session_free(pk_cuda_session *s);
+
+/* Run n tokens of sequence seq at its current position (a prompt, or one
+ * token) and write the logits of the last row [V], or of every row [n, V]
+ * when all_logits, to the host. logits may be NULL. */
+int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits);
+
+/* One decode step of sequences 0..n_seq-1, token ids[b] for sequence b;
+ * logits [n_seq, V] on the host (may be NULL). Replays a CUDA graph when the
+ * session uses graphs. */
+int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits);
+
+/* Cut sequence seq back to its first len tokens, freeing the blocks past them. */
+int pk_cuda_truncate(pk_cuda_session *s, int seq, int len);
+
+/* The position of sequence seq's next token (-1 for no such sequence). */
+int pk_cuda_position(const pk_cuda_session *s, int seq);
+
+void pk_cuda_get_stats(const pk_cuda_session *s, pk_cuda_stats *st);
+
+/* Greedy generation on sequence seq: prefill the prompt, then n_new decode
+ * steps; out gets the n_new tokens. */
+int pk_cuda_generate_greedy(pk_cuda_session *s, int seq, const int32_t *prompt, int n_prompt, int n_new,
+                            int32_t *out);
+
+/* Benchmark helpers. Device-to-device copy bandwidth (bytes read plus
+ * written per second) over a 2 GiB buffer, or -1. */
+double pk_cuda_copy_bandwidth(void);
+
+/* Device time of one decode step of sequences 0..n_seq-1: `steps` graph
+ * replays back to back, timed with events, without copying logits out. The
+ * sequences are cut back to where they were afterwards. */
+int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, double *us_per_step);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

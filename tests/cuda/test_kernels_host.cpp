@@ -1,0 +1,335 @@
+/* The CUDA engine's kernels run on the host (tests/cuda/emulation.h) against
+ * float64 references, so that their arithmetic and indexing are checked where
+ * there is no GPU: attention over a paged cache with shuffled block ids,
+ * ragged head lengths and poisoned (NaN) entries past each head's end, for the
+ * decode and prompt variants; the fused matrix-vector kernels with their layer
+ * norm prologue and QKV-append, residual, GELU and store epilogues, on grids
+ * smaller than the output so that the kernels stride; the cuBLAS path's
+ * epilogue and layer norm; embedding and the advance of positions. */
+#include "emulation.h"
+
+#include "backend/cuda/kernels.cuh"
+
+extern "C" {
+#include "../check.h"
+}
+
+#include <algorithm>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+using namespace pkcuda;
+
+static std::mt19937 rng(12345);
+
+static float uniform() { return std::uniform_real_distribution<float>(-1.f, 1.f)(rng); }
+
+template <typename W> static std::vector<W> random_w(size_t n)
+{
+    std::vector<W> v(n);
+    for (auto &x : v) x = from_f<W>(uniform());
+    return v;
+}
+
+static std::vector<float> random_f(size_t n)
+{
+    std::vector<float> v(n);
+    for (auto &x : v) x = uniform();
+    return v;
+}
+
+static double rel(const std::vector<double> &ref, const float *got, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        num += (got[i] - ref[i]) * (got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return std::isnan(num) ? INFINITY : std::sqrt(num / (den > 0 ? den : 1));
+}
+
+/* A paged cache: max_seq sequences, n_layer * n_head heads, every block of
+ * every list assigned a distinct shuffled id, all entries NaN until written. */
+template <typename W> struct paged_cache {
+    int max_seq, n_lh, max_blocks, head_dim, n_head, C;
+    std::vector<int32_t> table, kv_len, seq_pos;
+    std::vector<W> pool;
+
+    paged_cache(int seqs, int n_layer, int heads, int hd, int blocks_per_head)
+        : max_seq(seqs), n_lh(n_layer * heads), max_blocks(blocks_per_head), head_dim(hd), n_head(heads),
+          C(heads * hd)
+    {
+        const int n_blocks = max_seq * n_lh * max_blocks;
+        table.resize((size_t)n_blocks);
+        for (int i = 0; i < n_blocks; i++) table[i] = i;
+        std::shuffle(table.begin(), table.end(), rng);
+        pool.assign((size_t)n_blocks * 2 * PK_CUDA_BLOCK * hd, from_f<W>(NAN));
+        kv_len.assign((size_t)max_seq * n_lh, 0);
+        seq_pos.assign((size_t)max_seq, 0);
+    }
+    rows_ctx<W> ctx(int seq0, int rows_per_seq)
+    {
+        rows_ctx<W> c;
+        c.seq0 = seq0;
+        c.rows_per_seq = rows_per_seq;
+        c.seq_pos = seq_pos.data();
+        c.kv_len = kv_len.data();
+        c.table = table.data();
+        c.pool = pool.data();
+        c.max_blocks = max_blocks;
+        c.n_lh = n_lh;
+        c.n_head = n_head;
+        c.head_dim = head_dim;
+        c.C = C;
+        return c;
+    }
+    W &at(int b, int lh, int slot, int values, int d)
+    {
+        const int32_t blk = table[((size_t)b * max_blocks + slot / PK_CUDA_BLOCK) * n_lh + lh];
+        return pool[((size_t)blk * 2 + values) * PK_CUDA_BLOCK * head_dim + (size_t)(slot % PK_CUDA_BLOCK) * head_dim +
+                    d];
+    }
+};
+
+/* Attention of rows_per_seq rows in each of n_seq sequences (from seq0) of
+ * layer 1, against softmax attention computed densely in float64. */
+template <typename W, int HD, int NW> static void check_attention(int rows_per_seq, const char *what)
+{
+    const int n_head = 2, n_layer = 2, layer = 1, seq0 = 1, n_seq = 2;
+    paged_cache<W> kv(3, n_layer, n_head, HD, 4);
+    const int R = n_seq * rows_per_seq, C = kv.C;
+    /* Ragged lengths, block boundaries included, and an empty head. */
+    const int lens[8] = {37, 0, 16, 5, 44, 17, 31, 1};
+    for (int b = seq0, i = 0; b < seq0 + n_seq; b++)
+        for (int h = 0; h < n_head; h++, i++) {
+            const int lh = layer * n_head + h;
+            kv.kv_len[(size_t)b * kv.n_lh + lh] = lens[i + (rows_per_seq > 1 ? 4 : 0)];
+            for (int s = 0; s < kv.kv_len[(size_t)b * kv.n_lh + lh] + rows_per_seq; s++)
+                for (int d = 0; d < HD; d++) {
+                    kv.at(b, lh, s, 0, d) = from_f<W>(uniform());
+                    kv.at(b, lh, s, 1, d) = from_f<W>(uniform());
+                }
+        }
+    std::vector<float> q = random_f((size_t)R * C), out((size_t)R * C, NAN);
+    const float scale = 0.125f;
+    emu_launch(dim3(rows_per_seq, n_head, n_seq), dim3(NW * 32), 0, attention_kernel<W, float, HD, NW>,
+               (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, rows_per_seq));
+    std::vector<double> ref((size_t)R * C);
+    for (int row = 0; row < R; row++) {
+        const int b = seq0 + row / rows_per_seq, r = row % rows_per_seq;
+        for (int h = 0; h < n_head; h++) {
+            const int lh = layer * n_head + h, visible = kv.kv_len[(size_t)b * kv.n_lh + lh] + r + 1;
+            std::vector<double> p((size_t)visible);
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < visible; j++) {
+                double s = 0;
+                for (int d = 0; d < HD; d++) s += (double)q[(size_t)row * C + h * HD + d] * to_f<W>(kv.at(b, lh, j, 0, d));
+                p[j] = s * scale;
+                mx = std::max(mx, p[j]);
+            }
+            for (int j = 0; j < visible; j++) sum += p[j] = std::exp(p[j] - mx);
+            for (int d = 0; d < HD; d++) {
+                double o = 0;
+                for (int j = 0; j < visible; j++) o += p[j] * to_f<W>(kv.at(b, lh, j, 1, d));
+                ref[(size_t)row * C + h * HD + d] = o / sum;
+            }
+        }
+    }
+    const double d = rel(ref, out.data(), out.size());
+    printf("attention %s: rel L2 %.2e\n", what, d);
+    CHECK(d < 1e-5, "attention %s: rel L2 %.3e to the dense reference", what, d);
+}
+
+/* Layer norm of one row in float64. */
+static std::vector<double> layernorm_ref(const float *x, const float *w, const float *b, int C, double eps)
+{
+    double mean = 0, var = 0;
+    for (int i = 0; i < C; i++) mean += x[i];
+    mean /= C;
+    for (int i = 0; i < C; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= C;
+    std::vector<double> y((size_t)C);
+    for (int i = 0; i < C; i++) y[i] = (x[i] - mean) / std::sqrt(var + eps) * w[i] + b[i];
+    return y;
+}
+
+/* ref[r][j] = xn[r] · Wt[j] + bias[j], xn layer-normed when ln. */
+template <typename W>
+static std::vector<double> product_ref(const std::vector<float> &x, int rows, int in, const std::vector<W> &Wt, int out,
+                                       const float *bias, const float *ln_w, const float *ln_b)
+{
+    std::vector<double> y((size_t)rows * out);
+    for (int r = 0; r < rows; r++) {
+        std::vector<double> xn(x.begin() + (size_t)r * in, x.begin() + (size_t)(r + 1) * in);
+        if (ln_w) xn = layernorm_ref(x.data() + (size_t)r * in, ln_w, ln_b, in, 1e-5);
+        for (int j = 0; j < out; j++) {
+            double s = bias ? bias[j] : 0;
+            for (int i = 0; i < in; i++) s += xn[i] * to_f<W>(Wt[(size_t)j * in + i]);
+            y[(size_t)r * out + j] = s;
+        }
+    }
+    return y;
+}
+
+template <typename W> static void check_gemv(const char *what, double limit)
+{
+    const int n_head = 2, hd = 32, C = n_head * hd, F = 4 * C, layer = 1, rows = 3;
+    paged_cache<W> kv(3, 2, n_head, hd, 4);
+    for (int i = 0; i < 3 * kv.n_lh; i++) kv.kv_len[i] = (i * 7) % 40;
+    std::vector<float> x = random_f((size_t)rows * C), ln_w = random_f(C), ln_b = random_f(C);
+    std::vector<float> bias = random_f((size_t)F);
+
+    /* LN + QKV with the KV append, 3 decode rows (one per sequence), grid of 5 blocks striding over 3C rows. */
+    std::vector<W> Wqkv = random_w<W>((size_t)3 * C * C);
+    std::vector<float> q((size_t)rows * C, NAN);
+    epilogue<W, float, EPI_QKV> qkv;
+    qkv.y = q.data();
+    qkv.out = 3 * C;
+    qkv.layer = layer;
+    qkv.kv = kv.ctx(0, 1);
+    emu_launch(dim3(5), dim3(256), (size_t)rows * C * 4, gemv_kernel<W, 4, true, float, EPI_QKV>,
+               (const W *)Wqkv.data(), (const float *)bias.data(), (const float *)x.data(), rows, C,
+               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, qkv);
+    std::vector<double> ref = product_ref(x, rows, C, Wqkv, 3 * C, bias.data(), ln_w.data(), ln_b.data());
+    std::vector<double> qref((size_t)rows * C);
+    std::vector<double> kvref;
+    std::vector<float> kvgot;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < 3 * C; j++) {
+            if (j < C) {
+                qref[(size_t)r * C + j] = ref[(size_t)r * 3 * C + j];
+                continue;
+            }
+            const int values = j >= 2 * C, c = j - C - values * C, lh = layer * n_head + c / hd;
+            kvref.push_back(ref[(size_t)r * 3 * C + j]);
+            kvgot.push_back(to_f<W>(kv.at(r, lh, kv.kv_len[(size_t)r * kv.n_lh + lh], values, c % hd)));
+        }
+    size_t written = 0;
+    for (auto &v : kv.pool) written += !std::isnan(to_f<W>(v));
+    double dq = rel(qref, q.data(), q.size()), dkv = rel(kvref, kvgot.data(), kvgot.size());
+    printf("gemv %s, LN + QKV: queries rel L2 %.2e, appended keys/values %.2e, %zu cache values written\n", what, dq,
+           dkv, written);
+    CHECK(dq < 1e-5 && dkv < limit, "gemv %s QKV: queries %.3e, keys/values %.3e", what, dq, dkv);
+    CHECK(written == (size_t)rows * 2 * C, "gemv %s QKV: %zu cache values written, expected %d", what, written,
+          rows * 2 * C);
+
+    /* Residual add over F inputs, 5 rows of the 8-row variant. */
+    const int r5 = 5;
+    std::vector<float> h = random_f((size_t)r5 * F), resid = random_f((size_t)r5 * C), before = resid;
+    std::vector<W> Wp = random_w<W>((size_t)C * F);
+    epilogue<W, float, EPI_RESIDUAL> res;
+    res.y = resid.data();
+    res.out = C;
+    res.layer = layer;
+    res.kv = kv.ctx(0, 1);
+    emu_launch(dim3(3), dim3(256), (size_t)r5 * F * 4, gemv_kernel<W, 8, false, float, EPI_RESIDUAL>, (const W *)Wp.data(),
+               (const float *)bias.data(), (const float *)h.data(), r5, F, (const float *)nullptr,
+               (const float *)nullptr, 1e-5f, res);
+    ref = product_ref(h, r5, F, Wp, C, bias.data(), nullptr, nullptr);
+    for (size_t i = 0; i < ref.size(); i++) ref[i] += before[i];
+    double dr = rel(ref, resid.data(), resid.size());
+    printf("gemv %s, residual: rel L2 %.2e\n", what, dr);
+    CHECK(dr < 1e-5, "gemv %s residual: %.3e", what, dr);
+
+    /* LN + GELU, 2 rows; LN + store without bias (the LM head), 1 row. */
+    std::vector<W> Wfc = random_w<W>((size_t)F * C);
+    std::vector<float> fc((size_t)2 * F, NAN);
+    epilogue<W, float, EPI_GELU> ge;
+    ge.y = fc.data();
+    ge.out = F;
+    ge.layer = 0;
+    ge.kv = kv.ctx(0, 1);
+    emu_launch(dim3(4), dim3(256), (size_t)2 * C * 4, gemv_kernel<W, 2, true, float, EPI_GELU>, (const W *)Wfc.data(),
+               (const float *)bias.data(), (const float *)x.data(), 2, C, (const float *)ln_w.data(),
+               (const float *)ln_b.data(), 1e-5f, ge);
+    ref = product_ref(x, 2, C, Wfc, F, bias.data(), ln_w.data(), ln_b.data());
+    for (auto &v : ref) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+    double dg = rel(ref, fc.data(), fc.size());
+    std::vector<float> logits((size_t)F, NAN);
+    epilogue<W, float, EPI_STORE> st;
+    st.y = logits.data();
+    st.out = F;
+    st.layer = 0;
+    st.kv = kv.ctx(0, 1);
+    emu_launch(dim3(3), dim3(256), (size_t)C * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wfc.data(),
+               (const float *)nullptr, (const float *)x.data(), 1, C, (const float *)ln_w.data(),
+               (const float *)ln_b.data(), 1e-5f, st);
+    ref = product_ref(x, 1, C, Wfc, F, nullptr, ln_w.data(), ln_b.data());
+    double ds = rel(ref, logits.data(), logits.size());
+    printf("gemv %s, LN + GELU: rel L2 %.2e; LN + store: %.2e\n", what, dg, ds);
+    CHECK(dg < 1e-5 && ds < 1e-5, "gemv %s GELU %.3e, store %.3e", what, dg, ds);
+}
+
+/* The prompt path's pieces: QKV epilogue of 5 rows of sequence 1 into the
+ * cache after its 20 entries, layer norm into bf16, embedding, advance. */
+static void check_prompt_pieces()
+{
+    typedef __nv_bfloat16 W;
+    const int n_head = 2, hd = 32, C = n_head * hd, rows = 5;
+    paged_cache<W> kv(2, 2, n_head, hd, 4);
+    for (auto &l : kv.kv_len) l = 20;
+    std::vector<float> prod = random_f((size_t)rows * 3 * C), bias = random_f((size_t)3 * C), q((size_t)rows * C);
+    epilogue<W, float, EPI_QKV> e;
+    e.y = q.data();
+    e.out = 3 * C;
+    e.layer = 0;
+    e.kv = kv.ctx(1, rows);
+    emu_launch(dim3(3), dim3(64), 0, epilogue_kernel<W, float, EPI_QKV>, (const float *)prod.data(),
+               (const float *)bias.data(), rows, e);
+    int wrong = 0;
+    for (int r = 0; r < rows; r++)
+        for (int j = 0; j < 3 * C; j++) {
+            const float v = prod[(size_t)r * 3 * C + j] + bias[j];
+            if (j < C) {
+                wrong += q[(size_t)r * C + j] != v;
+                continue;
+            }
+            const int values = j >= 2 * C, c = j - C - values * C;
+            wrong += to_f<W>(kv.at(1, c / hd, 20 + r, values, c % hd)) != to_f<W>(from_f<W>(v));
+        }
+    CHECK(wrong == 0, "prompt QKV epilogue: %d values misplaced", wrong);
+
+    std::vector<float> x = random_f((size_t)rows * C), w = random_f(C), b = random_f(C);
+    std::vector<W> y((size_t)rows * C);
+    emu_launch(dim3(rows), dim3(64), 0, layernorm_kernel<W>, y.data(), (const float *)x.data(), (const float *)w.data(),
+               (const float *)b.data(), C, 1e-5f);
+    std::vector<double> ref;
+    std::vector<float> got;
+    for (int r = 0; r < rows; r++) {
+        std::vector<double> l = layernorm_ref(x.data() + (size_t)r * C, w.data(), b.data(), C, 1e-5);
+        ref.insert(ref.end(), l.begin(), l.end());
+    }
+    for (auto v : y) got.push_back(to_f<W>(v));
+    const double d = rel(ref, got.data(), got.size());
+    CHECK(d < 5e-3, "layer norm into bf16: rel L2 %.3e", d);
+
+    /* Embedding of 2 decode rows at positions 7 and 3, then the advance. */
+    std::vector<W> wte = random_w<W>((size_t)10 * C), wpe = random_w<W>((size_t)16 * C);
+    kv.seq_pos = {7, 3};
+    const int32_t tokens[2] = {9, 2};
+    std::vector<float> ex((size_t)2 * C);
+    emu_launch(dim3(2), dim3(32), 0, embed_kernel<W>, ex.data(), (const W *)wte.data(), (const W *)wpe.data(),
+               (const int32_t *)tokens, kv.ctx(0, 1));
+    wrong = 0;
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < C; i++)
+            wrong += ex[(size_t)r * C + i] != to_f<W>(wte[(size_t)tokens[r] * C + i]) +
+                                                   to_f<W>(wpe[(size_t)kv.seq_pos[r] * C + i]);
+    CHECK(wrong == 0, "embedding: %d values wrong", wrong);
+    emu_launch(dim3(1), dim3(64), 0, advance_kernel<W>, kv.ctx(1, rows), 1);
+    CHECK(kv.seq_pos[0] == 7 && kv.seq_pos[1] == 3 + rows && kv.kv_len[0] == 20 && kv.kv_len[kv.n_lh] == 20 + rows &&
+              kv.kv_len[2 * kv.n_lh - 1] == 20 + rows,
+          "advance: positions %d %d, lengths %d %d", kv.seq_pos[0], kv.seq_pos[1], kv.kv_len[0], kv.kv_len[kv.n_lh]);
+}
+
+int main()
+{
+    check_attention<float, 32, 32>(1, "f32, decode (32 warps per head)");
+    check_attention<__nv_bfloat16, 64, 4>(3, "bf16, 3 prompt rows (4 warps)");
+    check_attention<__half, 128, 4>(1, "f16 head_dim 128, decode (4 warps)");
+    check_gemv<float>("f32", 1e-5);
+    check_gemv<__nv_bfloat16>("bf16", 8e-3);
+    check_prompt_pieces();
+    return check_done("test_kernels_host");
+}
