@@ -6,6 +6,7 @@
  * the table is recorded for the copy to the device, and a failed allocation in
  * init is reported and leaks nothing. */
 #include "check.h"
+#include "util/mem.h"
 #include "kv/block_pool.h"
 #include "pikv.h"
 
@@ -115,9 +116,9 @@ static void check_allocation_failures(void)
     int reported = 0;
     for (long n = 1; n <= 3; n++) {
         pk_block_pool p;
-        pikv_test_fail_alloc_after(n);
+        pk_test_fail_alloc_after(n);
         int rc = pk_block_pool_init(&p, 8, 16, 1, 2, 2, 64);
-        pikv_test_fail_alloc_after(0);
+        pk_test_fail_alloc_after(0);
         reported += rc == -1 && strstr(pikv_last_error(), "out of memory") && !p.table && !p.held && !p.free_ids;
         if (rc == 0) pk_block_pool_free(&p);
     }
