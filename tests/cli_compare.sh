@@ -31,7 +31,7 @@ check "csv header" grep -q '^sweep,x,name,press,context_tokens,kv_bytes,' "$dir/
 check "csv: one row per method" [ "$(wc -l <"$dir/table.csv")" -eq 4 ]
 check "csv: spec with a comma is quoted" grep -q '^main,,knorm,knorm:0.5,300,' "$dir/table.csv"
 
-# The seed's three methods by default, and EPLB + Duo against Duo.
+# PiKVpress's comparison's three methods by default, and EPLB + Duo against Duo.
 # shellcheck disable=SC2086
 run compare $quick
 check "default run exits 0 ($(tail -n 1 "$dir/err"))" [ "$rc" -eq 0 ]

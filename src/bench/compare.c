@@ -25,7 +25,7 @@ static void press_of_spec(const char *spec, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)n, spec);
 }
 
-/* The seed's name for its three presses; other presses are named by their
+/* The names PiKVpress's comparison gives its three presses; other presses are named by their
  * spec, or by their press name when the spec has placeholders (its values
  * change from one sweep point to the next). */
 static void default_name(const char *spec, char *out, size_t cap)
@@ -41,7 +41,7 @@ static void default_name(const char *spec, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)cap - 1, name); /* a long spec is cut in the name only */
 }
 
-/* The seed's three methods, their specs built from the tunables. */
+/* PiKVpress's comparison's three methods, their specs built from the tunables. */
 int pk_methods_default(pk_method *out)
 {
     static const char *const specs[] = {"none", "duo:ratio={r}",
@@ -167,7 +167,7 @@ int pk_context_cap(int wanted, int n_positions, int room)
     return wanted < most ? wanted : most;
 }
 
-/* The seed's relative improvements: memory saved and speed gained, in percent. */
+/* The relative improvements PiKVpress's comparison reports: memory saved and speed gained, in percent. */
 pk_improvement pk_improvement_of(double ref_bytes, double ref_tok_s, double bytes, double tok_s)
 {
     return (pk_improvement){
@@ -684,7 +684,9 @@ double pk_compare_kv_reduction(const pk_compare_report *r, int row)
 /* Apply the recommendation rule to every row. Quality retained is the lower of
  * retrieval accuracy retained and perplexity retained: a setting that still
  * finds needles but no longer models text (DuoAttention at 0.9 on the bundled
- * model: perplexity 8.3 -> 27.7) is not one to recommend. */
+ * model: perplexity 8.3 -> 27.7) is not one to recommend. fmin returns the
+ * other operand of a NaN, so where the baseline answers no needle task
+ * (retrieval retained undefined) perplexity alone decides. */
 int pk_compare_recommend(const pk_compare_report *r)
 {
     pk_candidate *c = pk_malloc_array((size_t)(r->n_rows ? r->n_rows : 1), sizeof *c, "candidates");

@@ -90,7 +90,7 @@ static void text_header(FILE *out, const pk_compare_report *r)
             r->n_slices, r->slice_context, r->slice_tokens);
 }
 
-/* One method's block, as in the seed's "Testing ..." lines. */
+/* One method's block, as in PiKVpress's comparison's "Testing ..." lines. */
 static void text_method(FILE *out, const pk_compare_report *r, const pk_compare_row *w)
 {
     char a[64], b[64], c[64], d[64], p1[16], p2[16];
@@ -220,7 +220,7 @@ static void text_sweeps(FILE *out, const pk_compare_report *r)
     }
 }
 
-/* The whole text report, in the seed's order. */
+/* The whole text report, in the order of PiKVpress's comparison. */
 void pk_report_text(FILE *out, const pk_compare_report *r)
 {
     text_header(out, r);
