@@ -28,7 +28,7 @@ static inline const char *fuzz_model_dir(void)
         }                                                                        \
     } while (0)
 
-/* After a call failed: the message must be there, and on one line (DESIGN §8). */
+/* After a call failed: the message must be there, and on one line. */
 static inline void fuzz_check_error(void)
 {
     const char *msg = pikv_last_error();

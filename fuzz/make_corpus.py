@@ -136,9 +136,10 @@ def press_spec_seeds():
 
 
 def eplb_seeds():
+    # The worked example of tests/test_eplb.c: 3 groups on 2 nodes, so the global policy.
     example = {"weight": [[50, 5, 30, 10, 20, 5]], "num_replicas": 8, "num_groups": 3, "num_nodes": 2,
                "num_gpus": 4}
-    write("fuzz_eplb", "design_example.json", json.dumps(example))
+    write("fuzz_eplb", "worked_example.json", json.dumps(example))
     one = {"weight": [[8]], "num_replicas": 1, "num_groups": 1, "num_nodes": 1, "num_gpus": 1}
     write("fuzz_eplb", "list.json", json.dumps([one, example], indent=1))
     # DeepSeek's README example: hierarchical, 2 layers of 12 experts.

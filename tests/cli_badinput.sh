@@ -1,5 +1,5 @@
 #!/bin/sh
-# Bad input through the command line (DESIGN §8): damaged checkpoints written
+# Bad input through the command line: damaged checkpoints written
 # by this script (NaN weights for `inspect --check`, truncated and lying
 # headers, missing or misshapen tensors, broken config.json), missing tokenizer
 # files, paths that are not what they should be, and press parameters out of

@@ -24,14 +24,29 @@ for line in "Memory:" "Time:" "Speed:" "Quality:"; do
 done
 check "improvement vs the baseline" grep -q '^Sink and window vs No Compression:' "$dir/out"
 check "memory reduction printed" grep -qE '^  Memory reduction: +[0-9.-]+%' "$dir/out"
-check "knorm halves the KV cache" grep -qE '^knorm vs No Compression:' "$dir/out"
+check "improvement of knorm vs the baseline" grep -qE '^knorm vs No Compression:' "$dir/out"
 check "progress line on stderr" grep -q 'compare: .*retrieval task' "$dir/err"
 check "csv written" [ -s "$dir/table.csv" ]
 check "csv header" grep -q '^sweep,x,name,press,context_tokens,kv_bytes,' "$dir/table.csv"
 check "csv: one row per method" [ "$(wc -l <"$dir/table.csv")" -eq 4 ]
 check "csv: spec with a comma is quoted" grep -q '^main,,knorm,knorm:0.5,300,' "$dir/table.csv"
 
-# The seed's three methods by default, and EPLB + Duo against Duo.
+# KV bytes from the model's shape: per (layer, head) entry, K and V of head_dim
+# float32 values and a 4-byte position. No Compression holds all 300 context
+# entries of every head; knorm:0.5 evicts floor(300 * 0.5) of them per head,
+# so it holds exactly half.
+config=models/pikv-ref-14m/config.json
+shape() { sed -n "s/.*\"$1\": *\([0-9]*\).*/\1/p" "$config" | head -n 1; }
+n_layer=$(shape n_layer) n_head=$(shape n_head) n_embd=$(shape n_embd)
+entry_bytes=$((2 * (n_embd / n_head) * 4 + 4))
+full_bytes=$((300 * n_layer * n_head * entry_bytes))
+kv_bytes_of() { awk -F, -v spec="$1" '$1 == "main" && $4 == spec { print $6 }' "$dir/table.csv"; }
+check "entry bytes of the bundled model's shape ($entry_bytes)" [ "$entry_bytes" -eq 516 ]
+check "none holds every entry: $(kv_bytes_of none) bytes, want $full_bytes" [ "$(kv_bytes_of none)" = "$full_bytes" ]
+check "knorm:0.5 halves the KV cache: $(kv_bytes_of knorm:0.5) bytes, want $((full_bytes / 2))" \
+  [ "$(kv_bytes_of knorm:0.5)" = "$((full_bytes / 2))" ]
+
+# PiKVpress's comparison's three methods by default, and EPLB + Duo against Duo.
 # shellcheck disable=SC2086
 run compare $quick
 check "default run exits 0 ($(tail -n 1 "$dir/err"))" [ "$rc" -eq 0 ]

@@ -1,4 +1,4 @@
-/* Bad input, end to end (DESIGN §8): a small synthetic GPT-2 checkpoint that
+/* Bad input, end to end: a small synthetic GPT-2 checkpoint that
  * this test writes, then cut, lied about and damaged in every way a file can
  * be; prompts past n_positions; malformed DuoAttention pattern files; the
  * tokenizer's in-memory loader; an allocation failure at every step of a

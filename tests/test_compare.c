@@ -1,6 +1,6 @@
 /* Tests for the comparison experiment (src/bench/compare.c, report.c, svg.c)
  * and its quality metrics (src/eval/quality.c): the relative-improvement
- * arithmetic on the seed's own example, perplexity / KL / top-1 on hand-made
+ * arithmetic on the example output of PiKVpress's comparison, perplexity / KL / top-1 on hand-made
  * distributions, no compression against itself on the bundled model, the
  * recommendation rule, method lists, scenario capping, the JSON schema and CSV
  * of a real (small) run, and the SVG plots. Run from the repository root. */
@@ -22,7 +22,7 @@
 /* Whether two numbers agree within tol. */
 static int near(double a, double b, double tol) { return fabs(a - b) <= tol; }
 
-/* The seed's example: 1.23 GB -> 0.87 GB -> 0.65 GB, 12.2 -> 15.2 -> 18.0 tok/s,
+/* The example output of PiKVpress's comparison: 1.23 GB -> 0.87 GB -> 0.65 GB, 12.2 -> 15.2 -> 18.0 tok/s,
  * and the percentages it prints. */
 static void test_improvements(void)
 {
@@ -46,8 +46,9 @@ static void test_improvements(void)
           "a zero reference gives NaN");
 }
 
-/* The same arithmetic through a hand-made report of the seed's three methods:
- * every method against the baseline, then EPLB + Duo against Duo. */
+/* The same arithmetic through a hand-made report of PiKVpress's comparison's
+ * three methods: every method against the baseline, then EPLB + Duo against
+ * Duo. */
 static void test_gains_of_report(void)
 {
     pk_compare_report r = {0};
@@ -178,7 +179,7 @@ static void test_methods(void)
     pk_method d[3];
     CHECK(pk_methods_default(d) == 3 && strcmp(d[1].name, "Duo Attention") == 0 &&
               strcmp(d[2].name, "EPLB + Duo Attention") == 0,
-          "the seed's three methods");
+          "the three methods of PiKVpress's comparison");
     const pk_method_params p = {0.6, 6, 2, 0.7};
     char spec[PK_COMPARE_SPEC_MAX];
     CHECK(pk_method_expand(d[2].spec, &p, spec, sizeof spec) == 0 &&

@@ -1,5 +1,5 @@
-/* Tests for EPLB (src/router/eplb.c, eplb_json.c): DESIGN §6's worked example, a
- * hierarchical case worked by hand, edge cases, every invalid input, allocation
+/* Tests for EPLB (src/router/eplb.c, eplb_json.c): a global-policy example
+ * worked by hand, a hierarchical case worked by hand, edge cases, every invalid input, allocation
  * failures, and the JSON front end of `pikv eplb`. */
 #include "check.h"
 #include "pikv.h"
@@ -67,7 +67,8 @@ static void device_loads(const pk_eplb_plan *plan, const float *load, int num_gp
     }
 }
 
-/* DESIGN §6's worked example; 3 groups on 2 nodes takes the global policy. */
+/* A worked example: loads 50/5/30/10/20/5 on 8 replicas; 3 groups on 2 nodes
+ * do not divide evenly, so the global policy applies. */
 static void test_worked_example(void)
 {
     const float load[] = {50, 5, 30, 10, 20, 5};

@@ -1,4 +1,4 @@
-/* The moe_router press and what it is made of (DESIGN §6): balanced spherical
+/* The moe_router press and what it is made of: balanced spherical
  * k-means on hand-made keys; every router on a synthetic layer built entry by
  * entry (keys drawn around four directions, queries leaning towards one of
  * them), checking budgets, balance, capacities, sinks and window, exact

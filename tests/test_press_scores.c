@@ -1,5 +1,5 @@
-/* Hand-worked cases for the scoring and selection rule of every KV-cache press
- * (DESIGN §4). Each case builds a tiny synthetic layer entry by entry -- two
+/* Hand-worked cases for the scoring and selection rule of every KV-cache
+ * press. Each case builds a tiny synthetic layer entry by entry -- two
  * layers, two heads, head_dim 2, positions 0..L-1 unless said otherwise --
  * builds the press from its spec string through pk_spec_parse and
  * pk_press_build, runs it, and compares the scores and the positions each head

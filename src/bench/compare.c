@@ -1,4 +1,5 @@
 #include "bench/compare.h"
+#include "bench/timing.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -25,7 +26,7 @@ static void press_of_spec(const char *spec, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)n, spec);
 }
 
-/* The seed's name for its three presses; other presses are named by their
+/* The names PiKVpress's comparison gives its three presses; other presses are named by their
  * spec, or by their press name when the spec has placeholders (its values
  * change from one sweep point to the next). */
 static void default_name(const char *spec, char *out, size_t cap)
@@ -41,7 +42,7 @@ static void default_name(const char *spec, char *out, size_t cap)
     snprintf(out, cap, "%.*s", (int)cap - 1, name); /* a long spec is cut in the name only */
 }
 
-/* The seed's three methods, their specs built from the tunables. */
+/* PiKVpress's comparison's three methods, their specs built from the tunables. */
 int pk_methods_default(pk_method *out)
 {
     static const char *const specs[] = {"none", "duo:ratio={r}",
@@ -167,7 +168,7 @@ int pk_context_cap(int wanted, int n_positions, int room)
     return wanted < most ? wanted : most;
 }
 
-/* The seed's relative improvements: memory saved and speed gained, in percent. */
+/* The relative improvements PiKVpress's comparison reports: memory saved and speed gained, in percent. */
 pk_improvement pk_improvement_of(double ref_bytes, double ref_tok_s, double bytes, double tok_s)
 {
     return (pk_improvement){
@@ -460,60 +461,70 @@ static int keep_answer(const compare_run *run, const compare_group *g, pk_compar
     return 0;
 }
 
-/* Time every row of a group: each repetition runs them all, in an order
- * rotated by one every time, answering the question greedily (always the full
- * max_new_tokens, so that every method decodes the same number of tokens). */
+enum { PREFILL, COMPRESSION, DECODE, TOTAL, PREFILL_SPEED, DECODE_SPEED, N_MEASURES };
+
+/* What the timed runs of one group share. */
+typedef struct {
+    compare_run *run;
+    const compare_group *g;
+    const pikv_qa_request *request;
+} group_timing;
+
+/* One timed run of a row: answer the question greedily and record its times,
+ * speeds and KV bytes; the first repetition also keeps its answer. */
+static int time_row(int i, int rep, double *measure, void *ctx)
+{
+    const group_timing *t = ctx;
+    const pk_compare_config *c = t->run->c;
+    pk_compare_row *w = &t->run->r->rows[t->g->first_row + i];
+    char label[PK_COMPARE_SPEC_MAX + 128];
+    row_label(t->run->r, w, label, sizeof label);
+    status(c, "%s: timing, repetition %d/%d", label, rep + 1, c->reps);
+    pikv_qa_result res;
+    if (pikv_answer(c->session, t->run->presses[t->g->first_row + i], t->request, &res))
+        return pk_fail_prefix("%s", label);
+    measure[PREFILL] = res.prefill_s;
+    measure[COMPRESSION] = res.compression_s;
+    measure[DECODE] = res.decode_s;
+    measure[TOTAL] = res.prefill_s + res.compression_s + res.decode_s;
+    measure[PREFILL_SPEED] = res.prefill_s > 0 ? (t->g->n_context + t->g->n_question) / res.prefill_s : 0;
+    measure[DECODE_SPEED] = res.decode_s > 0 ? res.decode_tokens / res.decode_s : 0;
+    w->kv_bytes = res.kv_bytes_after;
+    w->kv_bytes_full = res.kv_bytes_before;
+    const int rc = rep == 0 ? keep_answer(t->run, t->g, w, res.answers[0], res.n_answer[0]) : 0;
+    pikv_qa_result_free(&res);
+    return rc;
+}
+
+/* Time every row of a group in rotated order (bench/timing.h), answering the
+ * question greedily (always the full max_new_tokens, so that every method
+ * decodes the same number of tokens). */
 static int time_group(compare_run *run, const compare_group *g)
 {
     const pk_compare_config *c = run->c;
-    pk_compare_report *r = run->r;
-    enum { PREFILL, COMPRESSION, DECODE, TOTAL, PREFILL_SPEED, DECODE_SPEED, N_MEASURES };
-    const int n = g->n_rows, reps = c->reps;
-    double *samples = pk_malloc_array((size_t)n * N_MEASURES * reps, sizeof *samples, "timings");
-    if (!samples) return -1;
     const int32_t *q = g->question;
     const pikv_qa_request rq = {.context = g->context, .n_context = g->n_context, .questions = &q,
                                 .n_question = &g->n_question, .n_questions = 1,
                                 .max_new_tokens = c->max_new_tokens, .stop_id = -1, .query_aware = c->query_aware};
-    for (int rep = 0; rep < reps; rep++)
-        for (int k = 0; k < n; k++) {
-            const int i = (rep + k) % n;
-            pk_compare_row *w = &r->rows[g->first_row + i];
-            char label[PK_COMPARE_SPEC_MAX + 128];
-            row_label(r, w, label, sizeof label);
-            status(c, "%s: timing, repetition %d/%d", label, rep + 1, reps);
-            pikv_qa_result res;
-            if (pikv_answer(c->session, run->presses[g->first_row + i], &rq, &res)) {
-                pk_free(samples);
-                return pk_fail_prefix("%s", label);
-            }
-            double *s = samples + ((size_t)i * N_MEASURES) * reps + rep;
-            s[PREFILL * reps] = res.prefill_s;
-            s[COMPRESSION * reps] = res.compression_s;
-            s[DECODE * reps] = res.decode_s;
-            s[TOTAL * reps] = res.prefill_s + res.compression_s + res.decode_s;
-            s[PREFILL_SPEED * reps] = res.prefill_s > 0 ? (g->n_context + g->n_question) / res.prefill_s : 0;
-            s[DECODE_SPEED * reps] = res.decode_s > 0 ? res.decode_tokens / res.decode_s : 0;
-            w->kv_bytes = res.kv_bytes_after;
-            w->kv_bytes_full = res.kv_bytes_before;
-            int rc = rep == 0 ? keep_answer(run, g, w, res.answers[0], res.n_answer[0]) : 0;
-            pikv_qa_result_free(&res);
-            if (rc) {
-                pk_free(samples);
-                return -1;
-            }
-        }
-    for (int i = 0; i < n; i++) {
-        pk_compare_row *w = &r->rows[g->first_row + i];
-        double *s = samples + (size_t)i * N_MEASURES * reps;
-        w->prefill_s = pk_summarize(s + PREFILL * reps, reps);
-        w->compression_s = pk_summarize(s + COMPRESSION * reps, reps);
-        w->decode_s = pk_summarize(s + DECODE * reps, reps);
-        w->total_s = pk_summarize(s + TOTAL * reps, reps);
-        w->prefill_tok_s = pk_summarize(s + PREFILL_SPEED * reps, reps);
-        w->decode_tok_s = pk_summarize(s + DECODE_SPEED * reps, reps);
+    group_timing t = {run, g, &rq};
+    const pk_rotated_timing timing = {.n_methods = g->n_rows, .reps = c->reps, .n_measures = N_MEASURES,
+                                      .run = time_row, .ctx = &t};
+    pk_summary *sums = pk_malloc_array((size_t)g->n_rows * N_MEASURES, sizeof *sums, "timings");
+    if (!sums || pk_time_rotated(&timing, sums)) {
+        pk_free(sums);
+        return -1;
     }
-    pk_free(samples);
+    for (int i = 0; i < g->n_rows; i++) {
+        pk_compare_row *w = &run->r->rows[g->first_row + i];
+        const pk_summary *s = sums + (size_t)i * N_MEASURES;
+        w->prefill_s = s[PREFILL];
+        w->compression_s = s[COMPRESSION];
+        w->decode_s = s[DECODE];
+        w->total_s = s[TOTAL];
+        w->prefill_tok_s = s[PREFILL_SPEED];
+        w->decode_tok_s = s[DECODE_SPEED];
+    }
+    pk_free(sums);
     return 0;
 }
 
@@ -684,7 +695,9 @@ double pk_compare_kv_reduction(const pk_compare_report *r, int row)
 /* Apply the recommendation rule to every row. Quality retained is the lower of
  * retrieval accuracy retained and perplexity retained: a setting that still
  * finds needles but no longer models text (DuoAttention at 0.9 on the bundled
- * model: perplexity 8.3 -> 27.7) is not one to recommend. */
+ * model: perplexity 8.3 -> 27.7) is not one to recommend. fmin returns the
+ * other operand of a NaN, so where the baseline answers no needle task
+ * (retrieval retained undefined) perplexity alone decides. */
 int pk_compare_recommend(const pk_compare_report *r)
 {
     pk_candidate *c = pk_malloc_array((size_t)(r->n_rows ? r->n_rows : 1), sizeof *c, "candidates");

@@ -1,5 +1,5 @@
-/* The comparison experiment behind `pikv compare` (DESIGN §7): several
- * methods (presses), No Compression among them as the baseline, measured on
+/* The comparison experiment behind `pikv compare`, PiKVpress's comparison
+ * measured: several methods (presses), No Compression among them as the baseline, measured on
  * the same inputs in one run: KV bytes held after compression; prefill,
  * compression and decode time over repetitions in rotated order (medians with
  * their spread); speed; and quality against the baseline (eval/quality.h).
@@ -36,15 +36,15 @@ typedef struct {
     char spec[PK_COMPARE_SPEC_MAX];
 } pk_method;
 
-/* The seed's three methods: No Compression (`none`), Duo Attention
+/* The three methods of PiKVpress's comparison: No Compression (`none`), Duo Attention
  * (`duo:ratio={r}`) and EPLB + Duo Attention
  * (`eplb_duo:ratio={r},experts={e},top_k={k},eplb_share={s}`). Returns 3. */
 int pk_methods_default(pk_method *out);
 
 /* Parse a method list: items separated by ';' (press specs contain commas),
  * each SPEC or NAME=SPEC (NAME being text before the first '=' that holds none
- * of ":([{,"). Unnamed methods get the seed's names for none, duo and
- * eplb_duo; others their spec, or their press name when the spec has
+ * of ":([{,"). Unnamed methods get the names PiKVpress's comparison gives
+ * none, duo and eplb_duo; others their spec, or their press name when the spec has
  * placeholders. */
 int pk_methods_parse(const char *text, pk_method *out, int cap, int *n);
 
@@ -57,7 +57,7 @@ int pk_method_expand(const char *spec_template, const pk_method_params *p, char 
 /* 1 when the template uses the placeholder {key}. */
 int pk_method_uses(const char *spec_template, char key);
 
-/* The seed's scenario presets. */
+/* The scenario presets of PiKVpress's comparison. */
 typedef struct {
     const char *name;
     double ratio;
@@ -177,8 +177,10 @@ int pk_compare_gains(const pk_compare_report *r, pk_compare_gain *out, int cap);
 /* The fraction of its baseline's KV bytes a row saves: 1 - kv_bytes / baseline's. */
 double pk_compare_kv_reduction(const pk_compare_report *r, int row);
 
-/* The recommended row (pk_recommend over every row, retrieval accuracy
- * retained as the quality measure), or -1. */
+/* The recommended row, or -1: pk_recommend over every row, with the lower of
+ * retrieval accuracy retained and perplexity retained as the quality measure
+ * (where one of them is undefined -- a baseline that answers no needle task
+ * -- the other decides). */
 int pk_compare_recommend(const pk_compare_report *r);
 
 /* The quality measurement for a context length: n_tasks retrieval tasks of

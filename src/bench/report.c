@@ -1,4 +1,5 @@
 #include "bench/report.h"
+#include "bench/json.h"
 #include "bench/svg.h"
 #include "util/error.h"
 #include "util/file.h"
@@ -90,7 +91,7 @@ static void text_header(FILE *out, const pk_compare_report *r)
             r->n_slices, r->slice_context, r->slice_tokens);
 }
 
-/* One method's block, as in the seed's "Testing ..." lines. */
+/* One method's block, as in PiKVpress's comparison's "Testing ..." lines. */
 static void text_method(FILE *out, const pk_compare_report *r, const pk_compare_row *w)
 {
     char a[64], b[64], c[64], d[64], p1[16], p2[16];
@@ -220,7 +221,7 @@ static void text_sweeps(FILE *out, const pk_compare_report *r)
     }
 }
 
-/* The whole text report, in the seed's order. */
+/* The whole text report, in the order of PiKVpress's comparison. */
 void pk_report_text(FILE *out, const pk_compare_report *r)
 {
     text_header(out, r);
@@ -234,33 +235,15 @@ void pk_report_text(FILE *out, const pk_compare_report *r)
 
 /* ---- JSON --------------------------------------------------------------- */
 
-/* A number, or null when it is not finite (JSON has no NaN). */
-static void add_number(cJSON *o, const char *key, double v)
-{
-    if (isfinite(v)) cJSON_AddNumberToObject(o, key, v);
-    else cJSON_AddNullToObject(o, key);
-}
-
-/* KEY (the median), KEY_min and KEY_max. */
-static void add_summary(cJSON *o, const char *key, const pk_summary *s)
-{
-    char name[64];
-    add_number(o, key, s->median);
-    snprintf(name, sizeof name, "%s_min", key);
-    add_number(o, name, s->min);
-    snprintf(name, sizeof name, "%s_max", key);
-    add_number(o, name, s->max);
-}
-
 /* The five quality measures as an object. */
 static cJSON *quality_json(const pk_quality *q)
 {
     cJSON *o = cJSON_CreateObject();
-    add_number(o, "retrieval_acc", q->retrieval_acc);
-    add_number(o, "ppl", q->ppl);
-    add_number(o, "kl", q->kl);
-    add_number(o, "top1_agree", q->top1_agree);
-    add_number(o, "answer_agree", q->answer_agree);
+    pk_json_number(o, "retrieval_acc", q->retrieval_acc);
+    pk_json_number(o, "ppl", q->ppl);
+    pk_json_number(o, "kl", q->kl);
+    pk_json_number(o, "top1_agree", q->top1_agree);
+    pk_json_number(o, "answer_agree", q->answer_agree);
     return o;
 }
 
@@ -273,12 +256,12 @@ static cJSON *row_json(const pk_compare_report *r, const pk_compare_row *w)
     cJSON_AddNumberToObject(o, "context_tokens", w->context_tokens);
     cJSON_AddNumberToObject(o, "kv_bytes", (double)w->kv_bytes);
     cJSON_AddNumberToObject(o, "kv_bytes_full", (double)w->kv_bytes_full);
-    add_summary(o, "prefill_s", &w->prefill_s);
-    add_summary(o, "compression_s", &w->compression_s);
-    add_summary(o, "decode_s", &w->decode_s);
-    add_summary(o, "total_s", &w->total_s);
-    add_summary(o, "decode_tok_s", &w->decode_tok_s);
-    add_summary(o, "prefill_tok_s", &w->prefill_tok_s);
+    pk_json_summary(o, "prefill_s", &w->prefill_s, PK_SUMMARY_FLAT);
+    pk_json_summary(o, "compression_s", &w->compression_s, PK_SUMMARY_FLAT);
+    pk_json_summary(o, "decode_s", &w->decode_s, PK_SUMMARY_FLAT);
+    pk_json_summary(o, "total_s", &w->total_s, PK_SUMMARY_FLAT);
+    pk_json_summary(o, "decode_tok_s", &w->decode_tok_s, PK_SUMMARY_FLAT);
+    pk_json_summary(o, "prefill_tok_s", &w->prefill_tok_s, PK_SUMMARY_FLAT);
     cJSON_AddItemToObject(o, "quality", quality_json(&w->quality));
     cJSON *kept = quality_json(&w->retained);
     cJSON_DeleteItemFromObject(kept, "kl");
@@ -320,8 +303,8 @@ cJSON *pk_report_json(const pk_compare_report *r)
         cJSON *g = cJSON_CreateObject();
         cJSON_AddStringToObject(g, "method", row_name(r, &r->rows[gains[i].row]));
         cJSON_AddStringToObject(g, "reference", row_name(r, &r->rows[gains[i].reference]));
-        add_number(g, "memory_reduction_pct", gains[i].gain.memory_reduction_pct);
-        add_number(g, "speed_improvement_pct", gains[i].gain.speed_improvement_pct);
+        pk_json_number(g, "memory_reduction_pct", gains[i].gain.memory_reduction_pct);
+        pk_json_number(g, "speed_improvement_pct", gains[i].gain.speed_improvement_pct);
         cJSON_AddItemToArray(improvements, g);
     }
     const int best = pk_compare_recommend(r);
@@ -333,8 +316,8 @@ cJSON *pk_report_json(const pk_compare_report *r)
         cJSON_AddStringToObject(rec, "name", row_name(r, w));
         cJSON_AddStringToObject(rec, "press", w->spec);
         cJSON_AddNumberToObject(rec, "context_tokens", w->context_tokens);
-        add_number(rec, "kv_reduction_pct", 100 * pk_compare_kv_reduction(r, best));
-        add_number(rec, "retrieval_retained", w->retained.retrieval_acc);
+        pk_json_number(rec, "kv_reduction_pct", 100 * pk_compare_kv_reduction(r, best));
+        pk_json_number(rec, "retrieval_retained", w->retained.retrieval_acc);
         cJSON_AddStringToObject(rec, "mode", mode_name(r));
     }
     cJSON_AddStringToObject(o, "recommendation_rule",

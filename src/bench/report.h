@@ -1,6 +1,7 @@
-/* Writers of a comparison report (bench/compare.h): the seed's text report,
- * one JSON object, CSV with one row per measurement, and the detailed run's
- * files (compare.json, compare.csv and SVG plots) in a directory. */
+/* Writers of a comparison report (bench/compare.h): the text report, laid
+ * out as PiKVpress's comparison prints it; one JSON object; CSV with one row
+ * per measurement; and the detailed run's files (compare.json, compare.csv
+ * and SVG plots) in a directory. */
 #ifndef PIKV_BENCH_REPORT_H
 #define PIKV_BENCH_REPORT_H
 

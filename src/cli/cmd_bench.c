@@ -1,8 +1,10 @@
 /* pikv bench: prefill and decode speed, repeated, as medians with their spread. */
-#include "bench/stats.h"
+#include "bench/json.h"
+#include "bench/timing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "pikv.h"
+#include "util/error.h"
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
@@ -10,6 +12,31 @@
 #include <string.h>
 
 enum { MAX_REPS = 100 };
+
+/* A row of the results is a press, or with --workers a (press, placement)
+ * pair: EPLB placement first, then an equal count of heads per worker. */
+enum { MAX_ROWS = 2 * CLI_LIST_MAX };
+
+/* The figures of one timed run of a row. */
+enum { PREFILL_TOK_S, DECODE_TOK_S, LOAD_IMBALANCE, N_MEASURES };
+
+typedef struct {
+    int n_prompt, n_gen, reps, threads, workers, json;
+    cli_list specs;
+} bench_options;
+
+/* What the timed runs share, and what they leave besides their figures. */
+typedef struct {
+    const bench_options *o;
+    pikv_session *s;
+    pikv_press *presses[CLI_LIST_MAX];
+    int32_t *prompt;
+    float *logits;
+    int vocab;
+    int variants, n_rows;          /* placements per press (1, or 2 with --workers) */
+    size_t kv_bytes[MAX_ROWS];     /* held when decoding starts */
+    pk_summary sums[MAX_ROWS * N_MEASURES];
+} bench_run;
 
 /* One repetition: prefill `n_prompt` tokens into an empty cache (compressed
  * by the press, if any), then decode `n_gen` tokens greedily. Returns tokens/s
@@ -34,20 +61,169 @@ static int bench_once(pikv_session *s, pikv_press *press, const int32_t *prompt,
     return 0;
 }
 
+/* The press of a row. */
+static int press_of_row(const bench_run *b, int row) { return row / b->variants; }
+
+/* One timed run of a row (pk_rotated_timing's callback): place the workers
+ * for the row's policy, run bench_once, and record the mean worker load. */
+static int time_row(int row, int rep, double *measure, void *ctx)
+{
+    (void)rep;
+    bench_run *b = ctx;
+    const bench_options *o = b->o;
+    const int i = press_of_row(b, row);
+    if ((o->workers && pikv_session_set_workers(b->s, o->workers, row % b->variants == 0)) ||
+        bench_once(b->s, b->presses[i], b->prompt, o->n_prompt, o->n_gen, b->logits, b->vocab,
+                   &measure[PREFILL_TOK_S], &measure[DECODE_TOK_S], &b->kv_bytes[row]))
+        return pk_fail_prefix("%s", o->specs.items[i]);
+    measure[LOAD_IMBALANCE] = pikv_session_worker_imbalance(b->s);
+    return 0;
+}
+
+/* The progress line, rewritten after every repetition. */
+static void show_repetition(int rep, void *ctx)
+{
+    const bench_run *b = ctx;
+    fprintf(stderr, "\rbench: repetition %d/%d", rep + 1, b->o->reps);
+}
+
+/* Build the presses and the prompt, warm up, then time every row. Errors are
+ * printed; returns 0 or 1. */
+static int bench_measure(const cli_command *cmd, pikv_model *m, const char *dir, bench_run *b)
+{
+    const bench_options *o = b->o;
+    for (int i = 0; i < o->specs.n; i++)
+        if (!(b->presses[i] = pikv_press_new(o->specs.items[i], m, dir)))
+            return cli_error(cmd, "--press: %s", pikv_last_error());
+    /* Token ids do not change the arithmetic; a fixed spread of ids keeps runs comparable. */
+    for (int i = 0; i < o->n_prompt; i++)
+        b->prompt[i] = (int32_t)((7919u * (unsigned)i + 13u) % (unsigned)b->vocab);
+    double ignored;
+    size_t ignored_bytes;
+    /* Warm-up: page in the weights, start the thread pool. */
+    if (bench_once(b->s, NULL, b->prompt, o->n_prompt < 16 ? o->n_prompt : 16, 2, b->logits, b->vocab, &ignored,
+                   &ignored, &ignored_bytes))
+        return cli_fail(cmd);
+    const pk_rotated_timing timing = {.n_methods = b->n_rows, .reps = o->reps, .n_measures = N_MEASURES,
+                                      .run = time_row, .repetition_done = show_repetition, .ctx = b};
+    if (pk_time_rotated(&timing, b->sums)) return cli_error(cmd, "%s", pikv_last_error());
+    fprintf(stderr, "\n");
+    return 0;
+}
+
+/* The placement cell of a decode row: "W eplb LOAD" or "W equal LOAD". */
+static void placement_cell(const bench_run *b, int row, char *out, size_t cap)
+{
+    if (!b->o->workers) snprintf(out, cap, "-");
+    else
+        snprintf(out, cap, "%d %s %.2f", b->o->workers, row % b->variants == 0 ? "eplb" : "equal",
+                 b->sums[row * N_MEASURES + LOAD_IMBALANCE].median);
+}
+
+/* The results as a Markdown table: a prefill line per row, and a decode line
+ * unless no tokens were decoded. */
+static void print_table(const bench_run *b, const pikv_model_info *info, const char *machine)
+{
+    const bench_options *o = b->o;
+    const char *name = strrchr(info->dir, '/') ? strrchr(info->dir, '/') + 1 : info->dir;
+    printf("model %s (%.2f M parameters); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n", name,
+           info->n_params / 1e6, machine, pikv_session_threads(b->s), o->reps);
+    printf("| %-36s | %9s | %-11s | %-16s | %-26s |\n", "press", "KV MiB", "workers", "test", "tok/s");
+    printf("|%s|%s|%s|%s|%s|\n", "--------------------------------------", "-----------", "-------------",
+           "------------------", "----------------------------");
+    for (int r = 0; r < b->n_rows; r++) {
+        const char *spec = o->specs.items[press_of_row(b, r)];
+        const double mib = b->kv_bytes[r] / 1048576.0;
+        const pk_summary *pp = &b->sums[r * N_MEASURES + PREFILL_TOK_S], *tg = &b->sums[r * N_MEASURES + DECODE_TOK_S];
+        char test[48], val[64], place[40];
+        snprintf(test, sizeof test, "pp%d", o->n_prompt);
+        snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", pp->median, pp->min, pp->max);
+        printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", spec, mib, "-", test, val);
+        if (!o->n_gen) continue;
+        placement_cell(b, r, place, sizeof place);
+        snprintf(test, sizeof test, "tg%d @ ctx %d", o->n_gen, o->n_prompt);
+        snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg->median, tg->min, tg->max);
+        printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", spec, mib, place, test, val);
+    }
+}
+
+/* The results as one line of JSON: the setup, then a "presses" array with
+ * each row's KV bytes, placement and speeds (bench/json.h's nested layout). */
+static int print_json(const bench_run *b, const pikv_model_info *info, const char *machine)
+{
+    const bench_options *o = b->o;
+    cJSON *root = cJSON_CreateObject();
+    if (!root) return pk_fail("bench: out of memory for the JSON report");
+    cJSON_AddStringToObject(root, "model", info->dir);
+    cJSON_AddStringToObject(root, "machine", machine);
+    cJSON_AddNumberToObject(root, "threads", pikv_session_threads(b->s));
+    cJSON_AddNumberToObject(root, "prompt_tokens", o->n_prompt);
+    cJSON_AddNumberToObject(root, "gen_tokens", o->n_gen);
+    cJSON_AddNumberToObject(root, "reps", o->reps);
+    cJSON *rows = cJSON_AddArrayToObject(root, "presses");
+    for (int r = 0; r < b->n_rows; r++) {
+        const pk_summary *s = &b->sums[r * N_MEASURES];
+        cJSON *row = cJSON_CreateObject();
+        cJSON_AddStringToObject(row, "press", o->specs.items[press_of_row(b, r)]);
+        cJSON_AddNumberToObject(row, "kv_bytes", (double)b->kv_bytes[r]);
+        if (o->workers) {
+            cJSON_AddNumberToObject(row, "workers", o->workers);
+            cJSON_AddStringToObject(row, "placement", r % b->variants == 0 ? "eplb" : "equal_count");
+            pk_json_number(row, "load_max_over_mean", s[LOAD_IMBALANCE].median);
+        }
+        pk_json_summary(row, "prefill_tok_s", &s[PREFILL_TOK_S], PK_SUMMARY_NESTED);
+        pk_json_summary(row, "decode_tok_s", &s[DECODE_TOK_S], PK_SUMMARY_NESTED);
+        cJSON_AddItemToArray(rows, row);
+    }
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!text) return pk_fail("bench: out of memory for the JSON report");
+    puts(text);
+    cJSON_free(text);
+    return 0;
+}
+
+/* Print the results in the chosen form. */
+static int bench_report(const cli_command *cmd, const bench_run *b, pikv_model *m)
+{
+    pikv_model_info info;
+    pikv_model_get_info(m, &info);
+    char machine[300];
+    cli_machine(machine, sizeof machine);
+    if (b->o->json) return print_json(b, &info, machine) ? cli_fail(cmd) : 0;
+    if (b->o->workers) printf("workers column: W, placement, mean max/mean worker load over decode steps\n");
+    print_table(b, &info, machine);
+    return 0;
+}
+
+/* Range checks of the options; the message names the flag. Returns 0 or 2. */
+static int check_options(const cli_command *cmd, const bench_options *o)
+{
+    if (o->n_prompt < 1) return cli_error(cmd, "--prompt-tokens: must be >= 1, got %d", o->n_prompt), 2;
+    if (o->n_gen < 0) return cli_error(cmd, "--gen-tokens: must be >= 0, got %d", o->n_gen), 2;
+    if (o->reps < 1 || o->reps > MAX_REPS)
+        return cli_error(cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, o->reps), 2;
+    if (o->threads < 0) return cli_error(cmd, "--threads: must be >= 1, got %d", o->threads), 2;
+    if (o->workers < 0 || o->workers == 1 || o->workers > 64)
+        return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
+    return 0;
+}
+
+/* Parse the options, load the model, measure every row and print the results. */
 int cmd_bench(int argc, char **argv)
 {
     const char *model_flag = NULL;
-    int n_prompt = 512, n_gen = 128, reps = 5, threads = 0, json = 0, workers = 0;
-    cli_list specs = {0};
+    bench_options o = {.n_prompt = 512, .n_gen = 128, .reps = 5};
     const cli_opt opts[] = {
-        {"--press", NULL, OPT_LIST, &specs, "press to measure (repeatable; default: none)", NULL},
+        {"--press", NULL, OPT_LIST, &o.specs, "press to measure (repeatable; default: none)", NULL},
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
-        {"--prompt-tokens", "-p", OPT_INT, &n_prompt, "prompt length to prefill (default 512)", NULL},
-        {"--gen-tokens", "-n", OPT_INT, &n_gen, "tokens to decode after it (default 128)", NULL},
-        {"--reps", "-r", OPT_INT, &reps, "repetitions (default 5)", NULL},
-        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
-        {"--workers", "-w", OPT_INT, &workers, "decode attention on W workers: EPLB vs equal-count placement", NULL},
-        {"--json", NULL, OPT_FLAG, &json, "print one JSON object", NULL},
+        {"--prompt-tokens", "-p", OPT_INT, &o.n_prompt, "prompt length to prefill (default 512)", NULL},
+        {"--gen-tokens", "-n", OPT_INT, &o.n_gen, "tokens to decode after it (default 128)", NULL},
+        {"--reps", "-r", OPT_INT, &o.reps, "repetitions (default 5)", NULL},
+        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
+        {"--workers", "-w", OPT_INT, &o.workers, "decode attention on W workers: EPLB vs equal-count placement",
+         NULL},
+        {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
                              "       [--threads N] [--workers W] [--json]",
@@ -62,136 +238,29 @@ int cmd_bench(int argc, char **argv)
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
-    if (n_prompt < 1) return cli_error(&cmd, "--prompt-tokens: must be >= 1, got %d", n_prompt), 2;
-    if (n_gen < 0) return cli_error(&cmd, "--gen-tokens: must be >= 0, got %d", n_gen), 2;
-    if (reps < 1 || reps > MAX_REPS) return cli_error(&cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, reps), 2;
-    if (threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", threads), 2;
-    if (workers < 0 || workers == 1 || workers > 64)
-        return cli_error(&cmd, "--workers: must be 2..64 (or 0 for off), got %d", workers), 2;
+    if ((rc = check_options(&cmd, &o))) return rc;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
     if (cli_load(&cmd, dir, &m, NULL)) return 1;
     const pikv_config *c = pikv_model_config(m);
-    if (n_prompt + n_gen > c->n_positions) {
-        cli_error(&cmd, "-p %d + -n %d exceed the model's %d positions", n_prompt, n_gen, c->n_positions);
+    if (o.n_prompt + o.n_gen > c->n_positions) {
+        cli_error(&cmd, "-p %d + -n %d exceed the model's %d positions", o.n_prompt, o.n_gen, c->n_positions);
         pikv_model_free(m);
         return 2;
     }
-    if (specs.n == 0) specs.items[specs.n++] = "none";
-    pikv_session *s = pikv_session_new(m, threads);
-    pikv_press *presses[CLI_LIST_MAX] = {0};
-    int32_t *prompt = pk_malloc_array((size_t)n_prompt, sizeof *prompt, "prompt");
-    float *logits = pk_malloc_array((size_t)c->vocab_size, sizeof *logits, "logits");
-    /* A row is a press, or with workers a (press, placement) pair. */
-    enum { MAX_ROWS = 2 * CLI_LIST_MAX };
-    static double prefill[MAX_ROWS][MAX_REPS], decode[MAX_ROWS][MAX_REPS], imbalance[MAX_ROWS][MAX_REPS];
-    size_t kv_bytes[MAX_ROWS] = {0};
-    const int variants = workers ? 2 : 1, n_rows = specs.n * variants;
-    rc = 1;
-    if (!s || !prompt || !logits) { cli_fail(&cmd); goto done; }
-    for (int i = 0; i < specs.n; i++)
-        if (!(presses[i] = pikv_press_new(specs.items[i], m, dir))) {
-            cli_error(&cmd, "--press: %s", pikv_last_error());
-            goto done;
-        }
-    /* Token ids do not change the arithmetic; a fixed spread of ids keeps runs comparable. */
-    for (int i = 0; i < n_prompt; i++) prompt[i] = (int32_t)((7919u * (unsigned)i + 13u) % (unsigned)c->vocab_size);
-    double ignored;
-    if (bench_once(s, NULL, prompt, n_prompt < 16 ? n_prompt : 16, 2, logits, c->vocab_size, &ignored, &ignored,
-                   &kv_bytes[0])) {
-        cli_fail(&cmd); /* warm-up: page in the weights, start the thread pool */
-        goto done;
-    }
-    for (int r = 0; r < reps; r++) {
-        for (int k = 0; k < n_rows; k++) {
-            int row = (r + k) % n_rows, i = row / variants; /* rotate the order every repetition */
-            if ((workers && pikv_session_set_workers(s, workers, row % variants == 0)) ||
-                bench_once(s, presses[i], prompt, n_prompt, n_gen, logits, c->vocab_size, &prefill[row][r],
-                           &decode[row][r], &kv_bytes[row])) {
-                cli_error(&cmd, "%s: %s", specs.items[i], pikv_last_error());
-                goto done;
-            }
-            imbalance[row][r] = pikv_session_worker_imbalance(s);
-        }
-        fprintf(stderr, "\rbench: repetition %d/%d", r + 1, reps);
-    }
-    fprintf(stderr, "\n");
-    pikv_model_info info;
-    pikv_model_get_info(m, &info);
-    char machine[300];
-    cli_machine(machine, sizeof machine);
-    const int n_threads = pikv_session_threads(s);
-    const char *name = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
-    cJSON *o = json ? cJSON_CreateObject() : NULL, *rows = NULL;
-    if (workers)
-        printf("%s", json ? "" : "workers column: W, placement, mean max/mean worker load over decode steps\n");
-    if (json) {
-        cJSON_AddStringToObject(o, "model", info.dir);
-        cJSON_AddStringToObject(o, "machine", machine);
-        cJSON_AddNumberToObject(o, "threads", n_threads);
-        cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
-        cJSON_AddNumberToObject(o, "gen_tokens", n_gen);
-        cJSON_AddNumberToObject(o, "reps", reps);
-        rows = cJSON_AddArrayToObject(o, "presses");
-    } else {
-        printf("model %s (%.2f M parameters); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n",
-               name, info.n_params / 1e6, machine, n_threads, reps);
-        printf("| %-36s | %9s | %-11s | %-16s | %-26s |\n", "press", "KV MiB", "workers", "test", "tok/s");
-        printf("|%s|%s|%s|%s|%s|\n", "--------------------------------------", "-----------", "-------------",
-               "------------------", "----------------------------");
-    }
-    for (int r = 0; r < n_rows; r++) {
-        const int i = r / variants;
-        pk_summary pp = pk_summarize(prefill[r], reps), tg = pk_summarize(decode[r], reps),
-                   load = pk_summarize(imbalance[r], reps);
-        const char *policy = r % variants == 0 ? "eplb" : "equal_count";
-        char place[40] = "-";
-        if (workers) snprintf(place, sizeof place, "%d %s %.2f", workers, r % variants == 0 ? "eplb" : "equal", load.median);
-        if (json) {
-            cJSON *row = cJSON_CreateObject();
-            cJSON_AddStringToObject(row, "press", specs.items[i]);
-            cJSON_AddNumberToObject(row, "kv_bytes", (double)kv_bytes[r]);
-            if (workers) {
-                cJSON_AddNumberToObject(row, "workers", workers);
-                cJSON_AddStringToObject(row, "placement", policy);
-                cJSON_AddNumberToObject(row, "load_max_over_mean", load.median);
-            }
-            const pk_summary *sums[2] = {&pp, &tg};
-            const char *names[2] = {"prefill_tok_s", "decode_tok_s"};
-            for (int k = 0; k < 2; k++) {
-                cJSON *x = cJSON_AddObjectToObject(row, names[k]);
-                cJSON_AddNumberToObject(x, "median", sums[k]->median);
-                cJSON_AddNumberToObject(x, "min", sums[k]->min);
-                cJSON_AddNumberToObject(x, "max", sums[k]->max);
-            }
-            cJSON_AddItemToArray(rows, row);
-            continue;
-        }
-        char test[48], val[64];
-        snprintf(test, sizeof test, "pp%d", n_prompt);
-        snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", pp.median, pp.min, pp.max);
-        printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", specs.items[i], kv_bytes[r] / 1048576.0, "-", test,
-               val);
-        if (n_gen) {
-            snprintf(test, sizeof test, "tg%d @ ctx %d", n_gen, n_prompt);
-            snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg.median, tg.min, tg.max);
-            printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", specs.items[i], kv_bytes[r] / 1048576.0, place,
-                   test, val);
-        }
-    }
-    if (json) {
-        char *text = cJSON_PrintUnformatted(o);
-        if (text) puts(text);
-        cJSON_free(text);
-        cJSON_Delete(o);
-    }
-    rc = 0;
-done:
-    for (int i = 0; i < specs.n; i++) pikv_press_free(presses[i]);
-    pikv_free(logits);
-    pikv_free(prompt);
-    pikv_session_free(s);
+    if (o.specs.n == 0) o.specs.items[o.specs.n++] = "none";
+    bench_run b = {.o = &o, .vocab = c->vocab_size, .variants = o.workers ? 2 : 1};
+    b.n_rows = o.specs.n * b.variants;
+    b.s = pikv_session_new(m, o.threads);
+    b.prompt = pk_malloc_array((size_t)o.n_prompt, sizeof *b.prompt, "prompt");
+    b.logits = pk_malloc_array((size_t)c->vocab_size, sizeof *b.logits, "logits");
+    if (!b.s || !b.prompt || !b.logits) rc = cli_fail(&cmd);
+    else rc = bench_measure(&cmd, m, dir, &b) ? 1 : bench_report(&cmd, &b, m);
+    for (int i = 0; i < o.specs.n; i++) pikv_press_free(b.presses[i]);
+    pikv_free(b.logits);
+    pikv_free(b.prompt);
+    pikv_session_free(b.s);
     pikv_model_free(m);
     return rc;
 }

@@ -1,6 +1,6 @@
-/* pikv compare: the seed's comparison experiment. No Compression, Duo
- * Attention and EPLB + Duo Attention (or any presses) on one context, measured
- * in one run: KV memory, prefill / compression / decode time, speed, quality
+/* pikv compare: the experiment of PiKVpress's comparison -- No Compression,
+ * Duo Attention and EPLB + Duo Attention (or any presses) on one context --
+ * measured in one run: KV memory, prefill / compression / decode time, speed, quality
  * against no compression; the relative improvements and a recommendation.
  * --detailed adds sweeps over the ratio, the number of experts and the
  * context length, written as JSON, CSV and SVG plots with --out. */
@@ -213,7 +213,7 @@ int cmd_compare(int argc, char **argv)
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &o.model_flag, "model directory (default: the bundled model)", NULL},
         {"--methods", NULL, OPT_STRING, &o.methods,
-         "methods separated by ';', each SPEC or NAME=SPEC (default: the seed's three, above)", NULL},
+         "methods separated by ';', each SPEC or NAME=SPEC (default: the three above)", NULL},
         {"--ratio", NULL, OPT_FLOAT, &o.ratio, "compression ratio {r} (default 0.5)", &o.ratio_seen},
         {"--experts", NULL, OPT_INT, &o.experts, "experts of the EPLB router {e} (default 4)", &o.experts_seen},
         {"--top-k", NULL, OPT_INT, &o.top_k, "experts per token {k} (default 2)", NULL},
@@ -251,20 +251,23 @@ int cmd_compare(int argc, char **argv)
         "on needle tasks, perplexity, KL divergence and top-1 agreement of a continuation, agreement of\n"
         "the greedy answer). No Compression (none) is the baseline; it is added when --methods lacks it.\n"
         "Then the relative improvements and a recommendation: the largest KV reduction that keeps 95% of\n"
-        "the baseline's retrieval accuracy. The context is a needle task (a pass key at half depth in\n"
-        "data/haystack.txt) unless --context-file is given. A progress line goes to stderr.\n\n"
+        "the baseline's retrieval accuracy and 95% of its perplexity (baseline ppl / method ppl); where\n"
+        "the baseline answers no needle task, perplexity alone decides. The context is a needle task (a\n"
+        "pass key at half depth in data/haystack.txt) unless --context-file is given. A progress line goes\n"
+        "to stderr.\n\n"
         "Methods are press specs; as press specs hold commas, --methods separates them with ';'. In a\n"
         "spec, {r} {e} {k} {s} stand for --ratio, --experts, --top-k and --eplb-share, and the sweeps of\n"
         "--detailed vary them. The default methods are\n"
         "  No Compression        none\n"
         "  Duo Attention         duo:ratio={r}\n"
         "  EPLB + Duo Attention  eplb_duo:ratio={r},experts={e},top_k={k},eplb_share={s}\n"
-        "Scenarios (the seed's presets; explicit options win): long-doc-qa = ratio 0.6, 6 experts, 4000\n"
-        "tokens (capped to what the model holds, with a notice); chat = 0.4, 4, 1000; content = 0.5, 4,\n"
-        "2000. --detailed also sweeps ratio 0.3/0.5/0.7 (the seed's) and 0.9, experts 2/4/8 and context 512/1024/the longest\n"
-        "that fits (also its default main context), with 50 tasks per point unless --tasks says\n"
-        "otherwise; --out DIR then receives compare.json, compare.csv and SVG plots of memory, decode\n"
-        "speed and retrieval accuracy for each sweep.",
+        "Scenarios (the presets of PiKVpress's comparison; explicit options win): long-doc-qa = ratio\n"
+        "0.6, 6 experts, 4000 tokens (capped to what the model holds, with a notice); chat = 0.4, 4, 1000;\n"
+        "content = 0.5, 4, 2000. --detailed also sweeps ratio 0.3/0.5/0.7 (PiKVpress's comparison's sweep)\n"
+        "and 0.9, experts 2/4/8 and context 512/1024/the longest that fits (also its default main\n"
+        "context), with 50 tasks per point unless --tasks says otherwise; --out DIR then receives\n"
+        "compare.json, compare.csv and SVG plots of memory, decode speed and retrieval accuracy for\n"
+        "each sweep.",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;

@@ -1,4 +1,4 @@
-/* Quality of a press against no compression on the same inputs (DESIGN §7):
+/* Quality of a press against no compression on the same inputs:
  *  - retrieval accuracy on seeded needle tasks (eval/retrieval.h);
  *  - perplexity of a haystack continuation read through the compressed cache:
  *    the slice_context tokens before a fixed point of the text are prefilled

@@ -3,16 +3,14 @@
 
 #include <string.h>
 
+/* Lengths and depths stepped through at rates 7 and 3; the asked needle
+ * between 5 % and 95 % deep (half way in a mix of one task). */
 int pk_retrieval_task(const pk_haystack *h, const pk_retrieval_config *c, int i, pk_task *out)
 {
-    /* Kinds cycle pass key, 1, 2, 3, 4 magic numbers; lengths and depths are
-     * spread evenly and decorrelated by stepping through them at different rates. */
-    const int kind = i % 5;
-    const int span = c->max_tokens - c->min_tokens;
-    const int tokens = c->min_tokens + (c->n_tasks > 1 ? (int)((long)span * ((i * 7) % c->n_tasks) / (c->n_tasks - 1)) : 0);
-    const double depth = c->n_tasks > 1 ? (double)((i * 3) % c->n_tasks) / (c->n_tasks - 1) : 0.5;
-    return pk_task_make(h, kind == 0 ? PK_TASK_PASSKEY : PK_TASK_MAGIC, kind == 0 ? 1 : kind, tokens,
-                        0.05 + 0.9 * depth, c->seed + (uint64_t)i, out);
+    const pk_task_mix mix = {.n_tasks = c->n_tasks, .min_tokens = c->min_tokens, .max_tokens = c->max_tokens,
+                             .length_stride = 7, .min_depth = 0.05, .depth_span = 0.9, .depth_stride = 3,
+                             .lone_depth = 0.5, .seed = c->seed};
+    return pk_task_mix_make(h, &mix, i, out);
 }
 
 int pk_eval_retrieval(pikv_session *s, pikv_press *press, const pk_haystack *h, const pk_retrieval_config *c,

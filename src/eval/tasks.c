@@ -130,6 +130,20 @@ done:
     return rc;
 }
 
+/* The slot's depth is computed as depth_span * (slot / last) and its length
+ * as span * slot / last in integers: the tasks, and every accuracy measured on
+ * them, depend on these exact roundings. */
+int pk_task_mix_make(const pk_haystack *h, const pk_task_mix *mix, int i, pk_task *out)
+{
+    const int n = mix->n_tasks, kind = i % 5;
+    const int span = mix->max_tokens - mix->min_tokens;
+    const int tokens = mix->min_tokens + (n > 1 ? (int)((long)span * ((i * mix->length_stride) % n) / (n - 1)) : 0);
+    const double depth = n > 1 ? mix->min_depth + mix->depth_span * ((double)((i * mix->depth_stride) % n) / (n - 1))
+                               : mix->lone_depth;
+    return pk_task_make(h, kind == 0 ? PK_TASK_PASSKEY : PK_TASK_MAGIC, kind == 0 ? 1 : kind, tokens, depth,
+                        mix->seed + (uint64_t)i, out);
+}
+
 int pk_task_correct(const pikv_tokenizer *tok, const pk_task *t, const int32_t *ids, int n)
 {
     char *text = pikv_detokenize(tok, ids, (size_t)n, NULL);

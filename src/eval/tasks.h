@@ -40,6 +40,25 @@ int pk_task_make(const pk_haystack *h, pk_task_kind kind, int needles, int conte
                  uint64_t seed, pk_task *out);
 void pk_task_free(pk_task *t);
 
+/* A seeded mix of needle tasks, the same for every press it is given to.
+ * Task i asks for a pass key when i % 5 == 0, else for one of i % 5 magic
+ * numbers, and is made with seed + i. Its context length and the depth of its
+ * asked needle each come from n_tasks evenly spaced slots: task i takes length
+ * slot (i * length_stride) % n_tasks and depth slot (i * depth_stride) %
+ * n_tasks, so that different strides decorrelate length and depth. */
+typedef struct {
+    int n_tasks;
+    int min_tokens, max_tokens;    /* the lengths of the first and last slot */
+    int length_stride;
+    double min_depth, depth_span;  /* depths min_depth .. min_depth + depth_span */
+    int depth_stride;
+    double lone_depth;             /* the depth of the task of a mix of one */
+    uint64_t seed;
+} pk_task_mix;
+
+/* Build task i (0 <= i < n_tasks) of a mix. */
+int pk_task_mix_make(const pk_haystack *h, const pk_task_mix *mix, int i, pk_task *out);
+
 /* 1 when the first number in the generated text is the task's answer. */
 int pk_task_correct(const pikv_tokenizer *tok, const pk_task *t, const int32_t *ids, int n);
 
