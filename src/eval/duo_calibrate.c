@@ -52,16 +52,14 @@ int pk_duo_calibrate(pikv_session *s, const pk_haystack *h, const pk_duo_calibra
     int32_t *probe = NULL;
     int rc = -1;
     if (!score) return -1;
+    /* Kinds cycle pass key, 1..4 magic numbers; the needle sits before the
+     * recent window (depth 0.05..0.65) so streaming heads cannot see it. */
+    const pk_task_mix mix = {.n_tasks = c->samples, .min_tokens = c->min_tokens, .max_tokens = c->max_tokens,
+                             .length_stride = 1, .min_depth = 0.05, .depth_span = 0.6, .depth_stride = 7,
+                             .lone_depth = 0.05, .seed = c->seed};
     for (int i = 0; i < c->samples; i++) {
-        /* Kinds cycle pass key, 1..4 magic numbers; the needle sits before the
-         * recent window (depth 0.05..0.65) so streaming heads cannot see it. */
-        const int kind = i % 5;
-        const int tokens = c->min_tokens + (c->samples > 1 ? (c->max_tokens - c->min_tokens) * i / (c->samples - 1) : 0);
-        const double depth = 0.05 + 0.6 * (double)((i * 7) % c->samples) / (c->samples > 1 ? c->samples - 1 : 1);
         pk_task t;
-        if (pk_task_make(h, kind == 0 ? PK_TASK_PASSKEY : PK_TASK_MAGIC, kind == 0 ? 1 : kind, tokens, depth,
-                         c->seed + (uint64_t)i, &t))
-            goto done;
+        if (pk_task_mix_make(h, &mix, i, &t)) goto done;
         int n_probe, first_row;
         pk_free(probe);
         probe = NULL;
