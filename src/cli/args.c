@@ -130,7 +130,7 @@ const char *cli_model_dir(const char *flag_value)
 
 char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len)
 {
-    char *text = pk_read_file(path, len);
+    char *text = pk_read_file(path, PK_MAX_TEXT_BYTES, len);
     if (!text) cli_error(cmd, "%s: %s", flag, pikv_last_error());
     return text;
 }
