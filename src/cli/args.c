@@ -1,5 +1,6 @@
 #include "cli/args.h"
 #include "pikv.h"
+#include "util/error.h"
 #include "util/file.h"
 
 #include <cblas.h>
@@ -162,7 +163,10 @@ int cli_load(const cli_command *cmd, const char *dir, pikv_model **model, pikv_t
     if (!*model) return cli_fail(cmd);
     if (!tok) return 0;
     *tok = pikv_tokenizer_load(dir);
-    if (*tok) return 0;
+    if (*tok && pikv_tokenizer_check_model(*tok, *model) == 0) return 0;
+    if (*tok) pk_fail_prefix("%s", dir);
+    pikv_tokenizer_free(*tok);
+    *tok = NULL;
     pikv_model_free(*model);
     *model = NULL;
     return cli_fail(cmd);

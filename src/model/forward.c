@@ -365,6 +365,10 @@ int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden)
 
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
 {
+    if (!s || !ids) return pk_fail("pikv_forward: session or ids is NULL");
+    if (n > s->model->cfg.n_positions - s->pos) /* before s->pos + n can overflow */
+        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n, s->pos,
+                       s->model->cfg.n_positions);
     const pikv_model *m = s->model;
     const int C = m->cfg.n_embd, V = m->cfg.vocab_size;
     if (forward_blocks(s, ids, n)) return -1;
@@ -395,6 +399,10 @@ static int start_routing(pikv_session *s, pk_route_table *table)
 
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits)
 {
+    if (!s || !ids) return pk_fail("pikv_prefill: session or ids is NULL");
+    if (n > s->model->cfg.n_positions - s->pos)
+        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n, s->pos,
+                       s->model->cfg.n_positions);
     if (press) s->routing = NULL; /* the press changes the cache; it routes it or nobody does */
     if (press && press->ops->after_call) {
         if (s->attached && s->attached != press)

@@ -282,6 +282,19 @@ void pikv_model_free(pikv_model *m)
     pk_free(m);
 }
 
-const pikv_config *pikv_model_config(const pikv_model *m) { return &m->cfg; }
+const pikv_config *pikv_model_config(const pikv_model *m)
+{
+    if (!m) pk_fail("pikv_model_config: model is NULL");
+    return m ? &m->cfg : NULL;
+}
 
-void pikv_model_get_info(const pikv_model *m, pikv_model_info *info) { *info = m->info; }
+void pikv_model_get_info(const pikv_model *m, pikv_model_info *info)
+{
+    if (!info) return;
+    if (!m) {
+        memset(info, 0, sizeof *info);
+        pk_fail("pikv_model_get_info: model is NULL");
+        return;
+    }
+    *info = m->info;
+}

@@ -9,6 +9,14 @@
 
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
 {
+    if (!m) {
+        pk_fail("pikv_session_new: model is NULL");
+        return NULL;
+    }
+    if (n_threads > 4096) {
+        pk_fail("pikv_session_new: %d threads is out of range (at most 4096; <= 0 for all cores)", n_threads);
+        return NULL;
+    }
     pikv_session *s = pk_calloc(1, sizeof *s, "session");
     if (!s) return NULL;
     s->model = m;
@@ -40,6 +48,7 @@ void pikv_session_free(pikv_session *s)
 
 void pikv_session_reset(pikv_session *s)
 {
+    if (!s) return;
     pk_kv_clear(&s->kv);
     s->pos = 0;
     s->marked = 0;
@@ -49,21 +58,43 @@ void pikv_session_reset(pikv_session *s)
     s->routing = NULL;
 }
 
-const pikv_model *pikv_session_model(const pikv_session *s) { return s->model; }
+const pikv_model *pikv_session_model(const pikv_session *s)
+{
+    if (!s) pk_fail("pikv_session_model: session is NULL");
+    return s ? s->model : NULL;
+}
 
-int pikv_session_threads(const pikv_session *s) { return s->n_threads; }
+int pikv_session_threads(const pikv_session *s)
+{
+    return s ? s->n_threads : pk_fail("pikv_session_threads: session is NULL");
+}
 
-int pikv_session_position(const pikv_session *s) { return s->pos; }
+int pikv_session_position(const pikv_session *s)
+{
+    return s ? s->pos : pk_fail("pikv_session_position: session is NULL");
+}
 
-size_t pikv_session_kv_bytes(const pikv_session *s) { return pk_kv_bytes(&s->kv); }
+size_t pikv_session_kv_bytes(const pikv_session *s)
+{
+    if (!s) {
+        pk_fail("pikv_session_kv_bytes: session is NULL");
+        return 0;
+    }
+    return pk_kv_bytes(&s->kv);
+}
 
 int pikv_session_kv_len(const pikv_session *s, int layer, int head)
 {
+    if (!s) return pk_fail("pikv_session_kv_len: session is NULL");
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
     return pk_kv_at(&s->kv, layer, head)->len;
 }
 
 int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
 {
+    if (!s || (!out && cap_rows > 0)) return pk_fail("pikv_session_kv_read: session or output is NULL");
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
@@ -74,10 +105,20 @@ int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
 }
 
 
-void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st) { *st = s->stats; }
+void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st)
+{
+    if (!st) return;
+    if (!s) {
+        memset(st, 0, sizeof *st);
+        pk_fail("pikv_session_press_stats: session is NULL");
+        return;
+    }
+    *st = s->stats;
+}
 
 int pikv_session_mark(pikv_session *s)
 {
+    if (!s) return pk_fail("pikv_session_mark: session is NULL");
     if (pk_kv_snapshot_take(&s->kv, &s->mark)) return -1;
     s->mark_pos = s->pos;
     s->mark_epoch = s->kv.epoch;
@@ -87,6 +128,7 @@ int pikv_session_mark(pikv_session *s)
 
 int pikv_session_rewind(pikv_session *s)
 {
+    if (!s) return pk_fail("pikv_session_rewind: session is NULL");
     if (!s->marked) return pk_fail("session: rewind without a mark");
     if (s->kv.epoch != s->mark_epoch)
         return pk_fail("session: the cache was compressed after the mark, so it cannot be rewound");
@@ -97,6 +139,7 @@ int pikv_session_rewind(pikv_session *s)
 
 int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
 {
+    if (!s) return pk_fail("pikv_session_set_workers: session is NULL");
     if (workers < 0 || workers > 1024) return pk_fail("workers: %d is out of range 0..1024", workers);
     pk_free(s->worker_scores);
     pk_free(s->head_len);
@@ -118,5 +161,6 @@ int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
 
 double pikv_session_worker_imbalance(const pikv_session *s)
 {
+    if (!s) return pk_fail("pikv_session_worker_imbalance: session is NULL");
     return s->imbalance_steps ? s->imbalance_sum / (double)s->imbalance_steps : 1.0;
 }

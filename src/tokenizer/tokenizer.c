@@ -656,6 +656,19 @@ int pikv_tokenizer_vocab_size(const pikv_tokenizer *t)
     return t->n_ids;
 }
 
+/* A tokenizer whose ids run past the model's embedding rows would make the
+ * forward pass refuse (or, in a caller that skips the check, read) rows that
+ * are not there: refuse the pair up front. */
+int pikv_tokenizer_check_model(const pikv_tokenizer *t, const pikv_model *m)
+{
+    if (!t || !m) return pk_fail("pikv_tokenizer_check_model: tokenizer or model is NULL");
+    int model_vocab = pikv_model_config(m)->vocab_size;
+    if (t->n_ids > model_vocab)
+        return pk_fail("the tokenizer has ids up to %d but the model's vocab_size is %d: they do not belong together",
+                       t->n_ids - 1, model_vocab);
+    return 0;
+}
+
 /* ---- encoding --------------------------------------------------------------- */
 
 /* Character classes as GPT-2's pattern sees them. Per byte of the text, the class
