@@ -152,7 +152,8 @@ typedef struct pikv_sampling {
 } pikv_sampling;
 
 /* Pick the next token from logits ([vocab], vocab > 0); rng is the generator's
- * state, seeded from pikv_sampling.seed. Overwrites logits with probabilities. */
+ * state, seeded from pikv_sampling.seed (may be NULL when greedy). Overwrites
+ * logits with probabilities. */
 int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng);
 
 typedef struct pikv_generation {

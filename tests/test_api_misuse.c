@@ -51,7 +51,9 @@ static void check_without_objects(void)
     EXPECT_ERR(pikv_session_rewind(NULL) == -1, "rewind(NULL)");
     EXPECT_ERR(pikv_sample(NULL, 4, &greedy, &rng) == -1, "sample(NULL logits)");
     EXPECT_ERR(pikv_sample(logits, 4, NULL, &rng) == -1, "sample(NULL sampling)");
-    EXPECT_ERR(pikv_sample(logits, 4, &greedy, NULL) == -1, "sample(NULL rng)");
+    pikv_sampling sampled = {.temperature = 1.f, .top_p = 1.f};
+    EXPECT_ERR(pikv_sample(logits, 4, &sampled, NULL) == -1, "sample(NULL rng, not greedy)");
+    CHECK(pikv_sample(logits, 4, &greedy, NULL) == 0, "greedy sampling needs no rng");
     EXPECT_ERR(pikv_sample(logits, 0, &greedy, &rng) == -1, "sample(vocab 0)");
     EXPECT_ERR(pikv_generate(NULL, &id, 1, 1, &greedy, -1, &gen) == -1, "generate(NULL session)");
     EXPECT_ERR(pikv_generate_from(NULL, logits, 1, &greedy, -1, &gen) == -1, "generate_from(NULL session)");

@@ -48,9 +48,13 @@ static int store(const cli_command *cmd, const cli_opt *o, const char *value)
     case OPT_FLAG: *(int *)o->dest = 1; break;
     case OPT_INT: {
         long v = strtol(value, &end, 10);
-        if (end == value || *end || errno || v < INT_MIN || v > INT_MAX)
+        if (end == value || *end)
             return cli_error(cmd, "%s: '%s' is not an integer", o->name, value) + 1;
-        *(int *)o->dest = (int)v;
+        /* Out of long's range strtol clamps and sets ERANGE: still a range error. */
+        const cli_int *dest = o->dest;
+        if (errno || v < dest->min || v > dest->max)
+            return cli_error(cmd, "%s: must be in %d..%d, got %s", o->name, dest->min, dest->max, value) + 1;
+        *dest->value = (int)v;
         break;
     }
     case OPT_FLOAT: {

@@ -9,6 +9,11 @@ typedef enum { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STRING, OPT_LIST } cli_kind;
 
 enum { CLI_LIST_MAX = 64 };
 
+/* Bounds shared by integer flags: token counts cannot pass the largest
+ * n_positions a config.json may give (each command then checks the model's
+ * own), and thread counts stay within what a session accepts. */
+enum { CLI_MAX_TOKENS = 1 << 24, CLI_MAX_THREADS = 4096, CLI_MAX_TASKS = 100000 };
+
 /* Repeatable string option (e.g. --question). */
 typedef struct {
     const char *items[CLI_LIST_MAX];
@@ -19,10 +24,17 @@ typedef struct {
     const char *name;    /* "--max-new-tokens" */
     const char *alias;   /* "-n" or NULL */
     cli_kind kind;
-    void *dest;          /* int*, double*, const char**, cli_list* */
+    void *dest;          /* cli_int*, double*, const char**, cli_list* */
     const char *help;
     int *seen;           /* optional: set to 1 when given */
 } cli_opt;
+
+/* The dest of an OPT_INT option: the variable and the range the parser
+ * accepts, written in the table as &(cli_int){&var, MIN, MAX}. */
+typedef struct {
+    int *value;
+    int min, max;
+} cli_int;
 
 typedef struct {
     const char *name;     /* "generate" */

@@ -42,11 +42,11 @@ int cmd_bench(int argc, char **argv)
     const cli_opt opts[] = {
         {"--press", NULL, OPT_LIST, &specs, "press to measure (repeatable; default: none)", NULL},
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
-        {"--prompt-tokens", "-p", OPT_INT, &n_prompt, "prompt length to prefill (default 512)", NULL},
-        {"--gen-tokens", "-n", OPT_INT, &n_gen, "tokens to decode after it (default 128)", NULL},
-        {"--reps", "-r", OPT_INT, &reps, "repetitions (default 5)", NULL},
-        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
-        {"--workers", "-w", OPT_INT, &workers, "decode attention on W workers: EPLB vs equal-count placement", NULL},
+        {"--prompt-tokens", "-p", OPT_INT, &(cli_int){&n_prompt, 1, CLI_MAX_TOKENS}, "prompt length to prefill (default 512)", NULL},
+        {"--gen-tokens", "-n", OPT_INT, &(cli_int){&n_gen, 0, CLI_MAX_TOKENS}, "tokens to decode after it (default 128)", NULL},
+        {"--reps", "-r", OPT_INT, &(cli_int){&reps, 1, MAX_REPS}, "repetitions (default 5)", NULL},
+        {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
+        {"--workers", "-w", OPT_INT, &(cli_int){&workers, 0, 64}, "decode attention on W workers: EPLB vs equal-count placement", NULL},
         {"--json", NULL, OPT_FLAG, &json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
@@ -62,11 +62,7 @@ int cmd_bench(int argc, char **argv)
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
-    if (n_prompt < 1) return cli_error(&cmd, "--prompt-tokens: must be >= 1, got %d", n_prompt), 2;
-    if (n_gen < 0) return cli_error(&cmd, "--gen-tokens: must be >= 0, got %d", n_gen), 2;
-    if (reps < 1 || reps > MAX_REPS) return cli_error(&cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, reps), 2;
-    if (threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", threads), 2;
-    if (workers < 0 || workers == 1 || workers > 64)
+    if (workers == 1)
         return cli_error(&cmd, "--workers: must be 2..64 (or 0 for off), got %d", workers), 2;
 
     const char *dir = cli_model_dir(model_flag);

@@ -13,6 +13,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -58,19 +59,10 @@ static void run_free(compare_run *r)
 static int check_options(const cli_command *cmd, const compare_options *o)
 {
     if (!(o->ratio >= 0 && o->ratio < 1)) return cli_error(cmd, "--ratio: must be in [0, 1), got %g", o->ratio), 2;
-    if (o->experts < 1) return cli_error(cmd, "--experts: must be >= 1, got %d", o->experts), 2;
     if (o->top_k < 1 || o->top_k > o->experts)
         return cli_error(cmd, "--top-k: must be in 1..%d (the number of experts), got %d", o->experts, o->top_k), 2;
     if (!(o->eplb_share >= 0 && o->eplb_share <= 1))
         return cli_error(cmd, "--eplb-share: must be in [0, 1], got %g", o->eplb_share), 2;
-    if (o->reps < 1 || o->reps > MAX_REPS)
-        return cli_error(cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, o->reps), 2;
-    if (o->tasks < 1) return cli_error(cmd, "--tasks: must be >= 1, got %d", o->tasks), 2;
-    if (o->max_new < 2)
-        return cli_error(cmd, "--max-new-tokens: must be >= 2 (decode speed needs a decoded token), got %d",
-                         o->max_new), 2;
-    if (o->threads < 0) return cli_error(cmd, "--threads: must be >= 1, got %d", o->threads), 2;
-    if (o->context_tokens < 64) return cli_error(cmd, "--context-tokens: must be >= 64, got %d", o->context_tokens), 2;
     if (o->context_file && o->context_seen)
         return cli_error(cmd, "give --context-file or --context-tokens, not both"), 2;
     if (o->context_file && !o->question) return cli_error(cmd, "--context-file needs a --question"), 2;
@@ -215,20 +207,20 @@ int cmd_compare(int argc, char **argv)
         {"--methods", NULL, OPT_STRING, &o.methods,
          "methods separated by ';', each SPEC or NAME=SPEC (default: the seed's three, above)", NULL},
         {"--ratio", NULL, OPT_FLOAT, &o.ratio, "compression ratio {r} (default 0.5)", &o.ratio_seen},
-        {"--experts", NULL, OPT_INT, &o.experts, "experts of the EPLB router {e} (default 4)", &o.experts_seen},
-        {"--top-k", NULL, OPT_INT, &o.top_k, "experts per token {k} (default 2)", NULL},
+        {"--experts", NULL, OPT_INT, &(cli_int){&o.experts, 1, 4096}, "experts of the EPLB router {e} (default 4)", &o.experts_seen},
+        {"--top-k", NULL, OPT_INT, &(cli_int){&o.top_k, 1, 4096}, "experts per token {k} (default 2)", NULL},
         {"--eplb-share", NULL, OPT_FLOAT, &o.eplb_share, "EPLB's share of the ratio {s} (default 0.7)", NULL},
         {"--scenario", NULL, OPT_STRING, &o.scenario, "preset ratio, experts and context: long-doc-qa, chat, content",
          NULL},
-        {"--context-tokens", NULL, OPT_INT, &o.context_tokens,
+        {"--context-tokens", NULL, OPT_INT, &(cli_int){&o.context_tokens, 64, CLI_MAX_TOKENS},
          "needle-task context length (default 2000; --detailed: all that fits)", &o.context_seen},
         {"--context-file", NULL, OPT_STRING, &o.context_file, "use this text as the context (needs --question)",
          NULL},
         {"--question", "-q", OPT_STRING, &o.question, "the question (default: the needle task's)", NULL},
-        {"--max-new-tokens", "-n", OPT_INT, &o.max_new, "answer tokens to decode (default 24)", NULL},
+        {"--max-new-tokens", "-n", OPT_INT, &(cli_int){&o.max_new, 2, CLI_MAX_TOKENS}, "answer tokens to decode (default 24; at least 2, so that decode speed is measured)", NULL},
         {"--query-aware", NULL, OPT_FLAG, &o.query_aware, "the press sees the question when it compresses", NULL},
-        {"--reps", "-r", OPT_INT, &o.reps, "timed repetitions (default 3)", NULL},
-        {"--tasks", NULL, OPT_INT, &o.tasks, "retrieval tasks per measurement (default 10; 50 with --detailed)",
+        {"--reps", "-r", OPT_INT, &(cli_int){&o.reps, 1, MAX_REPS}, "timed repetitions (default 3)", NULL},
+        {"--tasks", NULL, OPT_INT, &(cli_int){&o.tasks, 1, CLI_MAX_TASKS}, "retrieval tasks per measurement (default 10; 50 with --detailed)",
          &o.tasks_seen},
         {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7/0.9, experts 2/4/8, context length",
          NULL},
@@ -237,8 +229,8 @@ int cmd_compare(int argc, char **argv)
         {"--csv", NULL, OPT_STRING, &o.csv, "write one CSV row per method to this file", NULL},
         {"--haystack", NULL, OPT_STRING, &o.haystack, "text for needle tasks and perplexity (data/haystack.txt)",
          NULL},
-        {"--seed", NULL, OPT_INT, &o.seed, "task seed (default 1)", NULL},
-        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
+        {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
+        {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
     };
     const cli_command cmd = {
         "compare",

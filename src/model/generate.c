@@ -37,7 +37,7 @@ static int by_probability(const void *a, const void *b)
 
 int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng)
 {
-    if (!logits || !p || !rng) return pk_fail("pikv_sample: logits, sampling or rng is NULL");
+    if (!logits || !p || (!rng && !p->greedy)) return pk_fail("pikv_sample: logits, sampling or rng is NULL");
     if (vocab <= 0) return pk_fail("pikv_sample: vocab %d must be > 0", vocab);
     if (p->greedy) return argmax(logits, vocab);
     if (!(p->temperature > 0.f)) return pk_fail("sampling: temperature must be > 0");
@@ -105,10 +105,10 @@ int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_
                   const pikv_sampling *p, int stop_id, pikv_generation *out)
 {
     if (!s || !prompt || !p || !out) return pk_fail("pikv_generate: session, prompt, sampling or output is NULL");
-    if (n_prompt <= 0 || max_new_tokens < 0 || n_prompt > s->model->cfg.n_positions ||
-        max_new_tokens > s->model->cfg.n_positions)
-        return pk_fail("pikv_generate: %d prompt tokens and %d new tokens: need 1..%d and 0..%d", n_prompt,
-                       max_new_tokens, s->model->cfg.n_positions, s->model->cfg.n_positions);
+    if (n_prompt <= 0 || max_new_tokens < 0) return pk_fail("pikv_generate: no prompt, or max_new_tokens < 0");
+    if (n_prompt > s->model->cfg.n_positions || max_new_tokens > s->model->cfg.n_positions)
+        return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)", n_prompt,
+                       max_new_tokens, s->model->cfg.n_positions);
     out->ids = NULL;
     out->n_ids = 0;
     if (s->pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)
