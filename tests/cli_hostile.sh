@@ -1,0 +1,83 @@
+#!/bin/sh
+# Hostile inputs through the command line: integer flags at the limits of int,
+# FIFOs and devices where files are expected (each run under a timeout, so a
+# regression that blocks in open() or reads without end fails instead of
+# hanging), files larger than their format allows, and a tokenizer that does
+# not belong to its model. Each case: a non-zero exit and one line on stderr
+# naming the flag or file. Run from the repository root with $PIKV set; ends
+# with "cli_hostile: N passed, M failed".
+. tests/lib/cli.sh
+# Every run here is bounded: 124 (timeout's status) is never the expected one.
+run() {
+  timeout 120 "$PIKV" "$@" >"$dir/out" 2>"$dir/err" </dev/null
+  rc=$?
+}
+tiny=../shared/fixtures/tiny-gpt2
+
+# ---- integer flags at their limits -----------------------------------------
+for v in 2147483647 -1 99999999999; do
+  expect_error "generate -n $v" 2 "--max-new-tokens: must be in 0..16777216, got $v" generate --prompt hi -n "$v"
+  expect_error "bench -p $v" 2 "--prompt-tokens: must be in 1..16777216, got $v" bench -p "$v"
+  expect_error "duo-calibrate --sink $v" 2 "--sink: must be in 0..16777216, got $v" \
+    duo-calibrate --sink "$v" --out "$dir/never-written"
+  expect_error "eval --max-tokens $v" 2 "--max-tokens: must be in 64..16777216, got $v" eval --max-tokens "$v"
+  expect_error "compare -n $v" 2 "--max-new-tokens: must be in 2..16777216, got $v" compare -n "$v"
+done
+check "duo-calibrate wrote no pattern for a rejected --sink" [ ! -e "$dir/never-written" ]
+expect_error "eval --threads -1" 2 "--threads: must be in 0..4096, got -1" eval --threads -1
+expect_error "duo-calibrate --threads -1" 2 "--threads: must be in 0..4096, got -1" duo-calibrate --threads -1
+expect_error "bench --reps past int" 2 "--reps: must be in 1..100, got 4294967296" bench --reps 4294967296
+# In range for the parser, past what the bundled model holds (2,048 positions): refused before allocating.
+expect_error "bench -p past n_positions" 2 "exceed the model's 2048 positions" bench -p 16777216 -n 16777216
+expect_error "generate -n past n_positions" 1 "n_positions" generate --prompt hi -n 16777216
+expect_error "eval --max-tokens past n_positions" 1 "exceeds the model's 2048 positions" \
+  eval --min-tokens 64 --max-tokens 16777216
+
+# ---- files that are not regular files ----------------------------------------
+mkfifo "$dir/fifo"
+expect_error "--prompt-file FIFO" 1 "--prompt-file: $dir/fifo: not a regular file (a FIFO)" \
+  generate --prompt-file "$dir/fifo"
+expect_error "--context-file FIFO" 1 "--context-file: $dir/fifo: not a regular file (a FIFO)" \
+  generate --context-file "$dir/fifo" --question " x"
+expect_error "eval --haystack FIFO" 1 "--haystack: $dir/fifo: not a regular file (a FIFO)" \
+  eval --tasks 1 --haystack "$dir/fifo"
+expect_error "eplb --input FIFO" 1 "--input: $dir/fifo: not a regular file (a FIFO)" eplb --input "$dir/fifo"
+expect_error "eplb --input /dev/zero" 1 "--input: /dev/zero: not a regular file (a device)" eplb --input /dev/zero
+expect_error "eplb --input a directory" 1 "--input: $dir: not a regular file (a directory)" eplb --input "$dir"
+# A sparse file past the 64 MiB an EPLB input (JSON) may hold: refused without reading it.
+truncate -s 65M "$dir/huge.json"
+expect_error "eplb --input past 64 MiB" 1 "is more than such a file may hold" eplb --input "$dir/huge.json"
+
+# A model directory whose files are FIFOs or devices, one at a time.
+mkdir "$dir/model"
+for f in config.json model.safetensors vocab.json merges.txt; do ln -s "$(pwd)/$tiny/$f" "$dir/model/$f"; done
+for f in config.json model.safetensors vocab.json merges.txt; do
+  rm "$dir/model/$f"
+  mkfifo "$dir/model/$f"
+  expect_error "$f a FIFO" 1 "$dir/model/$f: not a regular file (a FIFO)" generate --model "$dir/model" --prompt hi
+  rm "$dir/model/$f"
+  ln -s /dev/zero "$dir/model/$f"
+  expect_error "$f is /dev/zero" 1 "$dir/model/$f: not a regular file (a device)" \
+    generate --model "$dir/model" --prompt hi
+  rm "$dir/model/$f"
+  ln -s "$(pwd)/$tiny/$f" "$dir/model/$f"
+done
+run generate --model "$dir/model" --prompt hi -n 2
+check "the repaired model directory works again" [ "$rc" -eq 0 ]
+
+# A DuoAttention pattern whose gate file is a FIFO.
+mkdir "$dir/pattern"
+mkfifo "$dir/pattern/full_attention_heads.tsv"
+echo '{"sink_size": 4, "recent_size": 64}' >"$dir/pattern/config.json"
+expect_error "pattern file a FIFO" 1 "full_attention_heads.tsv: not a regular file (a FIFO)" \
+  generate --prompt hi --press "duo:0.5,pattern=$dir/pattern"
+
+# ---- weights and tokenizers that do not belong together -----------------------
+# The tiny model's vocabulary plus one token with id 60,000: the model has 50,257 rows.
+mkdir "$dir/bigvocab"
+for f in config.json model.safetensors merges.txt; do ln -s "$(pwd)/$tiny/$f" "$dir/bigvocab/$f"; done
+sed 's/}[[:space:]]*$/, "zz-extra": 60000}/' "$tiny/vocab.json" >"$dir/bigvocab/vocab.json"
+expect_error "tokenizer larger than the model" 1 "ids up to 60000 but the model's vocab_size is 50257" \
+  generate --model "$dir/bigvocab" --prompt hi
+
+finish cli_hostile
