@@ -80,4 +80,61 @@ sed 's/}[[:space:]]*$/, "zz-extra": 60000}/' "$tiny/vocab.json" >"$dir/bigvocab/
 expect_error "tokenizer larger than the model" 1 "ids up to 60000 but the model's vocab_size is 50257" \
   generate --model "$dir/bigvocab" --prompt hi
 
+# ---- outputs ------------------------------------------------------------------
+cmp_quick="--model $tiny --context-tokens 128 --reps 1 --tasks 1 -n 2 -t 1 --methods knorm:0.5"
+# A destination that cannot be written fails before the experiment (one line: no progress lines).
+expect_error "compare --out in a missing directory" 1 "--out: /nonexistent/x: cannot create the directory" \
+  compare --out /nonexistent/x
+expect_error "compare --csv in a missing directory" 1 "--csv: /nonexistent/x.csv" compare --csv /nonexistent/x.csv
+echo old >"$dir/old.csv"
+ln -s "$dir/old.csv" "$dir/link.csv"
+expect_error "compare --csv onto a symlink" 1 "is a symbolic link" compare --csv "$dir/link.csv"
+check "the symlink is still a symlink" [ -L "$dir/link.csv" ]
+check "and its file unchanged" [ "$(cat "$dir/old.csv")" = old ]
+# A FIFO is written through, not replaced by a regular file.
+mkfifo "$dir/csv.fifo"
+timeout 120 cat "$dir/csv.fifo" >"$dir/fifo.got" &
+reader=$!
+# shellcheck disable=SC2086
+run compare $cmp_quick --csv "$dir/csv.fifo"
+wait "$reader"
+check "compare --csv FIFO exits 0 ($(tail -n 1 "$dir/err"))" [ "$rc" -eq 0 ]
+check "the CSV came through the FIFO" grep -q '^sweep,x,name,' "$dir/fifo.got"
+check "the FIFO is still a FIFO" [ -p "$dir/csv.fifo" ]
+# A report set whose compare.csv cannot be replaced (a directory): the old compare.json stays, nothing new lands.
+mkdir -p "$dir/set/compare.csv"
+echo '{"old": true}' >"$dir/set/compare.json"
+# shellcheck disable=SC2086
+run compare $cmp_quick --out "$dir/set"
+check "a set that cannot be replaced fails (exit $rc)" [ "$rc" -eq 1 ]
+check "its error names compare.csv" grep -q 'compare.csv' "$dir/err"
+check "the old compare.json is untouched" [ "$(cat "$dir/set/compare.json")" = '{"old": true}' ]
+check "no staging directory or temporary left" [ "$(ls -A "$dir/set")" = "$(printf 'compare.csv\ncompare.json')" ]
+rmdir "$dir/set/compare.csv"
+# shellcheck disable=SC2086
+run compare $cmp_quick --out "$dir/set"
+check "then the set is written (exit $rc)" [ "$rc" -eq 0 ] && grep -q '"methods"' "$dir/set/compare.json"
+check "and nothing else is left there" [ "$(ls -A "$dir/set")" = "$(printf 'compare.csv\ncompare.json')" ]
+
+# A full standard output is a failure of every command that prints results.
+echo '{"weight": [[1, 2]], "num_replicas": 2, "num_groups": 1, "num_nodes": 1, "num_gpus": 1}' >"$dir/loads.json"
+full_stdout() {
+  name=$1
+  shift
+  echo hi | timeout 120 "$PIKV" "$@" >/dev/full 2>"$dir/err"
+  rc=$?
+  if [ "$rc" -eq 1 ] && [ "$(grep -c 'No space left on device' "$dir/err")" -eq 1 ]; then ok
+  else not_ok "$name >/dev/full: exit $rc, stderr: $(cat "$dir/err")"; fi
+}
+full_stdout "generate" generate --model "$tiny" --prompt hi -n 2 -t 1
+full_stdout "tokenize" tokenize
+full_stdout "inspect" inspect
+full_stdout "bench" bench --model "$tiny" -p 8 -n 2 -r 1 -t 1
+full_stdout "eplb" eplb --input "$dir/loads.json"
+# shellcheck disable=SC2086
+full_stdout "compare" compare $cmp_quick
+full_stdout "eval" eval --model "$tiny" --tasks 1 --min-tokens 64 --max-tokens 100 -t 1
+full_stdout "--help" --help
+full_stdout "generate --help" generate --help
+
 finish cli_hostile

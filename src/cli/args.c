@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int cli_error(const cli_command *cmd, const char *fmt, ...)
@@ -138,6 +139,15 @@ char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, 
     char *text = pk_read_file(path, PK_MAX_TEXT_BYTES, len);
     if (!text) cli_error(cmd, "%s: %s", flag, pikv_last_error());
     return text;
+}
+
+int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir)
+{
+    if (is_dir && mkdir(path, 0777) != 0 && errno != EEXIST)
+        return cli_error(cmd, "%s: %s: cannot create the directory: %s", flag, path, strerror(errno));
+    if (is_dir ? pk_check_output_dir(path) : pk_check_output_file(path))
+        return cli_error(cmd, "%s: %s", flag, pikv_last_error());
+    return 0;
 }
 
 void cli_machine(char *out, int cap)

@@ -60,6 +60,11 @@ const char *cli_model_dir(const char *flag_value);
 /* Read a whole text file given to a flag; errors name the flag and file. */
 char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len);
 
+/* Check an output path given to `flag` before a long run: a directory (is_dir,
+ * created when missing) must be writable; a file must be one pikv may write
+ * (see pk_output_kind) in a writable directory. Prints the error; returns 1. */
+int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir);
+
 struct pikv_model;
 struct pikv_tokenizer;
 /* Load the model and (when tok != NULL) its tokenizer from dir; on failure print

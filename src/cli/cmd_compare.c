@@ -10,13 +10,15 @@
 #include "cli/commands.h"
 #include "pikv.h"
 #include "util/file.h"
+#include "util/mem.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 enum { MAX_REPS = 100, QUICK_TASKS = 10, DETAILED_TASKS = 50 };
 
@@ -164,6 +166,55 @@ static void show_written(const char *path, void *ctx)
     fprintf(stderr, "pikv %s: wrote %s\n", (const char *)ctx, path);
 }
 
+/* The files of a report set as they are written into the staging directory. */
+typedef struct {
+    const char *names[64];
+    char *owned[64];
+    int slots[64];
+    int n;
+} staged_files;
+
+/* pk_report_write_dir's callback: remember the file's name, and remove it if
+ * a signal comes before it is published. */
+static void stage_file(const char *path, void *ctx)
+{
+    staged_files *st = ctx;
+    if (st->n == 64) return;
+    const char *slash = strrchr(path, '/');
+    st->owned[st->n] = pk_strdup(slash ? slash + 1 : path, "report file name");
+    if (!st->owned[st->n]) return;
+    st->names[st->n] = st->owned[st->n];
+    st->slots[st->n] = pk_cleanup_register(path, 0);
+    st->n++;
+}
+
+/* Write the report set into dir as a unit: every file into a staging directory
+ * inside dir first, then all moved in by pk_publish_dir. A failure before the
+ * move leaves the old set untouched; the staging directory goes either way,
+ * and a signal removes it too (its name, .compare-XXXXXX, says what it was). */
+static int write_report_set(const cli_command *cmd, const char *dir, const pk_compare_report *report)
+{
+    char staging[4096];
+    if (snprintf(staging, sizeof staging, "%s/.compare-XXXXXX", dir) >= (int)sizeof staging)
+        return cli_error(cmd, "--out: %s: path too long", dir);
+    if (!mkdtemp(staging)) return cli_error(cmd, "--out: %s: cannot create a staging directory: %s", dir, strerror(errno));
+    int dir_slot = pk_cleanup_register(staging, 1);
+    staged_files st = {0};
+    int rc = pk_report_write_dir(report, staging, stage_file, &st);
+    if (rc == 0) rc = pk_publish_dir(staging, dir, st.names, st.n);
+    if (rc) cli_error(cmd, "--out: %s", pikv_last_error());
+    char path[4096];
+    for (int i = 0; i < st.n; i++) {
+        if (rc == 0 && pk_join_path(path, sizeof path, dir, st.names[i]) == 0) show_written(path, (void *)cmd->name);
+        if (rc != 0 && pk_join_path(path, sizeof path, staging, st.names[i]) == 0) unlink(path);
+        pk_cleanup_unregister(st.slots[i]);
+        pk_free(st.owned[i]);
+    }
+    rmdir(staging);
+    pk_cleanup_unregister(dir_slot);
+    return rc ? 1 : 0;
+}
+
 /* Print the report (text or JSON) and write the requested files. */
 static int emit(const cli_command *cmd, const compare_options *o, const pk_compare_report *report)
 {
@@ -187,12 +238,7 @@ static int emit(const cli_command *cmd, const compare_options *o, const pk_compa
         pikv_free(csv);
         show_written(o->csv, (void *)cmd->name);
     }
-    if (o->out) {
-        if (mkdir(o->out, 0777) != 0 && errno != EEXIST)
-            return cli_error(cmd, "--out: %s: cannot create the directory: %s", o->out, strerror(errno));
-        if (pk_report_write_dir(report, o->out, show_written, (void *)cmd->name))
-            return cli_error(cmd, "--out: %s", pikv_last_error());
-    }
+    if (o->out) return write_report_set(cmd, o->out, report);
     return 0;
 }
 
@@ -270,6 +316,9 @@ int cmd_compare(int argc, char **argv)
     }
     if (o.detailed && !o.tasks_seen) o.tasks = DETAILED_TASKS;
     if ((rc = check_options(&cmd, &o))) return rc;
+    /* Find an unwritable destination now, not after the whole experiment. */
+    if ((o.out && cli_check_output(&cmd, "--out", o.out, 1)) || (o.csv && cli_check_output(&cmd, "--csv", o.csv, 0)))
+        return 1;
     pk_method methods[PK_COMPARE_MAX_METHODS];
     int n_methods = 0;
     if (!o.methods) n_methods = pk_methods_default(methods);

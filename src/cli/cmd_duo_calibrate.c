@@ -41,6 +41,7 @@ int cmd_duo_calibrate(int argc, char **argv)
         snprintf(default_out, sizeof default_out, "%s/duo", dir);
         out_dir = default_out;
     }
+    if (cli_check_output(&cmd, "--out", out_dir, 1)) return 1;
     pikv_model *m;
     pikv_tokenizer *tok;
     if (cli_load(&cmd, dir, &m, &tok)) return 1;
