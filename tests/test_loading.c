@@ -274,6 +274,11 @@ static void check_model_dirs(void)
     mkdir(dir, 0700);
     write_text(dir, "config.json", "{\"n_layer\": 2, ");
     expect_load_error("truncated config", dir, "invalid JSON");
+    char deep[2100];
+    for (int i = 0; i < 1001; i++) deep[i] = '[', deep[1001 + i] = ']';
+    deep[2002] = '\0';
+    write_text(dir, "config.json", deep);
+    expect_load_error("config nested past cJSON's limit", dir, "config.json: nested too deeply");
     write_text(dir, "config.json", "{\"n_layer\":2,\"n_head\":3,\"n_embd\":64,\"n_positions\":8,\"vocab_size\":5}");
     expect_load_error("heads do not divide", dir, "not a multiple of n_head");
     write_text(dir, "config.json", "{\"n_layer\":2,\"n_head\":2,\"n_embd\":64,\"vocab_size\":5}");
