@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,8 @@ char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, 
     if (!text) cli_error(cmd, "%s: %s", flag, pikv_last_error());
     return text;
 }
+
+int cli_threads(int flag_value) { return flag_value > 0 ? flag_value : omp_get_max_threads(); }
 
 int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir)
 {

@@ -65,6 +65,11 @@ char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, 
  * (see pk_output_kind) in a writable directory. Prints the error; returns 1. */
 int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir);
 
+/* The threads a session gets for --threads N: N, or for 0 OpenMP's default,
+ * which honours OMP_NUM_THREADS (set by the user, or lowered at start to fit
+ * an address-space limit; see preinit.c) and is otherwise every core. */
+int cli_threads(int flag_value);
+
 struct pikv_model;
 struct pikv_tokenizer;
 /* Load the model and (when tok != NULL) its tokenizer from dir; on failure print

@@ -1,4 +1,5 @@
 /* pikv bench: prefill and decode speed, repeated, as medians with their spread. */
+#include "bench/noise.h"
 #include "bench/stats.h"
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -8,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { MAX_REPS = 100 };
 
@@ -75,7 +77,7 @@ int cmd_bench(int argc, char **argv)
         return 2;
     }
     if (specs.n == 0) specs.items[specs.n++] = "none";
-    pikv_session *s = pikv_session_new(m, threads);
+    pikv_session *s = pikv_session_new(m, cli_threads(threads));
     pikv_press *presses[CLI_LIST_MAX] = {0};
     int32_t *prompt = pk_malloc_array((size_t)n_prompt, sizeof *prompt, "prompt");
     float *logits = pk_malloc_array((size_t)c->vocab_size, sizeof *logits, "logits");
@@ -99,6 +101,7 @@ int cmd_bench(int argc, char **argv)
         cli_fail(&cmd); /* warm-up: page in the weights, start the thread pool */
         goto done;
     }
+    const double load_before = pk_load_average();
     for (int r = 0; r < reps; r++) {
         for (int k = 0; k < n_rows; k++) {
             int row = (r + k) % n_rows, i = row / variants; /* rotate the order every repetition */
@@ -113,6 +116,9 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "\rbench: repetition %d/%d", r + 1, reps);
     }
     fprintf(stderr, "\n");
+    const pk_machine_load machine_load = {load_before, pk_load_average(), (int)sysconf(_SC_NPROCESSORS_ONLN),
+                                          pikv_session_threads(s)};
+    pk_summary decode_sum[MAX_ROWS];
     pikv_model_info info;
     pikv_model_get_info(m, &info);
     char machine[300];
@@ -129,6 +135,10 @@ int cmd_bench(int argc, char **argv)
         cJSON_AddNumberToObject(o, "prompt_tokens", n_prompt);
         cJSON_AddNumberToObject(o, "gen_tokens", n_gen);
         cJSON_AddNumberToObject(o, "reps", reps);
+        cJSON *l = cJSON_AddObjectToObject(o, "load_average");
+        cJSON_AddNumberToObject(l, "before", machine_load.before);
+        cJSON_AddNumberToObject(l, "after", machine_load.after);
+        cJSON_AddBoolToObject(l, "busy", pk_machine_busy(&machine_load));
         rows = cJSON_AddArrayToObject(o, "presses");
     } else {
         printf("model %s (%.2f M parameters); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n",
@@ -142,6 +152,7 @@ int cmd_bench(int argc, char **argv)
         pk_summary pp = pk_summarize(prefill[r], reps), tg = pk_summarize(decode[r], reps),
                    load = pk_summarize(imbalance[r], reps);
         const char *policy = r % variants == 0 ? "eplb" : "equal_count";
+        decode_sum[r] = tg;
         char place[40] = "-";
         if (workers) snprintf(place, sizeof place, "%d %s %.2f", workers, r % variants == 0 ? "eplb" : "equal", load.median);
         if (json) {
@@ -161,6 +172,12 @@ int cmd_bench(int argc, char **argv)
                 cJSON_AddNumberToObject(x, "min", sums[k]->min);
                 cJSON_AddNumberToObject(x, "max", sums[k]->max);
             }
+            if (r > 0 && n_gen) {
+                /* Decode speed against the first row, and whether that ratio is a result. */
+                cJSON_AddNumberToObject(row, "decode_vs_first", tg.median / decode_sum[0].median);
+                cJSON_AddBoolToObject(row, "decode_vs_first_significant",
+                                      pk_speed_judge(&tg, &decode_sum[0], &machine_load) == PK_SPEED_SIGNIFICANT);
+            }
             cJSON_AddItemToArray(rows, row);
             continue;
         }
@@ -175,6 +192,18 @@ int cmd_bench(int argc, char **argv)
             printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", specs.items[i], kv_bytes[r] / 1048576.0, place,
                    test, val);
         }
+    }
+    if (!json && pk_machine_busy(&machine_load))
+        printf("\nNOTICE: the machine was busy (1-minute load average %.2f before, %.2f after, on %d cores; idle is "
+               "below %.1f per core): these speeds are not results.\n",
+               machine_load.before, machine_load.after, machine_load.cores, PK_IDLE_LOAD_PER_CORE);
+    /* Decode speed of each row against the first: the ratio is marked when it is not a result. */
+    for (int r = 1; !json && n_gen && r < n_rows; r++) {
+        const pk_speed_verdict v = pk_speed_judge(&decode_sum[r], &decode_sum[0], &machine_load);
+        printf("%sdecode, %s%s vs %s%s: %.2fx%s%s\n", r == 1 ? "\n" : "", specs.items[r / variants],
+               workers ? (r % variants == 0 ? " (eplb)" : " (equal)") : "", specs.items[0], workers ? " (eplb)" : "",
+               decode_sum[r].median / decode_sum[0].median, v == PK_SPEED_SIGNIFICANT ? "" : " -- ",
+               v == PK_SPEED_SIGNIFICANT ? "" : pk_speed_verdict_text(v));
     }
     if (json) {
         char *text = cJSON_PrintUnformatted(o);

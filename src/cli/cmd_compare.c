@@ -338,7 +338,7 @@ int cmd_compare(int argc, char **argv)
     }
     if ((rc = make_inputs(&cmd, &o, &r, &c))) goto done;
     rc = 1;
-    if (!(r.session = pikv_session_new(r.model, o.threads))) {
+    if (!(r.session = pikv_session_new(r.model, cli_threads(o.threads)))) {
         cli_fail(&cmd);
         goto done;
     }
@@ -365,10 +365,13 @@ int cmd_compare(int argc, char **argv)
     c.seed = (uint64_t)o.seed;
     c.progress = show_status;
     c.progress_ctx = &status;
+    const double load_before = pk_load_average();
     if (pk_compare_run(&c, &r.report)) {
         cli_error(&cmd, "%s", pikv_last_error());
         goto done;
     }
+    r.report.load = (pk_machine_load){load_before, pk_load_average(), (int)sysconf(_SC_NPROCESSORS_ONLN),
+                                      pikv_session_threads(r.session)};
     rc = emit(&cmd, &o, &r.report);
 done:
     run_free(&r);

@@ -54,7 +54,7 @@ int cmd_duo_calibrate(int argc, char **argv)
                   pikv_model_config(m)->n_positions);
     else if (pk_haystack_load(&h, tok, haystack))
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
-    else if (!(s = pikv_session_new(m, threads)))
+    else if (!(s = pikv_session_new(m, cli_threads(threads))))
         cli_fail(&cmd);
     else {
         pk_duo_calibration c = {samples, min_tokens, max_tokens, sink, recent, (uint64_t)seed};

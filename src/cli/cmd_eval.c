@@ -52,7 +52,7 @@ int cmd_eval(int argc, char **argv)
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto out_model;
     }
-    if (!(s = pikv_session_new(m, threads))) { cli_fail(&cmd); goto out; }
+    if (!(s = pikv_session_new(m, cli_threads(threads)))) { cli_fail(&cmd); goto out; }
     printf("retrieval accuracy, %d tasks of %d-%d tokens (seed %d)\n\n", n_tasks, min_tokens, max_tokens, seed);
     printf("| %-44s | %-14s | %8s | %7s | %7s | %7s | %7s |\n", "press", "mode", "accuracy", "KV kept", "read",
            "missed", "seconds");

@@ -262,7 +262,7 @@ int cmd_generate(int argc, char **argv)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
                            &r.questions[i], &r.n_question[i]))
             goto done;
-    if (!(r.session = pikv_session_new(r.model, o.threads)) || pikv_session_set_workers(r.session, o.workers, 1)) {
+    if (!(r.session = pikv_session_new(r.model, cli_threads(o.threads))) || pikv_session_set_workers(r.session, o.workers, 1)) {
         cli_fail(&cmd);
         goto done;
     }
