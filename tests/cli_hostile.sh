@@ -48,6 +48,11 @@ expect_error "eplb --input a directory" 1 "--input: $dir: not a regular file (a 
 truncate -s 65M "$dir/huge.json"
 expect_error "eplb --input past 64 MiB" 1 "is more than such a file may hold" eplb --input "$dir/huge.json"
 
+# Standard input without end: read up to the 256 MiB a text may hold, then refused.
+timeout 120 "$PIKV" tokenize </dev/zero >/dev/null 2>"$dir/err"
+rc=$?
+check "tokenize </dev/zero stops (exit $rc)" [ "$rc" -eq 1 ] && grep -q "stdin: more than 268435456 bytes" "$dir/err"
+
 # A model directory whose files are FIFOs or devices, one at a time.
 mkdir "$dir/model"
 for f in config.json model.safetensors vocab.json merges.txt; do ln -s "$(pwd)/$tiny/$f" "$dir/model/$f"; done

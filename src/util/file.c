@@ -42,6 +42,49 @@ int pk_open_regular(const char *path, off_t *size)
     return fd;
 }
 
+/* Read fd to its end into a NUL-terminated buffer, at most max_bytes; `expect`
+ * (the size fstat gave, or 0) sizes the first allocation. */
+static char *read_fd(int fd, const char *name, size_t expect, size_t max_bytes, size_t *len)
+{
+    size_t cap = (expect < max_bytes ? expect : max_bytes) + 2, used = 0;
+    char *buf = pk_malloc(cap, name);
+    while (buf) {
+        if (used + 1 == cap) {
+            if (used > max_bytes) {
+                pk_free(buf);
+                pk_fail("%s: more than %zu bytes, more than such input may hold", name, max_bytes);
+                return NULL;
+            }
+            size_t grown_cap = cap < max_bytes / 2 ? 2 * cap : max_bytes + 2;
+            char *grown = pk_realloc(buf, grown_cap, name);
+            if (!grown) {
+                pk_free(buf);
+                return NULL;
+            }
+            buf = grown;
+            cap = grown_cap;
+        }
+        ssize_t r = read(fd, buf + used, cap - 1 - used);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            pk_fail("%s: read error: %s", name, strerror(errno));
+            pk_free(buf);
+            return NULL;
+        }
+        if (r == 0) break;
+        used += (size_t)r;
+    }
+    if (!buf) return NULL;
+    if (used > max_bytes) {
+        pk_free(buf);
+        pk_fail("%s: more than %zu bytes, more than such input may hold", name, max_bytes);
+        return NULL;
+    }
+    buf[used] = '\0';
+    if (len) *len = used;
+    return buf;
+}
+
 char *pk_read_file(const char *path, size_t max_bytes, size_t *len)
 {
     off_t st_size;
@@ -52,32 +95,14 @@ char *pk_read_file(const char *path, size_t max_bytes, size_t *len)
         pk_fail("%s: %jd bytes is more than such a file may hold (%zu)", path, (intmax_t)st_size, max_bytes);
         return NULL;
     }
-    /* Read what fstat promised, plus one byte to notice a file that grew since. */
-    size_t size = (size_t)st_size, used = 0;
-    char *buf = pk_malloc(size + 2, path);
-    while (buf && used < size + 1) {
-        ssize_t r = read(fd, buf + used, size + 1 - used);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            pk_fail("%s: read error: %s", path, strerror(errno));
-            pk_free(buf);
-            buf = NULL;
-        } else if (r == 0) {
-            break;
-        } else {
-            used += (size_t)r;
-        }
-    }
+    char *buf = read_fd(fd, path, (size_t)st_size, max_bytes, len);
     close(fd);
-    if (!buf) return NULL;
-    if (used != size) {
-        pk_free(buf);
-        pk_fail("%s: changed size while being read", path);
-        return NULL;
-    }
-    buf[size] = '\0';
-    if (len) *len = size;
     return buf;
+}
+
+char *pk_read_stream(int fd, const char *name, size_t max_bytes, size_t *len)
+{
+    return read_fd(fd, name, 0, max_bytes, len);
 }
 
 const char *pk_json_error_reason(const char *text, size_t len)

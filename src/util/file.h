@@ -21,6 +21,9 @@ int pk_open_regular(const char *path, off_t *size);
 /* Read a whole regular file of at most max_bytes into a NUL-terminated buffer
  * (free with pk_free); the one whole-file reader of the tree. */
 char *pk_read_file(const char *path, size_t max_bytes, size_t *len);
+/* The same from an open descriptor (standard input, a pipe), read to its end;
+ * `name` names it in errors. */
+char *pk_read_stream(int fd, const char *name, size_t max_bytes, size_t *len);
 /* Read and parse a JSON file; the error names the file, the reason and the byte offset. */
 struct cJSON *pk_read_json(const char *path, size_t max_bytes);
 /* Why cJSON could not parse text: "nested too deeply ..." or "invalid JSON". */
