@@ -44,11 +44,14 @@ int cmd_bench(int argc, char **argv)
     const cli_opt opts[] = {
         {"--press", NULL, OPT_LIST, &specs, "press to measure (repeatable; default: none)", NULL},
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
-        {"--prompt-tokens", "-p", OPT_INT, &(cli_int){&n_prompt, 1, CLI_MAX_TOKENS}, "prompt length to prefill (default 512)", NULL},
-        {"--gen-tokens", "-n", OPT_INT, &(cli_int){&n_gen, 0, CLI_MAX_TOKENS}, "tokens to decode after it (default 128)", NULL},
+        {"--prompt-tokens", "-p", OPT_INT, &(cli_int){&n_prompt, 1, CLI_MAX_TOKENS},
+         "prompt length to prefill (default 512)", NULL},
+        {"--gen-tokens", "-n", OPT_INT, &(cli_int){&n_gen, 0, CLI_MAX_TOKENS},
+         "tokens to decode after it (default 128)", NULL},
         {"--reps", "-r", OPT_INT, &(cli_int){&reps, 1, MAX_REPS}, "repetitions (default 5)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
-        {"--workers", "-w", OPT_INT, &(cli_int){&workers, 0, 64}, "decode attention on W workers: EPLB vs equal-count placement", NULL},
+        {"--workers", "-w", OPT_INT, &(cli_int){&workers, 0, 64},
+         "decode attention on W workers: EPLB vs equal-count placement", NULL},
         {"--json", NULL, OPT_FLAG, &json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"

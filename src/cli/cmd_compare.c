@@ -197,7 +197,8 @@ static int write_report_set(const cli_command *cmd, const char *dir, const pk_co
     char staging[4096];
     if (snprintf(staging, sizeof staging, "%s/.compare-XXXXXX", dir) >= (int)sizeof staging)
         return cli_error(cmd, "--out: %s: path too long", dir);
-    if (!mkdtemp(staging)) return cli_error(cmd, "--out: %s: cannot create a staging directory: %s", dir, strerror(errno));
+    if (!mkdtemp(staging))
+        return cli_error(cmd, "--out: %s: cannot create a staging directory: %s", dir, strerror(errno));
     int dir_slot = pk_cleanup_register(staging, 1);
     staged_files st = {0};
     int rc = pk_report_write_dir(report, staging, stage_file, &st);
@@ -253,7 +254,8 @@ int cmd_compare(int argc, char **argv)
         {"--methods", NULL, OPT_STRING, &o.methods,
          "methods separated by ';', each SPEC or NAME=SPEC (default: the seed's three, above)", NULL},
         {"--ratio", NULL, OPT_FLOAT, &o.ratio, "compression ratio {r} (default 0.5)", &o.ratio_seen},
-        {"--experts", NULL, OPT_INT, &(cli_int){&o.experts, 1, 4096}, "experts of the EPLB router {e} (default 4)", &o.experts_seen},
+        {"--experts", NULL, OPT_INT, &(cli_int){&o.experts, 1, 4096},
+         "experts of the EPLB router {e} (default 4)", &o.experts_seen},
         {"--top-k", NULL, OPT_INT, &(cli_int){&o.top_k, 1, 4096}, "experts per token {k} (default 2)", NULL},
         {"--eplb-share", NULL, OPT_FLOAT, &o.eplb_share, "EPLB's share of the ratio {s} (default 0.7)", NULL},
         {"--scenario", NULL, OPT_STRING, &o.scenario, "preset ratio, experts and context: long-doc-qa, chat, content",
@@ -263,10 +265,12 @@ int cmd_compare(int argc, char **argv)
         {"--context-file", NULL, OPT_STRING, &o.context_file, "use this text as the context (needs --question)",
          NULL},
         {"--question", "-q", OPT_STRING, &o.question, "the question (default: the needle task's)", NULL},
-        {"--max-new-tokens", "-n", OPT_INT, &(cli_int){&o.max_new, 2, CLI_MAX_TOKENS}, "answer tokens to decode (default 24; at least 2, so that decode speed is measured)", NULL},
+        {"--max-new-tokens", "-n", OPT_INT, &(cli_int){&o.max_new, 2, CLI_MAX_TOKENS},
+         "answer tokens to decode (default 24; at least 2, so that decode speed is measured)", NULL},
         {"--query-aware", NULL, OPT_FLAG, &o.query_aware, "the press sees the question when it compresses", NULL},
         {"--reps", "-r", OPT_INT, &(cli_int){&o.reps, 1, MAX_REPS}, "timed repetitions (default 3)", NULL},
-        {"--tasks", NULL, OPT_INT, &(cli_int){&o.tasks, 1, CLI_MAX_TASKS}, "retrieval tasks per measurement (default 10; 50 with --detailed)",
+        {"--tasks", NULL, OPT_INT, &(cli_int){&o.tasks, 1, CLI_MAX_TASKS},
+         "retrieval tasks per measurement (default 10; 50 with --detailed)",
          &o.tasks_seen},
         {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7/0.9, experts 2/4/8, context length",
          NULL},

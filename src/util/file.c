@@ -4,8 +4,8 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <signal.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,21 +22,19 @@ int pk_open_regular(const char *path, off_t *size)
      * forever. It changes nothing for a regular file. The check is made on the
      * opened descriptor, so the file cannot be swapped between check and read. */
     int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        int err = errno;
-        pk_fail("%s: cannot open: %s", path, strerror(err));
-        errno = err;
-        return -1;
-    }
+    if (fd < 0) return pk_fail("%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    if (fstat(fd, &sb) != 0) {
+        int err = errno;
+        close(fd);
+        return pk_fail("%s: cannot stat: %s", path, strerror(err));
+    }
+    if (!S_ISREG(sb.st_mode)) {
         const char *what = S_ISDIR(sb.st_mode) ? "a directory" : S_ISFIFO(sb.st_mode) ? "a FIFO"
                          : S_ISCHR(sb.st_mode) || S_ISBLK(sb.st_mode) ? "a device" : S_ISSOCK(sb.st_mode) ? "a socket"
-                         : "not a regular file";
+                         : "something else";
         close(fd);
-        pk_fail("%s: not a regular file (%s)", path, what);
-        errno = EINVAL;
-        return -1;
+        return pk_fail("%s: not a regular file (%s)", path, what);
     }
     *size = sb.st_size;
     return fd;
@@ -119,7 +117,8 @@ const char *pk_json_error_reason(const char *text, size_t len)
         } else if (c == '"') {
             in_string = 1;
         } else if (c == '[' || c == '{') {
-            if (++depth > CJSON_NESTING_LIMIT) return "nested too deeply (cJSON's limit is " PK_STR(CJSON_NESTING_LIMIT) " levels)";
+            if (++depth > CJSON_NESTING_LIMIT)
+                return "nested too deeply (cJSON's limit is " PK_STR(CJSON_NESTING_LIMIT) " levels)";
         } else if ((c == ']' || c == '}') && depth > 0) {
             depth--;
         }
