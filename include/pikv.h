@@ -177,8 +177,9 @@ typedef struct pk_press pikv_press;
 /* Build a press from its spec, e.g. "snapkv:ratio=0.5,window=64",
  * "adakv(expected_attention):0.5", "composed[knorm:0.2,streaming_llm:0.3]".
  * The error names the position and reason of a syntax error, or the parameter
- * at fault. The model supplies layer counts and default pattern files;
- * model_dir may be NULL (then presses that need a pattern file need pattern=). */
+ * at fault. The model supplies layer counts and default pattern files; it may
+ * be NULL for presses that need neither (duo, decoding and per_layer then fail
+ * with a message); model_dir may be NULL (then duo needs pattern=). */
 pikv_press *pikv_press_new(const char *spec, const pikv_model *m, const char *model_dir);
 void pikv_press_free(pikv_press *p);
 const char *pikv_press_name(const pikv_press *p);

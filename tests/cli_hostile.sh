@@ -41,9 +41,9 @@ expect_error "--context-file FIFO" 1 "--context-file: $dir/fifo: not a regular f
   generate --context-file "$dir/fifo" --question " x"
 expect_error "eval --haystack FIFO" 1 "--haystack: $dir/fifo: not a regular file (a FIFO)" \
   eval --tasks 1 --haystack "$dir/fifo"
-expect_error "eplb --input FIFO" 1 "--input: $dir/fifo: not a regular file (a FIFO)" eplb --input "$dir/fifo"
-expect_error "eplb --input /dev/zero" 1 "--input: /dev/zero: not a regular file (a device)" eplb --input /dev/zero
-expect_error "eplb --input a directory" 1 "--input: $dir: not a regular file (a directory)" eplb --input "$dir"
+expect_error "eplb --input FIFO" 1 "pikv eplb: $dir/fifo: not a regular file (a FIFO)" eplb --input "$dir/fifo"
+expect_error "eplb --input /dev/zero" 1 "pikv eplb: /dev/zero: not a regular file (a device)" eplb --input /dev/zero
+expect_error "eplb --input a directory" 1 "pikv eplb: $dir: not a regular file (a directory)" eplb --input "$dir"
 # A sparse file past the 64 MiB an EPLB input (JSON) may hold: refused without reading it.
 truncate -s 65M "$dir/huge.json"
 expect_error "eplb --input past 64 MiB" 1 "is more than such a file may hold" eplb --input "$dir/huge.json"

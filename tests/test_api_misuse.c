@@ -150,7 +150,10 @@ static void check_with_objects(void)
     EXPECT_ERR(pikv_detokenize(tok, NULL, 3, &n) == NULL, "detokenize(NULL ids)");
 
     /* Presses and the pipeline. */
-    EXPECT_ERR(pikv_press_new("knorm:0.5", NULL, dir) == NULL, "press_new(NULL model)");
+    EXPECT_ERR(pikv_press_new("duo:0.5", NULL, dir) == NULL, "press_new(duo, NULL model)");
+    EXPECT_ERR(pikv_press_new("decoding(knorm)", NULL, dir) == NULL, "press_new(decoding, NULL model)");
+    EXPECT_ERR(pikv_press_new("per_layer(knorm):ratios=0.5", NULL, dir) == NULL, "press_new(per_layer, NULL model)");
+    EXPECT_ERR(pikv_press_new("composed[knorm:0.2,duo:0.5]", NULL, dir) == NULL, "press_new(duo inside, NULL model)");
     pikv_routing_stats rs;
     EXPECT_ERR(pikv_press_routing_stats(press, NULL, 0) == -1, "routing_stats(NULL output)");
     EXPECT_ERR(pikv_press_routing_stats(press, &rs, 0) == -1, "routing_stats of a press that does not route");

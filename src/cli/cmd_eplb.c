@@ -63,7 +63,7 @@ int cmd_eplb(int argc, char **argv)
     size_t len = 0;
     char *text = pk_read_file(input, PK_MAX_JSON_BYTES, &len);
     if (!text) {
-        fprintf(stderr, "pikv eplb: --input: %s\n", pikv_last_error());
+        fprintf(stderr, "pikv eplb: %s\n", pikv_last_error());
         return 1;
     }
     char *result = pk_eplb_json(text, len);

@@ -198,7 +198,7 @@ fail:
 int pk_st_open(pk_safetensors *st, const char *path)
 {
     memset(st, 0, sizeof *st);
-    off_t st_size;
+    off_t st_size = 0;
     int fd = pk_open_regular(path, &st_size);
     if (fd < 0) return -1;
     size_t size = (size_t)st_size;

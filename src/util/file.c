@@ -85,7 +85,7 @@ static char *read_fd(int fd, const char *name, size_t expect, size_t max_bytes, 
 
 char *pk_read_file(const char *path, size_t max_bytes, size_t *len)
 {
-    off_t st_size;
+    off_t st_size = 0;
     int fd = pk_open_regular(path, &st_size);
     if (fd < 0) return NULL;
     if ((uintmax_t)st_size > max_bytes) {
