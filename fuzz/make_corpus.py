@@ -79,6 +79,15 @@ def safetensors_seeds():
     write("fuzz_safetensors", "golden_all_dtypes.safetensors", safetensors(mixed))
     write("fuzz_safetensors", "metadata_only.safetensors", safetensors([], {"format": "pt"}))
 
+    # Headers that would load other weights than they name (both refused): a
+    # tensor listed twice, and a name with an escaped NUL shadowing a real one.
+    one = struct.pack("<f", 1.0)
+    text = ('{"wte.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},'
+            '"wte.weight":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}').encode()
+    write("fuzz_safetensors", "duplicate_name.safetensors", struct.pack("<Q", len(text)) + text + one + one)
+    text = '{"wte.weight\\u0000x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'.encode()
+    write("fuzz_safetensors", "nul_in_name.safetensors", struct.pack("<Q", len(text)) + text + one)
+
 
 def config_seeds():
     write("fuzz_config", "bundled_config.json", open(os.path.join(MODEL, "config.json")).read())

@@ -5,6 +5,16 @@
  *    that names the file or parameter at fault; read it with pikv_last_error();
  *  - the library never prints and never calls exit();
  *  - memory returned to the caller is released with pikv_free().
+ *
+ * Arguments: every function checks its pointers and counts. A NULL object or
+ * output pointer, an index outside the model (layer, head, token id) or a count
+ * the model cannot hold (past n_positions, negative) is an error: the function
+ * returns -1 (int and double results), NULL (pointer results) or 0 (size_t
+ * results) with a message, and changes nothing. Exceptions, as in free():
+ * the *_free functions and pikv_session_reset accept NULL and do nothing; the
+ * functions that fill a caller's struct (pikv_model_get_info,
+ * pikv_session_press_stats) zero it when the object is NULL and do nothing when
+ * the struct pointer is NULL. Optional pointers are marked "may be NULL".
  */
 #ifndef PIKV_H
 #define PIKV_H
@@ -40,7 +50,10 @@ typedef struct pikv_model pikv_model;
 
 /* Load config.json and model.safetensors (or the shards listed in
  * model.safetensors.index.json) from a Hugging Face model directory. Weights in
- * F32, F16 or BF16 are converted once to float32 in a single allocation. */
+ * F32, F16 or BF16 are converted once to float32 in a single allocation. Every
+ * file must be a regular file; sizes computed from config.json are checked for
+ * overflow; a sharded checkpoint's tensors are read from the shard its
+ * weight_map names; a header naming a tensor twice is refused. */
 pikv_model *pikv_model_load(const char *dir);
 void pikv_model_free(pikv_model *m);
 const pikv_config *pikv_model_config(const pikv_model *m);
@@ -70,6 +83,10 @@ typedef struct pikv_tokenizer pikv_tokenizer;
 pikv_tokenizer *pikv_tokenizer_load(const char *dir);
 void pikv_tokenizer_free(pikv_tokenizer *t);
 int pikv_tokenizer_vocab_size(const pikv_tokenizer *t);
+/* 0 when every id the tokenizer can produce is a row of the model's embedding
+ * (vocab size <= the model's vocab_size); -1 with a message naming both sizes
+ * otherwise. Call it when pairing a tokenizer with a model. */
+int pikv_tokenizer_check_model(const pikv_tokenizer *t, const pikv_model *m);
 
 /* Encode UTF-8 text into token ids exactly as GPT-2's byte-level BPE does.
  * Invalid UTF-8 is an error. *ids is allocated (free with pikv_free). */
@@ -86,7 +103,7 @@ char *pikv_detokenize(const pikv_tokenizer *t, const int32_t *ids, size_t n_ids,
 typedef struct pikv_session pikv_session;
 
 /* A session owns the KV cache and the scratch buffers for one sequence.
- * n_threads <= 0 means all cores. */
+ * n_threads <= 0 means all cores; more than 4096 is an error. */
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads);
 
 /* A session's options, in llama.h's manner: start from the defaults and set
@@ -124,9 +141,11 @@ int pikv_session_threads(const pikv_session *s);
 int pikv_session_position(const pikv_session *s);
 /* Bytes of KV cache memory actually allocated (payload + position index). */
 size_t pikv_session_kv_bytes(const pikv_session *s);
-/* Entries held by one (layer, head) of the cache. */
+/* Entries held by one (layer, head) of the cache; -1 for a layer or head
+ * outside the model. */
 int pikv_session_kv_len(const pikv_session *s, int layer, int head);
-/* Copy the cached key or value rows of one (layer, head): [len, head_dim]. */
+/* Copy the cached key or value rows of one (layer, head): [len, head_dim].
+ * Returns len; -1 when the rows do not fit in cap_rows. */
 int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
                          float *out, int cap_rows);
 /* Copy the absolute positions of the entries one (layer, head) holds, in
@@ -144,8 +163,9 @@ typedef struct pikv_sampling {
     uint64_t seed;
 } pikv_sampling;
 
-/* Pick the next token from logits ([vocab]); rng is the generator's state,
- * seeded from pikv_sampling.seed. Overwrites logits with probabilities. */
+/* Pick the next token from logits ([vocab], vocab > 0); rng is the generator's
+ * state, seeded from pikv_sampling.seed (may be NULL when greedy). Overwrites
+ * logits with probabilities. */
 int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng);
 
 typedef struct pikv_generation {
@@ -167,7 +187,8 @@ int pikv_generate_with_params(pikv_session *s, const int32_t *prompt, int n_prom
                               const pikv_generation_params *p, pikv_generation *out);
 
 /* Prefill the prompt (after whatever the session already holds), then generate up to
- * max_new_tokens, stopping early at stop_id (>= 0). */
+ * max_new_tokens, stopping early at stop_id (>= 0); prompt and new tokens must
+ * fit in n_positions together. */
 int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt,
                   int max_new_tokens, const pikv_sampling *p, int stop_id,
                   pikv_generation *out);
@@ -179,7 +200,9 @@ typedef struct pk_press pikv_press;
 /* Build a press from its spec, e.g. "snapkv:ratio=0.5,window=64",
  * "adakv(expected_attention):0.5", "composed[knorm:0.2,streaming_llm:0.3]".
  * The error names the position and reason of a syntax error, or the parameter
- * at fault. The model supplies layer counts and default pattern files. */
+ * at fault. The model supplies layer counts and default pattern files; it may
+ * be NULL for presses that need neither (duo, decoding and per_layer then fail
+ * with a message); model_dir may be NULL (then duo needs pattern=). */
 pikv_press *pikv_press_new(const char *spec, const pikv_model *m, const char *model_dir);
 void pikv_press_free(pikv_press *p);
 const char *pikv_press_name(const pikv_press *p);

@@ -127,9 +127,9 @@ expect_error "duo pattern with ragged rows" 1 "$dir/pattern/full_attention_heads
   generate --prompt hi --press "duo:0.5,pattern=$dir/pattern"
 
 # Flag values that do not fit.
-expect_error "integer flag past int" 2 "--max-new-tokens: '99999999999' is not an integer" \
+expect_error "integer flag past int" 2 "--max-new-tokens: must be in 0..16777216, got 99999999999" \
   generate --prompt hi --max-new-tokens 99999999999
-expect_error "negative new tokens" 2 "--max-new-tokens: must be >= 0" generate --prompt hi -n -1
+expect_error "negative new tokens" 2 "--max-new-tokens: must be in 0..16777216, got -1" generate --prompt hi -n -1
 expect_error "NaN temperature" 2 "--temperature" generate --prompt hi --temperature nan
 
 finish cli_badinput

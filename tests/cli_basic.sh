@@ -49,7 +49,7 @@ expect_error "empty prompt" 1 "the text is empty" generate --prompt-file "$dir/e
 i=0
 while [ $i -lt 700 ]; do printf 'one two three ' ; i=$((i + 1)); done >"$dir/long.txt"
 expect_error "prompt past n_positions" 1 "n_positions" generate --prompt-file "$dir/long.txt"
-expect_error "bench zero prompt" 2 "--prompt-tokens: must be >= 1" bench -p 0
+expect_error "bench zero prompt" 2 "--prompt-tokens: must be in 1..16777216, got 0" bench -p 0
 expect_error "bench past context" 2 "exceed the model's 2048 positions" bench -p 2048 -n 10
 printf '\377' | "$PIKV" tokenize >"$dir/out" 2>"$dir/err"
 rc=$?

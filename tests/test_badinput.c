@@ -305,7 +305,7 @@ static void check_lying_headers(void)
         {"dtype not a string", "{\"a\":{\"dtype\":32,\"shape\":[1],\"data_offsets\":[0,4]}}", 8, 0,
          "needs dtype, shape and data_offsets"},
         {"entry not an object", "{\"a\":[0,4]}", 8, 0, "needs dtype, shape and data_offsets"},
-        {"header not JSON", "{\"a\":{\"dtype\":\"F32\",\"sha", 8, 0, "not a JSON object"},
+        {"header not JSON", "{\"a\":{\"dtype\":\"F32\",\"sha", 8, 0, "invalid JSON"},
         {"header a JSON string", "\"wte.weight\"", 8, 0, "not a JSON object"},
     };
     const char *dir = subdir("lying");

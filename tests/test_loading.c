@@ -68,7 +68,7 @@ static void check_parser(void)
     uint8_t huge[16] = {0xff, 0xff, 0, 0, 0, 0, 0, 0, '{', '}'};
     CHECK(pk_st_parse(&st, huge, sizeof huge, "h.safetensors") != 0 && strstr(pikv_last_error(), "larger than the file"),
           "header length past the end: %s", pikv_last_error());
-    expect_bad("not JSON", "{\"a\":", 0, "not a JSON object");
+    expect_bad("not JSON", "{\"a\":", 0, "invalid JSON");
     expect_bad("JSON array", "[1,2]", 0, "not a JSON object");
     expect_bad("unknown dtype", "{\"a\":{\"dtype\":\"F12\",\"shape\":[1],\"data_offsets\":[0,2]}}", 2, "unknown dtype");
     expect_bad("offsets past the end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", 8,
@@ -84,6 +84,24 @@ static void check_parser(void)
     expect_bad("negative dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4,
                "not a non-negative integer");
     expect_bad("missing fields", "{\"a\":{\"dtype\":\"F32\"}}", 0, "needs dtype, shape and data_offsets");
+
+    /* Headers that would load other weights than they seem to name. */
+    expect_bad("duplicate name",
+               "{\"wte.weight\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]},"
+               "\"wte.weight\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+               8, "'wte.weight' appears twice");
+    expect_bad("embedded NUL",
+               "{\"wte.weight\\u0000x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+               "embedded NUL");
+    /* An escaped backslash followed by "u0000" is an ordinary name. */
+    n = build(buf, "{\"a\\\\u0000\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", data, 4);
+    CHECK(pk_st_parse(&st, buf, n, "ok.safetensors") == 0 && pk_st_find(&st, "a\\u0000"),
+          "escaped backslash before u0000: %s", pikv_last_error());
+    pk_st_close(&st);
+    char deep[2100];
+    for (int i = 0; i < 1001; i++) deep[i] = '[', deep[1001 + i] = ']';
+    deep[2002] = '\0';
+    expect_bad("nested 1,001 deep", deep, 0, "nested too deeply");
 }
 
 /* Write a tensor subset of `src` (all tensors when names == NULL) as a new file,
@@ -159,6 +177,91 @@ static void expect_load_error(const char *label, const char *dir, const char *ne
     pikv_model_free(m);
 }
 
+/* A safetensors file holding only wte.weight, F16 zeros of shape [1, n_embd]
+ * (8 MB for the overflow case): what a load copies first. */
+static void write_wte_only(const char *path, size_t n_embd)
+{
+    char header[160];
+    int hn = snprintf(header, sizeof header, "{\"wte.weight\":{\"dtype\":\"F16\",\"shape\":[1,%zu],\"data_offsets\":[0,%zu]}}",
+                      n_embd, 2 * n_embd);
+    FILE *f = fopen(path, "wb");
+    uint64_t n = (uint64_t)hn;
+    fwrite(&n, 8, 1, f);
+    fwrite(header, 1, (size_t)hn, f);
+    fseek(f, (long)(2 * n_embd) - 1, SEEK_CUR);
+    fputc(0, f);
+    fclose(f);
+}
+
+/* Dimensions whose parameter count overflows, index files that the shards
+ * contradict, and a FIFO where a file should be. */
+static void check_hostile_dirs(const pk_safetensors *src)
+{
+    char dir[600], path[1024];
+    snprintf(dir, sizeof dir, "%s/overflow", tmp);
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    write_wte_only(path, 4194428);
+    /* The parameter count of this config wraps size_t to 206,680: a load used
+     * to allocate that little and copy the first tensor far past it. */
+    write_text(dir, "config.json", "{\"n_layer\":3889,\"n_head\":1,\"n_embd\":4194428,\"n_inner\":557041324,"
+                                   "\"vocab_size\":1,\"n_positions\":1}");
+    expect_load_error("parameter count wraps", dir, "do not fit in memory's address space");
+    /* Within config.json's per-field limits, but more bytes than 64 bits count. */
+    write_text(dir, "config.json", "{\"n_layer\":4096,\"n_head\":1,\"n_embd\":16777216,\"n_inner\":67108864,"
+                                   "\"vocab_size\":1,\"n_positions\":1}");
+    expect_load_error("weight bytes overflow", dir, "do not fit in memory's address space");
+
+    /* The index puts layer 1 in the first shard, but its tensors are in the second. */
+    snprintf(dir, sizeof dir, "%s/wrong-shard", tmp);
+    mkdir(dir, 0700);
+    copy_config(dir);
+    snprintf(path, sizeof path, "%s/a.safetensors", dir);
+    write_subset(src, path, layer0_only, NULL);
+    snprintf(path, sizeof path, "%s/b.safetensors", dir);
+    write_subset(src, path, layer1_only, NULL);
+    char index[65536];
+    size_t n = (size_t)snprintf(index, sizeof index, "{\"weight_map\":{");
+    for (int i = 0; i < src->n_tensors; i++)
+        n += (size_t)snprintf(index + n, sizeof index - n, "%s\"%s\":\"%s\"", i ? "," : "", src->tensors[i].name,
+                              strcmp(src->tensors[i].name, "h.1.ln_1.weight") == 0 ? "a.safetensors"
+                              : layer1_only(src->tensors[i].name)                ? "b.safetensors"
+                                                                                  : "a.safetensors");
+    snprintf(index + n, sizeof index - n, "}}");
+    write_text(dir, "model.safetensors.index.json", index);
+    expect_load_error("tensor in the wrong shard", dir,
+                      "weight_map puts tensor 'h.1.ln_1.weight' in a.safetensors, but that file does not hold it");
+    /* A tensor the map leaves out is missing, even though a shard holds it. */
+    n = (size_t)snprintf(index, sizeof index, "{\"weight_map\":{");
+    for (int i = 0, k = 0; i < src->n_tensors; i++)
+        if (strcmp(src->tensors[i].name, "ln_f.weight") != 0)
+            n += (size_t)snprintf(index + n, sizeof index - n, "%s\"%s\":\"%s\"", k++ ? "," : "", src->tensors[i].name,
+                                  layer1_only(src->tensors[i].name) ? "b.safetensors" : "a.safetensors");
+    snprintf(index + n, sizeof index - n, "}}");
+    write_text(dir, "model.safetensors.index.json", index);
+    expect_load_error("tensor not in the map", dir, "missing tensor 'ln_f.weight'");
+
+    /* FIFOs where the files should be: refused at once, never waited on. */
+    snprintf(dir, sizeof dir, "%s/fifo", tmp);
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(mkfifo(path, 0600) == 0, "mkfifo %s", path);
+    expect_load_error("config.json a FIFO", dir, "config.json: not a regular file (a FIFO)");
+    unlink(path);
+    copy_config(dir);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(mkfifo(path, 0600) == 0, "mkfifo %s", path);
+    expect_load_error("shard a FIFO", dir, "model.safetensors: not a regular file (a FIFO)");
+    pikv_tokenizer *tok = pikv_tokenizer_load(dir);
+    CHECK(!tok && strstr(pikv_last_error(), "vocab.json: cannot open"), "no vocab.json: %s", pikv_last_error());
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    CHECK(mkfifo(path, 0600) == 0, "mkfifo %s", path);
+    tok = pikv_tokenizer_load(dir);
+    CHECK(!tok && strstr(pikv_last_error(), "vocab.json: not a regular file (a FIFO)"), "vocab.json a FIFO: %s",
+          pikv_last_error());
+    pikv_tokenizer_free(tok);
+}
+
 static void check_model_dirs(void)
 {
     char tiny[512], path[1024], dir[600];
@@ -172,6 +275,11 @@ static void check_model_dirs(void)
     mkdir(dir, 0700);
     write_text(dir, "config.json", "{\"n_layer\": 2, ");
     expect_load_error("truncated config", dir, "invalid JSON");
+    char deep[2100];
+    for (int i = 0; i < 1001; i++) deep[i] = '[', deep[1001 + i] = ']';
+    deep[2002] = '\0';
+    write_text(dir, "config.json", deep);
+    expect_load_error("config nested past cJSON's limit", dir, "config.json: nested too deeply");
     write_text(dir, "config.json", "{\"n_layer\":2,\"n_head\":3,\"n_embd\":64,\"n_positions\":8,\"vocab_size\":5}");
     expect_load_error("heads do not divide", dir, "not a multiple of n_head");
     write_text(dir, "config.json", "{\"n_layer\":2,\"n_head\":2,\"n_embd\":64,\"vocab_size\":5}");
@@ -271,6 +379,7 @@ static void check_model_dirs(void)
     }
     CHECK(failures == n_alloc - 1 && n_alloc > 5, "allocation failures reported: %d of %d", failures, n_alloc - 1);
     pikv_model_free(whole);
+    check_hostile_dirs(&src);
     pk_st_close(&src);
 }
 

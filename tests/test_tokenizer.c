@@ -367,6 +367,48 @@ static void check_large_text(const pikv_tokenizer *reference, const pikv_tokeniz
     free(text);
 }
 
+/* 100,000 special tokens from tokenizer.json, one text listed twice: loading
+ * once compared each new token with every earlier one (13.6 s); now each keeps
+ * its id, the repeated text keeps its first id, and encoding finds them. */
+static void check_many_specials(const char *gpt2_dir)
+{
+    enum { N = 100000 };
+    char dir[] = "/tmp/pikv-test-specials-XXXXXX", path[600];
+    if (!mkdtemp(dir)) return;
+    const char *copied[] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        size_t len;
+        snprintf(path, sizeof path, "%s/%s", gpt2_dir, copied[i]);
+        char *text = read_all(path, &len);
+        CHECK(text && write_in(dir, copied[i], text, len) == 0, "copy %s", copied[i]);
+        free(text);
+    }
+    size_t cap = (size_t)N * 64 + 256, n = 0;
+    char *json = malloc(cap);
+    n += (size_t)snprintf(json + n, cap - n, "{\"added_tokens\": [");
+    for (int i = 0; i < N; i++)
+        n += (size_t)snprintf(json + n, cap - n, "{\"id\": %d, \"content\": \"<|s%d|>\", \"special\": true},",
+                              50257 + i, i);
+    n += (size_t)snprintf(json + n, cap - n, "{\"id\": 200000, \"content\": \"<|s5|>\", \"special\": true}]}");
+    CHECK(write_in(dir, "tokenizer.json", json, n) == 0, "write tokenizer.json");
+    free(json);
+    pikv_tokenizer *t = pikv_tokenizer_load(dir);
+    CHECK(t != NULL, "load 100,000 special tokens: %s", pikv_last_error());
+    if (t) {
+        /* The repeated <|s5|> keeps id 50262, so 200000 is no id at all. */
+        CHECK(pikv_tokenizer_vocab_size(t) == 50257 + N, "ids: %d", pikv_tokenizer_vocab_size(t));
+        int32_t *ids = NULL;
+        const char *text = "a<|s99999|>b<|s5|><|s0|><|endoftext|>";
+        long k = encode(t, text, strlen(text), &ids);
+        CHECK(k == 6 && ids[1] == 50257 + 99999 && ids[3] == 50262 && ids[4] == 50257 && ids[5] == 50256,
+              "specials found in text: %ld ids", k);
+        CHECK(round_trips(t, text, strlen(text)), "round trip through 100,000 specials");
+        pikv_free(ids);
+        pikv_tokenizer_free(t);
+    }
+    clear_dir(dir, 1);
+}
+
 int main(void)
 {
     char gpt2_dir[512], golden_path[512];
@@ -415,6 +457,7 @@ int main(void)
     CHECK(!pikv_detokenize(gpt2, negative, 1, &out_len) && strstr(pikv_last_error(), "-1"),
           "negative id: \"%s\"", pikv_last_error());
 
+    check_many_specials(gpt2_dir);
     check_directories(reference);
     check_allocation_failures();
     check_large_text(reference, gpt2);

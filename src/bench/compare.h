@@ -8,6 +8,7 @@
 #ifndef PIKV_BENCH_COMPARE_H
 #define PIKV_BENCH_COMPARE_H
 
+#include "bench/noise.h"
 #include "bench/stats.h"
 #include "eval/quality.h"
 
@@ -156,6 +157,7 @@ typedef struct {
     int n_rows;
     pk_sweep_point *points;  /* --detailed: sorted by sweep, method, x */
     int n_points;
+    pk_machine_load load;    /* measured by the caller around the run; cores 0 = not measured */
 } pk_compare_report;
 
 /* The needle task a context of that length is built from when no context

@@ -138,14 +138,21 @@ static void text_improvements(FILE *out, const pk_compare_report *r)
     const int n = pk_compare_gains(r, gains, PK_COMPARE_MAX_METHODS + 1);
     fprintf(out, "RELATIVE IMPROVEMENTS (memory: KV bytes held; speed: decode tokens/s)\n");
     rule(out, 60);
+    if (pk_machine_busy(&r->load))
+        fprintf(out, "NOTICE: the machine was busy (1-minute load average %.2f before, %.2f after, on %d cores; idle is "
+                     "below %.1f per core): the speed figures below are not results.\n\n",
+                r->load.before, r->load.after, r->load.cores, PK_IDLE_LOAD_PER_CORE);
     if (n == 0) fprintf(out, "(only the baseline was measured)\n");
     for (int i = 0; i < n; i++) {
         const int against_baseline = gains[i].reference == r->main_rows[0];
         fprintf(out, "%s vs %s:\n", row_name(r, &r->rows[gains[i].row]), row_name(r, &r->rows[gains[i].reference]));
         fprintf(out, "  %s:  %.1f%%\n", against_baseline ? "Memory reduction" : "Additional memory reduction",
                 gains[i].gain.memory_reduction_pct);
-        fprintf(out, "  %s: %.1f%%\n\n", against_baseline ? "Speed improvement" : "Additional speed improvement",
-                gains[i].gain.speed_improvement_pct);
+        const pk_speed_verdict v = pk_speed_judge(&r->rows[gains[i].row].decode_tok_s,
+                                                  &r->rows[gains[i].reference].decode_tok_s, &r->load);
+        fprintf(out, "  %s: %.1f%%%s%s\n\n", against_baseline ? "Speed improvement" : "Additional speed improvement",
+                gains[i].gain.speed_improvement_pct, v == PK_SPEED_SIGNIFICANT ? "" : " -- ",
+                v == PK_SPEED_SIGNIFICANT ? "" : pk_speed_verdict_text(v));
     }
 }
 
@@ -294,6 +301,11 @@ cJSON *pk_report_json(const pk_compare_report *r)
     cJSON_AddNumberToObject(o, "experts", r->params.experts);
     cJSON_AddNumberToObject(o, "top_k", r->params.top_k);
     cJSON_AddNumberToObject(o, "eplb_share", r->params.eplb_share);
+    cJSON *load = cJSON_AddObjectToObject(o, "load_average");
+    cJSON_AddNumberToObject(load, "before", r->load.before);
+    cJSON_AddNumberToObject(load, "after", r->load.after);
+    cJSON_AddNumberToObject(load, "cores", r->load.cores);
+    cJSON_AddBoolToObject(load, "busy", pk_machine_busy(&r->load));
     cJSON *methods = cJSON_AddArrayToObject(o, "methods");
     for (int m = 0; m < r->n_methods; m++) cJSON_AddItemToArray(methods, row_json(r, &r->rows[r->main_rows[m]]));
     pk_compare_gain gains[PK_COMPARE_MAX_METHODS + 1];
@@ -305,6 +317,10 @@ cJSON *pk_report_json(const pk_compare_report *r)
         cJSON_AddStringToObject(g, "reference", row_name(r, &r->rows[gains[i].reference]));
         pk_json_number(g, "memory_reduction_pct", gains[i].gain.memory_reduction_pct);
         pk_json_number(g, "speed_improvement_pct", gains[i].gain.speed_improvement_pct);
+        const pk_speed_verdict v = pk_speed_judge(&r->rows[gains[i].row].decode_tok_s,
+                                                  &r->rows[gains[i].reference].decode_tok_s, &r->load);
+        cJSON_AddBoolToObject(g, "speed_significant", v == PK_SPEED_SIGNIFICANT);
+        cJSON_AddStringToObject(g, "speed_verdict", pk_speed_verdict_text(v));
         cJSON_AddItemToArray(improvements, g);
     }
     const int best = pk_compare_recommend(r);

@@ -1,15 +1,18 @@
 #include "cli/args.h"
 #include "pikv.h"
+#include "util/error.h"
 #include "util/file.h"
 
 #include <cblas.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 int cli_error(const cli_command *cmd, const char *fmt, ...)
@@ -47,9 +50,13 @@ static int store(const cli_command *cmd, const cli_opt *o, const char *value)
     case OPT_FLAG: *(int *)o->dest = 1; break;
     case OPT_INT: {
         long v = strtol(value, &end, 10);
-        if (end == value || *end || errno || v < INT_MIN || v > INT_MAX)
+        if (end == value || *end)
             return cli_error(cmd, "%s: '%s' is not an integer", o->name, value) + 1;
-        *(int *)o->dest = (int)v;
+        /* Out of long's range strtol clamps and sets ERANGE: still a range error. */
+        const cli_int *dest = o->dest;
+        if (errno || v < dest->min || v > dest->max)
+            return cli_error(cmd, "%s: must be in %d..%d, got %s", o->name, dest->min, dest->max, value) + 1;
+        *dest->value = (int)v;
         break;
     }
     case OPT_FLOAT: {
@@ -130,9 +137,20 @@ const char *cli_model_dir(const char *flag_value)
 
 char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len)
 {
-    char *text = pk_read_file(path, len);
+    char *text = pk_read_file(path, PK_MAX_TEXT_BYTES, len);
     if (!text) cli_error(cmd, "%s: %s", flag, pikv_last_error());
     return text;
+}
+
+int cli_threads(int flag_value) { return flag_value > 0 ? flag_value : omp_get_max_threads(); }
+
+int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir)
+{
+    if (is_dir && mkdir(path, 0777) != 0 && errno != EEXIST)
+        return cli_error(cmd, "%s: %s: cannot create the directory: %s", flag, path, strerror(errno));
+    if (is_dir ? pk_check_output_dir(path) : pk_check_output_file(path))
+        return cli_error(cmd, "%s: %s", flag, pikv_last_error());
+    return 0;
 }
 
 void cli_machine(char *out, int cap)
@@ -162,7 +180,10 @@ int cli_load(const cli_command *cmd, const char *dir, pikv_model **model, pikv_t
     if (!*model) return cli_fail(cmd);
     if (!tok) return 0;
     *tok = pikv_tokenizer_load(dir);
-    if (*tok) return 0;
+    if (*tok && pikv_tokenizer_check_model(*tok, *model) == 0) return 0;
+    if (*tok) pk_fail_prefix("%s", dir);
+    pikv_tokenizer_free(*tok);
+    *tok = NULL;
     pikv_model_free(*model);
     *model = NULL;
     return cli_fail(cmd);

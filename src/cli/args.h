@@ -9,6 +9,11 @@ typedef enum { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STRING, OPT_LIST } cli_kind;
 
 enum { CLI_LIST_MAX = 64 };
 
+/* Bounds shared by integer flags: token counts cannot pass the largest
+ * n_positions a config.json may give (each command then checks the model's
+ * own), and thread counts stay within what a session accepts. */
+enum { CLI_MAX_TOKENS = 1 << 24, CLI_MAX_THREADS = 4096, CLI_MAX_TASKS = 100000 };
+
 /* Repeatable string option (e.g. --question). */
 typedef struct {
     const char *items[CLI_LIST_MAX];
@@ -19,10 +24,17 @@ typedef struct {
     const char *name;    /* "--max-new-tokens" */
     const char *alias;   /* "-n" or NULL */
     cli_kind kind;
-    void *dest;          /* int*, double*, const char**, cli_list* */
+    void *dest;          /* cli_int*, double*, const char**, cli_list* */
     const char *help;
     int *seen;           /* optional: set to 1 when given */
 } cli_opt;
+
+/* The dest of an OPT_INT option: the variable and the range the parser
+ * accepts, written in the table as &(cli_int){&var, MIN, MAX}. */
+typedef struct {
+    int *value;
+    int min, max;
+} cli_int;
 
 typedef struct {
     const char *name;     /* "generate" */
@@ -47,6 +59,16 @@ const char *cli_model_dir(const char *flag_value);
 
 /* Read a whole text file given to a flag; errors name the flag and file. */
 char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len);
+
+/* Check an output path given to `flag` before a long run: a directory (is_dir,
+ * created when missing) must be writable; a file must be one pikv may write
+ * (see pk_output_kind) in a writable directory. Prints the error; returns 1. */
+int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir);
+
+/* The threads a session gets for --threads N: N, or for 0 OpenMP's default,
+ * which honours OMP_NUM_THREADS (set by the user, or lowered at start to fit
+ * an address-space limit; see preinit.c) and is otherwise every core. */
+int cli_threads(int flag_value);
 
 struct pikv_model;
 struct pikv_tokenizer;

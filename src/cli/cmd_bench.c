@@ -1,5 +1,6 @@
 /* pikv bench: prefill and decode speed, repeated, as medians with their spread. */
 #include "bench/json.h"
+#include "bench/noise.h"
 #include "bench/timing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -10,6 +11,7 @@
 #include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 enum { MAX_REPS = 100 };
 
@@ -36,6 +38,7 @@ typedef struct {
     int variants, n_rows;          /* placements per press (1, or 2 with --workers) */
     size_t kv_bytes[MAX_ROWS];     /* held when decoding starts */
     pk_summary sums[MAX_ROWS * N_MEASURES];
+    pk_machine_load load;          /* the load average around the timed runs */
 } bench_run;
 
 /* One repetition: prefill `n_prompt` tokens into an empty cache (compressed
@@ -106,7 +109,10 @@ static int bench_measure(const cli_command *cmd, pikv_model *m, const char *dir,
         return cli_fail(cmd);
     const pk_rotated_timing timing = {.n_methods = b->n_rows, .reps = o->reps, .n_measures = N_MEASURES,
                                       .run = time_row, .repetition_done = show_repetition, .ctx = b};
+    const double load_before = pk_load_average();
     if (pk_time_rotated(&timing, b->sums)) return cli_error(cmd, "%s", pikv_last_error());
+    b->load = (pk_machine_load){load_before, pk_load_average(), (int)sysconf(_SC_NPROCESSORS_ONLN),
+                                pikv_session_threads(b->s)};
     fprintf(stderr, "\n");
     return 0;
 }
@@ -145,6 +151,20 @@ static void print_table(const bench_run *b, const pikv_model_info *info, const c
         snprintf(val, sizeof val, "%.1f (%.1f..%.1f)", tg->median, tg->min, tg->max);
         printf("| %-36s | %9.2f | %-11s | %-16s | %-26s |\n", spec, mib, place, test, val);
     }
+    if (pk_machine_busy(&b->load))
+        printf("\nNOTICE: the machine was busy (1-minute load average %.2f before, %.2f after, on %d cores; idle is "
+               "below %.1f per core): these speeds are not results.\n",
+               b->load.before, b->load.after, b->load.cores, PK_IDLE_LOAD_PER_CORE);
+    /* Decode speed of each row against the first: the ratio is marked when it is not a result. */
+    const pk_summary *first = &b->sums[DECODE_TOK_S];
+    for (int r = 1; o->n_gen && r < b->n_rows; r++) {
+        const pk_summary *tg = &b->sums[r * N_MEASURES + DECODE_TOK_S];
+        const pk_speed_verdict v = pk_speed_judge(tg, first, &b->load);
+        printf("%sdecode, %s%s vs %s%s: %.2fx%s%s\n", r == 1 ? "\n" : "", o->specs.items[press_of_row(b, r)],
+               o->workers ? (r % b->variants == 0 ? " (eplb)" : " (equal)") : "", o->specs.items[0],
+               o->workers ? " (eplb)" : "", tg->median / first->median, v == PK_SPEED_SIGNIFICANT ? "" : " -- ",
+               v == PK_SPEED_SIGNIFICANT ? "" : pk_speed_verdict_text(v));
+    }
 }
 
 /* The results as one line of JSON: the setup, then a "presses" array with
@@ -160,6 +180,10 @@ static int print_json(const bench_run *b, const pikv_model_info *info, const cha
     cJSON_AddNumberToObject(root, "prompt_tokens", o->n_prompt);
     cJSON_AddNumberToObject(root, "gen_tokens", o->n_gen);
     cJSON_AddNumberToObject(root, "reps", o->reps);
+    cJSON *l = cJSON_AddObjectToObject(root, "load_average");
+    cJSON_AddNumberToObject(l, "before", b->load.before);
+    cJSON_AddNumberToObject(l, "after", b->load.after);
+    cJSON_AddBoolToObject(l, "busy", pk_machine_busy(&b->load));
     cJSON *rows = cJSON_AddArrayToObject(root, "presses");
     for (int r = 0; r < b->n_rows; r++) {
         const pk_summary *s = &b->sums[r * N_MEASURES];
@@ -173,6 +197,13 @@ static int print_json(const bench_run *b, const pikv_model_info *info, const cha
         }
         pk_json_summary(row, "prefill_tok_s", &s[PREFILL_TOK_S], PK_SUMMARY_NESTED);
         pk_json_summary(row, "decode_tok_s", &s[DECODE_TOK_S], PK_SUMMARY_NESTED);
+        if (r > 0 && o->n_gen) {
+            /* Decode speed against the first row, and whether that ratio is a result. */
+            const pk_summary *first = &b->sums[DECODE_TOK_S];
+            pk_json_number(row, "decode_vs_first", s[DECODE_TOK_S].median / first->median);
+            cJSON_AddBoolToObject(row, "decode_vs_first_significant",
+                                  pk_speed_judge(&s[DECODE_TOK_S], first, &b->load) == PK_SPEED_SIGNIFICANT);
+        }
         cJSON_AddItemToArray(rows, row);
     }
     char *text = cJSON_PrintUnformatted(root);
@@ -196,16 +227,10 @@ static int bench_report(const cli_command *cmd, const bench_run *b, pikv_model *
     return 0;
 }
 
-/* Range checks of the options; the message names the flag. Returns 0 or 2. */
+/* What the per-flag ranges cannot say; the message names the flag. Returns 0 or 2. */
 static int check_options(const cli_command *cmd, const bench_options *o)
 {
-    if (o->n_prompt < 1) return cli_error(cmd, "--prompt-tokens: must be >= 1, got %d", o->n_prompt), 2;
-    if (o->n_gen < 0) return cli_error(cmd, "--gen-tokens: must be >= 0, got %d", o->n_gen), 2;
-    if (o->reps < 1 || o->reps > MAX_REPS)
-        return cli_error(cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, o->reps), 2;
-    if (o->threads < 0) return cli_error(cmd, "--threads: must be >= 1, got %d", o->threads), 2;
-    if (o->workers < 0 || o->workers == 1 || o->workers > 64)
-        return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
+    if (o->workers == 1) return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
     return 0;
 }
 
@@ -217,12 +242,15 @@ int cmd_bench(int argc, char **argv)
     const cli_opt opts[] = {
         {"--press", NULL, OPT_LIST, &o.specs, "press to measure (repeatable; default: none)", NULL},
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
-        {"--prompt-tokens", "-p", OPT_INT, &o.n_prompt, "prompt length to prefill (default 512)", NULL},
-        {"--gen-tokens", "-n", OPT_INT, &o.n_gen, "tokens to decode after it (default 128)", NULL},
-        {"--reps", "-r", OPT_INT, &o.reps, "repetitions (default 5)", NULL},
-        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
-        {"--workers", "-w", OPT_INT, &o.workers, "decode attention on W workers: EPLB vs equal-count placement",
+        {"--prompt-tokens", "-p", OPT_INT, &(cli_int){&o.n_prompt, 1, CLI_MAX_TOKENS},
+         "prompt length to prefill (default 512)", NULL},
+        {"--gen-tokens", "-n", OPT_INT, &(cli_int){&o.n_gen, 0, CLI_MAX_TOKENS},
+         "tokens to decode after it (default 128)", NULL},
+        {"--reps", "-r", OPT_INT, &(cli_int){&o.reps, 1, MAX_REPS}, "repetitions (default 5)", NULL},
+        {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)",
          NULL},
+        {"--workers", "-w", OPT_INT, &(cli_int){&o.workers, 0, 64},
+         "decode attention on W workers: EPLB vs equal-count placement", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
@@ -252,7 +280,7 @@ int cmd_bench(int argc, char **argv)
     if (o.specs.n == 0) o.specs.items[o.specs.n++] = "none";
     bench_run b = {.o = &o, .vocab = c->vocab_size, .variants = o.workers ? 2 : 1};
     b.n_rows = o.specs.n * b.variants;
-    b.s = pikv_session_new(m, o.threads);
+    b.s = pikv_session_new(m, cli_threads(o.threads));
     b.prompt = pk_malloc_array((size_t)o.n_prompt, sizeof *b.prompt, "prompt");
     b.logits = pk_malloc_array((size_t)c->vocab_size, sizeof *b.logits, "logits");
     if (!b.s || !b.prompt || !b.logits) rc = cli_fail(&cmd);

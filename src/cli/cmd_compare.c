@@ -10,12 +10,15 @@
 #include "cli/commands.h"
 #include "pikv.h"
 #include "util/file.h"
+#include "util/mem.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 enum { MAX_REPS = 100, QUICK_TASKS = 10, DETAILED_TASKS = 50 };
 
@@ -58,19 +61,10 @@ static void run_free(compare_run *r)
 static int check_options(const cli_command *cmd, const compare_options *o)
 {
     if (!(o->ratio >= 0 && o->ratio < 1)) return cli_error(cmd, "--ratio: must be in [0, 1), got %g", o->ratio), 2;
-    if (o->experts < 1) return cli_error(cmd, "--experts: must be >= 1, got %d", o->experts), 2;
     if (o->top_k < 1 || o->top_k > o->experts)
         return cli_error(cmd, "--top-k: must be in 1..%d (the number of experts), got %d", o->experts, o->top_k), 2;
     if (!(o->eplb_share >= 0 && o->eplb_share <= 1))
         return cli_error(cmd, "--eplb-share: must be in [0, 1], got %g", o->eplb_share), 2;
-    if (o->reps < 1 || o->reps > MAX_REPS)
-        return cli_error(cmd, "--reps: must be in 1..%d, got %d", MAX_REPS, o->reps), 2;
-    if (o->tasks < 1) return cli_error(cmd, "--tasks: must be >= 1, got %d", o->tasks), 2;
-    if (o->max_new < 2)
-        return cli_error(cmd, "--max-new-tokens: must be >= 2 (decode speed needs a decoded token), got %d",
-                         o->max_new), 2;
-    if (o->threads < 0) return cli_error(cmd, "--threads: must be >= 1, got %d", o->threads), 2;
-    if (o->context_tokens < 64) return cli_error(cmd, "--context-tokens: must be >= 64, got %d", o->context_tokens), 2;
     if (o->context_file && o->context_seen)
         return cli_error(cmd, "give --context-file or --context-tokens, not both"), 2;
     if (o->context_file && !o->question) return cli_error(cmd, "--context-file needs a --question"), 2;
@@ -172,6 +166,56 @@ static void show_written(const char *path, void *ctx)
     fprintf(stderr, "pikv %s: wrote %s\n", (const char *)ctx, path);
 }
 
+/* The files of a report set as they are written into the staging directory. */
+typedef struct {
+    const char *names[64];
+    char *owned[64];
+    int slots[64];
+    int n;
+} staged_files;
+
+/* pk_report_write_dir's callback: remember the file's name, and remove it if
+ * a signal comes before it is published. */
+static void stage_file(const char *path, void *ctx)
+{
+    staged_files *st = ctx;
+    if (st->n == 64) return;
+    const char *slash = strrchr(path, '/');
+    st->owned[st->n] = pk_strdup(slash ? slash + 1 : path, "report file name");
+    if (!st->owned[st->n]) return;
+    st->names[st->n] = st->owned[st->n];
+    st->slots[st->n] = pk_cleanup_register(path, 0);
+    st->n++;
+}
+
+/* Write the report set into dir as a unit: every file into a staging directory
+ * inside dir first, then all moved in by pk_publish_dir. A failure before the
+ * move leaves the old set untouched; the staging directory goes either way,
+ * and a signal removes it too (its name, .compare-XXXXXX, says what it was). */
+static int write_report_set(const cli_command *cmd, const char *dir, const pk_compare_report *report)
+{
+    char staging[4096];
+    if (snprintf(staging, sizeof staging, "%s/.compare-XXXXXX", dir) >= (int)sizeof staging)
+        return cli_error(cmd, "--out: %s: path too long", dir);
+    if (!mkdtemp(staging))
+        return cli_error(cmd, "--out: %s: cannot create a staging directory: %s", dir, strerror(errno));
+    int dir_slot = pk_cleanup_register(staging, 1);
+    staged_files st = {0};
+    int rc = pk_report_write_dir(report, staging, stage_file, &st);
+    if (rc == 0) rc = pk_publish_dir(staging, dir, st.names, st.n);
+    if (rc) cli_error(cmd, "--out: %s", pikv_last_error());
+    char path[4096];
+    for (int i = 0; i < st.n; i++) {
+        if (rc == 0 && pk_join_path(path, sizeof path, dir, st.names[i]) == 0) show_written(path, (void *)cmd->name);
+        if (rc != 0 && pk_join_path(path, sizeof path, staging, st.names[i]) == 0) unlink(path);
+        pk_cleanup_unregister(st.slots[i]);
+        pk_free(st.owned[i]);
+    }
+    rmdir(staging);
+    pk_cleanup_unregister(dir_slot);
+    return rc ? 1 : 0;
+}
+
 /* Print the report (text or JSON) and write the requested files. */
 static int emit(const cli_command *cmd, const compare_options *o, const pk_compare_report *report)
 {
@@ -195,12 +239,7 @@ static int emit(const cli_command *cmd, const compare_options *o, const pk_compa
         pikv_free(csv);
         show_written(o->csv, (void *)cmd->name);
     }
-    if (o->out) {
-        if (mkdir(o->out, 0777) != 0 && errno != EEXIST)
-            return cli_error(cmd, "--out: %s: cannot create the directory: %s", o->out, strerror(errno));
-        if (pk_report_write_dir(report, o->out, show_written, (void *)cmd->name))
-            return cli_error(cmd, "--out: %s", pikv_last_error());
-    }
+    if (o->out) return write_report_set(cmd, o->out, report);
     return 0;
 }
 
@@ -215,20 +254,23 @@ int cmd_compare(int argc, char **argv)
         {"--methods", NULL, OPT_STRING, &o.methods,
          "methods separated by ';', each SPEC or NAME=SPEC (default: the three above)", NULL},
         {"--ratio", NULL, OPT_FLOAT, &o.ratio, "compression ratio {r} (default 0.5)", &o.ratio_seen},
-        {"--experts", NULL, OPT_INT, &o.experts, "experts of the EPLB router {e} (default 4)", &o.experts_seen},
-        {"--top-k", NULL, OPT_INT, &o.top_k, "experts per token {k} (default 2)", NULL},
+        {"--experts", NULL, OPT_INT, &(cli_int){&o.experts, 1, 4096},
+         "experts of the EPLB router {e} (default 4)", &o.experts_seen},
+        {"--top-k", NULL, OPT_INT, &(cli_int){&o.top_k, 1, 4096}, "experts per token {k} (default 2)", NULL},
         {"--eplb-share", NULL, OPT_FLOAT, &o.eplb_share, "EPLB's share of the ratio {s} (default 0.7)", NULL},
         {"--scenario", NULL, OPT_STRING, &o.scenario, "preset ratio, experts and context: long-doc-qa, chat, content",
          NULL},
-        {"--context-tokens", NULL, OPT_INT, &o.context_tokens,
+        {"--context-tokens", NULL, OPT_INT, &(cli_int){&o.context_tokens, 64, CLI_MAX_TOKENS},
          "needle-task context length (default 2000; --detailed: all that fits)", &o.context_seen},
         {"--context-file", NULL, OPT_STRING, &o.context_file, "use this text as the context (needs --question)",
          NULL},
         {"--question", "-q", OPT_STRING, &o.question, "the question (default: the needle task's)", NULL},
-        {"--max-new-tokens", "-n", OPT_INT, &o.max_new, "answer tokens to decode (default 24)", NULL},
+        {"--max-new-tokens", "-n", OPT_INT, &(cli_int){&o.max_new, 2, CLI_MAX_TOKENS},
+         "answer tokens to decode (default 24; at least 2, so that decode speed is measured)", NULL},
         {"--query-aware", NULL, OPT_FLAG, &o.query_aware, "the press sees the question when it compresses", NULL},
-        {"--reps", "-r", OPT_INT, &o.reps, "timed repetitions (default 3)", NULL},
-        {"--tasks", NULL, OPT_INT, &o.tasks, "retrieval tasks per measurement (default 10; 50 with --detailed)",
+        {"--reps", "-r", OPT_INT, &(cli_int){&o.reps, 1, MAX_REPS}, "timed repetitions (default 3)", NULL},
+        {"--tasks", NULL, OPT_INT, &(cli_int){&o.tasks, 1, CLI_MAX_TASKS},
+         "retrieval tasks per measurement (default 10; 50 with --detailed)",
          &o.tasks_seen},
         {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7/0.9, experts 2/4/8, context length",
          NULL},
@@ -237,8 +279,8 @@ int cmd_compare(int argc, char **argv)
         {"--csv", NULL, OPT_STRING, &o.csv, "write one CSV row per method to this file", NULL},
         {"--haystack", NULL, OPT_STRING, &o.haystack, "text for needle tasks and perplexity (data/haystack.txt)",
          NULL},
-        {"--seed", NULL, OPT_INT, &o.seed, "task seed (default 1)", NULL},
-        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
+        {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
+        {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
     };
     const cli_command cmd = {
         "compare",
@@ -281,6 +323,9 @@ int cmd_compare(int argc, char **argv)
     }
     if (o.detailed && !o.tasks_seen) o.tasks = DETAILED_TASKS;
     if ((rc = check_options(&cmd, &o))) return rc;
+    /* Find an unwritable destination now, not after the whole experiment. */
+    if ((o.out && cli_check_output(&cmd, "--out", o.out, 1)) || (o.csv && cli_check_output(&cmd, "--csv", o.csv, 0)))
+        return 1;
     pk_method methods[PK_COMPARE_MAX_METHODS];
     int n_methods = 0;
     if (!o.methods) n_methods = pk_methods_default(methods);
@@ -300,7 +345,7 @@ int cmd_compare(int argc, char **argv)
     }
     if ((rc = make_inputs(&cmd, &o, &r, &c))) goto done;
     rc = 1;
-    if (!(r.session = pikv_session_new(r.model, o.threads))) {
+    if (!(r.session = pikv_session_new(r.model, cli_threads(o.threads)))) {
         cli_fail(&cmd);
         goto done;
     }
@@ -327,10 +372,13 @@ int cmd_compare(int argc, char **argv)
     c.seed = (uint64_t)o.seed;
     c.progress = show_status;
     c.progress_ctx = &status;
+    const double load_before = pk_load_average();
     if (pk_compare_run(&c, &r.report)) {
         cli_error(&cmd, "%s", pikv_last_error());
         goto done;
     }
+    r.report.load = (pk_machine_load){load_before, pk_load_average(), (int)sysconf(_SC_NPROCESSORS_ONLN),
+                                      pikv_session_threads(r.session)};
     rc = emit(&cmd, &o, &r.report);
 done:
     run_free(&r);

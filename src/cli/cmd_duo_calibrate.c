@@ -5,6 +5,7 @@
 #include "pikv.h"
 #include "eval/duo_calibrate.h"
 
+#include <limits.h>
 #include <stdio.h>
 
 int cmd_duo_calibrate(int argc, char **argv)
@@ -14,14 +15,20 @@ int cmd_duo_calibrate(int argc, char **argv)
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
         {"--out", "-o", OPT_STRING, &out_dir, "pattern directory to write (default: MODEL/duo)", NULL},
-        {"--samples", NULL, OPT_INT, &samples, "needle tasks to calibrate on (default 16)", NULL},
-        {"--min-tokens", NULL, OPT_INT, &min_tokens, "shortest context (default 1000)", NULL},
-        {"--max-tokens", NULL, OPT_INT, &max_tokens, "longest context (default 2000)", NULL},
-        {"--sink", NULL, OPT_INT, &sink, "attention sinks of a streaming head (default 64)", NULL},
-        {"--recent", NULL, OPT_INT, &recent, "recent window of a streaming head (default 256)", NULL},
+        {"--samples", NULL, OPT_INT, &(cli_int){&samples, 1, CLI_MAX_TASKS},
+         "needle tasks to calibrate on (default 16)", NULL},
+        {"--min-tokens", NULL, OPT_INT, &(cli_int){&min_tokens, 1, CLI_MAX_TOKENS},
+         "shortest context (default 1000)", NULL},
+        {"--max-tokens", NULL, OPT_INT, &(cli_int){&max_tokens, 1, CLI_MAX_TOKENS},
+         "longest context (default 2000)", NULL},
+        {"--sink", NULL, OPT_INT, &(cli_int){&sink, 0, CLI_MAX_TOKENS},
+         "attention sinks of a streaming head (default 64)", NULL},
+        {"--recent", NULL, OPT_INT, &(cli_int){&recent, 1, CLI_MAX_TOKENS},
+         "recent window of a streaming head (default 256)", NULL},
         {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default data/haystack.txt)", NULL},
-        {"--seed", NULL, OPT_INT, &seed, "task seed (default 1000, apart from pikv eval's)", NULL},
-        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
+        {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX},
+         "task seed (default 1000, apart from pikv eval's)", NULL},
+        {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
     };
     const cli_command cmd = {
         "duo-calibrate", "duo-calibrate [--model DIR] [--out DIR] [--samples N] [--sink S --recent R]",
@@ -31,8 +38,6 @@ int cmd_duo_calibrate(int argc, char **argv)
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
-    if (samples < 1) return cli_error(&cmd, "--samples: must be >= 1, got %d", samples), 2;
-    if (sink < 0 || recent < 1) return cli_error(&cmd, "--sink/--recent: need sink >= 0 and recent >= 1"), 2;
     if (min_tokens <= sink + recent || max_tokens < min_tokens)
         return cli_error(&cmd, "--min-tokens/--max-tokens: need sink + recent < min <= max, got %d..%d", min_tokens,
                          max_tokens), 2;
@@ -42,6 +47,7 @@ int cmd_duo_calibrate(int argc, char **argv)
         snprintf(default_out, sizeof default_out, "%s/duo", dir);
         out_dir = default_out;
     }
+    if (cli_check_output(&cmd, "--out", out_dir, 1)) return 1;
     pikv_model *m;
     pikv_tokenizer *tok;
     if (cli_load(&cmd, dir, &m, &tok)) return 1;
@@ -54,7 +60,7 @@ int cmd_duo_calibrate(int argc, char **argv)
                   pikv_model_config(m)->n_positions);
     else if (pk_haystack_load(&h, tok, haystack))
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
-    else if (!(s = pikv_session_new(m, threads)))
+    else if (!(s = pikv_session_new(m, cli_threads(threads))))
         cli_fail(&cmd);
     else {
         pk_duo_calibration c = {samples, min_tokens, max_tokens, sink, recent, (uint64_t)seed};

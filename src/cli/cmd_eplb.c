@@ -2,6 +2,7 @@
  * load matrices and print the placement as JSON (see router/eplb.h). */
 #include "pikv.h"
 #include "router/eplb.h"
+#include "util/file.h"
 #include "util/mem.h"
 
 #include <errno.h>
@@ -16,9 +17,9 @@ static const char eplb_usage[] =
     "FILE.json holds one object, or a list of them:\n"
     "  {\"weight\": [[load of each expert] for each layer],\n"
     "   \"num_replicas\": R, \"num_groups\": G, \"num_nodes\": N, \"num_gpus\": D}\n"
-    "Loads are finite and >= 0; experts %% G == 0, R >= experts, R %% D == 0.\n"
-    "When G %% N == 0 the hierarchical policy packs groups onto nodes first (then\n"
-    "D %% N == 0 is needed too); otherwise the global policy places over all GPUs.\n"
+    "Loads are finite and >= 0; experts % G == 0, R >= experts, R % D == 0.\n"
+    "When G % N == 0 the hierarchical policy packs groups onto nodes first (then\n"
+    "D % N == 0 is needed too); otherwise the global policy places over all GPUs.\n"
     "\n"
     "Prints one line of JSON per input, a list for a list:\n"
     "  {\"phy2log\": [[expert in each of the R slots] per layer],\n"
@@ -27,35 +28,6 @@ static const char eplb_usage[] =
     "Slot p lives on GPU p / (R / D).\n"
     "\n"
     "Exit status: 0 on success, 1 for a bad input file, 2 for bad usage.\n";
-
-/* Read a whole file into a NUL-terminated buffer (pk_free it); NULL with errno
- * set when it cannot be read. */
-static char *read_whole_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, used = 0;
-    char *buf = pk_malloc(cap, "EPLB input file");
-    while (buf) {
-        used += fread(buf + used, 1, cap - used - 1, f);
-        if (used < cap - 1) break; /* end of file, or a read error */
-        char *bigger = pk_realloc(buf, cap * 2, "EPLB input file");
-        if (!bigger) pk_free(buf);
-        buf = bigger;
-        cap *= 2;
-    }
-    int failed = !buf || ferror(f);
-    int saved_errno = buf ? errno : ENOMEM;
-    fclose(f);
-    if (failed) {
-        pk_free(buf);
-        errno = saved_errno;
-        return NULL;
-    }
-    buf[used] = '\0';
-    *len = used;
-    return buf;
-}
 
 /* pikv eplb --input FILE.json: print the EPLB placement of each problem in FILE. */
 int cmd_eplb(int argc, char **argv)
@@ -89,9 +61,9 @@ int cmd_eplb(int argc, char **argv)
     }
 
     size_t len = 0;
-    char *text = read_whole_file(input, &len);
+    char *text = pk_read_file(input, PK_MAX_JSON_BYTES, &len);
     if (!text) {
-        fprintf(stderr, "pikv eplb: %s: cannot read: %s\n", input, strerror(errno));
+        fprintf(stderr, "pikv eplb: %s\n", pikv_last_error());
         return 1;
     }
     char *result = pk_eplb_json(text, len);

@@ -4,6 +4,7 @@
 #include "eval/retrieval.h"
 #include "pikv.h"
 
+#include <limits.h>
 #include <stdio.h>
 
 int cmd_eval(int argc, char **argv)
@@ -14,14 +15,16 @@ int cmd_eval(int argc, char **argv)
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
         {"--press", NULL, OPT_LIST, &presses, "press to evaluate (repeatable; default: none)", NULL},
-        {"--tasks", NULL, OPT_INT, &n_tasks, "number of tasks (default 50)", NULL},
-        {"--min-tokens", NULL, OPT_INT, &min_tokens, "shortest context (default 1000)", NULL},
-        {"--max-tokens", NULL, OPT_INT, &max_tokens, "longest context (default 2000)", NULL},
+        {"--tasks", NULL, OPT_INT, &(cli_int){&n_tasks, 1, CLI_MAX_TASKS}, "number of tasks (default 50)", NULL},
+        {"--min-tokens", NULL, OPT_INT, &(cli_int){&min_tokens, 64, CLI_MAX_TOKENS},
+         "shortest context (default 1000)", NULL},
+        {"--max-tokens", NULL, OPT_INT, &(cli_int){&max_tokens, 64, CLI_MAX_TOKENS},
+         "longest context (default 2000)", NULL},
         {"--query-aware", NULL, OPT_FLAG, &query_aware, "the press sees the question when it compresses", NULL},
         {"--both-modes", NULL, OPT_FLAG, &both, "run query-agnostic and query-aware", NULL},
         {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default data/haystack.txt)", NULL},
-        {"--seed", NULL, OPT_INT, &seed, "task seed (default 1)", NULL},
-        {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
+        {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
+        {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
     };
     const cli_command cmd = {"eval", "eval [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B] [--query-aware | --both-modes]",
                              "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
@@ -31,9 +34,8 @@ int cmd_eval(int argc, char **argv)
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
-    if (n_tasks < 1) return cli_error(&cmd, "--tasks: must be >= 1, got %d", n_tasks), 2;
-    if (min_tokens < 64 || max_tokens < min_tokens)
-        return cli_error(&cmd, "--min-tokens/--max-tokens: need 64 <= min <= max, got %d..%d", min_tokens, max_tokens), 2;
+    if (max_tokens < min_tokens)
+        return cli_error(&cmd, "--min-tokens/--max-tokens: need min <= max, got %d..%d", min_tokens, max_tokens), 2;
     if (presses.n == 0) presses.items[presses.n++] = "none";
 
     const char *dir = cli_model_dir(model_flag);
@@ -52,7 +54,7 @@ int cmd_eval(int argc, char **argv)
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto out_model;
     }
-    if (!(s = pikv_session_new(m, threads))) { cli_fail(&cmd); goto out; }
+    if (!(s = pikv_session_new(m, cli_threads(threads)))) { cli_fail(&cmd); goto out; }
     printf("retrieval accuracy, %d tasks of %d-%d tokens (seed %d)\n\n", n_tasks, min_tokens, max_tokens, seed);
     printf("| %-44s | %-14s | %8s | %7s | %7s | %7s | %7s |\n", "press", "mode", "accuracy", "KV kept", "read",
            "missed", "seconds");

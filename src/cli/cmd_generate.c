@@ -7,6 +7,7 @@
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -204,15 +205,19 @@ int cmd_generate(int argc, char **argv)
         {"--press", NULL, OPT_STRING, &o.press_spec, "compress the KV cache, e.g. snapkv:0.5 (see README)", NULL},
         {"--query-aware", NULL, OPT_FLAG, &o.query_aware, "let the press see each question when it compresses",
          NULL},
-        {"--max-new-tokens", "-n", OPT_INT, &o.max_new, "tokens to generate (default 32)", NULL},
+        {"--max-new-tokens", "-n", OPT_INT, &(cli_int){&o.max_new, 0, CLI_MAX_TOKENS},
+         "tokens to generate (default 32)", NULL},
         {"--greedy", NULL, OPT_FLAG, &o.greedy, "pick the most likely token (the default)", NULL},
         {"--temperature", NULL, OPT_FLOAT, &o.temperature, "sample at this temperature (> 0)", &o.sampling_given},
-        {"--top-k", NULL, OPT_INT, &o.top_k, "sample among the k most likely tokens (0 = all)", &o.sampling_given},
+        {"--top-k", NULL, OPT_INT, &(cli_int){&o.top_k, 0, CLI_MAX_TOKENS},
+         "sample among the k most likely tokens (0 = all)", &o.sampling_given},
         {"--top-p", NULL, OPT_FLOAT, &o.top_p, "sample from the smallest set with this mass (0 < p <= 1)",
          &o.sampling_given},
-        {"--seed", NULL, OPT_INT, &o.seed, "random seed for sampling (default 0)", &o.sampling_given},
-        {"--threads", "-t", OPT_INT, &o.threads, "threads (default: all cores)", NULL},
-        {"--workers", "-w", OPT_INT, &o.workers, "decode attention on W workers, heads placed by EPLB", NULL},
+        {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX},
+         "random seed for sampling (default 0)", &o.sampling_given},
+        {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
+        {"--workers", "-w", OPT_INT, &(cli_int){&o.workers, 0, 64},
+         "decode attention on W workers, heads placed by EPLB", NULL},
         {"--print-ids", NULL, OPT_FLAG, &o.print_ids, "print the generated token ids on one line", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object with ids, text, timings and bytes", NULL},
     };
@@ -238,12 +243,8 @@ int cmd_generate(int argc, char **argv)
     if (pipeline && o.sampling_given)
         return cli_error(&cmd, "--press/--question answer greedily: drop --temperature/--top-k/--top-p/--seed"), 2;
     if (o.query_aware && o.questions.n == 0) return cli_error(&cmd, "--query-aware needs at least one --question"), 2;
-    if (o.max_new < 0) return cli_error(&cmd, "--max-new-tokens: must be >= 0, got %d", o.max_new), 2;
     if (!(o.temperature > 0)) return cli_error(&cmd, "--temperature: must be > 0, got %g", o.temperature), 2;
-    if (o.top_k < 0) return cli_error(&cmd, "--top-k: must be >= 0, got %d", o.top_k), 2;
     if (!(o.top_p > 0 && o.top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", o.top_p), 2;
-    if (o.threads < 0) return cli_error(&cmd, "--threads: must be >= 1, got %d", o.threads), 2;
-    if (o.workers < 0 || o.workers > 64) return cli_error(&cmd, "--workers: must be 0..64, got %d", o.workers), 2;
 
     generate_run r = {0};
     rc = 1;
@@ -262,7 +263,7 @@ int cmd_generate(int argc, char **argv)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
                            &r.questions[i], &r.n_question[i]))
             goto done;
-    if (!(r.session = pikv_session_new(r.model, o.threads)) || pikv_session_set_workers(r.session, o.workers, 1)) {
+    if (!(r.session = pikv_session_new(r.model, cli_threads(o.threads))) || pikv_session_set_workers(r.session, o.workers, 1)) {
         cli_fail(&cmd);
         goto done;
     }

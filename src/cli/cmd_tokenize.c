@@ -2,25 +2,10 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "pikv.h"
+#include "util/file.h"
 #include "util/mem.h"
 
 #include <stdio.h>
-
-/* Read all of stdin into one buffer. */
-static char *read_stdin(size_t *len)
-{
-    size_t cap = 1 << 16, n = 0;
-    char *buf = pk_malloc(cap, "stdin");
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, stdin);
-        if (n < cap) break;
-        char *bigger = pk_realloc(buf, cap *= 2, "stdin");
-        if (!bigger) pk_free(buf);
-        buf = bigger;
-    }
-    *len = n;
-    return buf;
-}
 
 int cmd_tokenize(int argc, char **argv)
 {
@@ -37,7 +22,7 @@ int cmd_tokenize(int argc, char **argv)
     if (!tok) return cli_fail(&cmd);
     size_t len = 0, n = 0;
     int32_t *ids = NULL;
-    char *text = read_stdin(&len);
+    char *text = pk_read_stream(0, "stdin", PK_MAX_TEXT_BYTES, &len);
     rc = 1;
     if (!text) cli_fail(&cmd);
     else if (pikv_tokenize(tok, text, len, &ids, &n)) cli_error(&cmd, "stdin: %s", pikv_last_error());

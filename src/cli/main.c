@@ -1,7 +1,10 @@
 /* pikv: the command-line tool. Dispatches to one function per subcommand. */
 #include "cli/commands.h"
+#include "util/file.h"
 
 #include <cblas.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,19 +53,51 @@ static void prefer_native_blas_kernels(char **argv)
     execv("/proc/self/exe", argv); /* only returns on failure: keep the generic kernels */
 }
 
+/* SIGINT, SIGTERM, SIGHUP: remove the temporary files and staging directories
+ * of writes in progress, then die of the signal as if unhandled. */
+static void remove_temporaries_and_die(int sig)
+{
+    pk_cleanup_now();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void clean_up_on_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = remove_temporaries_and_die;
+    sigemptyset(&sa.sa_mask);
+    const int signals[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof signals / sizeof *signals; i++) sigaction(signals[i], &sa, NULL);
+}
+
+/* A command's results are its standard output: if they could not all be
+ * written (a full disk, a closed pipe), the command failed. A command that
+ * failed already said why; one line is enough. */
+static int check_stdout(const char *command, int rc)
+{
+    if (fflush(stdout) == 0 && !ferror(stdout)) return rc;
+    if (rc == 0) fprintf(stderr, "pikv%s%s: writing standard output: %s\n", command ? " " : "", command ? command : "",
+                         strerror(errno ? errno : EIO));
+    return rc ? rc : 1;
+}
+
 int main(int argc, char **argv)
 {
     prefer_native_blas_kernels(argv);
+    clean_up_on_signals();
     if (argc < 2) {
         usage(stderr);
         return 2;
     }
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
         usage(stdout);
-        return 0;
+        return check_stdout(NULL, 0);
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 1, argv + 1);
+        if (strcmp(argv[1], commands[i].name) == 0)
+            return check_stdout(commands[i].name, commands[i].run(argc - 1, argv + 1));
     fprintf(stderr, "pikv: unknown command '%s' (see pikv --help)\n", argv[1]);
     return 2;
 }

@@ -37,6 +37,8 @@ static int by_probability(const void *a, const void *b)
 
 int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng)
 {
+    if (!logits || !p || (!rng && !p->greedy)) return pk_fail("pikv_sample: logits, sampling or rng is NULL");
+    if (vocab <= 0) return pk_fail("pikv_sample: vocab %d must be > 0", vocab);
     if (p->greedy) return argmax(logits, vocab);
     if (!(p->temperature > 0.f)) return pk_fail("sampling: temperature must be > 0");
     /* Softmax at the given temperature. */
@@ -67,6 +69,10 @@ int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng)
 int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const pikv_sampling *p, int stop_id,
                        pikv_generation *out)
 {
+    if (!s || !logits || !p || !out) return pk_fail("pikv_generate_from: session, logits, sampling or output is NULL");
+    if (max_new_tokens > s->model->cfg.n_positions)
+        return pk_fail("max_new_tokens %d exceeds the model's %d positions (n_positions)", max_new_tokens,
+                       s->model->cfg.n_positions);
     const int V = s->model->cfg.vocab_size;
     out->ids = NULL;
     out->n_ids = 0;
@@ -98,6 +104,11 @@ fail:
 int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_new_tokens,
                   const pikv_sampling *p, int stop_id, pikv_generation *out)
 {
+    if (!s || !prompt || !p || !out) return pk_fail("pikv_generate: session, prompt, sampling or output is NULL");
+    if (n_prompt <= 0 || max_new_tokens < 0) return pk_fail("pikv_generate: no prompt, or max_new_tokens < 0");
+    if (n_prompt > s->model->cfg.n_positions || max_new_tokens > s->model->cfg.n_positions)
+        return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)", n_prompt,
+                       max_new_tokens, s->model->cfg.n_positions);
     out->ids = NULL;
     out->n_ids = 0;
     if (s->fwd.pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)

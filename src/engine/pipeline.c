@@ -53,11 +53,19 @@ static void keep_answer(pikv_qa_result *out, int slot, pikv_generation *gen)
 
 int pikv_answer(pikv_session *s, pikv_press *press, const pikv_qa_request *rq, pikv_qa_result *out)
 {
+    if (!s || !rq || !out) return pk_fail("pikv_answer: session, request or result is NULL");
+    if (!rq->context || (rq->n_questions > 0 && (!rq->questions || !rq->n_question)) || rq->n_questions < 0)
+        return pk_fail("pikv_answer: the request's context or questions are NULL, or n_questions < 0");
     memset(out, 0, sizeof *out);
     if (rq->n_context <= 0) return pk_fail("pipeline: the context is empty");
     if (rq->query_aware && rq->n_questions == 0) return pk_fail("pipeline: query-aware mode needs a question");
+    const int n_positions = pikv_model_config(pikv_session_model(s))->n_positions;
+    if (rq->n_context > n_positions || rq->max_new_tokens < 0 || rq->max_new_tokens > n_positions)
+        return pk_fail("pipeline: a context of %d tokens and %d new tokens do not fit the model's %d positions",
+                       rq->n_context, rq->max_new_tokens, n_positions);
     for (int q = 0; q < rq->n_questions; q++)
-        if (rq->n_question[q] <= 0) return pk_fail("pipeline: question %d is empty", q + 1);
+        if (rq->n_question[q] <= 0 || rq->n_question[q] > n_positions || !rq->questions[q])
+            return pk_fail("pipeline: question %d is empty, NULL or longer than the model's positions", q + 1);
     const pikv_config *c = pikv_model_config(pikv_session_model(s));
     const int slots = rq->n_questions > 0 ? rq->n_questions : 1;
     const pikv_sampling greedy = {.greedy = 1};

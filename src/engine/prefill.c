@@ -81,6 +81,7 @@ int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden)
 
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
 {
+    if (!s || !ids) return pk_fail("pikv_forward: session or ids is NULL");
     if (session_run(s, ids, n)) return -1;
     if (logits) pk_forward_logits(&s->fwd, n, logits, all_logits);
     return 0;
@@ -115,6 +116,10 @@ static int shape_empty_cache(pikv_session *s, pk_press *press)
 
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits)
 {
+    if (!s || !ids) return pk_fail("pikv_prefill: session or ids is NULL");
+    if (n > s->model->cfg.n_positions - s->fwd.pos)
+        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
+                       s->fwd.pos, s->model->cfg.n_positions);
     if (press && press->n_layer &&
         (press->n_layer != s->model->cfg.n_layer || press->n_head != s->model->cfg.n_head))
         return pk_fail("press '%s' was made for a model of %d layers x %d heads, the session's has %d x %d",

@@ -14,6 +14,10 @@ pikv_session_params pikv_session_default_params(void)
 
 pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_session_params *p)
 {
+    if (!p) {
+        pk_fail("pikv_session_new_with_params: params is NULL");
+        return NULL;
+    }
     pikv_session *s = pikv_session_new(m, p->n_threads);
     if (s && p->workers > 1 && pikv_session_set_workers(s, p->workers, p->balanced_workers)) {
         pikv_session_free(s);
@@ -24,6 +28,14 @@ pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_sessi
 
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
 {
+    if (!m) {
+        pk_fail("pikv_session_new: model is NULL");
+        return NULL;
+    }
+    if (n_threads > 4096) {
+        pk_fail("pikv_session_new: %d threads is out of range (at most 4096; <= 0 for all cores)", n_threads);
+        return NULL;
+    }
     pikv_session *s = pk_calloc(1, sizeof *s, "session");
     if (!s) return NULL;
     s->model = m;
@@ -51,6 +63,7 @@ void pikv_session_free(pikv_session *s)
 
 void pikv_session_reset(pikv_session *s)
 {
+    if (!s) return;
     pk_kv_clear(&s->fwd.kv);
     s->fwd.pos = 0;
     s->mark.marked = 0;
@@ -61,21 +74,43 @@ void pikv_session_reset(pikv_session *s)
     s->routing.table = NULL;
 }
 
-const pikv_model *pikv_session_model(const pikv_session *s) { return s->model; }
+const pikv_model *pikv_session_model(const pikv_session *s)
+{
+    if (!s) pk_fail("pikv_session_model: session is NULL");
+    return s ? s->model : NULL;
+}
 
-int pikv_session_threads(const pikv_session *s) { return s->fwd.n_threads; }
+int pikv_session_threads(const pikv_session *s)
+{
+    return s ? s->fwd.n_threads : pk_fail("pikv_session_threads: session is NULL");
+}
 
-int pikv_session_position(const pikv_session *s) { return s->fwd.pos; }
+int pikv_session_position(const pikv_session *s)
+{
+    return s ? s->fwd.pos : pk_fail("pikv_session_position: session is NULL");
+}
 
-size_t pikv_session_kv_bytes(const pikv_session *s) { return pk_kv_bytes(&s->fwd.kv); }
+size_t pikv_session_kv_bytes(const pikv_session *s)
+{
+    if (!s) {
+        pk_fail("pikv_session_kv_bytes: session is NULL");
+        return 0;
+    }
+    return pk_kv_bytes(&s->fwd.kv);
+}
 
 int pikv_session_kv_len(const pikv_session *s, int layer, int head)
 {
+    if (!s) return pk_fail("pikv_session_kv_len: session is NULL");
+    const pikv_config *c = &s->model->cfg;
+    if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
+        return pk_fail("KV cache: no layer %d head %d", layer, head);
     return pk_kv_head_at(&s->fwd.kv, layer, head)->len;
 }
 
 int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
 {
+    if (!s || (!out && cap_rows > 0)) return pk_fail("pikv_session_kv_read: session or output is NULL");
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
@@ -87,6 +122,7 @@ int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
 
 int pikv_session_kv_positions(const pikv_session *s, int layer, int head, int32_t *out, int cap)
 {
+    if (!s || (!out && cap > 0)) return pk_fail("pikv_session_kv_positions: session or output is NULL");
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
@@ -96,10 +132,20 @@ int pikv_session_kv_positions(const pikv_session *s, int layer, int head, int32_
     return h->len;
 }
 
-void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st) { *st = s->presses.stats; }
+void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st)
+{
+    if (!st) return;
+    if (!s) {
+        memset(st, 0, sizeof *st);
+        pk_fail("pikv_session_press_stats: session is NULL");
+        return;
+    }
+    *st = s->presses.stats;
+}
 
 int pikv_session_mark(pikv_session *s)
 {
+    if (!s) return pk_fail("pikv_session_mark: session is NULL");
     if (pk_kv_snapshot_take(&s->fwd.kv, &s->mark.snapshot)) return -1;
     s->mark.pos = s->fwd.pos;
     s->mark.epoch = s->fwd.kv.epoch;
@@ -109,6 +155,7 @@ int pikv_session_mark(pikv_session *s)
 
 int pikv_session_rewind(pikv_session *s)
 {
+    if (!s) return pk_fail("pikv_session_rewind: session is NULL");
     if (!s->mark.marked) return pk_fail("session: rewind without a mark");
     if (s->fwd.kv.epoch != s->mark.epoch)
         return pk_fail("session: the cache was compressed after the mark, so it cannot be rewound");
@@ -127,6 +174,7 @@ int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int re
 
 int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
 {
+    if (!s) return pk_fail("pikv_session_set_workers: session is NULL");
     if (workers < 0 || workers > 1024) return pk_fail("workers: %d is out of range 0..1024", workers);
     pk_session_workers *w = &s->workers;
     pk_free(w->scores);
@@ -149,5 +197,6 @@ int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
 
 double pikv_session_worker_imbalance(const pikv_session *s)
 {
+    if (!s) return pk_fail("pikv_session_worker_imbalance: session is NULL");
     return s->workers.imbalance_steps ? s->workers.imbalance_sum / (double)s->workers.imbalance_steps : 1.0;
 }

@@ -28,7 +28,7 @@ int pk_haystack_load(pk_haystack *h, const pikv_tokenizer *tok, const char *path
 {
     memset(h, 0, sizeof *h);
     size_t len;
-    char *text = pk_read_file(path, &len);
+    char *text = pk_read_file(path, PK_MAX_TEXT_BYTES, &len);
     if (!text) return -1;
     size_t n = 0;
     int rc = pikv_tokenize(tok, text, len, &h->ids, &n);

@@ -7,22 +7,29 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 enum { MAX_SHARDS = 256 };
 
-/* The safetensors files of one checkpoint and, for sharded ones, which file
- * holds which tensor. */
+/* The safetensors files of one checkpoint and, for sharded ones, the index's
+ * weight_map that says which file holds which tensor. */
 typedef struct {
     pk_safetensors shards[MAX_SHARDS];
     int n_shards;
+    cJSON *index;              /* model.safetensors.index.json, NULL for one file */
+    const cJSON *weight_map;   /* inside index */
+    char index_path[1024];
 } checkpoint;
 
 static void checkpoint_close(checkpoint *ck)
 {
     for (int i = 0; i < ck->n_shards; i++) pk_st_close(&ck->shards[i]);
     ck->n_shards = 0;
+    cJSON_Delete(ck->index);
+    ck->index = NULL;
+    ck->weight_map = NULL;
 }
 
 /* Open model.safetensors, or every shard named by model.safetensors.index.json. */
@@ -30,26 +37,29 @@ static int checkpoint_open(checkpoint *ck, const char *dir)
 {
     char path[1024];
     ck->n_shards = 0;
+    ck->index = NULL;
+    ck->weight_map = NULL;
     if (pk_join_path(path, sizeof path, dir, "model.safetensors")) return -1;
-    if (pk_file_exists(path)) {
+    if (pk_path_exists(path)) {
         if (pk_st_open(&ck->shards[0], path)) return -1;
         ck->n_shards = 1;
         return 0;
     }
-    if (pk_join_path(path, sizeof path, dir, "model.safetensors.index.json")) return -1;
-    if (!pk_file_exists(path))
+    if (pk_join_path(ck->index_path, sizeof ck->index_path, dir, "model.safetensors.index.json")) return -1;
+    if (!pk_path_exists(ck->index_path))
         return pk_fail("%s: no model.safetensors or model.safetensors.index.json in this directory", dir);
-    cJSON *index = pk_read_json(path);
-    if (!index) return -1;
-    const cJSON *map = cJSON_GetObjectItemCaseSensitive(index, "weight_map");
+    ck->index = pk_read_json(ck->index_path, PK_MAX_JSON_BYTES);
+    if (!ck->index) return -1;
+    const cJSON *map = cJSON_GetObjectItemCaseSensitive(ck->index, "weight_map");
     if (!cJSON_IsObject(map)) {
-        cJSON_Delete(index);
-        return pk_fail("%s: missing \"weight_map\" object", path);
+        pk_fail("%s: missing \"weight_map\" object", ck->index_path);
+        goto fail;
     }
+    ck->weight_map = map;
     const cJSON *e;
     cJSON_ArrayForEach(e, map) {
         if (!cJSON_IsString(e) || strchr(e->valuestring, '/')) {
-            pk_fail("%s: weight_map entry '%s' must be a file name in the same directory", path, e->string);
+            pk_fail("%s: weight_map entry '%s' must be a file name in the same directory", ck->index_path, e->string);
             goto fail;
         }
         char shard[1024];
@@ -58,33 +68,55 @@ static int checkpoint_open(checkpoint *ck, const char *dir)
         for (int i = 0; i < ck->n_shards && !seen; i++) seen = strcmp(ck->shards[i].path, shard) == 0;
         if (seen) continue;
         if (ck->n_shards == MAX_SHARDS) {
-            pk_fail("%s: more than %d shards", path, MAX_SHARDS);
+            pk_fail("%s: more than %d shards", ck->index_path, MAX_SHARDS);
             goto fail;
         }
         if (pk_st_open(&ck->shards[ck->n_shards], shard)) goto fail;
         ck->n_shards++;
     }
-    cJSON_Delete(index);
-    if (ck->n_shards == 0) return pk_fail("%s: weight_map is empty", path);
+    if (ck->n_shards == 0) {
+        pk_fail("%s: weight_map is empty", ck->index_path);
+        goto fail;
+    }
     return 0;
 fail:
-    cJSON_Delete(index);
     checkpoint_close(ck);
     return -1;
 }
 
+/* Find a tensor in the shard the index names for it, or in the one file. */
+static int find_in(const checkpoint *ck, const char *name, const pk_st_tensor **t, const pk_safetensors **in)
+{
+    if (!ck->weight_map) {
+        *t = pk_st_find(&ck->shards[0], name);
+        *in = &ck->shards[0];
+        return *t ? 0 : 1;
+    }
+    const cJSON *file = cJSON_GetObjectItemCaseSensitive(ck->weight_map, name);
+    if (!file) return 1;
+    const char *base;
+    for (int i = 0; i < ck->n_shards; i++) {
+        base = strrchr(ck->shards[i].path, '/');
+        base = base ? base + 1 : ck->shards[i].path;
+        if (strcmp(base, file->valuestring) != 0) continue;
+        *in = &ck->shards[i];
+        *t = pk_st_find(*in, name);
+        if (*t) return 0;
+        return pk_fail("%s: weight_map puts tensor '%s' in %s, but that file does not hold it", ck->index_path, name,
+                       file->valuestring);
+    }
+    return 1; /* not reached: every file the map names was opened */
+}
+
 /* Find a tensor under its bare name or with the `transformer.` prefix that
- * GPT2LMHeadModel checkpoints use. */
-static const pk_st_tensor *find_tensor(const checkpoint *ck, const char *name, const pk_safetensors **in)
+ * GPT2LMHeadModel checkpoints use: 0 found, 1 absent, -1 an error (the index
+ * names a shard that lacks it). */
+static int find_tensor(const checkpoint *ck, const char *name, const pk_st_tensor **t, const pk_safetensors **in)
 {
     char prefixed[256];
     snprintf(prefixed, sizeof prefixed, "transformer.%s", name);
-    for (int i = 0; i < ck->n_shards; i++) {
-        const pk_st_tensor *t = pk_st_find(&ck->shards[i], prefixed);
-        if (!t) t = pk_st_find(&ck->shards[i], name);
-        if (t) { *in = &ck->shards[i]; return t; }
-    }
-    return NULL;
+    int rc = find_in(ck, prefixed, t, in);
+    return rc == 1 ? find_in(ck, name, t, in) : rc;
 }
 
 /* Copy one named tensor into dst as float32 after checking its shape. */
@@ -92,8 +124,10 @@ static int load_tensor(const checkpoint *ck, const char *dir, const char *name, 
                        int64_t d1, pikv_model_info *info)
 {
     const pk_safetensors *st;
-    const pk_st_tensor *t = find_tensor(ck, name, &st);
-    if (!t) return pk_fail("%s: missing tensor '%s'", dir, name);
+    const pk_st_tensor *t;
+    int found = find_tensor(ck, name, &t, &st);
+    if (found < 0) return -1;
+    if (found) return pk_fail("%s: missing tensor '%s'", dir, name);
     int ndim = d1 ? 2 : 1;
     if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
         char want[64], got[96] = "";
@@ -122,15 +156,44 @@ static float *take(float **cursor, size_t n)
     return p;
 }
 
+/* The number of float32 parameters the forward pass holds, every product and
+ * sum checked: a config.json's dimensions are untrusted, and a wrapped count
+ * would allocate too little for the tensors copied in afterwards. */
+static int count_params(const pikv_config *c, int untied, size_t *out)
+{
+    size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
+    /* per layer: 2 layer norms (4C), c_attn (3C*C + 3C), c_proj (C*C + C), c_fc (C*F + F), mlp c_proj (F*C + C) */
+    size_t CC, CF, VC, PC, layer_sum, all, total = 0;
+    if (__builtin_mul_overflow(C, C, &CC) || __builtin_mul_overflow(C, F, &CF) || __builtin_mul_overflow(V, C, &VC) ||
+        __builtin_mul_overflow(P, C, &PC))
+        return -1;
+    size_t layer_terms[] = {CC, CC, CC, CC, CF, CF, 4 * C, 3 * C, C, F, C};
+    layer_sum = 0;
+    for (size_t i = 0; i < sizeof layer_terms / sizeof *layer_terms; i++)
+        if (__builtin_add_overflow(layer_sum, layer_terms[i], &layer_sum)) return -1;
+    if (__builtin_mul_overflow(layer_sum, (size_t)c->n_layer, &all)) return -1;
+    size_t terms[] = {VC, PC, 2 * C, all, untied ? VC : 0};
+    for (size_t i = 0; i < sizeof terms / sizeof *terms; i++)
+        if (__builtin_add_overflow(total, terms[i], &total)) return -1;
+    if (total > SIZE_MAX / sizeof(float)) return -1;
+    *out = total;
+    return 0;
+}
+
 /* Load every weight the forward pass uses into one float32 allocation. */
 static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir)
 {
     const pikv_config *c = &m->cfg;
     size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
     const pk_safetensors *st;
-    int untied = find_tensor(ck, "lm_head.weight", &st) != NULL;
-    size_t per_layer = 4 * C + 3 * C * C + 3 * C + C * C + C + C * F + F + F * C + C;
-    m->n_params = V * C + P * C + 2 * C + (size_t)c->n_layer * per_layer + (untied ? V * C : 0);
+    const pk_st_tensor *lm_head;
+    int untied = find_tensor(ck, "lm_head.weight", &lm_head, &st);
+    if (untied < 0) return -1;
+    untied = !untied;
+    if (count_params(c, untied, &m->n_params))
+        return pk_fail("%s: the weights of n_layer %d, n_embd %d, n_inner %d, vocab_size %d and n_positions %d "
+                       "do not fit in memory's address space", dir, c->n_layer, c->n_embd, c->n_inner,
+                       c->vocab_size, c->n_positions);
     m->params = pk_malloc_array(m->n_params, sizeof(float), "model weights");
     m->layers = pk_calloc((size_t)c->n_layer, sizeof *m->layers, "model layers");
     if (!m->params || !m->layers) return -1;
@@ -181,11 +244,11 @@ pikv_model *pikv_model_load(const char *dir)
         return NULL;
     }
     if (pk_join_path(path, sizeof path, dir, "config.json")) return NULL;
-    if (!pk_file_exists(path)) {
+    if (!pk_path_exists(path)) {
         pk_fail("%s: not found (is '%s' a Hugging Face model directory?)", path, dir);
         return NULL;
     }
-    cJSON *root = pk_read_json(path);
+    cJSON *root = pk_read_json(path, PK_MAX_JSON_BYTES);
     if (!root) return NULL;
     pikv_model *m = pk_calloc(1, sizeof *m, "model");
     if (!m) { cJSON_Delete(root); return NULL; }
@@ -219,6 +282,19 @@ void pikv_model_free(pikv_model *m)
     pk_free(m);
 }
 
-const pikv_config *pikv_model_config(const pikv_model *m) { return &m->cfg; }
+const pikv_config *pikv_model_config(const pikv_model *m)
+{
+    if (!m) pk_fail("pikv_model_config: model is NULL");
+    return m ? &m->cfg : NULL;
+}
 
-void pikv_model_get_info(const pikv_model *m, pikv_model_info *info) { *info = m->info; }
+void pikv_model_get_info(const pikv_model *m, pikv_model_info *info)
+{
+    if (!info) return;
+    if (!m) {
+        memset(info, 0, sizeof *info);
+        pk_fail("pikv_model_get_info: model is NULL");
+        return;
+    }
+    *info = m->info;
+}

@@ -1,5 +1,6 @@
 #include "model/safetensors.h"
 #include "util/error.h"
+#include "util/file.h"
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
@@ -90,6 +91,47 @@ static int parse_entry(const cJSON *e, pk_st_tensor *t, size_t data_size, const 
     return 0;
 }
 
+/* 1 when a JSON text escapes a NUL character ("\u0000") inside a string. cJSON
+ * decodes it and the C string ends there, so "wte.weight\u0000x" would
+ * silently read as "wte.weight". */
+static int has_nul_escape(const char *text, size_t len)
+{
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == '\0') return 1; /* a raw NUL byte truncates a name the same way */
+        if (!in_string) {
+            in_string = text[i] == '"';
+        } else if (text[i] == '"') {
+            in_string = 0;
+        } else if (text[i] == '\\') {
+            if (i + 5 < len && text[i + 1] == 'u' && memcmp(text + i + 2, "0000", 4) == 0) return 1;
+            i++; /* whatever is escaped cannot end the string */
+        }
+    }
+    return 0;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(const pk_st_tensor *const *)a)->name, (*(const pk_st_tensor *const *)b)->name);
+}
+
+/* Refuse a header that names one tensor twice: which copy a lookup finds would
+ * depend on the order of the index, so another tensor's weights could load. */
+static int check_unique_names(const pk_safetensors *st, const char *path)
+{
+    const pk_st_tensor **sorted = pk_malloc_array((size_t)st->n_tensors, sizeof *sorted, "safetensors names");
+    if (!sorted) return -1;
+    for (int i = 0; i < st->n_tensors; i++) sorted[i] = &st->tensors[i];
+    qsort(sorted, (size_t)st->n_tensors, sizeof *sorted, by_name);
+    int rc = 0;
+    for (int i = 1; i < st->n_tensors && !rc; i++)
+        if (strcmp(sorted[i - 1]->name, sorted[i]->name) == 0)
+            rc = pk_fail("%s: tensor '%s' appears twice in the header", path, sorted[i]->name);
+    pk_free(sorted);
+    return rc;
+}
+
 static int by_offset(const void *a, const void *b)
 {
     uintptr_t x = (uintptr_t)((const pk_st_tensor *)a)->data, y = (uintptr_t)((const pk_st_tensor *)b)->data;
@@ -107,8 +149,11 @@ int pk_st_parse(pk_safetensors *st, const uint8_t *buf, size_t size, const char 
                        (unsigned long long)hlen, size);
     if (hlen > MAX_HEADER_BYTES) return pk_fail("%s: header of %llu bytes is implausibly large", path,
                                                 (unsigned long long)hlen);
+    if (has_nul_escape((const char *)buf + 8, (size_t)hlen))
+        return pk_fail("%s: header has a name or string with an embedded NUL character (\\u0000)", path);
     cJSON *root = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
-    if (!root || !cJSON_IsObject(root)) {
+    if (!root) return pk_fail("%s: header is %s", path, pk_json_error_reason((const char *)buf + 8, (size_t)hlen));
+    if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return pk_fail("%s: header is not a JSON object", path);
     }
@@ -127,6 +172,7 @@ int pk_st_parse(pk_safetensors *st, const uint8_t *buf, size_t size, const char 
         if (!(t->name = pk_strdup(e->string, "tensor name"))) goto fail;
         st->n_tensors++;
     }
+    if (check_unique_names(st, path)) goto fail;
     /* Overlap check on the sorted offsets, then make the pointers absolute. */
     qsort(st->tensors, (size_t)st->n_tensors, sizeof *st->tensors, by_offset);
     const pk_st_tensor *prev = NULL; /* the last non-empty tensor: empty ones overlap nothing */
@@ -152,14 +198,10 @@ fail:
 int pk_st_open(pk_safetensors *st, const char *path)
 {
     memset(st, 0, sizeof *st);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return pk_fail("%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return pk_fail("%s: not a regular file", path);
-    }
-    size_t size = (size_t)sb.st_size;
+    off_t st_size = 0;
+    int fd = pk_open_regular(path, &st_size);
+    if (fd < 0) return -1;
+    size_t size = (size_t)st_size;
     void *map = size ? mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
     close(fd);
     if (map == MAP_FAILED)

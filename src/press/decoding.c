@@ -95,6 +95,7 @@ static const pk_press_ops decoding_ops = {
 int pk_build_decoding(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
     static const char *const keys[] = {"every", "target", "window", NULL};
+    if (!env->model) return pk_fail("press 'decoding' needs a model (pikv_press_new's model is NULL)");
     const pikv_config *c = pikv_model_config(env->model);
     int every, target, window;
     pk_press *inner;

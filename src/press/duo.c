@@ -46,6 +46,7 @@ static const pk_press_ops duo_ops = {
 int pk_build_duo(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
     static const char *const keys[] = {"ratio", "sink", "recent", "pattern", "prefill_chunk", NULL};
+    if (!env->model) return pk_fail("press 'duo' needs a model (pikv_press_new's model is NULL)");
     const pikv_config *c = pikv_model_config(env->model);
     double ratio;
     if (spec->n_children) return pk_fail("press 'duo' takes no inner press");

@@ -94,7 +94,7 @@ int pk_duo_pattern_parse(const char *text, size_t len, const char *name, pk_duo_
 /* Read sink_size and recent_size from a pattern's config.json. */
 static int load_config(const char *path, pk_duo_pattern *p)
 {
-    cJSON *root = pk_read_json(path);
+    cJSON *root = pk_read_json(path, PK_MAX_JSON_BYTES);
     if (!root) return -1;
     const char *keys[2] = {"sink_size", "recent_size"};
     int *dst[2] = {&p->sink, &p->recent};
@@ -119,7 +119,7 @@ int pk_duo_pattern_load(const char *dir, pk_duo_pattern *p)
         pk_join_path(cfg, sizeof cfg, dir, "config.json"))
         return -1;
     size_t len;
-    char *text = pk_read_file(tsv, &len);
+    char *text = pk_read_file(tsv, PK_MAX_JSON_BYTES, &len);
     if (!text) return -1;
     int rc = pk_duo_pattern_parse(text, len, tsv, p);
     pk_free(text);

@@ -44,6 +44,7 @@ static int parse_ratios(const char *text, int n, double *out)
 int pk_build_per_layer(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
     static const char *const keys[] = {"ratios", NULL};
+    if (!env->model) return pk_fail("press 'per_layer' needs a model (pikv_press_new's model is NULL)");
     const int n_layer = pikv_model_config(env->model)->n_layer;
     const char *text = pk_spec_get(spec, "ratios");
     if (pk_spec_check_keys(spec, keys)) return -1;

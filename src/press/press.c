@@ -250,6 +250,10 @@ fail:
 
 pikv_press *pikv_press_new(const char *spec_text, const pikv_model *m, const char *model_dir)
 {
+    if (!spec_text) {
+        pk_fail("pikv_press_new: spec is NULL");
+        return NULL;
+    }
     pk_spec *spec;
     if (pk_spec_parse(spec_text, &spec)) return NULL;
     pk_press_env env = {m, model_dir};
@@ -261,16 +265,27 @@ pikv_press *pikv_press_new(const char *spec_text, const pikv_model *m, const cha
 
 void pikv_press_free(pikv_press *p) { pk_press_destroy(p); }
 
-const char *pikv_press_name(const pikv_press *p) { return p->name; }
+const char *pikv_press_name(const pikv_press *p)
+{
+    if (!p) pk_fail("pikv_press_name: press is NULL");
+    return p ? p->name : NULL;
+}
 
-double pikv_press_ratio(const pikv_press *p) { return p->ratio; }
+double pikv_press_ratio(const pikv_press *p) { return p ? p->ratio : pk_fail("pikv_press_ratio: press is NULL"); }
 
-int pikv_press_acts_while_generating(const pikv_press *p) { return (p->caps & PK_PRESS_WHILE_DECODING) != 0; }
+int pikv_press_acts_while_generating(const pikv_press *p)
+{
+    return p ? (p->caps & PK_PRESS_WHILE_DECODING) != 0 : pk_fail("pikv_press_acts_while_generating: press is NULL");
+}
 
-int pikv_press_routes_queries(const pikv_press *p) { return (p->caps & PK_PRESS_ROUTES_QUERIES) != 0; }
+int pikv_press_routes_queries(const pikv_press *p)
+{
+    return p ? (p->caps & PK_PRESS_ROUTES_QUERIES) != 0 : pk_fail("pikv_press_routes_queries: press is NULL");
+}
 
 int pikv_press_routing_stats(pikv_press *p, pikv_routing_stats *st, int reset)
 {
+    if (!p || !st) return pk_fail("pikv_press_routing_stats: press or output is NULL");
     pk_route_table *t = p->ops->routing ? p->ops->routing(p) : NULL;
     memset(st, 0, sizeof *st);
     if (!t) return pk_fail("press '%s' does not route queries (moe_router with route=1 does)", p->name);

@@ -12,16 +12,19 @@
  * Decoding concatenates the bytes each token stands for. */
 #include "tokenizer/tokenizer.h"
 #include "util/error.h"
+#include "util/file.h"
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
 #include <utf8proc.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Ids at or above this are rejected: it bounds the tables sized by the largest id. */
 #define MAX_TOKEN_ID (1 << 24)
@@ -60,6 +63,7 @@ struct pikv_tokenizer {
     size_t merge_mask;
     special_token *specials;        /* longest first, so the first match is longest */
     int n_specials;
+    int specials_cap;               /* room in specials, while loading */
     unsigned char special_first_byte[256];  /* 1 where some special token starts */
 };
 
@@ -139,43 +143,17 @@ static char *join_path(const char *dir, const char *name)
     return path;
 }
 
-/* Read a whole file into a NUL-terminated buffer. Returns 1 and leaves *data NULL
- * when the file does not exist and `optional` is set. Messages leave out the path:
- * the caller puts it in front. */
+/* Read a whole tokenizer file with the tree's one reader. Returns 1 and leaves
+ * *data NULL when the file does not exist and `optional` is set. */
 static int read_file(const char *path, int optional, char **data, size_t *size)
 {
-    *data = NULL;
     *size = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        if (optional && errno == ENOENT) return 1;
-        return pk_fail("cannot open: %s", strerror(errno));
+    if (optional && access(path, F_OK) != 0 && errno == ENOENT) {
+        *data = NULL;
+        return 1;
     }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = pk_malloc(cap, "file contents");
-    while (buf) {
-        n += fread(buf + n, 1, cap - 1 - n, f);
-        if (n < cap - 1) break;
-        char *grown = pk_realloc(buf, cap * 2, "file contents");
-        if (!grown) {
-            pk_free(buf);
-            buf = NULL;
-        } else {
-            buf = grown;
-            cap *= 2;
-        }
-    }
-    int read_error = ferror(f), saved_errno = errno;
-    fclose(f);
-    if (!buf) return -1;
-    if (read_error) {
-        pk_free(buf);
-        return pk_fail("cannot read: %s", strerror(saved_errno));
-    }
-    buf[n] = '\0';
-    *data = buf;
-    *size = n;
-    return 0;
+    *data = pk_read_file(path, PK_MAX_TOKENIZER_BYTES, size);
+    return *data ? 0 : -1;
 }
 
 /* Parse the JSON text of a file (NUL-terminated at text[size]). */
@@ -183,7 +161,7 @@ static int parse_json(const char *text, size_t size, cJSON **json)
 {
     const char *parse_end = text;
     *json = cJSON_ParseWithLengthOpts(text, size + 1, &parse_end, 1);
-    if (!*json) return pk_fail("invalid JSON near byte %zu", (size_t)(parse_end - text));
+    if (!*json) return pk_fail("%s near byte %zu", pk_json_error_reason(text, size), (size_t)(parse_end - text));
     return 0;
 }
 
@@ -314,20 +292,24 @@ static int load_vocab(pikv_tokenizer *t, vocab_loader *v, const char *text, size
 
 /* ---- special tokens -------------------------------------------------------- */
 
-/* Add a special token unless one with the same text is already known (the first
- * source wins). Empty texts are ignored: they would match everywhere. Text that
- * is not valid UTF-8 could never match whole characters, so it is an error. */
+/* Add a special token; a text that repeats an earlier one is dropped later, by
+ * drop_repeated_specials (the first source wins). Empty texts are ignored: they
+ * would match everywhere. Text that is not valid UTF-8 could never match whole
+ * characters, so it is an error. */
 static int add_special(pikv_tokenizer *t, const char *text, int32_t id)
 {
     size_t len = strlen(text);
     if (len == 0) return 0;
     if (!valid_utf8(text, len)) return pk_fail("special token with id %d is not valid UTF-8", id);
-    for (int i = 0; i < t->n_specials; i++)
-        if (strcmp(t->specials[i].text, text) == 0) return 0;
-    special_token *grown = pk_realloc(t->specials, (size_t)(t->n_specials + 1) * sizeof *grown,
-                                      "special tokens");
-    if (!grown) return -1;
-    t->specials = grown;
+    if (t->n_specials == t->specials_cap) {
+        /* Doubling: a tokenizer.json may list 100,000+ added tokens. */
+        if (t->specials_cap > INT_MAX / 2) return pk_fail("too many special tokens");
+        int cap = t->specials_cap ? 2 * t->specials_cap : 16;
+        special_token *grown = pk_realloc(t->specials, (size_t)cap * sizeof *grown, "special tokens");
+        if (!grown) return -1;
+        t->specials = grown;
+        t->specials_cap = cap;
+    }
     char *copy = pk_strdup(text, "special token");
     if (!copy) return -1;
     t->specials[t->n_specials++] = (special_token){copy, len, id};
@@ -384,6 +366,44 @@ static int load_config_tokens(pikv_tokenizer *t, vocab_loader *v, const char *co
     }
     cJSON_Delete(json);
     return rc;
+}
+
+/* Order for qsort_r over indices into the specials array (arg): by text, then
+ * by position, so that the first of equal texts comes first. */
+static int by_text_then_index(const void *a, const void *b, void *arg)
+{
+    const special_token *sp = arg;
+    int i = *(const int *)a, j = *(const int *)b;
+    int c = strcmp(sp[i].text, sp[j].text);
+    return c ? c : (i > j) - (i < j);
+}
+
+/* Keep only the first special token of each text, in O(n log n): a sort of the
+ * indices by text instead of comparing every pair. */
+static int drop_repeated_specials(pikv_tokenizer *t)
+{
+    int n = t->n_specials;
+    if (n < 2) return 0;
+    int *order = pk_malloc_array((size_t)n, sizeof *order, "special tokens");
+    unsigned char *repeated = pk_calloc((size_t)n, 1, "special tokens");
+    if (!order || !repeated) {
+        pk_free(order);
+        pk_free(repeated);
+        return -1;
+    }
+    for (int i = 0; i < n; i++) order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, by_text_then_index, t->specials);
+    for (int k = 1; k < n; k++)
+        if (strcmp(t->specials[order[k - 1]].text, t->specials[order[k]].text) == 0) repeated[order[k]] = 1;
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        if (repeated[i]) pk_free(t->specials[i].text);
+        else t->specials[kept++] = t->specials[i];
+    }
+    t->n_specials = kept;
+    pk_free(order);
+    pk_free(repeated);
+    return 0;
 }
 
 /* Order for qsort: longer special tokens first. */
@@ -544,10 +564,11 @@ static int load_file(pikv_tokenizer *t, vocab_loader *v, const tokenizer_source 
 {
     char *path = NULL, *text;
     size_t size;
-    int rc;
+    int rc, read_failed = 0;
     if (src->dir) {
         if (!(path = join_path(src->dir, file))) return pk_fail_prefix("%s", src->dir);
         rc = read_file(path, optional, &text, &size);
+        read_failed = rc < 0;
     } else {
         rc = copy_buffer(src, file, optional, &text, &size);
     }
@@ -555,7 +576,8 @@ static int load_file(pikv_tokenizer *t, vocab_loader *v, const tokenizer_source 
         rc = step(t, v, text, size);
         pk_free(text);
     }
-    if (rc < 0) pk_fail_prefix("%s", path ? path : file);
+    /* A read error already names the path; a step's error gets it in front. */
+    if (rc < 0 && !read_failed) pk_fail_prefix("%s", path ? path : file);
     pk_free(path);
     return rc;
 }
@@ -578,6 +600,7 @@ static pikv_tokenizer *load_tokenizer(const tokenizer_source *src)
         int32_t id = vocab_find(&v, end_of_text, sizeof end_of_text - 1, "", 0);
         if (id >= 0 && add_special(t, end_of_text, id) < 0) rc = pk_fail_prefix("%s", where);
     }
+    if (rc == 0 && drop_repeated_specials(t) < 0) rc = pk_fail_prefix("%s", where);
     if (rc == 0) rc = load_file(t, &v, src, "merges.txt", 0, load_merges);
     if (rc == 0 && build_pieces(t, &v) < 0) rc = pk_fail_prefix("%s", where);
     cJSON_Delete(v.json);
@@ -631,6 +654,19 @@ int pikv_tokenizer_vocab_size(const pikv_tokenizer *t)
 {
     if (!t) return pk_fail("pikv_tokenizer_vocab_size: tokenizer is NULL");
     return t->n_ids;
+}
+
+/* A tokenizer whose ids run past the model's embedding rows would make the
+ * forward pass refuse (or, in a caller that skips the check, read) rows that
+ * are not there: refuse the pair up front. */
+int pikv_tokenizer_check_model(const pikv_tokenizer *t, const pikv_model *m)
+{
+    if (!t || !m) return pk_fail("pikv_tokenizer_check_model: tokenizer or model is NULL");
+    int model_vocab = pikv_model_config(m)->vocab_size;
+    if (t->n_ids > model_vocab)
+        return pk_fail("the tokenizer has ids up to %d but the model's vocab_size is %d: they do not belong together",
+                       t->n_ids - 1, model_vocab);
+    return 0;
 }
 
 /* ---- encoding --------------------------------------------------------------- */
