@@ -9,7 +9,7 @@
 
 int cmd_duo_calibrate(int argc, char **argv)
 {
-    const char *model_flag = NULL, *out_dir = NULL, *haystack = "data/haystack.txt";
+    const char *model_flag = NULL, *out_dir = NULL, *haystack = NULL;
     int samples = 16, min_tokens = 1000, max_tokens = 2000, sink = 64, recent = 256, seed = 1000, threads = 0;
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
@@ -19,7 +19,7 @@ int cmd_duo_calibrate(int argc, char **argv)
         {"--max-tokens", NULL, OPT_INT, &max_tokens, "longest context (default 2000)", NULL},
         {"--sink", NULL, OPT_INT, &sink, "attention sinks of a streaming head (default 64)", NULL},
         {"--recent", NULL, OPT_INT, &recent, "recent window of a streaming head (default 256)", NULL},
-        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default data/haystack.txt)", NULL},
+        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default: the bundled data/haystack.txt)", NULL},
         {"--seed", NULL, OPT_INT, &seed, "task seed (default 1000, apart from pikv eval's)", NULL},
         {"--threads", "-t", OPT_INT, &threads, "threads (default: all cores)", NULL},
     };
@@ -52,7 +52,7 @@ int cmd_duo_calibrate(int argc, char **argv)
     if (max_tokens + 48 > pikv_model_config(m)->n_positions)
         cli_error(&cmd, "--max-tokens: %d + question exceeds the model's %d positions", max_tokens,
                   pikv_model_config(m)->n_positions);
-    else if (pk_haystack_load(&h, tok, haystack))
+    else if (pk_haystack_load(&h, tok, cli_haystack_path(haystack)))
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
     else if (!(s = pikv_session_new(m, threads)))
         cli_fail(&cmd);
