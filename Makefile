@@ -137,10 +137,10 @@ test-valgrind: deps
 # program built with nothing but `pkg-config --cflags --libs pikv`, and the
 # Python package's tests against the installed library.
 test-install: deps
-	@{ command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1; } || \
+	@/usr/bin/python3 -c 'import pip, setuptools, wheel' 2>/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq python3 python3-pip; }
 	$(MAKE) $(BUILD)/pikv $(BUILD)/libpikv.so
-	MAKE="$(MAKE)" sh tests/install.sh
+	MAKE="$(MAKE)" VERSION="$(VERSION)" COMMIT="$(COMMIT)" sh tests/install.sh
 
 bench: deps
 	$(MAKE) $(BUILD)/pikv

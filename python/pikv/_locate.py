@@ -6,8 +6,11 @@ $PIKV_DATA_DIR, else PREFIX/share/pikv beside PREFIX/lib/libpikv.so, else the
 source tree above build/libpikv.so. The command itself is the one installed
 beside the library (PREFIX/bin/pikv, or build/pikv), else the first on $PATH."""
 import ctypes
+import functools
 import os
 import shutil
+import subprocess
+import sys
 
 from .errors import Error
 
@@ -38,6 +41,7 @@ def load_library():
     tried = []
     for candidate in _library_candidates():
         try:
+            _prefer_native_blas_kernels(candidate)
             return ctypes.CDLL(candidate)
         except OSError as e:
             tried.append(str(e))
@@ -45,14 +49,49 @@ def load_library():
                 + "; ".join(tried))
 
 
+_CORENAME_PROBE = ("import ctypes, sys\n"
+                   "name = ctypes.CDLL(sys.argv[1]).openblas_get_corename\n"
+                   "name.restype = ctypes.c_char_p\n"
+                   "print(name().decode())\n")
+
+
+def _prefer_native_blas_kernels(library):
+    """The `pikv` command's rule (prefer_native_blas_kernels in src/cli/main.c),
+    so that Python runs the same BLAS kernels, and so computes the same floats,
+    as the command: when the user has not set OPENBLAS_CORETYPE and OpenBLAS,
+    not knowing this CPU, falls back to its generic Prescott kernels (4-5x
+    slower), choose the AVX-512 or AVX2 kernels the CPU has. OpenBLAS reads the
+    variable once, when it is loaded, so a child process loads the library
+    first to ask which kernels it would pick."""
+    if "OPENBLAS_CORETYPE" in os.environ:
+        return
+    probe = subprocess.run([sys.executable, "-c", _CORENAME_PROBE, library], stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, universal_newlines=True)
+    if probe.returncode != 0 or probe.stdout.strip().lower() != "prescott":
+        return
+    flags = set()
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "SkylakeX"
+    elif {"avx2", "fma"} <= flags:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
+
+
 class _DlInfo(ctypes.Structure):
     _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
                 ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
 
 
+@functools.lru_cache(maxsize=None)
 def library_path(handle):
     """The real path of the loaded library file, from the dynamic loader
-    (dladdr on one of its functions): right even when it was found by soname."""
+    (dladdr on one of its functions): right even when it was found by soname.
+    (Once: each ctypes.CDLL object is a small graph of classes that only the
+    garbage collector frees.)"""
     libc = ctypes.CDLL(None)
     libc.dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
     info = _DlInfo()
