@@ -36,7 +36,8 @@ def main():
         print("%-36s %8s %10s  %-9s %s" % ("press", "KV kept", "KV MiB", "retrieval", "answer"))
         for press in presses:
             r = model.answer(context, QUESTION, press, max_new_tokens=8)
-            answer = r.answers[0].strip().splitlines()[0] if r.answers[0].strip() else ""
+            text = r.answers[0].replace("<|endoftext|>", "").strip()
+            answer = text.splitlines()[0] if text else ""
             print("%-36s %7.1f%% %10.2f  %-9s %r" % (r.press, 100 * r.kv_kept, r.kv_bytes_after / 2**20,
                                                     "found" if KEY in r.answers[0] else "missed", answer))
 
