@@ -113,28 +113,6 @@ int cli_parse(const cli_command *cmd, int argc, char **argv)
     return 0;
 }
 
-const char *cli_model_dir(const char *flag_value)
-{
-    static char bundled[PATH_MAX];
-    if (flag_value) return flag_value;
-    const char *env = getenv("PIKV_MODEL");
-    if (env && *env) return env;
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash) {
-            *slash = '\0';
-            snprintf(bundled, sizeof bundled, "%.*s/../models/pikv-ref-14m", PATH_MAX - 40, exe);
-            char probe[PATH_MAX + 16];
-            snprintf(probe, sizeof probe, "%s/config.json", bundled);
-            if (access(probe, R_OK) == 0) return bundled;
-        }
-    }
-    return "models/pikv-ref-14m";
-}
-
 char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len)
 {
     char *text = pk_read_file(path, PK_MAX_TEXT_BYTES, len);

@@ -3,6 +3,8 @@
 #ifndef PIKV_CLI_ARGS_H
 #define PIKV_CLI_ARGS_H
 
+#include "cli/datadir.h" /* the defaults of --model and --haystack */
+
 #include <stddef.h>
 
 typedef enum { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STRING, OPT_LIST } cli_kind;
@@ -52,10 +54,6 @@ int cli_parse(const cli_command *cmd, int argc, char **argv);
 int cli_error(const cli_command *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Report the library's last error under the command's name; returns 1. */
 int cli_fail(const cli_command *cmd);
-
-/* The model directory to use: --model, else $PIKV_MODEL, else the bundled model
- * next to the executable (../models/pikv-ref-14m), else ./models/pikv-ref-14m. */
-const char *cli_model_dir(const char *flag_value);
 
 /* Read a whole text file given to a flag; errors name the flag and file. */
 char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, size_t *len);

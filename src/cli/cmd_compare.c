@@ -248,7 +248,7 @@ static int emit(const cli_command *cmd, const compare_options *o, const pk_compa
 int cmd_compare(int argc, char **argv)
 {
     compare_options o = {.ratio = 0.5, .experts = 4, .top_k = 2, .eplb_share = 0.7, .context_tokens = 2000,
-                         .max_new = 24, .reps = 3, .tasks = QUICK_TASKS, .seed = 1, .haystack = "data/haystack.txt"};
+                         .max_new = 24, .reps = 3, .tasks = QUICK_TASKS, .seed = 1};
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &o.model_flag, "model directory (default: the bundled model)", NULL},
         {"--methods", NULL, OPT_STRING, &o.methods,
@@ -277,7 +277,8 @@ int cmd_compare(int argc, char **argv)
         {"--out", NULL, OPT_STRING, &o.out, "write compare.json, compare.csv (and plots) into this directory", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object instead of the text report", NULL},
         {"--csv", NULL, OPT_STRING, &o.csv, "write one CSV row per method to this file", NULL},
-        {"--haystack", NULL, OPT_STRING, &o.haystack, "text for needle tasks and perplexity (data/haystack.txt)",
+        {"--haystack", NULL, OPT_STRING, &o.haystack,
+         "text for needle tasks and perplexity (default: the bundled data/haystack.txt)",
          NULL},
         {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
@@ -339,7 +340,7 @@ int cmd_compare(int argc, char **argv)
     const char *dir = cli_model_dir(o.model_flag);
     rc = 1;
     if (cli_load(&cmd, dir, &r.model, &r.tok)) goto done;
-    if (pk_haystack_load(&r.haystack, r.tok, o.haystack)) {
+    if (pk_haystack_load(&r.haystack, r.tok, cli_haystack_path(o.haystack))) {
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto done;
     }

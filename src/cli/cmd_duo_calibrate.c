@@ -10,7 +10,7 @@
 
 int cmd_duo_calibrate(int argc, char **argv)
 {
-    const char *model_flag = NULL, *out_dir = NULL, *haystack = "data/haystack.txt";
+    const char *model_flag = NULL, *out_dir = NULL, *haystack = NULL;
     int samples = 16, min_tokens = 1000, max_tokens = 2000, sink = 64, recent = 256, seed = 1000, threads = 0;
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
@@ -25,7 +25,7 @@ int cmd_duo_calibrate(int argc, char **argv)
          "attention sinks of a streaming head (default 64)", NULL},
         {"--recent", NULL, OPT_INT, &(cli_int){&recent, 1, CLI_MAX_TOKENS},
          "recent window of a streaming head (default 256)", NULL},
-        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default data/haystack.txt)", NULL},
+        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default: the bundled data/haystack.txt)", NULL},
         {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX},
          "task seed (default 1000, apart from pikv eval's)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
@@ -58,7 +58,7 @@ int cmd_duo_calibrate(int argc, char **argv)
     if (max_tokens + 48 > pikv_model_config(m)->n_positions)
         cli_error(&cmd, "--max-tokens: %d + question exceeds the model's %d positions", max_tokens,
                   pikv_model_config(m)->n_positions);
-    else if (pk_haystack_load(&h, tok, haystack))
+    else if (pk_haystack_load(&h, tok, cli_haystack_path(haystack)))
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
     else if (!(s = pikv_session_new(m, cli_threads(threads))))
         cli_fail(&cmd);

@@ -9,7 +9,7 @@
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *model_flag = NULL, *haystack = "data/haystack.txt";
+    const char *model_flag = NULL, *haystack = NULL;
     cli_list presses = {0};
     int n_tasks = 50, min_tokens = 1000, max_tokens = 2000, query_aware = 0, both = 0, threads = 0, seed = 1;
     const cli_opt opts[] = {
@@ -22,7 +22,7 @@ int cmd_eval(int argc, char **argv)
          "longest context (default 2000)", NULL},
         {"--query-aware", NULL, OPT_FLAG, &query_aware, "the press sees the question when it compresses", NULL},
         {"--both-modes", NULL, OPT_FLAG, &both, "run query-agnostic and query-aware", NULL},
-        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default data/haystack.txt)", NULL},
+        {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default: the bundled data/haystack.txt)", NULL},
         {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
     };
@@ -50,7 +50,7 @@ int cmd_eval(int argc, char **argv)
                   pikv_model_config(m)->n_positions);
         goto out_model;
     }
-    if (pk_haystack_load(&h, tok, haystack)) {
+    if (pk_haystack_load(&h, tok, cli_haystack_path(haystack))) {
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto out_model;
     }

@@ -1,5 +1,7 @@
 /* pikv: the command-line tool. Dispatches to one function per subcommand. */
 #include "cli/commands.h"
+#include "cli/datadir.h"
+#include "pikv_build.h"
 #include "util/file.h"
 
 #include <cblas.h>
@@ -28,7 +30,8 @@ static const struct {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: pikv COMMAND [options]   (pikv COMMAND --help for its options)\n\ncommands:\n");
+    fprintf(out, "usage: pikv COMMAND [options]   (pikv COMMAND --help for its options)\n"
+                 "       pikv --version\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         fprintf(out, "  %-12s %s\n", commands[i].name, commands[i].summary);
     fprintf(out, "\nWithout --model, the bundled model models/pikv-ref-14m is used.\n");
@@ -94,6 +97,12 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
         usage(stdout);
         return check_stdout(NULL, 0);
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        /* The data directory too: it says which bundled model and text a bare
+         * command uses, the first thing to check when an install misbehaves. */
+        printf("pikv %s (commit %s)\ndata: %s\n", PIKV_VERSION, PIKV_COMMIT, cli_data_dir());
+        return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
         if (strcmp(argv[1], commands[i].name) == 0)
