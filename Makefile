@@ -47,7 +47,7 @@ LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps run test test-asan test-valgrind test-install bench install uninstall clean FORCE
+.PHONY: all deps run test test-asan test-tsan test-valgrind test-install bench install uninstall clean FORCE
 
 all: $(BUILD)/pikv $(BUILD)/libpikv.so $(TESTS)
 
@@ -127,6 +127,14 @@ test-asan: deps
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer $(ASAN_FLAGS)" SANITIZE="$(ASAN_FLAGS)" all
 	PIKV_TEST_QUICK=1 ASAN_OPTIONS=detect_leaks=1 PIKV=build-asan/pikv TEST_BIN=build-asan/tests sh tests/run.sh
 
+# Presses shared between threads (tests/test_threads.c) under ThreadSanitizer,
+# with one OpenMP thread per session: libgomp itself is not instrumented, so
+# only the sessions' own threads meet in the library.
+TSAN_FLAGS := -fsanitize=thread
+test-tsan: deps
+	$(MAKE) BUILD=build-tsan OPT="-O1 -g $(TSAN_FLAGS)" SANITIZE="$(TSAN_FLAGS)" build-tsan/tests/test_threads
+	OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1 build-tsan/tests/test_threads
+
 # The CLI under valgrind's memcheck (no leaks, no invalid accesses), built
 # without AVX-512, which valgrind cannot decode.
 test-valgrind: deps
@@ -185,7 +193,7 @@ uninstall:
 	  $(DESTDIR)$(PKGDATADIR)/models $(DESTDIR)$(PKGDATADIR)/data $(DESTDIR)$(PKGDATADIR) 2>/dev/null
 
 clean:
-	rm -rf build build-asan build-valgrind build-fuzz build-cuda
+	rm -rf build build-asan build-tsan build-valgrind build-fuzz build-cuda
 
 # Fuzzing with libFuzzer (clang): make fuzz [FUZZ_SECONDS=60]
 include fuzz.mk

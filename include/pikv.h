@@ -222,7 +222,15 @@ int pikv_press_routes_queries(const pikv_press *p);
  * one that routes queries (moe_router route=1) makes every later call read the
  * cache through its route table until the next reset or compressing prefill.
  * Either must outlive that use. press may be NULL. After a failure the session
- * must be reset. */
+ * must be reset.
+ *
+ * Threads: a press never changes after it is built, and sessions on several
+ * threads may share it -- except a press that keeps per-run state (decoding,
+ * moe_router, and compositions that hold one): it serves one session at a
+ * time, from that session's prefill with it until the session is reset, freed
+ * or prefilled with another press, and a prefill by another session meanwhile
+ * fails with "press '...' is in use by another session". A session itself is
+ * used by one thread at a time. */
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits);
 
 typedef struct pikv_press_stats {

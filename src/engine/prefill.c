@@ -124,6 +124,7 @@ int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, 
         (press->n_layer != s->model->cfg.n_layer || press->n_head != s->model->cfg.n_head))
         return pk_fail("press '%s' was made for a model of %d layers x %d heads, the session's has %d x %d",
                        press->name, press->n_layer, press->n_head, s->model->cfg.n_layer, s->model->cfg.n_head);
+    if (press && pk_session_claim(s, press)) return -1;
     if (press) s->routing.table = NULL; /* the press changes the cache; it routes it or nobody does */
     if (press && (press->caps & PK_PRESS_WHILE_DECODING)) {
         if (s->presses.attached && s->presses.attached != press)

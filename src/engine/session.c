@@ -50,6 +50,7 @@ pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
 void pikv_session_free(pikv_session *s)
 {
     if (!s) return;
+    pk_session_release(s);
     pk_forward_free(&s->fwd);
     pk_keep_set_free(&s->presses.keep);
     pk_kv_snapshot_free(&s->mark.snapshot);
@@ -72,6 +73,27 @@ void pikv_session_reset(pikv_session *s)
     if (attached && attached->ops->restart) attached->ops->restart(attached);
     s->presses.attached = NULL;
     s->routing.table = NULL;
+    pk_session_release(s);
+}
+
+int pk_session_claim(pikv_session *s, pk_press *p)
+{
+    if (!(p->caps & PK_PRESS_PER_RUN_STATE) || s->presses.claimed == p) return 0;
+    pk_session_release(s);
+    const void *free_press = NULL;
+    if (!atomic_compare_exchange_strong(&p->owner, &free_press, (const void *)s))
+        return pk_fail("press '%s' is in use by another session: a press that keeps per-run state (decoding, "
+                       "moe_router) serves one session at a time; make one press per session",
+                       p->name);
+    s->presses.claimed = p;
+    return 0;
+}
+
+void pk_session_release(pikv_session *s)
+{
+    if (!s->presses.claimed) return;
+    atomic_store(&s->presses.claimed->owner, NULL);
+    s->presses.claimed = NULL;
 }
 
 const pikv_model *pikv_session_model(const pikv_session *s)

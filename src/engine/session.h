@@ -14,6 +14,7 @@
 typedef struct {
     pk_press *compressing;  /* compresses each layer during the current call */
     pk_press *attached;     /* acts after each layer of every call (decoding presses) */
+    pk_press *claimed;      /* a press with per-run state this session holds (pk_session_claim) */
     pk_keep_set keep;       /* scratch for one layer's decision */
     pikv_press_stats stats;
 } pk_session_presses;
@@ -60,6 +61,12 @@ int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden)
 /* Limit one head's attention to a streaming window without dropping anything
  * (recent = 0 lifts it): what Duo calibration measures a head by. */
 int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int recent);
+
+/* A press with per-run state (PK_PRESS_PER_RUN_STATE) serves one session at a
+ * time: claim it for s (releasing any other press s holds), or fail when
+ * another session holds it. Reset and free release it. */
+int pk_session_claim(pikv_session *s, pk_press *p);
+void pk_session_release(pikv_session *s);
 
 /* Attention variants of the engine, in their own files. */
 int pk_routed_attention(pikv_session *s, int layer, int T);

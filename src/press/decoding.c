@@ -104,7 +104,7 @@ int pk_build_decoding(const pk_spec *spec, const pk_press_env *env, pk_press **o
         pk_spec_int(spec, "window", 64, 1, 4096, &window) || pk_press_inner_scorer(spec, env, &inner))
         return -1;
     if (pk_press_wrap("decoding", &decoding_ops, 0.0, sizeof(decoding_params), inner, out)) return -1;
-    (*out)->caps = PK_PRESS_WHILE_DECODING;
+    (*out)->caps = PK_PRESS_WHILE_DECODING | PK_PRESS_PER_RUN_STATE;
     decoding_params *dp = (*out)->params;
     dp->every = every;
     dp->target = target;

@@ -289,7 +289,7 @@ int pk_build_moe_router(const pk_spec *spec, const pk_press_env *env, pk_press *
     mp->window = window;
     mp->workers = workers;
     mp->route = route;
-    (*out)->caps = route ? PK_PRESS_ROUTES_QUERIES : 0;
+    (*out)->caps = PK_PRESS_PER_RUN_STATE | (route ? PK_PRESS_ROUTES_QUERIES : 0);
     mp->sample = sample;
     return 0;
 }

@@ -230,6 +230,7 @@ int pk_press_compose(const char *name, pk_press **parts, int n_parts, pk_press *
             }
     if (pk_press_new(name, &sequence_ops, 0.0, 0, out)) goto fail;
     (*out)->caps = PK_PRESS_SEQUENCE;
+    for (int i = 0; i < n_parts; i++) (*out)->caps |= parts[i]->caps & PK_PRESS_PER_RUN_STATE;
     (*out)->n_layer = parts[0]->n_layer;
     (*out)->n_head = parts[0]->n_head;
     double kept = 1.0;

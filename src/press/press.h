@@ -18,6 +18,8 @@
 #define PIKV_PRESS_PRESS_H
 
 #include "kv/kvcache.h"
+
+#include <stdatomic.h>
 #include "model/backend.h"
 #include "router/moe_router.h"
 #include "pikv.h"
@@ -51,7 +53,9 @@ enum {
     PK_PRESS_SEQUENCE = 1 << 0,        /* its parts run in order, each on what the last kept (composed) */
     PK_PRESS_WHILE_DECODING = 1 << 1,  /* acts on every later call (decoding) */
     PK_PRESS_ROUTES_QUERIES = 1 << 2,  /* later queries read the cache through its route table */
-    PK_PRESS_CHUNKED_PREFILL = 1 << 3  /* shapes the empty cache and prefills in chunks (duo prefill_chunk) */
+    PK_PRESS_CHUNKED_PREFILL = 1 << 3, /* shapes the empty cache and prefills in chunks (duo prefill_chunk) */
+    PK_PRESS_PER_RUN_STATE = 1 << 4    /* keeps state of the sequence it runs on (decoding's queries,
+                                          moe_router's statistics and route table): one session at a time */
 };
 
 typedef struct {
@@ -82,6 +86,7 @@ struct pk_press {
     unsigned caps;              /* PK_PRESS_* */
     int prefill_chunk;          /* PK_PRESS_CHUNKED_PREFILL: tokens per prefill call */
     int n_layer, n_head;        /* the model shape it was built for */
+    _Atomic(const void *) owner; /* PK_PRESS_PER_RUN_STATE: the session using it, or NULL */
     void *params;               /* press-specific, owned */
     pk_press *inner[PK_PRESS_MAX_INNER];
     int n_inner;
