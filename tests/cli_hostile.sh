@@ -76,6 +76,12 @@ mkfifo "$dir/pattern/full_attention_heads.tsv"
 echo '{"sink_size": 4, "recent_size": 64}' >"$dir/pattern/config.json"
 expect_error "pattern file a FIFO" 1 "full_attention_heads.tsv: not a regular file (a FIFO)" \
   generate --prompt hi --press "duo:0.5,pattern=$dir/pattern"
+# ... and one whose config.json is a FIFO: named as such, not "missing".
+mkdir "$dir/pattern2"
+cp models/pikv-ref-14m/duo/full_attention_heads.tsv "$dir/pattern2/"
+mkfifo "$dir/pattern2/config.json"
+expect_error "pattern config a FIFO" 1 "config.json: not a regular file (a FIFO)" \
+  generate --prompt hi --press "duo:0.5,pattern=$dir/pattern2"
 
 # ---- weights and tokenizers that do not belong together -----------------------
 # The tiny model's vocabulary plus one token with id 60,000: the model has 50,257 rows.

@@ -452,6 +452,11 @@ static void test_json(void)
     expect_json_error("\"eplb\"", "expected an object");
     expect_json_error("{\"weight\": [[1, 2]],\n \"num_replicas\": 2,,\n}",
                       "invalid JSON near line 2, column");
+    char deep[2100];
+    memset(deep, '[', 1001);
+    memset(deep + 1001, ']', 1001);
+    deep[2002] = 0;
+    expect_json_error(deep, "nested too deeply");
     expect_json_error("{} {}", "unexpected text after the JSON value at line 1, column 4");
     expect_json_error(" \n\t", "empty");
     expect_json_error("", "empty");

@@ -57,7 +57,7 @@ int pk_build_duo(const pk_spec *spec, const pk_press_env *env, pk_press **out)
     const char *given = pk_spec_get(spec, "pattern");
     if (given) snprintf(dir, sizeof dir, "%s", given);
     else if (!env->model_dir || pk_join_path(dir, sizeof dir, env->model_dir, "duo/full_attention_heads.tsv") ||
-             !pk_file_exists(dir))
+             !pk_path_exists(dir))
         return pk_fail("press 'duo': no head pattern for the model in '%s': give pattern=DIR, or make one with "
                        "`pikv duo-calibrate --model %s`",
                        env->model_dir ? env->model_dir : "?", env->model_dir ? env->model_dir : "DIR");

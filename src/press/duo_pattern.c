@@ -124,7 +124,7 @@ int pk_duo_pattern_load(const char *dir, pk_duo_pattern *p)
     int rc = pk_duo_pattern_parse(text, len, tsv, p);
     pk_free(text);
     if (rc) return -1;
-    if (!pk_file_exists(cfg)) {
+    if (!pk_path_exists(cfg)) {
         pk_duo_pattern_free(p);
         return pk_fail("%s: missing (a pattern needs sink_size and recent_size beside its gate values)", cfg);
     }

@@ -3,6 +3,7 @@
  * names the key, row or list item at fault. */
 #include "router/eplb.h"
 #include "util/error.h"
+#include "util/file.h"
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
@@ -252,7 +253,9 @@ char *pk_eplb_json(const char *text, size_t len)
     const char *end = NULL;
     cJSON *input = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!input) {
-        fail_at(text, end ? (size_t)(end - text) : 0, "invalid JSON near");
+        const char *reason = pk_json_error_reason(text, len);
+        if (strcmp(reason, "invalid JSON") != 0) pk_fail("EPLB input: %s", reason);
+        else fail_at(text, end ? (size_t)(end - text) : 0, "invalid JSON near");
         return NULL;
     }
     size_t after = skip_whitespace(text, (size_t)(end - text), len);
