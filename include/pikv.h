@@ -229,7 +229,8 @@ int pikv_press_routes_queries(const pikv_press *p);
  * moe_router, and compositions that hold one): it serves one session at a
  * time, from that session's prefill with it until the session is reset, freed
  * or prefilled with another press, and a prefill by another session meanwhile
- * fails with "press '...' is in use by another session". A session itself is
+ * fails with "press '...' is in use by another session". Freeing such a press
+ * while a session holds it ends that session's use of it. A session itself is
  * used by one thread at a time. */
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits);
 

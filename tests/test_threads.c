@@ -2,7 +2,7 @@
  * sessions on several threads may share one and each gets the answers it gets
  * alone; a press that keeps per-run state (decoding, moe_router) serves one
  * session at a time, and a second session's prefill with it fails with a
- * message instead of racing. Built with -fsanitize=thread by `make test-tsan`. */
+ * message instead of racing; freed before the session, it is forgotten. Built with -fsanitize=thread by `make test-tsan`. */
 #include "check.h"
 #include "eval/tasks.h"
 #include "pikv.h"
@@ -112,6 +112,22 @@ static void check_held(const char *spec)
     pikv_press_free(p);
 }
 
+/* A held press freed before its session: the session forgets it (no use of
+ * freed memory at its reset or free) and runs on without it. */
+static void check_freed_first(const char *spec)
+{
+    pikv_press *p = pikv_press_new(spec, model, MODEL);
+    pikv_session *s = pikv_session_new(model, 1);
+    CHECK(p && s && pikv_prefill(s, task.context, task.n_context, p, NULL) == 0, "%s: prefill", spec);
+    pikv_press_free(p);
+    const int32_t id = 13;
+    CHECK(pikv_forward(s, &id, 1, NULL, 0) == 0, "%s: the session decodes on after its press is freed: %s", spec,
+          pikv_last_error());
+    pikv_session_reset(s);
+    CHECK(pikv_prefill(s, task.context, task.n_context, NULL, NULL) == 0, "%s: and prefills after a reset", spec);
+    pikv_session_free(s);
+}
+
 int main(void)
 {
     model = pikv_model_load(MODEL);
@@ -127,7 +143,10 @@ int main(void)
     for (size_t i = 0; i < sizeof shared / sizeof *shared; i++) check_shared(shared[i]);
     const char *held[] = {"decoding(knorm):every=4,target=300", "moe_router:ratio=0.3,route=1", "moe_router:0.3",
                           "eplb_duo:0.5"};
-    for (size_t i = 0; i < sizeof held / sizeof *held; i++) check_held(held[i]);
+    for (size_t i = 0; i < sizeof held / sizeof *held; i++) {
+        check_held(held[i]);
+        check_freed_first(held[i]);
+    }
     pk_task_free(&task);
     pk_haystack_free(&hay);
     pikv_tokenizer_free(tok);

@@ -76,15 +76,27 @@ void pikv_session_reset(pikv_session *s)
     pk_session_release(s);
 }
 
+/* The claimed press is being destroyed before the session let go of it:
+ * forget it, and the decoding or routing it was doing. */
+static void forget_press(void *owner, const pk_press *p)
+{
+    pikv_session *s = owner;
+    if (s->presses.claimed != p) return;
+    s->presses.claimed = NULL;
+    if (s->presses.attached == p) s->presses.attached = NULL;
+    s->routing.table = NULL;
+}
+
 int pk_session_claim(pikv_session *s, pk_press *p)
 {
     if (!(p->caps & PK_PRESS_PER_RUN_STATE) || s->presses.claimed == p) return 0;
     pk_session_release(s);
-    const void *free_press = NULL;
-    if (!atomic_compare_exchange_strong(&p->owner, &free_press, (const void *)s))
+    void *free_press = NULL;
+    if (!atomic_compare_exchange_strong(&p->owner, &free_press, (void *)s))
         return pk_fail("press '%s' is in use by another session: a press that keeps per-run state (decoding, "
                        "moe_router) serves one session at a time; make one press per session",
                        p->name);
+    p->forget = forget_press;
     s->presses.claimed = p;
     return 0;
 }

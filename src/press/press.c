@@ -85,6 +85,8 @@ int pk_press_wrap(const char *name, const pk_press_ops *ops, double ratio, size_
 void pk_press_destroy(pk_press *p)
 {
     if (!p) return;
+    void *owner = atomic_load(&p->owner);
+    if (owner && p->forget) p->forget(owner, p);
     if (p->ops && p->ops->destroy) p->ops->destroy(p);
     for (int i = 0; i < p->n_inner; i++) pk_press_destroy(p->inner[i]);
     pk_free(p->params);

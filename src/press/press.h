@@ -86,7 +86,10 @@ struct pk_press {
     unsigned caps;              /* PK_PRESS_* */
     int prefill_chunk;          /* PK_PRESS_CHUNKED_PREFILL: tokens per prefill call */
     int n_layer, n_head;        /* the model shape it was built for */
-    _Atomic(const void *) owner; /* PK_PRESS_PER_RUN_STATE: the session using it, or NULL */
+    /* PK_PRESS_PER_RUN_STATE: the session using it (NULL when none), and what
+     * to tell that session when the press is destroyed first. */
+    _Atomic(void *) owner;
+    void (*forget)(void *owner, const pk_press *p);
     void *params;               /* press-specific, owned */
     pk_press *inner[PK_PRESS_MAX_INNER];
     int n_inner;
