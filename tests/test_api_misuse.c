@@ -135,6 +135,17 @@ static void check_with_objects(void)
     EXPECT_ERR(pikv_generate(s, NULL, 1, 1, &greedy, -1, &gen) == -1, "generate(NULL prompt)");
     EXPECT_ERR(pikv_generate(s, ids, 1, 1, NULL, -1, &gen) == -1, "generate(NULL sampling)");
     EXPECT_ERR(pikv_generate(s, ids, 1, 1, &greedy, -1, NULL) == -1, "generate(NULL output)");
+    EXPECT_ERR(pikv_generate_with_params(s, ids, 1, NULL, &gen) == -1, "generate_with_params(NULL params)");
+    EXPECT_ERR(pikv_generate_with_params(NULL, ids, 1, &(pikv_generation_params){.max_new_tokens = 1}, &gen) == -1,
+               "generate_with_params(NULL session)");
+    EXPECT_ERR(pikv_session_new_with_params(NULL, &(pikv_session_params){0}) == NULL, "session_new_with_params(NULL)");
+    EXPECT_ERR(pikv_session_new_with_params(pikv_session_model(s), NULL) == NULL,
+               "session_new_with_params(NULL params)");
+    int32_t pos[8];
+    EXPECT_ERR(pikv_session_kv_positions(s, 99, 0, pos, 8) == -1, "kv_positions(layer 99)");
+    EXPECT_ERR(pikv_session_kv_positions(s, 0, 0, pos, 1) == -1, "kv_positions(too small)");
+    EXPECT_ERR(pikv_session_kv_positions(NULL, 0, 0, pos, 8) == -1, "kv_positions(NULL session)");
+    EXPECT_ERR(pikv_press_routes_queries(NULL) == -1, "routes_queries(NULL)");
     EXPECT_ERR(pikv_generate_from(s, logits, INT_MAX, &greedy, -1, &gen) == -1, "generate_from(INT_MAX)");
     EXPECT_ERR(pikv_generate_from(s, NULL, 1, &greedy, -1, &gen) == -1, "generate_from(NULL logits)");
     EXPECT_ERR(pikv_session_set_workers(s, -1, 0) == -1, "set_workers(-1)");

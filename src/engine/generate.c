@@ -133,5 +133,6 @@ pikv_generation_params pikv_generation_default_params(void)
 int pikv_generate_with_params(pikv_session *s, const int32_t *prompt, int n_prompt, const pikv_generation_params *p,
                               pikv_generation *out)
 {
+    if (!p) return pk_fail("pikv_generate_with_params: params is NULL");
     return pikv_generate(s, prompt, n_prompt, p->max_new_tokens, &p->sampling, p->stop_id, out);
 }
