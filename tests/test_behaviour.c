@@ -12,7 +12,7 @@
  * tests/golden/compare_quality.json holds the quality block of every method of
  * a short `pikv compare --json` run (COMPARE_ARGS): retrieval and answer
  * agreement must match exactly, perplexity, KL and top-1 agreement within 1e-6
- * relative. */
+ * relative. Under the sanitizer builds only the recording runs (see main). */
 #include "check.h"
 #include "eval/tasks.h"
 #include "pikv.h"
@@ -277,8 +277,15 @@ int main(int argc, char **argv)
     lines_t now = {0};
     int rc = record(m, tok, &now);
     CHECK(rc == 0, "recording failed: %s", pikv_last_error());
-    cJSON *quality = compare_quality();
-    if (argc > 1 && strcmp(argv[1], "--write") == 0) {
+    /* The sanitizer builds (PIKV_TEST_QUICK) are compiled with other flags, so
+     * their arithmetic is not the recording's: there the recording runs every
+     * press under the sanitizers, and the comparison is left to the default
+     * build. */
+    const int sanitized = getenv("PIKV_TEST_QUICK") != NULL;
+    cJSON *quality = sanitized ? NULL : compare_quality();
+    if (sanitized) {
+        CHECK(now.n == 6 + 6 * N_SPECS, "every press recorded (%d lines)", now.n);
+    } else if (argc > 1 && strcmp(argv[1], "--write") == 0) {
         FILE *f = fopen(GOLDEN, "w");
         for (int i = 0; f && i < now.n; i++) fprintf(f, "%s\n", now.lines[i]);
         if (f) fclose(f);
