@@ -300,6 +300,12 @@ static void check_capabilities(const pk_task *t)
     expect_bad_spec("composed[duo:ratio=0.5,prefill_chunk=64]", "prefill_chunk cannot be composed");
     expect_bad_spec("composed[knorm:0.2,decoding(knorm):every=4,target=10]", "acts while generating");
     expect_bad_spec("composed[moe_router:ratio=0.3,route=1]", "route=1 cannot be composed");
+    expect_bad_spec("composed[snapkv:0.3,kvzip:0.5]", "gone when kvzip decides");
+    expect_bad_spec("composed[kvzip:0.5,expected_attention:0.3]", "gone when kvzip decides");
+    pikv_press *dk = pikv_press_new("composed[duo:ratio=0.5,knorm:0.1,kvzip:0.5]", model, MODEL);
+    CHECK(dk && (dk->caps & PK_PRESS_RECONSTRUCTION_SCORES), "kvzip composes with query-free presses: %s",
+          pikv_last_error());
+    pikv_press_free(dk);
     pikv_press *chunked = pikv_press_new("duo:ratio=0.5,prefill_chunk=256", model, MODEL);
     CHECK(chunked && (chunked->caps & PK_PRESS_CHUNKED_PREFILL) && chunked->prefill_chunk == 256,
           "duo with prefill_chunk declares a chunked prefill");

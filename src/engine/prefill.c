@@ -36,11 +36,12 @@ static int session_after_attention(void *ctx, pk_forward *f, int layer, int T)
 {
     pikv_session *s = ctx;
     pk_session_presses *P = &s->presses;
-    if (!P->compressing && !P->attached) return 0;
+    if (!P->compressing && !P->attached && !P->recording) return 0;
     const pikv_config *c = &s->model->cfg;
     pk_press_view view = {.cfg = c, .layer = layer, .q = f->qkv, .q_stride = 3 * c->n_embd, .n_q = T,
                           .q_pos0 = f->pos, .kv = &f->kv, .backend = f->backend,
                           .scale = pk_attention_scale(c, layer)};
+    if (P->recording) return pk_recon_record_layer(P->recording, &view);
     double t0 = pikv_now();
     size_t before = layer_bytes(&f->kv, layer);
     int rc = 0;
@@ -133,6 +134,8 @@ int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, 
         s->presses.attached = press;
         return pikv_forward(s, ids, n, logits, 0);
     }
+    if (press && (press->caps & PK_PRESS_RECONSTRUCTION_SCORES))
+        return pk_prefill_reconstructed(s, ids, n, press, logits);
     int chunk = n;
     if (press && (press->caps & PK_PRESS_CHUNKED_PREFILL)) {
         if (shape_empty_cache(s, press)) return -1;

@@ -10,9 +10,20 @@
 #include "press/press.h"
 #include "router/placement.h"
 
+/* Reconstruction scores being recorded (PK_PRESS_RECONSTRUCTION_SCORES):
+ * scores[layer][head][pos] for the first len positions, the largest weight
+ * any query from row first_row on of a reconstruction call gave that entry. */
+typedef struct {
+    float ***scores;
+    int len, first_row;
+    float *weights;         /* scratch: one head's query weights [rows, entries] */
+    size_t cap_weights;
+} pk_recon_record;
+
 /* Presses acting on the session's calls. */
 typedef struct {
     pk_press *compressing;  /* compresses each layer during the current call */
+    pk_recon_record *recording; /* records reconstruction scores during the current call */
     pk_press *attached;     /* acts after each layer of every call (decoding presses) */
     pk_press *claimed;      /* a press with per-run state this session holds (pk_session_claim) */
     pk_keep_set keep;       /* scratch for one layer's decision */
@@ -67,6 +78,13 @@ int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int re
  * another session holds it. Reset and free release it. */
 int pk_session_claim(pikv_session *s, pk_press *p);
 void pk_session_release(pikv_session *s);
+
+/* Record one layer's reconstruction attention into rec (engine/reconstruct.c). */
+int pk_recon_record_layer(pk_recon_record *rec, const pk_press_view *v);
+/* Prefill ids with the full cache (logits of the last row as pikv_prefill
+ * gives them), score the context by reconstruction, then compress every
+ * layer with the press, which has PK_PRESS_RECONSTRUCTION_SCORES. */
+int pk_prefill_reconstructed(pikv_session *s, const int32_t *ids, int n, pk_press *press, float *logits);
 
 /* Attention variants of the engine, in their own files. */
 int pk_routed_attention(pikv_session *s, int layer, int T);

@@ -29,5 +29,7 @@ int pk_build_knorm(const pk_spec *spec, const pk_press_env *env, pk_press **out)
     static const char *const keys[] = {"ratio", NULL};
     double ratio;
     if (pk_press_scorer_spec(spec, keys, &ratio)) return -1;
-    return pk_press_new("knorm", &knorm_ops, ratio, 0, out);
+    if (pk_press_new("knorm", &knorm_ops, ratio, 0, out)) return -1;
+    (*out)->caps = PK_PRESS_QUERY_FREE;
+    return 0;
 }

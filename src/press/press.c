@@ -33,6 +33,7 @@ static const struct {
     {"moe_router", pk_build_moe_router},
     {"duo", pk_build_duo},
     {"eplb_duo", pk_build_eplb_duo},
+    {"kvzip", pk_build_kvzip},
 };
 
 int pk_press_build(const pk_spec *spec, const pk_press_env *env, pk_press **out)
@@ -89,6 +90,7 @@ void pk_press_destroy(pk_press *p)
     if (owner && p->forget) p->forget(owner, p);
     if (p->ops && p->ops->destroy) p->ops->destroy(p);
     for (int i = 0; i < p->n_inner; i++) pk_press_destroy(p->inner[i]);
+    pk_free(p->recon_prompt);
     pk_free(p->params);
     pk_free(p);
 }
@@ -242,6 +244,22 @@ int pk_press_compose(const char *name, pk_press **parts, int n_parts, pk_press *
         parts[i] = NULL;
     }
     (*out)->ratio = 1.0 - kept;
+    if (pk_press_reconstruction_part(*out)) {
+        /* The composition then decides after the prefill, without the
+         * context's queries: every other part must do without them. */
+        for (int i = 0; i < (*out)->n_inner; i++) {
+            const pk_press *part = (*out)->inner[i];
+            if (!(part->caps & (PK_PRESS_QUERY_FREE | PK_PRESS_RECONSTRUCTION_SCORES))) {
+                pk_fail("press '%s' scores from the context's queries, which are gone when kvzip decides after "
+                        "its reconstruction; compose kvzip with duo, knorm, streaming_llm or none",
+                        part->name);
+                pk_press_destroy(*out);
+                *out = NULL;
+                return -1;
+            }
+        }
+        (*out)->caps |= PK_PRESS_RECONSTRUCTION_SCORES;
+    }
     rc = 0;
 fail:
     for (int i = 0; i < n_parts; i++) {
@@ -249,6 +267,16 @@ fail:
         parts[i] = NULL;
     }
     return rc;
+}
+
+const pk_press *pk_press_reconstruction_part(const pk_press *p)
+{
+    if (!(p->caps & PK_PRESS_SEQUENCE)) return p->caps & PK_PRESS_RECONSTRUCTION_SCORES ? p : NULL;
+    for (int i = 0; i < p->n_inner; i++) {
+        const pk_press *part = pk_press_reconstruction_part(p->inner[i]);
+        if (part) return part;
+    }
+    return NULL;
 }
 
 pikv_press *pikv_press_new(const char *spec_text, const pikv_model *m, const char *model_dir)

@@ -43,6 +43,11 @@ typedef struct {
     const pk_backend *backend;  /* for the window attention a press scores from */
     float scale;           /* the layer's attention scale */
     uint64_t seed;         /* for presses that draw random numbers */
+    /* PK_PRESS_RECONSTRUCTION_SCORES: recon_scores[layer][head][pos], for
+     * pos < recon_len, the largest attention weight any reconstruction query
+     * of that head gave the entry at position pos (NULL for other presses). */
+    const float *const *const *recon_scores;
+    int recon_len;
 } pk_press_view;
 
 typedef struct pk_press pk_press;
@@ -54,8 +59,11 @@ enum {
     PK_PRESS_WHILE_DECODING = 1 << 1,  /* acts on every later call (decoding) */
     PK_PRESS_ROUTES_QUERIES = 1 << 2,  /* later queries read the cache through its route table */
     PK_PRESS_CHUNKED_PREFILL = 1 << 3, /* shapes the empty cache and prefills in chunks (duo prefill_chunk) */
-    PK_PRESS_PER_RUN_STATE = 1 << 4    /* keeps state of the sequence it runs on (decoding's queries,
+    PK_PRESS_PER_RUN_STATE = 1 << 4,   /* keeps state of the sequence it runs on (decoding's queries,
                                           moe_router's statistics and route table): one session at a time */
+    PK_PRESS_RECONSTRUCTION_SCORES = 1 << 5, /* the engine scores the context by reconstruction first (kvzip) */
+    PK_PRESS_QUERY_FREE = 1 << 6       /* decides without the call's queries (so it composes with kvzip,
+                                          which decides after the prefill, when they are gone) */
 };
 
 typedef struct {
@@ -85,6 +93,10 @@ struct pk_press {
     double ratio;               /* fraction of entries it removes, for scorers */
     unsigned caps;              /* PK_PRESS_* */
     int prefill_chunk;          /* PK_PRESS_CHUNKED_PREFILL: tokens per prefill call */
+    /* PK_PRESS_RECONSTRUCTION_SCORES: the prompt asking to repeat the context
+     * (token ids, owned) and the context tokens per reconstruction chunk. */
+    int32_t *recon_prompt;
+    int n_recon_prompt, recon_chunk;
     int n_layer, n_head;        /* the model shape it was built for */
     /* PK_PRESS_PER_RUN_STATE: the session using it (NULL when none), and what
      * to tell that session when the press is destroyed first. */
@@ -172,6 +184,11 @@ int pk_build_decoding(const struct pk_spec *, const pk_press_env *, pk_press **)
 int pk_build_moe_router(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
 int pk_build_eplb_duo(const struct pk_spec *, const pk_press_env *, pk_press **);
+int pk_build_kvzip(const struct pk_spec *, const pk_press_env *, pk_press **);
+
+/* The press of a composition (or the press itself) that needs reconstruction
+ * scores, NULL when none does. */
+const pk_press *pk_press_reconstruction_part(const pk_press *p);
 
 /* The statistics of a moe_router press's last run; NULL for any other press
  * or before its first compression. */

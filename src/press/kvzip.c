@@ -1,0 +1,166 @@
+/* kvzip: query-agnostic compression by context reconstruction (KVzip, Kim et
+ * al., 2025). After the context is prefilled, the engine asks the model to
+ * repeat it -- a short prompt, then the context again, teacher-forced, against
+ * the full cache -- and records, for every (layer, head, cached entry), the
+ * largest attention weight any query of the repeated copy gives it (the
+ * prompt's own queries are not counted: they have not started to reproduce
+ * anything). An entry the model needs to reproduce its context is one a later
+ * question is likely to need. This press only decides from those scores
+ * (view->recon_scores): the engine runs the reconstruction
+ * (PK_PRESS_RECONSTRUCTION_SCORES).
+ *
+ * Budgets: layerwise=1 (default) gives each layer sum over its heads of
+ * floor(len * (1 - ratio)) entries, shared across the heads of the layer (the
+ * highest scores of the layer win, no per-head safeguard); layerwise=0 shares
+ * floor(N * (1 - ratio)) across all layers, N being every scored entry of the
+ * model, as KVzip does. The first `sink` positions are always kept. Streaming
+ * heads (a duo press before it in a composition) keep their window and take no
+ * share of the budget.
+ *
+ * GPT-2's positions are absolute and end at n_positions, so the engine
+ * reconstructs in chunks of `chunk` context tokens, each chunk run as
+ * prompt + slice right after the context and rewound before the next. The
+ * chunk is capped to what fits; when not even the prompt and one token fit
+ * after the context, the prefill fails and says so (no shifting of positions:
+ * the scores would no longer come from the positions the cache holds). */
+#include "press/press.h"
+#include "press/spec.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The reconstruction prompt, in pikv's words. */
+static const char kvzip_prompt[] = "\n\nRepeat the text above, word for word:\n";
+
+typedef struct {
+    int sink;
+    int layerwise;
+} kvzip_params;
+
+typedef struct {
+    float score;
+    int layer, head, index;
+} scored_entry;
+
+/* Highest score first; ties to the lower layer, head, then earlier entry. */
+static int by_score_then_place(const void *a, const void *b)
+{
+    const scored_entry *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    if (x->layer != y->layer) return x->layer - y->layer;
+    if (x->head != y->head) return x->head - y->head;
+    return x->index - y->index;
+}
+
+/* The recorded score of position pos of (layer, head); sinks score +inf. */
+static float entry_score(const kvzip_params *kp, const pk_press_view *v, int layer, int head, int pos)
+{
+    if (pos < kp->sink) return INFINITY;
+    return pos < v->recon_len ? v->recon_scores[layer][head][pos] : 0.f;
+}
+
+/* layerwise=0: how many entries of layer v->layer are among the model's
+ * floor(N * (1 - ratio)) highest scores, N = n_layer * n_head * recon_len. */
+static int global_layer_budget(const pk_press *p, const pk_press_view *v, size_t *budget)
+{
+    const kvzip_params *kp = p->params;
+    const int NL = v->cfg->n_layer, H = v->cfg->n_head, L = v->recon_len;
+    const size_t n = (size_t)NL * (size_t)H * (size_t)L;
+    scored_entry *all = pk_malloc_array(n, sizeof *all, "kvzip selection");
+    if (!all) return -1;
+    size_t m = 0;
+    for (int l = 0; l < NL; l++)
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < L; j++) all[m++] = (scored_entry){entry_score(kp, v, l, h, j), l, h, j};
+    qsort(all, m, sizeof *all, by_score_then_place);
+    const size_t keep = (size_t)((double)m * (1.0 - p->ratio));
+    *budget = 0;
+    for (size_t i = 0; i < keep; i++) *budget += all[i].layer == v->layer;
+    pk_free(all);
+    return 0;
+}
+
+/* Keep the layer's budget of highest reconstruction scores across its full
+ * heads; streaming heads stay as they are. */
+static int kvzip_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
+{
+    if (p->ratio == 0) return 0;
+    if (!v->recon_scores) return pk_fail("press 'kvzip' has no reconstruction scores (the engine runs it)");
+    const kvzip_params *kp = p->params;
+    const int H = v->cfg->n_head;
+    size_t total = 0, budget = 0;
+    for (int h = 0; h < H; h++) {
+        const pk_kv_head *kh = pk_press_head(v, h);
+        if (kh->recent) continue;
+        total += (size_t)kh->len;
+        budget += (size_t)pk_press_n_kept(kh->len, p->ratio);
+    }
+    if (!kp->layerwise && global_layer_budget(p, v, &budget)) return -1;
+    if (budget > total) budget = total;
+    float **scores = pk_press_alloc_scores(v);
+    int *n_keep = pk_calloc((size_t)H, sizeof *n_keep, "kvzip budgets");
+    scored_entry *all = pk_malloc_array(total ? total : 1, sizeof *all, "kvzip selection");
+    int rc = -1;
+    if (!scores || !n_keep || !all) goto done;
+    size_t m = 0;
+    for (int h = 0; h < H; h++) {
+        const pk_kv_head *kh = pk_press_head(v, h);
+        for (int j = 0; j < kh->len; j++) scores[h][j] = entry_score(kp, v, v->layer, h, kh->pos[j]);
+        if (kh->recent) {
+            n_keep[h] = kh->len;
+            continue;
+        }
+        for (int j = 0; j < kh->len; j++) all[m++] = (scored_entry){scores[h][j], v->layer, h, j};
+    }
+    qsort(all, m, sizeof *all, by_score_then_place);
+    for (size_t i = 0; i < budget; i++) n_keep[all[i].head]++;
+    rc = pk_press_keep_top(v, scores, n_keep, out);
+done:
+    pk_free(all);
+    pk_free(n_keep);
+    pk_press_free_scores(v, scores);
+    return rc;
+}
+
+static const pk_press_ops kvzip_ops = {.select = kvzip_select};
+
+int pk_build_kvzip(const pk_spec *spec, const pk_press_env *env, pk_press **out)
+{
+    static const char *const keys[] = {"ratio", "chunk", "sink", "layerwise", NULL};
+    double ratio;
+    int chunk, sink, layerwise;
+    *out = NULL;
+    if (pk_press_scorer_spec(spec, keys, &ratio) || pk_spec_int(spec, "chunk", 256, 1, 1 << 20, &chunk) ||
+        pk_spec_int(spec, "sink", 4, 0, 1 << 20, &sink) || pk_spec_int(spec, "layerwise", 1, 0, 1, &layerwise))
+        return -1;
+    if (!env->model_dir) return pk_fail("press 'kvzip' needs the model directory, to tokenize its prompt");
+    pikv_tokenizer *tok = pikv_tokenizer_load(env->model_dir);
+    if (!tok) return pk_fail_prefix("press 'kvzip'");
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = pikv_tokenize(tok, kvzip_prompt, strlen(kvzip_prompt), &ids, &n_ids);
+    pikv_tokenizer_free(tok);
+    if (rc) return pk_fail_prefix("press 'kvzip': its prompt");
+    if (pk_press_new("kvzip", &kvzip_ops, ratio, sizeof(kvzip_params), out)) {
+        pikv_free(ids);
+        return -1;
+    }
+    pk_press *p = *out;
+    p->caps = PK_PRESS_RECONSTRUCTION_SCORES;
+    p->recon_chunk = chunk;
+    p->n_recon_prompt = (int)n_ids;
+    p->recon_prompt = pk_malloc_array(n_ids, sizeof *ids, "kvzip prompt");
+    if (p->recon_prompt) memcpy(p->recon_prompt, ids, n_ids * sizeof *ids);
+    pikv_free(ids);
+    if (!p->recon_prompt) {
+        pk_press_destroy(p);
+        *out = NULL;
+        return -1;
+    }
+    ((kvzip_params *)p->params)->sink = sink;
+    ((kvzip_params *)p->params)->layerwise = layerwise;
+    return 0;
+}

@@ -1,0 +1,260 @@
+/* kvzip: the reconstruction scores recorded by the engine's hook against
+ * weights worked out by hand, the press's budgets (layerwise 1 and 0) and
+ * sinks on hand-made scores, and on the bundled model: chunked reconstruction,
+ * the nearly full position window, and composed[duo, kvzip]. */
+#include "check.h"
+#include "engine/session.h"
+#include "press_test.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MODEL "models/pikv-ref-14m"
+
+/* The recording hook: one layer, one head, head_dim 2, entries at positions
+ * 0..3 with keys (a_j, b_j) = (0,2) (1,0) (2,0) (0,1); three query rows at
+ * positions 4..6, row 0 being the prompt's (not counted: first_row = 1).
+ * Scale 1, so a query (x, y) weighs entry j by exp(x a_j + y b_j):
+ *  row 1, q = (ln 2, 0):   1, 2, 4, 1 over 8 -> 1/8, 2/8, 4/8, 1/8
+ *  row 2, q = (0, ln 2):   4, 1, 1, 2 over 8 -> 4/8, 1/8, 1/8, 2/8
+ * largest per entry: 4/8, 2/8, 4/8, 2/8. Row 0, q = (0, 10), would give entry
+ * 0 almost all its weight; it must not count. */
+static void test_recording(void)
+{
+    test_layer t;
+    if (test_layer_init(&t, 1, 1, 2, 4, 3, 4, 2)) return;
+    pk_kv_head *kh = pk_kv_at(&t.kv, 0, 0);
+    const float keys[4][2] = {{0, 2}, {1, 0}, {2, 0}, {0, 1}};
+    memcpy(kh->k, keys, sizeof keys);
+    const float q[3][2] = {{0, 10}, {logf(2), 0}, {0, logf(2)}};
+    memcpy(t.q, q, sizeof q);
+    float row[4] = {0}, *rows[1] = {row}, **layers[1] = {rows};
+    pk_recon_record rec = {.scores = layers, .len = 4, .first_row = 1};
+    CHECK(pk_recon_record_layer(&rec, &t.view) == 0, "recording runs: %s", pikv_last_error());
+    const float want[4] = {0.5f, 0.25f, 0.5f, 0.25f};
+    for (int j = 0; j < 4; j++)
+        CHECK(fabsf(row[j] - want[j]) < 1e-6f, "entry %d scores %g, by hand %g", j, row[j], want[j]);
+    free(rec.weights);
+    layer_free(&t);
+}
+
+/* The kvzip press of spec `text`, tokenizing its prompt with the bundled model's tokenizer. */
+static pk_press *kvzip_from(const char *text) { return press_from(text, NULL); }
+
+/* Positions head h of layer `layer` keeps after compressing with the press. */
+static int kept(const test_layer *t, int layer, int head, int *out)
+{
+    const pk_kv_head *kh = pk_kv_head_at(&t->kv, layer, head);
+    for (int j = 0; j < kh->len; j++) out[j] = kh->pos[j];
+    return kh->len;
+}
+
+static void check_kept(test_layer *t, pk_press *p, int layer, int head, const int *want, int n_want)
+{
+    int got[16];
+    int n = kept(t, layer, head, got);
+    int same = n == n_want;
+    for (int i = 0; same && i < n; i++) same = got[i] == want[i];
+    CHECK(same, "%s: layer %d head %d keeps %d entries as worked out (%d)", p->name, layer, head, n, n_want);
+}
+
+/* Budgets on hand-made scores: 2 layers x 2 heads x 8 entries, ratio 0.5,
+ * sink 1 (position 0 always kept).
+ *  layer 0 head 0: 0 .9 .8 .7 .6 .5 .4 .3     head 1: 0 .1 .2 .95 .05 .15 .25 .35
+ *  layer 1: .01 everywhere.
+ * layerwise=1: layer 0's budget is 4 + 4 = 8: the two sinks, .95 (h1 p3), then
+ * .9 .8 .7 .6 .5 (h0 p1..p5): head 0 keeps 0..5, head 1 keeps 0 and 3.
+ * layerwise=0: 16 of the model's 32 entries: the 4 sinks, then the 12 highest
+ * of layer 0's 14 non-sink scores (all above .01): layer 0 drops .05 and .1
+ * (h1 p4, p1) and keeps 14, layer 1 keeps only its sinks. */
+static void test_budgets(void)
+{
+    float s[2][2][8] = {{{0, .9f, .8f, .7f, .6f, .5f, .4f, .3f}, {0, .1f, .2f, .95f, .05f, .15f, .25f, .35f}}};
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 8; j++) s[1][h][j] = .01f;
+    const float *heads[2][2] = {{s[0][0], s[0][1]}, {s[1][0], s[1][1]}};
+    const float *const *layers[2] = {heads[0], heads[1]};
+    for (int layerwise = 1; layerwise >= 0; layerwise--) {
+        char spec[64];
+        snprintf(spec, sizeof spec, "kvzip:ratio=0.5,sink=1,layerwise=%d", layerwise);
+        pk_press *p = kvzip_from(spec);
+        test_layer t;
+        if (!p || test_layer_init(&t, 2, 2, 2, 8, 0, 8, 4)) {
+            pk_press_destroy(p);
+            return;
+        }
+        for (int l = 0; l < 2; l++) {
+            t.view.layer = l;
+            t.view.recon_scores = layers;
+            t.view.recon_len = 8;
+            CHECK(pk_compress_layer(p, &t.view, &t.kv, &t.keep) == 0, "%s compresses layer %d: %s", spec, l,
+                  pikv_last_error());
+        }
+        if (layerwise) {
+            check_kept(&t, p, 0, 0, (const int[]){0, 1, 2, 3, 4, 5}, 6);
+            check_kept(&t, p, 0, 1, (const int[]){0, 3}, 2);
+            /* layer 1: all .01, budget 8 over 16: sinks, then the earliest of head 0 */
+            check_kept(&t, p, 1, 0, (const int[]){0, 1, 2, 3, 4, 5, 6}, 7);
+            check_kept(&t, p, 1, 1, (const int[]){0}, 1);
+        } else {
+            check_kept(&t, p, 0, 0, (const int[]){0, 1, 2, 3, 4, 5, 6, 7}, 8);
+            check_kept(&t, p, 0, 1, (const int[]){0, 2, 3, 5, 6, 7}, 6);
+            check_kept(&t, p, 1, 0, (const int[]){0}, 1);
+            check_kept(&t, p, 1, 1, (const int[]){0}, 1);
+        }
+        layer_free(&t);
+        pk_press_destroy(p);
+    }
+    /* Without the engine's scores the press refuses instead of guessing. */
+    pk_press *p = kvzip_from("kvzip:0.5");
+    test_layer t;
+    if (p && test_layer_init(&t, 1, 1, 2, 8, 0, 8, 2) == 0) {
+        CHECK(pk_compress_layer(p, &t.view, &t.kv, &t.keep) != 0 && strstr(pikv_last_error(), "reconstruction"),
+              "kvzip without scores fails: %s", pikv_last_error());
+        layer_free(&t);
+    }
+    pk_press_destroy(p);
+}
+
+/* Deterministic token ids standing in for a context. */
+static void context_ids(int32_t *ids, int n)
+{
+    uint32_t x = 12345;
+    for (int i = 0; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        ids[i] = (int32_t)((x >> 8) % 8000u) + 100;
+    }
+}
+
+/* Prefill n context ids with the press spec; fills positions kept per
+ * (layer, head) into pos[(l * H + h) * n ...] and their counts. Returns the
+ * prefill's status. */
+static int run_press(const pikv_model *m, const char *spec, const int32_t *ids, int n, int32_t *pos, int *len)
+{
+    pikv_press *p = pikv_press_new(spec, m, MODEL);
+    CHECK(p != NULL, "press '%s' builds: %s", spec, pikv_last_error());
+    if (!p) return -1;
+    pikv_session *s = pikv_session_new(m, 2);
+    const pikv_config *c = pikv_model_config(m);
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    int rc = pikv_prefill(s, ids, n, p, logits);
+    for (int i = 0; rc == 0 && pos && i < c->n_layer * c->n_head; i++)
+        len[i] = pikv_session_kv_positions(s, i / c->n_head, i % c->n_head, pos + (size_t)i * (size_t)n, n);
+    free(logits);
+    pikv_session_free(s);
+    pikv_press_free(p);
+    return rc;
+}
+
+/* Same kept positions for two runs. */
+static int same_kept(int heads, int n, const int32_t *pa, const int *la, const int32_t *pb, const int *lb)
+{
+    for (int i = 0; i < heads; i++) {
+        if (la[i] != lb[i]) return 0;
+        for (int j = 0; j < la[i]; j++)
+            if (pa[(size_t)i * n + j] != pb[(size_t)i * n + j]) return 0;
+    }
+    return 1;
+}
+
+static void test_model(void)
+{
+    pikv_model *m = pikv_model_load(MODEL);
+    CHECK(m != NULL, "bundled model loads: %s", pikv_last_error());
+    if (!m) return;
+    const pikv_config *c = pikv_model_config(m);
+    const int H = c->n_layer * c->n_head, n = 300;
+    int32_t ids[2048];
+    context_ids(ids, 2048);
+    int32_t *pa = calloc((size_t)H * 2048, sizeof *pa), *pb = calloc((size_t)H * 2048, sizeof *pb);
+    int *la = calloc((size_t)H, sizeof *la), *lb = calloc((size_t)H, sizeof *lb);
+
+    /* One chunk that holds the whole context, however large chunk= is. */
+    if (run_press(m, "kvzip:ratio=0.5,chunk=300", ids, n, pa, la) == 0 &&
+        run_press(m, "kvzip:ratio=0.5,chunk=100000", ids, n, pb, lb) == 0)
+        CHECK(same_kept(H, n, pa, la, pb, lb), "chunk=300 and chunk=100000 keep the same positions");
+    /* Budget: each layer keeps sum over heads of floor(300 * 0.5) = 150 per head on average. */
+    for (int l = 0; l < c->n_layer; l++) {
+        int total = 0;
+        for (int h = 0; h < c->n_head; h++) total += la[l * c->n_head + h];
+        CHECK(total == 150 * c->n_head, "layer %d keeps %d entries, its budget %d", l, total, 150 * c->n_head);
+        for (int h = 0; h < c->n_head; h++) {
+            int sinks = 0;
+            for (int j = 0; j < la[l * c->n_head + h]; j++) sinks += pa[(size_t)(l * c->n_head + h) * n + j] < 4;
+            CHECK(sinks == 4, "layer %d head %d keeps its 4 sinks (%d)", l, h, sinks);
+        }
+    }
+    /* Chunks of 64: later copy tokens no longer see the earlier copy, so the
+     * scores are not the same, but the kept positions mostly are. */
+    if (run_press(m, "kvzip:ratio=0.5,chunk=64", ids, n, pb, lb) == 0) {
+        long both = 0, all = 0;
+        for (int i = 0; i < H; i++) {
+            all += la[i];
+            for (int j = 0; j < la[i]; j++)
+                for (int k = 0; k < lb[i]; k++) both += pa[(size_t)i * n + j] == pb[(size_t)i * n + k];
+        }
+        printf("chunk=64 vs one chunk: %.3f of the kept entries agree\n", (double)both / (double)all);
+        CHECK((double)both / (double)all > 0.7, "chunk=64 keeps mostly the same entries (%.3f)",
+              (double)both / (double)all);
+    }
+
+    /* The nearly full window: the prompt plus one token must fit after the context. */
+    pikv_press *probe = pikv_press_new("kvzip:0.5", m, MODEL);
+    const int np = probe ? probe->n_recon_prompt : 0;
+    pikv_press_free(probe);
+    int full = c->n_positions - np;
+    CHECK(run_press(m, "kvzip:0.5", ids, full, NULL, NULL) != 0 && strstr(pikv_last_error(), "n_positions"),
+          "a context of %d tokens leaves no room: %s", full, pikv_last_error());
+    int fits = c->n_positions - np - 32;
+    int *lf = calloc((size_t)H, sizeof *lf);
+    int32_t *pf = calloc((size_t)H * (size_t)fits, sizeof *pf);
+    CHECK(run_press(m, "kvzip:ratio=0.5,chunk=256", ids, fits, pf, lf) == 0,
+          "a context of %d tokens reconstructs in chunks capped to 32: %s", fits, pikv_last_error());
+    int total = 0;
+    for (int h = 0; h < c->n_head; h++) total += lf[h];
+    CHECK(total == pk_press_n_kept(fits, 0.5) * c->n_head, "near-full layer 0 keeps %d, budget %d", total,
+          pk_press_n_kept(fits, 0.5) * c->n_head);
+    free(lf);
+    free(pf);
+
+    /* composed[duo, kvzip] (duo with a window of 4 + 64, shorter than the
+     * context): duo's streaming heads keep their window, the
+     * full heads share floor(300 * 0.5) per head of kvzip's budget. */
+    int *ld = calloc((size_t)H, sizeof *ld);
+    int32_t *pd = calloc((size_t)H * (size_t)n, sizeof *pd);
+    if (run_press(m, "duo:ratio=0.5,recent=64", ids, n, pd, ld) == 0 &&
+        run_press(m, "composed[duo:ratio=0.5,recent=64,kvzip:0.5]", ids, n, pa, la) == 0) {
+        for (int l = 0; l < c->n_layer; l++) {
+            int full_heads = 0, full_kept = 0, stream_same = 1;
+            for (int h = 0; h < c->n_head; h++) {
+                int i = l * c->n_head + h;
+                if (ld[i] == n) {
+                    full_heads++;
+                    full_kept += la[i];
+                } else {
+                    stream_same &= la[i] == ld[i];
+                }
+            }
+            CHECK(stream_same, "layer %d: duo's streaming heads keep their window under kvzip", l);
+            CHECK(full_kept == full_heads * 150, "layer %d: %d full heads keep %d, kvzip's budget %d", l,
+                  full_heads, full_kept, full_heads * 150);
+        }
+    }
+    free(ld);
+    free(pd);
+    free(pa);
+    free(pb);
+    free(la);
+    free(lb);
+    pikv_model_free(m);
+}
+
+int main(void)
+{
+    test_recording();
+    test_budgets();
+    test_model();
+    return check_done("test_kvzip");
+}
