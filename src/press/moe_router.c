@@ -1,4 +1,5 @@
-/* moe_router: PiKVpress's MoERouterPress built on principle (docs/design.md).
+/* moe_router: PiKVpress's MoERouterPress, rebuilt so that its experts are
+ * real clusters of a head's keys and its budget is exact.
  * Experts are shards of one head's KV cache: outside the attention sinks (the
  * first `sink` entries) and the observation window (the entries of the last
  * `window` query rows), which always stay, a head's cached tokens are

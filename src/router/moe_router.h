@@ -1,4 +1,4 @@
-/* The routers of the moe_router press (docs/design.md): experts are shards of one
+/* The routers of the moe_router press: experts are shards of one
  * head's KV cache, found by balanced spherical k-means over the keys, and a
  * router decides which expert(s) each cached token belongs to and how much of
  * the head's budget each expert gets to keep.
