@@ -44,6 +44,16 @@ static inline void __syncthreads() { emu_block_sync->arrive_and_wait(); }
 static inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 static inline uint4 __ldg(const uint4 *p) { return *p; }
 static inline int min(int a, int b) { return a < b ? a : b; }
+static inline void __threadfence() {}
+template <typename T> static inline T __ldcg(const T *p) { return *p; }
+/* Blocks run one at a time and only one thread of a block counts, so a plain
+ * add is atomic here. */
+static inline int atomicAdd(int *p, int v)
+{
+    const int old = *p;
+    *p += v;
+    return old;
+}
 
 /* Lane `from(lane)`'s value of v, for every lane of the warp. */
 template <typename F> static inline float emu_exchange(float v, F from)

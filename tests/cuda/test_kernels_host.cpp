@@ -2,7 +2,7 @@
  * float64 references, so that their arithmetic and indexing are checked where
  * there is no GPU: attention over a paged cache with shuffled block ids,
  * ragged head lengths and poisoned (NaN) entries past each head's end, for the
- * decode and prompt variants; the fused matrix-vector kernels with their layer
+ * decode (a head per block, or split over several) and prompt variants; the fused matrix-vector kernels with their layer
  * norm prologue and QKV-append, residual, GELU and store epilogues, on grids
  * smaller than the output so that the kernels stride; the cuBLAS path's
  * epilogue and layer norm; embedding and the advance of positions. */
@@ -93,8 +93,11 @@ template <typename W> struct paged_cache {
 };
 
 /* Attention of rows_per_seq rows in each of n_seq sequences (from seq0) of
- * layer 1, against softmax attention computed densely in float64. */
-template <typename W, int HD, int NW> static void check_attention(int rows_per_seq, const char *what)
+ * layer 1, against softmax attention computed densely in float64. With
+ * n_split > 0, the decode kernel that splits each head's context over n_split
+ * blocks (more splits than blocks, so that some are empty), run twice: its
+ * completion counts must be back at zero after each run. */
+template <typename W, int HD, int NW> static void check_attention(int rows_per_seq, const char *what, int n_split = 0)
 {
     const int n_head = 2, n_layer = 2, layer = 1, seq0 = 1, n_seq = 2;
     paged_cache<W> kv(3, n_layer, n_head, HD, 4);
@@ -113,8 +116,19 @@ template <typename W, int HD, int NW> static void check_attention(int rows_per_s
         }
     std::vector<float> q = random_f((size_t)R * C), out((size_t)R * C, NAN);
     const float scale = 0.125f;
-    emu_launch(dim3(rows_per_seq, n_head, n_seq), dim3(NW * 32), 0, attention_kernel<W, float, HD, NW>,
-               (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, rows_per_seq));
+    if (n_split > 0) {
+        std::vector<float> part((size_t)kv.max_seq * n_head * n_split * (HD + 2), NAN);
+        std::vector<int> done((size_t)kv.max_seq * n_head, 0);
+        for (int run = 0; run < 2; run++) {
+            emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
+                       (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data());
+            CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
+                  "attention %s: completion counts not reset after run %d", what, run + 1);
+        }
+    } else {
+        emu_launch(dim3(rows_per_seq, n_head, n_seq), dim3(NW * 32), 0, attention_kernel<W, float, HD, NW>,
+                   (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, rows_per_seq));
+    }
     std::vector<double> ref((size_t)R * C);
     for (int row = 0; row < R; row++) {
         const int b = seq0 + row / rows_per_seq, r = row % rows_per_seq;
@@ -328,6 +342,8 @@ int main()
     check_attention<float, 32, 32>(1, "f32, decode (32 warps per head)");
     check_attention<__nv_bfloat16, 64, 4>(3, "bf16, 3 prompt rows (4 warps)");
     check_attention<__half, 128, 4>(1, "f16 head_dim 128, decode (4 warps)");
+    check_attention<__nv_bfloat16, 64, 4>(1, "bf16, decode split over 5 blocks per head (4 warps)", 5);
+    check_attention<float, 128, 2>(1, "f32 head_dim 128, decode split over 2 blocks per head (2 warps)", 2);
     check_gemv<float>("f32", 1e-5);
     check_gemv<__nv_bfloat16>("bf16", 8e-3);
     check_prompt_pieces();

@@ -5,7 +5,13 @@
  * inputs) use the fused matrix-vector kernels, with the layer norm in their
  * prologue and bias, GELU, the residual add or the KV append in their
  * epilogue: five launches per layer. More rows use cuBLAS (float32
- * accumulation) with separate layer-norm and epilogue kernels. */
+ * accumulation) with separate layer-norm and epilogue kernels.
+ *
+ * The decode path's kernels are launched to overlap (programmatic dependent
+ * launch): each may start while the one before it finishes, loading its
+ * weights, and waits for it before reading activations. Decode attention is
+ * split over several blocks per head, so that the few heads of a batch-1
+ * step still fill the GPU. */
 #include "backend/cuda/engine.h"
 #include "backend/cuda/kernels.cuh"
 #include "backend/cuda/weights.cuh"
@@ -25,7 +31,7 @@ extern "C" {
 
 using namespace pkcuda;
 
-enum { MAX_GEMV_ROWS = 8, CUBLAS_WORKSPACE = 32 << 20 };
+enum { MAX_GEMV_ROWS = 8, CUBLAS_WORKSPACE = 32 << 20, DECODE_WARPS = 4, MAX_SPLIT = 64 };
 
 /* Activation buffers for up to `rows` rows. att and fc are sized for float32
  * and hold W where they feed cuBLAS. */
@@ -52,6 +58,10 @@ struct pk_cuda_session {
     int n_lh;
 
     int gemv_rows;            /* most rows the matrix-vector path takes */
+    int n_sm;                 /* the device's multiprocessors */
+    float *d_part;            /* split decode attention: [max_seq][n_head][split_cap][head_dim + 2] */
+    int *d_done;              /* its completion counts [max_seq][n_head], zero between steps */
+    int split_cap;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
     float *h_logits;          /* pinned [small.rows][V] */
@@ -177,6 +187,27 @@ static epilogue<W, OutT, EPI> make_epi(void *y, int out, int layer, const rows_c
     return e;
 }
 
+/* Launch a kernel that may overlap the one before it in the stream
+ * (programmatic dependent launch): the kernel itself waits for its
+ * predecessor before reading anything that predecessor writes. */
+template <typename... P, typename... A>
+static void launch_overlapped(pk_cuda_session *s, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args)
+{
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s->stream;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    /* A failed launch is left in cudaGetLastError, which the forward pass checks. */
+    (void)cudaLaunchKernelEx(&cfg, kernel, (P)args...);
+    s->launches++;
+}
+
 /* Launch the matrix-vector kernel with the smallest row template that holds n_rows. */
 template <typename W, bool LN, typename OutT, int EPI>
 static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const float *x, int n_rows, int in,
@@ -184,12 +215,13 @@ static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const fl
 {
     const int threads = 256, warps = threads / 32;
     int blocks = (epi.out + warps - 1) / warps;
-    if (blocks > 132 * 8) blocks = 132 * 8; /* the kernel strides over the rest */
+    if (blocks > s->n_sm * 8) blocks = s->n_sm * 8; /* the kernel strides over the rest */
     const size_t smem = (size_t)n_rows * in * sizeof(float);
     const float eps = s->cfg.layer_norm_epsilon;
     const W *w = (const W *)Wt;
 #define GEMV_CASE(R)                                                                                                 \
-    gemv_kernel<W, R, LN, OutT, EPI><<<blocks, threads, smem, s->stream>>>(w, bias, x, n_rows, in, ln_w, ln_b, eps, epi)
+    launch_overlapped(s, gemv_kernel<W, R, LN, OutT, EPI>, blocks, threads, smem, w, bias, x, n_rows, in, ln_w, ln_b, \
+                      eps, epi)
     if (n_rows <= 1)
         GEMV_CASE(1);
     else if (n_rows <= 2)
@@ -199,7 +231,6 @@ static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const fl
     else
         GEMV_CASE(8);
 #undef GEMV_CASE
-    s->launches++;
 }
 
 /* Let every matrix-vector kernel use the shared memory its widest input needs. */
@@ -258,20 +289,37 @@ static void layernorm(pk_cuda_session *s, void *out, const float *x, const float
     s->launches++;
 }
 
+/* Blocks per head of the split decode attention for n_seq sequences: about
+ * two per multiprocessor over all heads, and no more than the longest
+ * context gives its warps KV blocks to read. */
+static int decode_splits(const pk_cuda_session *s, int n_seq)
+{
+    const int want = (2 * s->n_sm + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
+    const int kv_blocks = (s->cfg.n_positions + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
+    int n = want < (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS ? want : (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS;
+    if (n > MAX_SPLIT) n = MAX_SPLIT;
+    return n < 1 ? 1 : n;
+}
+
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
- * W on the cuBLAS path. Decode (one row per sequence) spreads a head's blocks
- * over 32 warps; prompts have a block per row and head, so 4 warps each. */
+ * W on the cuBLAS path. Decode (one row per sequence) splits each head's
+ * context over several blocks; prompts have a block per row and head, of 4
+ * warps each. */
 template <typename W, typename OutT>
 static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c)
 {
-    const dim3 grid(c.rows_per_seq, s->cfg.n_head, n_seq);
     const float scale = pk_attention_scale(&s->cfg, layer);
+    const int n_split = decode_splits(s, n_seq);
     OutT *o = (OutT *)out;
 #define ATTN_CASE(HD)                                                                                                \
-    if (c.rows_per_seq == 1)                                                                                         \
-        attention_kernel<W, OutT, HD, 32><<<grid, 32 * 32, 0, s->stream>>>(q, o, layer, scale, c);                   \
-    else                                                                                                             \
-        attention_kernel<W, OutT, HD, 4><<<grid, 4 * 32, 0, s->stream>>>(q, o, layer, scale, c)
+    if (c.rows_per_seq == 1) {                                                                                       \
+        launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS>, dim3(n_split, s->cfg.n_head, n_seq), \
+                          dim3(DECODE_WARPS * 32), 0, q, o, layer, scale, c, s->d_part, s->d_done);                    \
+    } else {                                                                                                         \
+        attention_kernel<W, OutT, HD, 4><<<dim3(c.rows_per_seq, s->cfg.n_head, n_seq), 4 * 32, 0, s->stream>>>(       \
+            q, o, layer, scale, c);                                                                                    \
+        s->launches++;                                                                                               \
+    }
     switch (s->cfg.head_dim) {
     case 32: ATTN_CASE(32); break;
     case 64: ATTN_CASE(64); break;
@@ -279,7 +327,6 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     default: return pk_fail("CUDA attention: head_dim %d is not supported (32, 64 or 128)", s->cfg.head_dim);
     }
 #undef ATTN_CASE
-    s->launches++;
     return 0;
 }
 
@@ -339,8 +386,7 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         }
     }
     const int n = n_seq * s->n_lh;
-    advance_kernel<W><<<(n + 255) / 256, 256, 0, s->stream>>>(c, n_seq);
-    s->launches++;
+    launch_overlapped(s, advance_kernel<W>, dim3((n + 255) / 256), dim3(256), 0, c, n_seq);
     CU(cudaGetLastError(), "launching the forward pass");
     return 0;
 }
@@ -372,6 +418,8 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_kv_len);
     cudaFree(s->d_pos);
     cudaFree(s->d_tokens);
+    cudaFree(s->d_part);
+    cudaFree(s->d_done);
     pk_free(s->h_pos);
     pk_free(s->h_len);
     pk_block_pool_free(&s->pool);
@@ -416,9 +464,15 @@ static int session_init(pk_cuda_session *s)
     s->graphs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->graphs, "CUDA graphs");
     if (!s->h_pos || !s->h_len || !s->graphs) return -1;
 
-    /* The matrix-vector path stages its rows in shared memory. */
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0), "reading the device's properties");
+    s->n_sm = p.multiProcessorCount;
+    s->split_cap = decode_splits(s, 1);
+    const size_t heads = (size_t)max_seq * c->n_head;
+    CU(cudaMalloc((void **)&s->d_part, heads * s->split_cap * (c->head_dim + 2) * 4), "allocating attention partials");
+    CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
+    CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
+    /* The matrix-vector path stages its rows in shared memory. */
     const size_t widest = (size_t)(c->n_embd > c->n_inner ? c->n_embd : c->n_inner) * sizeof(float);
     s->gemv_rows = (int)(p.sharedMemPerBlockOptin / widest);
     if (s->gemv_rows > MAX_GEMV_ROWS) s->gemv_rows = MAX_GEMV_ROWS;
@@ -527,7 +581,7 @@ static int decode_graph(pk_cuda_session *s, int n_seq, cudaGraphExec_t *exec)
         if (e == cudaSuccess) cudaGraphDestroy(g);
         return -1;
     }
-    if (n_seq == 1) s->kernels_per_decode = s->launches;
+    s->kernels_per_decode = s->launches;
     if (e != cudaSuccess) return cuda_fail(e, "capturing the decode step");
     e = cudaGraphInstantiate(&s->graphs[n_seq], g, 0);
     cudaGraphDestroy(g);
@@ -557,7 +611,7 @@ extern "C" int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq,
         CU(cudaGraphLaunch(exec, s->stream), "replaying the decode graph");
     } else {
         if (enqueue(s, &s->small, 0, n_seq, 1, 1, 0)) return -1;
-        if (n_seq == 1) s->kernels_per_decode = s->launches;
+        s->kernels_per_decode = s->launches;
     }
     const size_t bytes = (size_t)n_seq * s->cfg.vocab_size * 4;
     if (logits) CU(cudaMemcpyAsync(s->h_logits, s->small.logits, bytes, cudaMemcpyDeviceToHost, s->stream), "copying logits");

@@ -38,7 +38,7 @@ typedef struct {
     size_t kv_bytes_in_use;   /* blocks held by heads, in bytes */
     size_t kv_high_water;     /* most bytes ever held at once */
     int blocks_in_use;
-    int kernels_per_decode;   /* kernel launches in one decode step of one sequence */
+    int kernels_per_decode;   /* kernel launches in one decode step (as many for any batch) */
 } pk_cuda_stats;
 
 /* 1 when a CUDA device is usable, else 0 with the reason in pikv_last_error(). */

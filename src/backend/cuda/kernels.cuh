@@ -32,13 +32,40 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 /* Elements of W in one 16-byte load. */
 template <typename W> struct vec { static constexpr int n = 16 / sizeof(W); };
 
-/* Load 16 bytes of W at p (16-byte aligned) as floats. */
-template <typename W> __device__ __forceinline__ void load16(const W *p, float *f)
+/* 16 bytes of W as floats. */
+template <typename W> __device__ __forceinline__ void unpack16(uint4 u, float *f)
 {
-    uint4 u = __ldg(reinterpret_cast<const uint4 *>(p));
     const W *e = reinterpret_cast<const W *>(&u);
 #pragma unroll
     for (int i = 0; i < vec<W>::n; i++) f[i] = to_f<W>(e[i]);
+}
+
+/* 16 bytes of W at p (16-byte aligned), read through the read-only path. */
+template <typename W> __device__ __forceinline__ uint4 load16(const W *p)
+{
+    return __ldg(reinterpret_cast<const uint4 *>(p));
+}
+
+/* Programmatic dependent launch (Hopper and later). A kernel launched with
+ * the programmatic-serialization attribute may start while the kernel before
+ * it is still running; until it calls wait_for_previous_kernel() it must read
+ * only what no kernel of the step writes (the weights, the block table, the
+ * heads' lengths before the step), so that its launch and first weight loads
+ * overlap the previous kernel's tail. allow_next_kernel() lets the kernel
+ * after it start early in turn. Before sm_90 and in host emulation both do
+ * nothing and kernels run one after another. */
+__device__ __forceinline__ void wait_for_previous_kernel()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_next_kernel()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 }
 
 /* The launch's dynamic shared memory (tests/cuda/emulation.h supplies its own
@@ -171,15 +198,53 @@ __global__ void epilogue_kernel(const float *prod, const float *bias, int R, epi
     }
 }
 
+/* acc[r] += w · x[r][k .. k + VN) for the rows of x, w being 16 bytes of W.
+ * x is read from shared memory 16 bytes at a time: lanes are VN floats apart,
+ * so one float per read would put 8 lanes on the same bank. */
+template <typename W, int R>
+__device__ __forceinline__ void dot_chunk(float *acc, uint4 w, const float *xs, int n_rows, int in, int k)
+{
+    constexpr int VN = vec<W>::n;
+    float wf[VN];
+    unpack16<W>(w, wf);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (r < n_rows) {
+            const float4 *xv = reinterpret_cast<const float4 *>(xs + r * in + k);
+#pragma unroll
+            for (int i = 0; i < VN / 4; i++) {
+                const float4 x4 = xv[i];
+                acc[r] += wf[4 * i] * x4.x;
+                acc[r] += wf[4 * i + 1] * x4.y;
+                acc[r] += wf[4 * i + 2] * x4.z;
+                acc[r] += wf[4 * i + 3] * x4.w;
+            }
+        }
+}
+
 /* Matrix-vector products for n_rows <= R rows (decode): y[r, j] = epi(xn[r] ·
  * Wt[j] + bias[j]) with Wt output-major [out][in], so that one warp reads one
- * output's weights contiguously. The rows of x are staged in shared memory,
+ * output's weights contiguously. A warp's first PF loads of weights are issued
+ * before it waits for the previous kernel, so that they are in flight while
+ * that kernel finishes. The rows of x are then staged in shared memory,
  * layer-normed there first when LN. in must be a multiple of 16 / sizeof(W). */
 template <typename W, int R, bool LN, typename OutT, int EPI>
-__global__ void __launch_bounds__(256) gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in,
+__global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in,
                                                    const float *ln_w, const float *ln_b, float eps,
                                                    epilogue<W, OutT, EPI> epi)
 {
+    constexpr int VN = vec<W>::n, PF = 4;
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    const int j0 = blockIdx.x * warps + (threadIdx.x >> 5);
+    allow_next_kernel();
+    uint4 first[PF];
+#pragma unroll
+    for (int p = 0; p < PF; p++) {
+        const int k = (p * 32 + lane) * VN;
+        first[p] = j0 < epi.out && k < in ? load16(Wt + (size_t)j0 * in + k) : make_uint4(0, 0, 0, 0);
+    }
+    wait_for_previous_kernel();
+
     float *xs = dynamic_shared(); /* [n_rows][in] */
     __shared__ float red[32];
     for (int i = threadIdx.x; i < n_rows * in; i += blockDim.x) xs[i] = x[i];
@@ -197,23 +262,18 @@ __global__ void __launch_bounds__(256) gemv_kernel(const W *Wt, const float *bia
         }
     }
     __syncthreads();
-    constexpr int VN = vec<W>::n;
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    for (int j = blockIdx.x * warps + (threadIdx.x >> 5); j < epi.out; j += gridDim.x * warps) {
+    for (int j = j0; j < epi.out; j += gridDim.x * warps) {
         const W *wr = Wt + (size_t)j * in;
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] = 0.f;
-#pragma unroll 4
-        for (int k = lane * VN; k < in; k += 32 * VN) {
-            float wf[VN];
-            load16(wr + k, wf);
+        int k = lane * VN;
+        if (j == j0)
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                if (r < n_rows)
-#pragma unroll
-                    for (int i = 0; i < VN; i++) acc[r] += wf[i] * xs[r * in + k + i];
-        }
+            for (int p = 0; p < PF; p++, k += 32 * VN)
+                if (k < in) dot_chunk<W, R>(acc, first[p], xs, n_rows, in, k);
+#pragma unroll 2
+        for (; k < in; k += 32 * VN) dot_chunk<W, R>(acc, load16(wr + k), xs, n_rows, in, k);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const float v = warp_sum(acc[r]);
@@ -222,88 +282,214 @@ __global__ void __launch_bounds__(256) gemv_kernel(const W *Wt, const float *bia
     }
 }
 
+/* A warp's online-softmax state over the keys it has seen, in log2 units:
+ * the running maximum m, the sum l of exp2(score - m), and each lane's share
+ * of the weighted values (HD / 32 dimensions). */
+template <int HD> struct softmax_state {
+    float m, l, acc[HD / 32];
+};
+
+template <int HD> __device__ __forceinline__ void softmax_init(softmax_state<HD> &st)
+{
+    st.m = -INFINITY;
+    st.l = 0.f;
+#pragma unroll
+    for (int i = 0; i < HD / 32; i++) st.acc[i] = 0.f;
+}
+
+/* Fold one KV block (keys K, then its values; n_valid entries) into a warp's
+ * state; qs is the scaled query. Two lanes share a key, each taking half of
+ * its dimensions; then every lane owns HD / 32 value dimensions. Keys and
+ * values are loaded together before any arithmetic, so that both loads are in
+ * flight at once; entries past n_valid are loaded (the block is whole) but
+ * never used. */
+template <typename W, int HD>
+__device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, int n_valid, const float *qs)
+{
+    constexpr int DPL = HD / 32, KH = HD / 2, VN = vec<W>::n;
+    const int lane = threadIdx.x & 31, e = lane >> 1, half = lane & 1;
+    const W *V = K + PK_CUDA_BLOCK * HD;
+    uint4 kr[KH / VN];
+    W vr[PK_CUDA_BLOCK][DPL];
+#pragma unroll
+    for (int k = 0; k < KH / VN; k++) kr[k] = load16(K + e * HD + half * KH + k * VN);
+#pragma unroll
+    for (int j = 0; j < PK_CUDA_BLOCK; j++)
+#pragma unroll
+        for (int i = 0; i < DPL; i++) vr[j][i] = V[j * HD + lane * DPL + i];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < KH / VN; k++) {
+        float kf[VN];
+        unpack16<W>(kr[k], kf);
+#pragma unroll
+        for (int i = 0; i < VN; i++) s += kf[i] * qs[half * KH + k * VN + i];
+    }
+    s += __shfl_xor_sync(0xffffffffu, s, 1);
+    s = e < n_valid ? s : -INFINITY;
+    const float m_new = fmaxf(st.m, warp_max(s));
+    const float corr = exp2f(st.m - m_new);
+    const float p = e < n_valid ? exp2f(s - m_new) : 0.f;
+    st.l = st.l * corr + warp_sum(half ? 0.f : p);
+#pragma unroll
+    for (int i = 0; i < DPL; i++) st.acc[i] *= corr;
+#pragma unroll
+    for (int j = 0; j < PK_CUDA_BLOCK; j++) {
+        const float pj = __shfl_sync(0xffffffffu, p, 2 * j);
+        if (j < n_valid)
+#pragma unroll
+            for (int i = 0; i < DPL; i++) st.acc[i] += pj * to_f<W>(vr[j][i]);
+    }
+    st.m = m_new;
+}
+
+/* The states of a block's NW warps, in shared memory, to be merged. */
+template <int HD, int NW> struct warp_states {
+    float m[NW], l[NW], acc[NW][HD];
+};
+
+template <int HD, int NW> __device__ __forceinline__ void publish_state(warp_states<HD, NW> &ws, const softmax_state<HD> &st)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        ws.m[warp] = st.m;
+        ws.l[warp] = st.l;
+    }
+#pragma unroll
+    for (int i = 0; i < HD / 32; i++) ws.acc[warp][lane * (HD / 32) + i] = st.acc[i];
+}
+
+/* Dimension d of n merged softmax states (max m[i], sum l[i], weighted
+ * values acc(i)): returns the merged weighted value and sets the merged max
+ * and sum. States that saw no key (l = 0) count for nothing. */
+template <typename AccF>
+__device__ __forceinline__ float merge_states(int n, const float *m, const float *l, AccF acc, float &M, float &L)
+{
+    M = -INFINITY;
+    for (int i = 0; i < n; i++) M = fmaxf(M, m[i]);
+    float o = 0.f;
+    L = 0.f;
+    for (int i = 0; i < n; i++) {
+        const float f = l[i] > 0.f ? exp2f(m[i] - M) : 0.f;
+        L += l[i] * f;
+        o += acc(i) * f;
+    }
+    return o;
+}
+
+/* The query of head h for row `row`, scaled (exp2 instead of exp: log2(e) is
+ * folded into the scale), into shared memory. */
+template <int HD> __device__ __forceinline__ void stage_query(float *qs, const float *q, int row, int h, int C, float scale)
+{
+    const float qscale = scale * 1.4426950408889634f;
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) qs[d] = q[(size_t)row * C + h * HD + d] * qscale;
+}
+
 /* Causal attention of each row's query over its head's block list, with an
  * online softmax over blocks of PK_CUDA_BLOCK keys: no score matrix is
  * materialised, whatever the context length. Grid (rows_per_seq, n_head,
- * n_seq); NW warps split the head's blocks and merge their partial softmax
- * states at the end. Row r of a sequence sees the kv_len entries cached before
- * the call and the call's rows 0..r. q [R][C] (scaled here), out [R][C]. */
+ * n_seq); NW warps split the head's blocks and merge their states at the end.
+ * Row r of a sequence sees the kv_len entries cached before the call and the
+ * call's rows 0..r. q [R][C] (scaled here), out [R][C]. */
 template <typename W, typename OutT, int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT *out, int layer, float scale,
                                                             rows_ctx<W> c)
 {
     __shared__ float qs[HD];
-    __shared__ float wm[NW], wl[NW];
-    __shared__ float wacc[NW][HD];
+    __shared__ warp_states<HD, NW> ws;
     const int r = blockIdx.x, h = blockIdx.y, row = blockIdx.z * c.rows_per_seq + r;
     const int b = c.seq0 + blockIdx.z, lh = layer * c.n_head + h;
     const int visible = c.kv_len[(size_t)b * c.n_lh + lh] + r + 1;
     const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
-    /* exp2 instead of exp: fold log2(e) into the scale. */
-    const float qscale = scale * 1.4426950408889634f;
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) qs[d] = q[(size_t)row * c.C + h * HD + d] * qscale;
+    wait_for_previous_kernel();
+    stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
-
-    constexpr int DPL = HD / 32;           /* value dims per lane */
-    constexpr int KH = HD / 2;             /* key dims per lane: two lanes per key */
-    constexpr int VN = vec<W>::n;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int e = lane >> 1, half = lane & 1;
-    float m = -INFINITY, l = 0.f, acc[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; i++) acc[i] = 0.f;
-
-    for (int blk = warp; blk < n_blocks; blk += NW) {
+    softmax_state<HD> st;
+    softmax_init(st);
+    for (int blk = threadIdx.x >> 5; blk < n_blocks; blk += NW) {
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
-        const W *K = c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD, *V = K + PK_CUDA_BLOCK * HD;
-        const int n_valid = min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK);
-        float s = 0.f;
-#pragma unroll
-        for (int k = 0; k < KH; k += VN) {
-            float kf[VN];
-            load16(K + e * HD + half * KH + k, kf);
-#pragma unroll
-            for (int i = 0; i < VN; i++) s += kf[i] * qs[half * KH + k + i];
-        }
-        s += __shfl_xor_sync(0xffffffffu, s, 1);
-        s = e < n_valid ? s : -INFINITY;
-        const float m_new = fmaxf(m, warp_max(s));
-        const float corr = exp2f(m - m_new);
-        const float p = e < n_valid ? exp2f(s - m_new) : 0.f;
-        l = l * corr + warp_sum(half ? 0.f : p);
-#pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] *= corr;
-        for (int j = 0; j < n_valid; j++) {
-            const float pj = __shfl_sync(0xffffffffu, p, 2 * j);
-#pragma unroll
-            for (int i = 0; i < DPL; i++) acc[i] += pj * to_f<W>(V[j * HD + lane * DPL + i]);
-        }
-        m = m_new;
+        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD,
+                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs);
     }
-    if (lane == 0) {
-        wm[warp] = m;
-        wl[warp] = l;
-    }
-#pragma unroll
-    for (int i = 0; i < DPL; i++) wacc[warp][lane * DPL + i] = acc[i];
+    publish_state(ws, st);
     __syncthreads();
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float M = -INFINITY;
-        for (int w = 0; w < NW; w++) M = fmaxf(M, wm[w]);
-        float L = 0.f, o = 0.f;
-        for (int w = 0; w < NW; w++) {
-            const float f = wl[w] > 0.f ? exp2f(wm[w] - M) : 0.f;
-            L += wl[w] * f;
-            o += wacc[w][d] * f;
+        float M, L;
+        const float o = merge_states(NW, ws.m, ws.l, [&](int w) { return ws.acc[w][d]; }, M, L);
+        out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
+    }
+}
+
+/* Decode attention (one row per sequence) split over the context, so that a
+ * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
+ * of a head takes an equal share of the head's KV blocks, its NW warps one
+ * block at a time, and writes its merged state (weighted values, max, sum) to
+ * part [max_seq][n_head][n_split][HD + 2]. The last block of the head to
+ * finish, counted in done [max_seq][n_head], merges the n_split states into
+ * out and sets the count back to zero for the next step. */
+template <typename W, typename OutT, int HD, int NW>
+__global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
+                                                                   rows_ctx<W> c, float *part, int *done)
+{
+    __shared__ float qs[HD];
+    __shared__ warp_states<HD, NW> ws;
+    __shared__ int is_last;
+    const int split = blockIdx.x, n_split = gridDim.x, h = blockIdx.y, row = blockIdx.z;
+    const int b = c.seq0 + row, lh = layer * c.n_head + h;
+    allow_next_kernel();
+    /* Lengths before the step and the block table change only between steps. */
+    const int visible = c.kv_len[(size_t)b * c.n_lh + lh] + 1;
+    const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
+    const int per = (n_blocks + n_split - 1) / n_split, first = split * per, end = min(n_blocks, first + per);
+    wait_for_previous_kernel();
+    stage_query<HD>(qs, q, row, h, c.C, scale);
+    __syncthreads();
+    softmax_state<HD> st;
+    softmax_init(st);
+    for (int blk = first + (threadIdx.x >> 5); blk < end; blk += NW) {
+        const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
+        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD,
+                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs);
+    }
+    publish_state(ws, st);
+    __syncthreads();
+    float *head_parts = part + (size_t)(b * c.n_head + h) * n_split * (HD + 2);
+    float *mine = head_parts + (size_t)split * (HD + 2);
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float M, L;
+        mine[d] = merge_states(NW, ws.m, ws.l, [&](int w) { return ws.acc[w][d]; }, M, L);
+        if (d == 0) {
+            mine[HD] = M;
+            mine[HD + 1] = L;
+        }
+    }
+    /* Publish this block's state before counting it; the last block reads
+     * every state past the (incoherent) L1. */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&done[b * c.n_head + h], 1) == n_split - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float M = -INFINITY, L = 0.f, o = 0.f;
+        for (int i = 0; i < n_split; i++) M = fmaxf(M, __ldcg(head_parts + (size_t)i * (HD + 2) + HD));
+        for (int i = 0; i < n_split; i++) {
+            const float *pi = head_parts + (size_t)i * (HD + 2);
+            const float li = __ldcg(pi + HD + 1), f = li > 0.f ? exp2f(__ldcg(pi + HD) - M) : 0.f;
+            L += li * f;
+            o += __ldcg(pi + d) * f;
         }
         out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
     }
+    if (threadIdx.x == 0) done[b * c.n_head + h] = 0;
 }
 
 /* After a call: every head of its sequences holds rows_per_seq more entries
  * and every sequence is that much further on. */
 template <typename W> __global__ void advance_kernel(rows_ctx<W> c, int n_seq)
 {
+    wait_for_previous_kernel();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_seq * c.n_lh) return;
     const int b = c.seq0 + i / c.n_lh;

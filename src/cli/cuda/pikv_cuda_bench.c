@@ -109,6 +109,8 @@ int main(int argc, char **argv)
         }
     }
     double replay_us = -1;
+    /* Replays start again from the prompt, so that they fit in n_positions as the decode did. */
+    for (int b = 0; rc == 0 && graphs && b < batch; b++) rc = pk_cuda_truncate(s, b, prompt);
     if (rc == 0 && graphs) rc = pk_cuda_time_replay(s, batch, 64, &replay_us);
     if (rc) {
         fprintf(stderr, "pikv-cuda-bench: %s\n", pikv_last_error());
