@@ -69,10 +69,10 @@ int cli_check_output(const cli_command *cmd, const char *flag, const char *path,
 int cli_threads(int flag_value);
 
 /* The weights of commands without --weights, and of those given none. */
-#define CLI_DEFAULT_WEIGHTS PIKV_WEIGHTS_F32
+#define CLI_DEFAULT_WEIGHTS PIKV_WEIGHTS_AS_STORED
 /* The --weights line of a command's options; dest is a const char *. */
 #define CLI_WEIGHTS_OPT(dest) \
-    {"--weights", NULL, OPT_STRING, (dest), "weights in memory: f32, f16, bf16 or stored (default f32)", NULL}
+    {"--weights", NULL, OPT_STRING, (dest), "weights in memory: f32, f16, bf16 or stored (default: as stored)", NULL}
 
 struct pikv_model;
 struct pikv_tokenizer;
