@@ -183,14 +183,14 @@ static void matvec_out_major(const pk_matmul_args *a)
  * into its own scratch and adds that block's product in with a one-thread
  * sgemm (OpenBLAS's OpenMP build does not spawn threads inside ours). A
  * widened element is used by all T rows, so widening costs 1/T of the
- * multiply-adds. Panels are narrowed so that every thread gets some. */
+ * multiply-adds. The panels are as many as a multiple of the threads, so that
+ * each thread gets the same share. */
 static void matmul_panels(const pk_matmul_args *a, pk_matrix_layout layout)
 {
     const int T = a->T, in = a->in, out = a->out;
     int n_panels = (out + PK_PANEL_WIDTH - 1) / PK_PANEL_WIDTH;
-    if (n_panels < a->n_threads) n_panels = a->n_threads;
-    int width = ((out + n_panels - 1) / n_panels + 15) / 16 * 16;
-    if (width > PK_PANEL_WIDTH) width = PK_PANEL_WIDTH;
+    n_panels = (n_panels + a->n_threads - 1) / a->n_threads * a->n_threads;
+    const int width = ((out + n_panels - 1) / n_panels + 15) / 16 * 16; /* <= PK_PANEL_WIDTH */
     n_panels = (out + width - 1) / width;
 #pragma omp parallel for schedule(dynamic) num_threads(a->n_threads)
     for (int p = 0; p < n_panels; p++) {
