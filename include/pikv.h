@@ -48,12 +48,33 @@ typedef struct pikv_config {
 
 typedef struct pikv_model pikv_model;
 
+/* The type the weight matrices are kept in while the model is loaded: c_attn,
+ * c_proj, c_fc, the MLP's c_proj and wte (the tied LM head) or an own
+ * lm_head. Layer norms, biases and wpe are float32 whatever the type. */
+typedef enum pikv_weight_type {
+    PIKV_WEIGHTS_AS_STORED = 0, /* the checkpoint's type when every tensor has one of F32, F16, BF16; else F32 */
+    PIKV_WEIGHTS_F32,
+    PIKV_WEIGHTS_F16,           /* IEEE half */
+    PIKV_WEIGHTS_BF16,          /* bfloat16 */
+} pikv_weight_type;
+/* "stored", "f32", "f16", "bf16"; NULL for a value outside the enum. */
+const char *pikv_weight_type_name(pikv_weight_type t);
+
+/* Options of loading, in llama.h's manner: start from the defaults. */
+typedef struct pikv_model_params {
+    pikv_weight_type weights;   /* default PIKV_WEIGHTS_AS_STORED */
+} pikv_model_params;
+pikv_model_params pikv_model_default_params(void);
+
 /* Load config.json and model.safetensors (or the shards listed in
  * model.safetensors.index.json) from a Hugging Face model directory. Weights in
- * F32, F16 or BF16 are converted once to float32 in a single allocation. Every
- * file must be a regular file; sizes computed from config.json are checked for
+ * F32, F16 or BF16 are converted once into the type params ask for (rounding
+ * to nearest even where it is narrower than the stored type). Every file must
+ * be a regular file; sizes computed from config.json are checked for
  * overflow; a sharded checkpoint's tensors are read from the shard its
  * weight_map names; a header naming a tensor twice is refused. */
+pikv_model *pikv_model_load_with_params(const char *dir, const pikv_model_params *params);
+/* The same with every weight in float32 (PIKV_WEIGHTS_F32). */
 pikv_model *pikv_model_load(const char *dir);
 void pikv_model_free(pikv_model *m);
 const pikv_config *pikv_model_config(const pikv_model *m);
@@ -65,7 +86,8 @@ typedef struct pikv_model_info {
     char stored_dtype[16];   /* F32, F16, BF16 or mixed */
     size_t n_params;         /* parameters actually used by the forward pass */
     size_t file_bytes;       /* bytes of the safetensors file(s) */
-    size_t weight_bytes;     /* bytes of the float32 weights in memory */
+    size_t weight_bytes;     /* bytes of the weights in memory */
+    pikv_weight_type weight_type;    /* the matrices' type in memory: F32, F16 or BF16 */
     int n_tensors;
     int tied_lm_head;        /* 1 when the LM head is wte transposed */
     size_t nonfinite_weights;        /* NaN or infinite values found while loading */

@@ -185,11 +185,11 @@ static void reference_step(const pikv_session *s, const pk_route_table *t, int32
     double *qkv = calloc(3 * (size_t)C, sizeof *qkv), *att = calloc((size_t)C, sizeof *att);
     double *fc = calloc((size_t)F, sizeof *fc), *tmp = calloc((size_t)C, sizeof *tmp);
     double *w = calloc((size_t)c->n_positions + 1, sizeof *w);
-    for (int i = 0; i < C; i++) x[i] = (double)m->wte[(size_t)id * C + i] + m->wpe[(size_t)s->fwd.pos * C + i];
+    for (int i = 0; i < C; i++) x[i] = (double)((const float *)m->wte.data)[(size_t)id * C + i] + m->wpe[(size_t)s->fwd.pos * C + i];
     for (int l = 0; l < c->n_layer; l++) {
         const pk_layer *L = &m->layers[l];
         layernorm(xn, x, L->ln_1_w, L->ln_1_b, C, c->layer_norm_epsilon);
-        affine(qkv, xn, L->attn_w, L->attn_b, C, 3 * C);
+        affine(qkv, xn, L->attn_w.data, L->attn_b, C, 3 * C);
         for (int h = 0; h < H; h++) {
             const pk_kv_head *kh = pk_kv_head_at(&s->fwd.kv, l, h);
             const pk_route_head *rh = t ? &t->heads[l * H + h] : NULL;
@@ -218,19 +218,19 @@ static void reference_step(const pikv_session *s, const pk_route_table *t, int32
                 att[h * hd + d] = o / sum;
             }
         }
-        affine(tmp, att, L->attn_proj_w, L->attn_proj_b, C, C);
+        affine(tmp, att, L->attn_proj_w.data, L->attn_proj_b, C, C);
         for (int i = 0; i < C; i++) x[i] += tmp[i];
         layernorm(xn, x, L->ln_2_w, L->ln_2_b, C, c->layer_norm_epsilon);
-        affine(fc, xn, L->fc_w, L->fc_b, C, F);
+        affine(fc, xn, L->fc_w.data, L->fc_b, C, F);
         for (int i = 0; i < F; i++) /* gelu_new */
             fc[i] = 0.5 * fc[i] * (1 + tanh(sqrt(2 / M_PI) * (fc[i] + 0.044715 * fc[i] * fc[i] * fc[i])));
-        affine(tmp, fc, L->fc_proj_w, L->fc_proj_b, F, C);
+        affine(tmp, fc, L->fc_proj_w.data, L->fc_proj_b, F, C);
         for (int i = 0; i < C; i++) x[i] += tmp[i];
     }
     layernorm(xn, x, m->ln_f_w, m->ln_f_b, C, c->layer_norm_epsilon);
     for (int v = 0; v < c->vocab_size; v++) {
         double dot = 0;
-        for (int i = 0; i < C; i++) dot += xn[i] * m->lm_head[(size_t)v * C + i];
+        for (int i = 0; i < C; i++) dot += xn[i] * ((const float *)m->lm_head.data)[(size_t)v * C + i];
         logits[v] = dot;
     }
     free(x), free(xn), free(qkv), free(att), free(fc), free(tmp), free(w);

@@ -68,11 +68,19 @@ int cli_check_output(const cli_command *cmd, const char *flag, const char *path,
  * an address-space limit; see preinit.c) and is otherwise every core. */
 int cli_threads(int flag_value);
 
+/* The weights of commands without --weights, and of those given none. */
+#define CLI_DEFAULT_WEIGHTS PIKV_WEIGHTS_AS_STORED
+/* The --weights line of a command's options; dest is a const char *. */
+#define CLI_WEIGHTS_OPT(dest) \
+    {"--weights", NULL, OPT_STRING, (dest), "weights in memory: f32, f16, bf16 or stored (default: as stored)", NULL}
+
 struct pikv_model;
 struct pikv_tokenizer;
-/* Load the model and (when tok != NULL) its tokenizer from dir; on failure print
- * the error under the command's name and return 1. */
-int cli_load(const cli_command *cmd, const char *dir, struct pikv_model **model, struct pikv_tokenizer **tok);
+/* Load the model, its matrices in the type --weights names (`weights`; NULL
+ * for CLI_DEFAULT_WEIGHTS), and (when tok != NULL) its tokenizer from dir; on
+ * failure print the error under the command's name and return 1. */
+int cli_load(const cli_command *cmd, const char *dir, const char *weights, struct pikv_model **model,
+             struct pikv_tokenizer **tok);
 
 /* A progress callback for long library loops: "\rLABEL done/total" on stderr,
  * ending the line at the last step; ctx is the label (a string). */

@@ -132,8 +132,9 @@ static void print_table(const bench_run *b, const pikv_model_info *info, const c
 {
     const bench_options *o = b->o;
     const char *name = strrchr(info->dir, '/') ? strrchr(info->dir, '/') + 1 : info->dir;
-    printf("model %s (%.2f M parameters); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n", name,
-           info->n_params / 1e6, machine, pikv_session_threads(b->s), o->reps);
+    printf("model %s (%.2f M parameters, %s weights); machine: %s; threads: %d; %d repetitions, median (min..max)\n\n",
+           name, info->n_params / 1e6, pikv_weight_type_name(info->weight_type), machine, pikv_session_threads(b->s),
+           o->reps);
     printf("| %-36s | %9s | %-11s | %-16s | %-26s |\n", "press", "KV MiB", "workers", "test", "tok/s");
     printf("|%s|%s|%s|%s|%s|\n", "--------------------------------------", "-----------", "-------------",
            "------------------", "----------------------------");
@@ -175,6 +176,7 @@ static int print_json(const bench_run *b, const pikv_model_info *info, const cha
     cJSON *root = cJSON_CreateObject();
     if (!root) return pk_fail("bench: out of memory for the JSON report");
     cJSON_AddStringToObject(root, "model", info->dir);
+    cJSON_AddStringToObject(root, "weights", pikv_weight_type_name(info->weight_type));
     cJSON_AddStringToObject(root, "machine", machine);
     cJSON_AddNumberToObject(root, "threads", pikv_session_threads(b->s));
     cJSON_AddNumberToObject(root, "prompt_tokens", o->n_prompt);
@@ -237,11 +239,12 @@ static int check_options(const cli_command *cmd, const bench_options *o)
 /* Parse the options, load the model, measure every row and print the results. */
 int cmd_bench(int argc, char **argv)
 {
-    const char *model_flag = NULL;
+    const char *model_flag = NULL, *weights = NULL;
     bench_options o = {.n_prompt = 512, .n_gen = 128, .reps = 5};
     const cli_opt opts[] = {
         {"--press", NULL, OPT_LIST, &o.specs, "press to measure (repeatable; default: none)", NULL},
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
+        CLI_WEIGHTS_OPT(&weights),
         {"--prompt-tokens", "-p", OPT_INT, &(cli_int){&o.n_prompt, 1, CLI_MAX_TOKENS},
          "prompt length to prefill (default 512)", NULL},
         {"--gen-tokens", "-n", OPT_INT, &(cli_int){&o.n_gen, 0, CLI_MAX_TOKENS},
@@ -253,8 +256,8 @@ int cmd_bench(int argc, char **argv)
          "decode attention on W workers: EPLB vs equal-count placement", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object", NULL},
     };
-    const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
-                             "       [--threads N] [--workers W] [--json]",
+    const cli_command cmd = {"bench", "bench [--model DIR] [--weights T] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS]\n"
+                             "       [-r REPS] [--threads N] [--workers W] [--json]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
@@ -270,7 +273,7 @@ int cmd_bench(int argc, char **argv)
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
-    if (cli_load(&cmd, dir, &m, NULL)) return 1;
+    if (cli_load(&cmd, dir, weights, &m, NULL)) return 1;
     const pikv_config *c = pikv_model_config(m);
     if (o.n_prompt + o.n_gen > c->n_positions) {
         cli_error(&cmd, "-p %d + -n %d exceed the model's %d positions", o.n_prompt, o.n_gen, c->n_positions);

@@ -23,7 +23,7 @@
 enum { MAX_REPS = 100, QUICK_TASKS = 10, DETAILED_TASKS = 50 };
 
 typedef struct {
-    const char *model_flag, *context_file, *question, *methods, *scenario, *csv, *out, *haystack;
+    const char *model_flag, *weights, *context_file, *question, *methods, *scenario, *csv, *out, *haystack;
     double ratio, eplb_share;
     int experts, top_k, context_tokens, max_new, reps, threads, tasks, seed, query_aware, json, detailed;
     int ratio_seen, experts_seen, context_seen, tasks_seen;
@@ -251,6 +251,7 @@ int cmd_compare(int argc, char **argv)
                          .max_new = 24, .reps = 3, .tasks = QUICK_TASKS, .seed = 1};
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &o.model_flag, "model directory (default: the bundled model)", NULL},
+        CLI_WEIGHTS_OPT(&o.weights),
         {"--methods", NULL, OPT_STRING, &o.methods,
          "methods separated by ';', each SPEC or NAME=SPEC (default: the three above)", NULL},
         {"--ratio", NULL, OPT_FLOAT, &o.ratio, "compression ratio {r} (default 0.5)", &o.ratio_seen},
@@ -285,7 +286,7 @@ int cmd_compare(int argc, char **argv)
     };
     const cli_command cmd = {
         "compare",
-        "compare [--model DIR] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
+        "compare [--model DIR] [--weights T] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
         "       [--eplb-share S] [--scenario NAME] [--context-tokens N | --context-file F --question Q]\n"
         "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]",
         "Compares KV-cache compression methods on one context: the KV bytes each holds after\n"
@@ -339,7 +340,7 @@ int cmd_compare(int argc, char **argv)
     pk_compare_config c;
     const char *dir = cli_model_dir(o.model_flag);
     rc = 1;
-    if (cli_load(&cmd, dir, &r.model, &r.tok)) goto done;
+    if (cli_load(&cmd, dir, o.weights, &r.model, &r.tok)) goto done;
     if (pk_haystack_load(&r.haystack, r.tok, cli_haystack_path(o.haystack))) {
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto done;

@@ -50,7 +50,7 @@ int cmd_duo_calibrate(int argc, char **argv)
     if (cli_check_output(&cmd, "--out", out_dir, 1)) return 1;
     pikv_model *m;
     pikv_tokenizer *tok;
-    if (cli_load(&cmd, dir, &m, &tok)) return 1;
+    if (cli_load(&cmd, dir, NULL, &m, &tok)) return 1;
     pk_haystack h = {0};
     pk_duo_pattern pattern = {0};
     pikv_session *s = NULL;

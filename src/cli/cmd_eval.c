@@ -9,11 +9,12 @@
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *model_flag = NULL, *haystack = NULL;
+    const char *model_flag = NULL, *haystack = NULL, *weights = NULL;
     cli_list presses = {0};
     int n_tasks = 50, min_tokens = 1000, max_tokens = 2000, query_aware = 0, both = 0, threads = 0, seed = 1;
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
+        CLI_WEIGHTS_OPT(&weights),
         {"--press", NULL, OPT_LIST, &presses, "press to evaluate (repeatable; default: none)", NULL},
         {"--tasks", NULL, OPT_INT, &(cli_int){&n_tasks, 1, CLI_MAX_TASKS}, "number of tasks (default 50)", NULL},
         {"--min-tokens", NULL, OPT_INT, &(cli_int){&min_tokens, 64, CLI_MAX_TOKENS},
@@ -26,7 +27,7 @@ int cmd_eval(int argc, char **argv)
         {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
     };
-    const cli_command cmd = {"eval", "eval [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B] [--query-aware | --both-modes]",
+    const cli_command cmd = {"eval", "eval [--weights T] [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B] [--query-aware | --both-modes]",
                              "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
                              "held-out text) with each press and prints the accuracy and the KV cache kept; for a\n"
                              "press that routes queries (moe_router route=1), also the share of the kept cache the\n"
@@ -41,7 +42,7 @@ int cmd_eval(int argc, char **argv)
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
     pikv_tokenizer *tok;
-    if (cli_load(&cmd, dir, &m, &tok)) return 1;
+    if (cli_load(&cmd, dir, weights, &m, &tok)) return 1;
     pk_haystack h;
     pikv_session *s = NULL;
     rc = 1;

@@ -12,7 +12,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *model_flag, *prompt, *prompt_file, *context_file, *press_spec;
+    const char *model_flag, *weights, *prompt, *prompt_file, *context_file, *press_spec;
     cli_list questions;
     int max_new, greedy, top_k, seed, threads, workers, print_ids, json, query_aware, sampling_given;
     double temperature, top_p;
@@ -197,6 +197,7 @@ int cmd_generate(int argc, char **argv)
     generate_options o = {.max_new = 32, .temperature = 1.0, .top_p = 1.0};
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &o.model_flag, "model directory (default: the bundled model)", NULL},
+        CLI_WEIGHTS_OPT(&o.weights),
         {"--prompt", "-p", OPT_STRING, &o.prompt, "prompt text", NULL},
         {"--prompt-file", "-f", OPT_STRING, &o.prompt_file, "read the prompt from a file", NULL},
         {"--context-file", NULL, OPT_STRING, &o.context_file, "a context to compress and ask questions about",
@@ -223,7 +224,7 @@ int cmd_generate(int argc, char **argv)
     };
     const cli_command cmd = {
         "generate",
-        "generate [--model DIR] (--prompt TEXT | --prompt-file F | --context-file F) [--max-new-tokens N]\n"
+        "generate [--model DIR] [--weights T] (--prompt TEXT | --prompt-file F | --context-file F) [--max-new-tokens N]\n"
         "       [--greedy | --temperature T --top-k K --top-p P --seed S]\n"
         "       [--press SPEC] [--question Q]... [--query-aware] [--threads N] [--workers W] [--print-ids]\n"
         "       [--json]",
@@ -257,7 +258,7 @@ int cmd_generate(int argc, char **argv)
         text = r.file_text;
     }
     const char *dir = cli_model_dir(o.model_flag);
-    if (cli_load(&cmd, dir, &r.model, &r.tok) || tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
+    if (cli_load(&cmd, dir, o.weights, &r.model, &r.tok) || tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
         goto done;
     for (int i = 0; i < o.questions.n; i++)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),

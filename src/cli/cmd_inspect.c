@@ -7,13 +7,14 @@
 
 int cmd_inspect(int argc, char **argv)
 {
-    const char *model_flag = NULL;
+    const char *model_flag = NULL, *weights = NULL;
     int check = 0;
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
+        CLI_WEIGHTS_OPT(&weights),
         {"--check", NULL, OPT_FLAG, &check, "fail if any weight is NaN or infinite", NULL},
     };
-    const cli_command cmd = {"inspect", "inspect [--model DIR] [--check]",
+    const cli_command cmd = {"inspect", "inspect [--model DIR] [--weights T] [--check]",
                              "Describes a model: architecture, parameters, stored dtype, bytes on disk and in\n"
                              "memory, context limit, and the KV cache cost per token.",
                              opts, sizeof opts / sizeof *opts};
@@ -21,7 +22,7 @@ int cmd_inspect(int argc, char **argv)
     if (rc) return rc == 1 ? 0 : rc;
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
-    if (cli_load(&cmd, dir, &m, NULL)) return 1;
+    if (cli_load(&cmd, dir, weights, &m, NULL)) return 1;
     const pikv_config *c = pikv_model_config(m);
     pikv_model_info info;
     pikv_model_get_info(m, &info);
@@ -31,7 +32,11 @@ int cmd_inspect(int argc, char **argv)
            info.architecture, c->n_layer, c->n_head, c->head_dim, c->n_embd, c->n_inner, c->vocab_size);
     printf("parameters     %.2f M (%s)\n", info.n_params / 1e6, info.tied_lm_head ? "LM head tied to wte" : "own LM head");
     printf("stored dtype   %s, %d tensors, %.1f MB on disk\n", info.stored_dtype, info.n_tensors, info.file_bytes / 1e6);
-    printf("in memory      float32, %.1f MB\n", info.weight_bytes / 1e6);
+    if (info.weight_type == PIKV_WEIGHTS_F32)
+        printf("in memory      float32, %.1f MB\n", info.weight_bytes / 1e6);
+    else
+        printf("in memory      %s matrices (wpe, norms and biases float32), %.1f MB\n",
+               pikv_weight_type_name(info.weight_type), info.weight_bytes / 1e6);
     printf("context limit  %d positions\n", c->n_positions);
     printf("KV cache       %zu bytes per token (K+V float32 + 4-byte position per head), %.1f MB at %d tokens\n",
            kv_per_token, kv_per_token * (double)c->n_positions / 1e6, c->n_positions);

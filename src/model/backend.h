@@ -10,6 +10,7 @@
 #define PIKV_MODEL_BACKEND_H
 
 #include "kv/kvcache.h"
+#include "model/matrix.h"
 
 #include <stdint.h>
 
@@ -36,16 +37,15 @@ typedef struct pk_backend {
     const char *name;
     /* Before a forward call: how many threads its products may use. */
     void (*set_threads)(int n_threads);
-    /* y[T, out] (+)= x[T, in] · W[in, out]; beta = 1 accumulates (the
-     * residual stream), beta = 0 overwrites. */
-    void (*matmul)(float *y, const float *x, const float *W, int T, int in, int out, float beta);
-    /* y[T, out] = x[T, in] · W[out, in]^T: the LM head, stored as [V, C]. */
-    void (*matmul_t)(float *y, const float *x, const float *W, int T, int in, int out);
+    /* y[T, out] = beta·y + x[T, in] · W[in, out] + bias, W in its own type:
+     * beta = 1 accumulates (the residual stream), beta = 0 overwrites. */
+    void (*matmul)(const pk_matmul_args *a);
+    /* y[T, out] = x[T, in] · W[out, in]^T: the LM head, stored as [V, C]
+     * (no bias, beta 0). */
+    void (*matmul_t)(const pk_matmul_args *a);
     /* out[t] = layernorm(x[t]) * w + b for rows t < T of width C. */
     void (*layernorm)(float *out, const float *x, const float *w, const float *b, int T, int C, float eps,
                       int n_threads);
-    /* x[t, :] += b for rows t < T. */
-    void (*add_bias)(float *x, const float *b, int T, int n);
     /* x = gelu_new(x) over T rows of width n. */
     void (*gelu)(float *x, int T, int n, int n_threads);
     void (*attention)(const pk_attention_args *a);

@@ -1,6 +1,7 @@
-/* The CPU backend: OpenBLAS for the matrix products (sgemm for blocks of rows,
- * sgemv for one token), OpenMP across rows and across (head, query block)
- * attention items, and the element-wise kernels of model/ops.c. */
+/* The CPU backend: OpenBLAS for the float32 matrix products (sgemm for blocks
+ * of rows, sgemv for one token), model/matrix.c for 16-bit weights, OpenMP
+ * across rows and across (head, query block) attention items, and the
+ * element-wise kernels of model/ops.c. */
 #include "model/backend.h"
 #include "model/ops.h"
 
@@ -10,20 +11,37 @@
 
 static void cpu_set_threads(int n_threads) { openblas_set_num_threads(n_threads); }
 
-static void cpu_matmul(float *y, const float *x, const float *W, int T, int in, int out, float beta)
+/* Float32 weights go to OpenBLAS (sgemv for one row, sgemm for more), the
+ * bias added where it always was: into the residual before accumulating,
+ * after the product when overwriting. 16-bit weights go to model/matrix.c. */
+static void cpu_matmul(const pk_matmul_args *a)
 {
-    if (T == 1)
-        cblas_sgemv(CblasRowMajor, CblasTrans, in, out, 1.f, W, out, x, 1, beta, y, 1);
+    if (a->W->type != PK_DT_F32) {
+        pk_matmul_half(a, PK_IN_MAJOR);
+        return;
+    }
+    const float *W = a->W->data;
+    if (a->bias && a->beta != 0) pk_add_bias(a->y, a->bias, a->T, a->out);
+    if (a->T == 1)
+        cblas_sgemv(CblasRowMajor, CblasTrans, a->in, a->out, 1.f, W, a->out, a->x, 1, a->beta, a->y, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, out, in, 1.f, x, in, W, out, beta, y, out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->T, a->out, a->in, 1.f, a->x, a->in, W, a->out,
+                    a->beta, a->y, a->out);
+    if (a->bias && a->beta == 0) pk_add_bias(a->y, a->bias, a->T, a->out);
 }
 
-static void cpu_matmul_t(float *y, const float *x, const float *W, int T, int in, int out)
+static void cpu_matmul_t(const pk_matmul_args *a)
 {
-    if (T == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.f, W, in, x, 1, 0.f, y, 1);
+    if (a->W->type != PK_DT_F32) {
+        pk_matmul_half(a, PK_OUT_MAJOR);
+        return;
+    }
+    const float *W = a->W->data;
+    if (a->T == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, a->out, a->in, 1.f, W, a->in, a->x, 1, 0.f, a->y, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.f, x, in, W, in, 0.f, y, out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->T, a->out, a->in, 1.f, a->x, a->in, W, a->in, 0.f,
+                    a->y, a->out);
 }
 
 static void cpu_layernorm(float *out, const float *x, const float *w, const float *b, int T, int C, float eps,
@@ -113,7 +131,6 @@ const pk_backend pk_backend_cpu = {
     .matmul = cpu_matmul,
     .matmul_t = cpu_matmul_t,
     .layernorm = cpu_layernorm,
-    .add_bias = pk_add_bias,
     .gelu = cpu_gelu,
     .attention = cpu_attention,
     .query_weights = cpu_query_weights,

@@ -17,6 +17,11 @@ int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads)
     const pikv_config *c = &m->cfg;
     f->scores = pk_malloc_array((size_t)n_threads * PK_QUERY_BLOCK * (size_t)c->n_positions, sizeof(float),
                                 "attention scores");
+    if (m->weights != PK_DT_F32 &&
+        !(f->panels = pk_malloc_array((size_t)n_threads, PK_PANEL_FLOATS * sizeof(float), "weight panels"))) {
+        pk_forward_free(f);
+        return -1;
+    }
     if (!f->scores || pk_kv_init(&f->kv, c->n_layer, c->n_head, c->head_dim)) {
         pk_forward_free(f);
         return -1;
@@ -40,7 +45,8 @@ void pk_forward_free(pk_forward *f)
     pk_kv_free(&f->kv);
     pk_forward_free_scratch(f);
     pk_free(f->scores);
-    f->scores = NULL;
+    pk_free(f->panels);
+    f->scores = f->panels = NULL;
 }
 
 /* Grow the activation buffers to hold `rows` tokens. */
@@ -82,6 +88,15 @@ static void append_kv(pk_forward *f, int layer, int T)
     }
 }
 
+/* y[T, out] = beta·y + x[T, in] · W + bias through the backend. */
+static void matmul(const pk_forward *f, float *y, const float *x, const pk_matrix *W, const float *bias, int T, int in,
+                   int out, float beta)
+{
+    const pk_matmul_args a = {.y = y, .x = x, .W = W, .bias = bias, .T = T, .in = in, .out = out, .beta = beta,
+                              .panels = f->panels, .n_threads = f->n_threads};
+    f->backend->matmul(&a);
+}
+
 /* One transformer block on the T new rows of the residual stream. */
 static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks *hooks)
 {
@@ -91,8 +106,7 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
     const int C = c->n_embd, F = c->n_inner;
 
     be->layernorm(f->xn, f->x, L->ln_1_w, L->ln_1_b, T, C, c->layer_norm_epsilon, f->n_threads); /* xn [T, C] */
-    be->matmul(f->qkv, f->xn, L->attn_w, T, C, 3 * C, 0.f);                                     /* qkv [T, 3C] */
-    be->add_bias(f->qkv, L->attn_b, T, 3 * C);
+    matmul(f, f->qkv, f->xn, &L->attn_w, L->attn_b, T, C, 3 * C, 0.f);                          /* qkv [T, 3C] */
     append_kv(f, layer, T);
     int done = hooks && hooks->attention ? hooks->attention(hooks->ctx, f, layer, T) : 0;      /* att [T, C] */
     if (done < 0) return -1;
@@ -103,15 +117,12 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
         be->attention(&a);
     }
     if (hooks && hooks->after_attention && hooks->after_attention(hooks->ctx, f, layer, T)) return -1;
-    be->add_bias(f->x, L->attn_proj_b, T, C);
-    be->matmul(f->x, f->att, L->attn_proj_w, T, C, C, 1.f);                                     /* x += att · Wo */
+    matmul(f, f->x, f->att, &L->attn_proj_w, L->attn_proj_b, T, C, C, 1.f);                     /* x += att · Wo */
 
     be->layernorm(f->xn, f->x, L->ln_2_w, L->ln_2_b, T, C, c->layer_norm_epsilon, f->n_threads);
-    be->matmul(f->fc, f->xn, L->fc_w, T, C, F, 0.f);                                            /* fc [T, F] */
-    be->add_bias(f->fc, L->fc_b, T, F);
+    matmul(f, f->fc, f->xn, &L->fc_w, L->fc_b, T, C, F, 0.f);                                   /* fc [T, F] */
     be->gelu(f->fc, T, F, f->n_threads);
-    be->add_bias(f->x, L->fc_proj_b, T, C);
-    be->matmul(f->x, f->fc, L->fc_proj_w, T, F, C, 1.f);                                        /* x += gelu(fc) · Wp */
+    matmul(f, f->x, f->fc, &L->fc_proj_w, L->fc_proj_b, T, F, C, 1.f);                          /* x += gelu(fc) · Wp */
     return 0;
 }
 
@@ -130,9 +141,10 @@ int pk_forward_run(pk_forward *f, const int32_t *ids, int n, const pk_forward_ho
     f->backend->set_threads(f->n_threads);
 
     for (int t = 0; t < n; t++) { /* x = wte[id] + wpe[pos] */
-        const float *te = m->wte + (size_t)ids[t] * C, *pe = m->wpe + (size_t)(f->pos + t) * C;
+        const float *pe = m->wpe + (size_t)(f->pos + t) * C;
         float *x = f->x + (size_t)t * C;
-        for (int i = 0; i < C; i++) x[i] = te[i] + pe[i];
+        pk_matrix_to_f32(&m->wte, (size_t)ids[t] * C, (size_t)C, x);
+        for (int i = 0; i < C; i++) x[i] += pe[i];
     }
     for (int l = 0; l < c->n_layer; l++)
         if (block_forward(f, l, n, hooks)) return -1;
@@ -157,5 +169,7 @@ void pk_forward_logits(pk_forward *f, int n, float *logits, int all_rows)
     int first = all_rows ? 0 : n - 1, rows = n - first;
     f->backend->layernorm(f->xn, f->x + (size_t)first * C, m->ln_f_w, m->ln_f_b, rows, C, c->layer_norm_epsilon,
                           f->n_threads);
-    f->backend->matmul_t(logits, f->xn, m->lm_head, rows, C, c->vocab_size);                  /* [rows, V] */
+    const pk_matmul_args head = {.y = logits, .x = f->xn, .W = &m->lm_head, .T = rows, .in = C, .out = c->vocab_size,
+                                 .panels = f->panels, .n_threads = f->n_threads};
+    f->backend->matmul_t(&head);                                                               /* [rows, V] */
 }

@@ -33,6 +33,7 @@ typedef struct pk_forward {
     float *att;        /* [rows, C] attention output, heads side by side */
     float *fc;         /* [rows, F] MLP hidden */
     float *scores;     /* [n_threads, PK_QUERY_BLOCK, n_positions] attention rows */
+    float *panels;     /* [n_threads, PK_PANEL_FLOATS] widened weights; NULL for float32 weights */
 } pk_forward;
 
 typedef struct {

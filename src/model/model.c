@@ -119,126 +119,232 @@ static int find_tensor(const checkpoint *ck, const char *name, const pk_st_tenso
     return rc == 1 ? find_in(ck, name, t, in) : rc;
 }
 
-/* Copy one named tensor into dst as float32 after checking its shape. */
-static int load_tensor(const checkpoint *ck, const char *dir, const char *name, float *dst, int64_t d0,
-                       int64_t d1, pikv_model_info *info)
-{
-    const pk_safetensors *st;
+/* One tensor the forward pass holds: its name and shape, where it goes (a
+ * float32 array, or a matrix in the model's weight type), and once found, the
+ * tensor and its file. */
+typedef struct {
+    char name[128];
+    int64_t d0, d1;      /* d1 = 0: one dimension */
+    float **vector;      /* the float32 destination, or NULL for a matrix */
+    pk_matrix *matrix;
     const pk_st_tensor *t;
-    int found = find_tensor(ck, name, &t, &st);
+    const pk_safetensors *st;
+} part;
+
+/* Find one part's tensor, check its shape and note its dtype in info. */
+static int find_part(const checkpoint *ck, const char *dir, part *p, pikv_model_info *info)
+{
+    int found = find_tensor(ck, p->name, &p->t, &p->st);
     if (found < 0) return -1;
-    if (found) return pk_fail("%s: missing tensor '%s'", dir, name);
-    int ndim = d1 ? 2 : 1;
-    if (t->ndim != ndim || t->shape[0] != d0 || (d1 && t->shape[1] != d1)) {
+    if (found) return pk_fail("%s: missing tensor '%s'", dir, p->name);
+    const pk_st_tensor *t = p->t;
+    int ndim = p->d1 ? 2 : 1;
+    if (t->ndim != ndim || t->shape[0] != p->d0 || (p->d1 && t->shape[1] != p->d1)) {
         char want[64], got[96] = "";
-        snprintf(want, sizeof want, d1 ? "[%lld, %lld]" : "[%lld]", (long long)d0, (long long)d1);
+        snprintf(want, sizeof want, p->d1 ? "[%lld, %lld]" : "[%lld]", (long long)p->d0, (long long)p->d1);
         for (int i = 0, n = 0; i < t->ndim && n < (int)sizeof got - 24; i++)
             n += snprintf(got + n, sizeof got - (size_t)n, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-        return pk_fail("%s: tensor '%s' has shape [%s], expected %s", st->path, t->name, got, want);
+        return pk_fail("%s: tensor '%s' has shape [%s], expected %s", p->st->path, t->name, got, want);
     }
     const char *dt = pk_dtype_name(t->dtype);
     if (!info->stored_dtype[0]) snprintf(info->stored_dtype, sizeof info->stored_dtype, "%s", dt);
     else if (strcmp(info->stored_dtype, dt) != 0) snprintf(info->stored_dtype, sizeof info->stored_dtype, "mixed");
-    if (pk_st_to_f32(st, t, dst)) return -1;
-    size_t n = t->numel, bad = 0;
-    for (size_t i = 0; i < n; i++) bad += !isfinite(dst[i]);
-    if (bad && !info->nonfinite_weights)
-        snprintf(info->first_nonfinite_tensor, sizeof info->first_nonfinite_tensor, "%s", t->name);
-    info->nonfinite_weights += bad;
     return 0;
 }
 
-/* Hand out consecutive slices of the one weight allocation. */
-static float *take(float **cursor, size_t n)
+/* Count the NaN and infinite values of a loaded tensor into info. */
+static void count_nonfinite(const pk_matrix *w, size_t n, const char *name, pikv_model_info *info)
 {
-    float *p = *cursor;
-    *cursor += n;
-    return p;
+    float chunk[256];
+    size_t bad = 0;
+    for (size_t first = 0; first < n; first += 256) {
+        const size_t k = n - first < 256 ? n - first : 256;
+        pk_matrix_to_f32(w, first, k, chunk);
+        for (size_t i = 0; i < k; i++) bad += !isfinite(chunk[i]);
+    }
+    if (bad && !info->nonfinite_weights)
+        snprintf(info->first_nonfinite_tensor, sizeof info->first_nonfinite_tensor, "%s", name);
+    info->nonfinite_weights += bad;
 }
 
-/* The number of float32 parameters the forward pass holds, every product and
- * sum checked: a config.json's dimensions are untrusted, and a wrapped count
- * would allocate too little for the tensors copied in afterwards. */
-static int count_params(const pikv_config *c, int untied, size_t *out)
+/* The parameters the forward pass holds, as float32 arrays and as matrix
+ * elements, every product and sum checked: a config.json's dimensions are
+ * untrusted, and a wrapped count would allocate too little for the tensors
+ * copied in afterwards. */
+static int count_params(const pikv_config *c, int untied, size_t *n_vectors, size_t *n_matrix)
 {
     size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
-    /* per layer: 2 layer norms (4C), c_attn (3C*C + 3C), c_proj (C*C + C), c_fc (C*F + F), mlp c_proj (F*C + C) */
-    size_t CC, CF, VC, PC, layer_sum, all, total = 0;
+    size_t CC, CF, VC, PC, vec_layer = 0, mat_layer = 0, vec_all, mat_all, vec = 0, mat = 0, total;
     if (__builtin_mul_overflow(C, C, &CC) || __builtin_mul_overflow(C, F, &CF) || __builtin_mul_overflow(V, C, &VC) ||
         __builtin_mul_overflow(P, C, &PC))
         return -1;
-    size_t layer_terms[] = {CC, CC, CC, CC, CF, CF, 4 * C, 3 * C, C, F, C};
-    layer_sum = 0;
-    for (size_t i = 0; i < sizeof layer_terms / sizeof *layer_terms; i++)
-        if (__builtin_add_overflow(layer_sum, layer_terms[i], &layer_sum)) return -1;
-    if (__builtin_mul_overflow(layer_sum, (size_t)c->n_layer, &all)) return -1;
-    size_t terms[] = {VC, PC, 2 * C, all, untied ? VC : 0};
-    for (size_t i = 0; i < sizeof terms / sizeof *terms; i++)
-        if (__builtin_add_overflow(total, terms[i], &total)) return -1;
-    if (total > SIZE_MAX / sizeof(float)) return -1;
-    *out = total;
+    /* per layer: c_attn (3C*C), c_proj (C*C), c_fc and mlp c_proj (C*F each); 2 layer norms (4C) and the biases */
+    size_t mat_terms[] = {CC, CC, CC, CC, CF, CF}, vec_terms[] = {4 * C, 3 * C, C, F, C};
+    for (size_t i = 0; i < sizeof mat_terms / sizeof *mat_terms; i++)
+        if (__builtin_add_overflow(mat_layer, mat_terms[i], &mat_layer)) return -1;
+    for (size_t i = 0; i < sizeof vec_terms / sizeof *vec_terms; i++)
+        if (__builtin_add_overflow(vec_layer, vec_terms[i], &vec_layer)) return -1;
+    if (__builtin_mul_overflow(mat_layer, (size_t)c->n_layer, &mat_all) ||
+        __builtin_mul_overflow(vec_layer, (size_t)c->n_layer, &vec_all))
+        return -1;
+    size_t mat_sum[] = {VC, untied ? VC : 0, mat_all}, vec_sum[] = {PC, 2 * C, vec_all};
+    for (size_t i = 0; i < 3; i++)
+        if (__builtin_add_overflow(mat, mat_sum[i], &mat) || __builtin_add_overflow(vec, vec_sum[i], &vec)) return -1;
+    if (__builtin_add_overflow(vec, mat, &total) || total > SIZE_MAX / sizeof(float)) return -1;
+    *n_vectors = vec;
+    *n_matrix = mat;
     return 0;
 }
 
-/* Load every weight the forward pass uses into one float32 allocation. */
-static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir)
+/* Append one entry to the list of tensors to load; layer >= 0 prefixes the
+ * name with "h.LAYER.". */
+static void add_part(part *parts, int *n, int layer, const char *name, int64_t d0, int64_t d1, float **vector,
+                     pk_matrix *matrix)
+{
+    part *p = &parts[(*n)++];
+    *p = (part){.d0 = d0, .d1 = d1, .vector = vector, .matrix = matrix};
+    if (layer >= 0) snprintf(p->name, sizeof p->name, "h.%d.%s", layer, name);
+    else snprintf(p->name, sizeof p->name, "%s", name);
+}
+
+/* The list of tensors to load, in the order they are read: wte, wpe, ln_f,
+ * the LM head when untied, then each layer's. */
+static part *list_parts(pikv_model *m, int untied, int *n_parts)
 {
     const pikv_config *c = &m->cfg;
-    size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size, P = (size_t)c->n_positions;
+    const int64_t C = c->n_embd, F = c->n_inner, V = c->vocab_size, P = c->n_positions;
+    part *parts = pk_calloc(4 + (size_t)untied + 12 * (size_t)c->n_layer, sizeof *parts, "model tensor list");
+    if (!parts) return NULL;
+    int n = 0;
+    add_part(parts, &n, -1, "wte.weight", V, C, NULL, &m->wte);
+    add_part(parts, &n, -1, "wpe.weight", P, C, &m->wpe, NULL);
+    add_part(parts, &n, -1, "ln_f.weight", C, 0, &m->ln_f_w, NULL);
+    add_part(parts, &n, -1, "ln_f.bias", C, 0, &m->ln_f_b, NULL);
+    if (untied) add_part(parts, &n, -1, "lm_head.weight", V, C, NULL, &m->lm_head);
+    for (int l = 0; l < c->n_layer; l++) {
+        pk_layer *L = &m->layers[l];
+        add_part(parts, &n, l, "ln_1.weight", C, 0, &L->ln_1_w, NULL);
+        add_part(parts, &n, l, "ln_1.bias", C, 0, &L->ln_1_b, NULL);
+        add_part(parts, &n, l, "attn.c_attn.weight", C, 3 * C, NULL, &L->attn_w);
+        add_part(parts, &n, l, "attn.c_attn.bias", 3 * C, 0, &L->attn_b, NULL);
+        add_part(parts, &n, l, "attn.c_proj.weight", C, C, NULL, &L->attn_proj_w);
+        add_part(parts, &n, l, "attn.c_proj.bias", C, 0, &L->attn_proj_b, NULL);
+        add_part(parts, &n, l, "ln_2.weight", C, 0, &L->ln_2_w, NULL);
+        add_part(parts, &n, l, "ln_2.bias", C, 0, &L->ln_2_b, NULL);
+        add_part(parts, &n, l, "mlp.c_fc.weight", C, F, NULL, &L->fc_w);
+        add_part(parts, &n, l, "mlp.c_fc.bias", F, 0, &L->fc_b, NULL);
+        add_part(parts, &n, l, "mlp.c_proj.weight", F, C, NULL, &L->fc_proj_w);
+        add_part(parts, &n, l, "mlp.c_proj.bias", C, 0, &L->fc_proj_b, NULL);
+    }
+    *n_parts = n;
+    return parts;
+}
+
+/* The type the matrices are kept in: the one asked for, or for "as stored"
+ * the checkpoint's own when all its tensors share F16, BF16 or F32, and
+ * float32 otherwise (F64, or a mixture). */
+static pk_dtype kept_type(pikv_weight_type wanted, const part *parts, int n_parts)
+{
+    switch (wanted) {
+    case PIKV_WEIGHTS_F16: return PK_DT_F16;
+    case PIKV_WEIGHTS_BF16: return PK_DT_BF16;
+    case PIKV_WEIGHTS_F32: return PK_DT_F32;
+    case PIKV_WEIGHTS_AS_STORED: break;
+    }
+    const pk_dtype stored = parts[0].t->dtype;
+    for (int i = 1; i < n_parts; i++)
+        if (parts[i].t->dtype != stored) return PK_DT_F32;
+    return stored == PK_DT_F16 || stored == PK_DT_BF16 ? stored : PK_DT_F32;
+}
+
+/* Load every weight the forward pass uses: find and check every tensor
+ * first, then convert each into its slice of the two allocations. */
+static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir, pikv_weight_type wanted)
+{
+    const pikv_config *c = &m->cfg;
     const pk_safetensors *st;
     const pk_st_tensor *lm_head;
     int untied = find_tensor(ck, "lm_head.weight", &lm_head, &st);
     if (untied < 0) return -1;
     untied = !untied;
-    if (count_params(c, untied, &m->n_params))
+    size_t n_vectors, n_matrix;
+    if (count_params(c, untied, &n_vectors, &n_matrix))
         return pk_fail("%s: the weights of n_layer %d, n_embd %d, n_inner %d, vocab_size %d and n_positions %d "
                        "do not fit in memory's address space", dir, c->n_layer, c->n_embd, c->n_inner,
                        c->vocab_size, c->n_positions);
-    m->params = pk_malloc_array(m->n_params, sizeof(float), "model weights");
+    m->n_params = n_vectors + n_matrix;
     m->layers = pk_calloc((size_t)c->n_layer, sizeof *m->layers, "model layers");
-    if (!m->params || !m->layers) return -1;
-
-    float *cur = m->params;
+    if (!m->layers) return -1;
+    int n_parts = 0, rc = -1;
+    part *parts = list_parts(m, untied, &n_parts);
+    if (!parts) return -1;
     pikv_model_info *info = &m->info;
-    m->wte = take(&cur, V * C);
-    m->wpe = take(&cur, P * C);
-    m->ln_f_w = take(&cur, C);
-    m->ln_f_b = take(&cur, C);
-    if (load_tensor(ck, dir, "wte.weight", m->wte, (int64_t)V, (int64_t)C, info) ||
-        load_tensor(ck, dir, "wpe.weight", m->wpe, (int64_t)P, (int64_t)C, info) ||
-        load_tensor(ck, dir, "ln_f.weight", m->ln_f_w, (int64_t)C, 0, info) ||
-        load_tensor(ck, dir, "ln_f.bias", m->ln_f_b, (int64_t)C, 0, info))
-        return -1;
-    m->lm_head = m->wte;
-    if (untied) {
-        m->lm_head = take(&cur, V * C);
-        if (load_tensor(ck, dir, "lm_head.weight", m->lm_head, (int64_t)V, (int64_t)C, info)) return -1;
-    }
-    info->tied_lm_head = !untied;
-    for (int l = 0; l < c->n_layer; l++) {
-        pk_layer *L = &m->layers[l];
-        struct { const char *name; float **dst; size_t d0, d1; } parts[] = {
-            {"ln_1.weight", &L->ln_1_w, C, 0},          {"ln_1.bias", &L->ln_1_b, C, 0},
-            {"attn.c_attn.weight", &L->attn_w, C, 3 * C}, {"attn.c_attn.bias", &L->attn_b, 3 * C, 0},
-            {"attn.c_proj.weight", &L->attn_proj_w, C, C}, {"attn.c_proj.bias", &L->attn_proj_b, C, 0},
-            {"ln_2.weight", &L->ln_2_w, C, 0},          {"ln_2.bias", &L->ln_2_b, C, 0},
-            {"mlp.c_fc.weight", &L->fc_w, C, F},        {"mlp.c_fc.bias", &L->fc_b, F, 0},
-            {"mlp.c_proj.weight", &L->fc_proj_w, F, C}, {"mlp.c_proj.bias", &L->fc_proj_b, C, 0},
-        };
-        for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-            char name[128];
-            snprintf(name, sizeof name, "h.%d.%s", l, parts[i].name);
-            *parts[i].dst = take(&cur, parts[i].d0 * (parts[i].d1 ? parts[i].d1 : 1));
-            if (load_tensor(ck, dir, name, *parts[i].dst, (int64_t)parts[i].d0, (int64_t)parts[i].d1, info))
-                return -1;
+    for (int i = 0; i < n_parts; i++)
+        if (find_part(ck, dir, &parts[i], info)) goto done;
+    m->weights = kept_type(wanted, parts, n_parts);
+    const size_t elem = pk_matrix_elem_size(m->weights);
+    m->vectors = pk_malloc_array(n_vectors, sizeof(float), "model weights");
+    m->matrices = pk_malloc_array(n_matrix, elem, "model weight matrices");
+    if (!m->vectors || !m->matrices) goto done;
+    float *vec = m->vectors;
+    char *mat = m->matrices;
+    for (int i = 0; i < n_parts; i++) {
+        const part *p = &parts[i];
+        const size_t n = p->t->numel;
+        pk_matrix loaded;
+        if (p->vector) {
+            loaded = (pk_matrix){vec, PK_DT_F32};
+            *p->vector = vec;
+            if (pk_st_to_f32(p->st, p->t, vec)) goto done;
+            vec += n;
+        } else {
+            loaded = (pk_matrix){mat, m->weights};
+            *p->matrix = loaded;
+            if (pk_st_convert(p->st, p->t, m->weights, mat)) goto done;
+            mat += n * elem;
         }
+        count_nonfinite(&loaded, n, p->t->name, info);
     }
-    return 0;
+    if (!untied) m->lm_head = m->wte;
+    info->tied_lm_head = !untied;
+    info->weight_bytes = n_vectors * sizeof(float) + n_matrix * elem;
+    rc = 0;
+done:
+    pk_free(parts);
+    return rc;
+}
+
+pikv_model_params pikv_model_default_params(void) { return (pikv_model_params){.weights = PIKV_WEIGHTS_AS_STORED}; }
+
+const char *pikv_weight_type_name(pikv_weight_type t)
+{
+    switch (t) {
+    case PIKV_WEIGHTS_AS_STORED: return "stored";
+    case PIKV_WEIGHTS_F32: return "f32";
+    case PIKV_WEIGHTS_F16: return "f16";
+    case PIKV_WEIGHTS_BF16: return "bf16";
+    }
+    return NULL;
 }
 
 pikv_model *pikv_model_load(const char *dir)
 {
+    pikv_model_params p = pikv_model_default_params();
+    p.weights = PIKV_WEIGHTS_F32;
+    return pikv_model_load_with_params(dir, &p);
+}
+
+pikv_model *pikv_model_load_with_params(const char *dir, const pikv_model_params *params)
+{
     char path[1024];
+    if (!params) {
+        pk_fail("pikv_model_load_with_params: params is NULL");
+        return NULL;
+    }
+    if (!pikv_weight_type_name(params->weights)) {
+        pk_fail("pikv_model_load_with_params: weights %d is not a pikv_weight_type", (int)params->weights);
+        return NULL;
+    }
     if (!dir || !*dir) {
         pk_fail("model directory: empty path");
         return NULL;
@@ -261,7 +367,7 @@ pikv_model *pikv_model_load(const char *dir)
 
     checkpoint ck;
     if (checkpoint_open(&ck, dir)) { pikv_model_free(m); return NULL; }
-    rc = load_weights(m, &ck, dir);
+    rc = load_weights(m, &ck, dir, params->weights);
     for (int i = 0; i < ck.n_shards; i++) {
         m->info.file_bytes += ck.shards[i].map_size;
         m->info.n_tensors += ck.shards[i].n_tensors;
@@ -270,14 +376,17 @@ pikv_model *pikv_model_load(const char *dir)
     if (rc) { pikv_model_free(m); return NULL; }
     snprintf(m->info.dir, sizeof m->info.dir, "%s", dir);
     m->info.n_params = m->n_params;
-    m->info.weight_bytes = m->n_params * sizeof(float);
+    m->info.weight_type = m->weights == PK_DT_F16    ? PIKV_WEIGHTS_F16
+                          : m->weights == PK_DT_BF16 ? PIKV_WEIGHTS_BF16
+                                                     : PIKV_WEIGHTS_F32;
     return m;
 }
 
 void pikv_model_free(pikv_model *m)
 {
     if (!m) return;
-    pk_free(m->params);
+    pk_free(m->vectors);
+    pk_free(m->matrices);
     pk_free(m->layers);
     pk_free(m);
 }

@@ -1,32 +1,42 @@
-/* The GPT-2 model in memory: hyper-parameters and float32 weights.
+/* The GPT-2 model in memory: hyper-parameters and weights.
  *
- * All weights live in one allocation (`params`); the per-layer structs point
- * into it. Matrices keep Hugging Face's Conv1D layout, input-major:
+ * The matrices (c_attn, c_proj, c_fc, the MLP's c_proj, wte and an untied LM
+ * head) live in one allocation, in the model's weight type: float32, F16 or
+ * BF16 (model/matrix.h). Everything else (wpe, the layer norms, the biases)
+ * is float32, in a second allocation. The per-layer structs point into them.
+ * Matrices keep Hugging Face's Conv1D layout, input-major:
  * y[T, out] = x[T, in] · W[in, out] + b[out]. */
 #ifndef PIKV_MODEL_MODEL_H
 #define PIKV_MODEL_MODEL_H
 
+#include "model/matrix.h"
 #include "pikv.h"
 
 struct cJSON;
 
 typedef struct {
     float *ln_1_w, *ln_1_b;        /* [C] */
-    float *attn_w, *attn_b;        /* c_attn [C, 3C], [3C]: q | k | v columns */
-    float *attn_proj_w, *attn_proj_b; /* c_proj [C, C], [C] */
+    pk_matrix attn_w;              /* c_attn [C, 3C]: q | k | v columns */
+    float *attn_b;                 /* [3C] */
+    pk_matrix attn_proj_w;         /* c_proj [C, C] */
+    float *attn_proj_b;            /* [C] */
     float *ln_2_w, *ln_2_b;        /* [C] */
-    float *fc_w, *fc_b;            /* mlp.c_fc [C, F], [F] */
-    float *fc_proj_w, *fc_proj_b;  /* mlp.c_proj [F, C], [C] */
+    pk_matrix fc_w;                /* mlp.c_fc [C, F] */
+    float *fc_b;                   /* [F] */
+    pk_matrix fc_proj_w;           /* mlp.c_proj [F, C] */
+    float *fc_proj_b;              /* [C] */
 } pk_layer;
 
 struct pikv_model {
     pikv_config cfg;
-    float *params;     /* the one allocation holding every weight */
+    void *matrices;    /* the allocation holding every matrix, elements of `weights` */
+    float *vectors;    /* the allocation holding every float32 weight */
+    pk_dtype weights;  /* PK_DT_F32, PK_DT_F16 or PK_DT_BF16 */
     size_t n_params;
-    float *wte;        /* [V, C] token embeddings */
+    pk_matrix wte;     /* [V, C] token embeddings */
     float *wpe;        /* [P, C] position embeddings */
     float *ln_f_w, *ln_f_b;
-    float *lm_head;    /* [V, C]: wte when tied */
+    pk_matrix lm_head; /* [V, C]: wte's data when tied */
     pk_layer *layers;  /* [n_layer] */
     pikv_model_info info;
 };

@@ -1,6 +1,7 @@
 #include "model/safetensors.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/half.h"
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
@@ -232,41 +233,56 @@ const pk_st_tensor *pk_st_find(const pk_safetensors *st, const char *name)
     return NULL;
 }
 
-/* IEEE half to float, subnormals included. */
-static float f16_to_f32(uint16_t h)
+/* Elements first..first+n-1 of a floating-point tensor as float32. */
+static void decode_f32(const pk_st_tensor *t, size_t first, size_t n, float *out)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) bits = sign | 0x7f800000u | man << 13;
-    else if (exp) bits = sign | (exp + 112) << 23 | man << 13;
-    else if (!man) bits = sign;
-    else {
-        float f = ldexpf((float)man, -24);
-        return sign ? -f : f;
+    const uint8_t *p = t->data;
+    switch (t->dtype) {
+    case PK_DT_F32: memcpy(out, p + 4 * first, n * 4); break;
+    case PK_DT_F64:
+        for (size_t i = 0; i < n; i++) { double d; memcpy(&d, p + 8 * (first + i), 8); out[i] = (float)d; }
+        break;
+    case PK_DT_F16:
+    case PK_DT_BF16:
+        for (size_t i = 0, at = 2 * first; i < n; i++, at += 2) {
+            const uint16_t h = (uint16_t)(p[at] | p[at + 1] << 8);
+            out[i] = t->dtype == PK_DT_F16 ? pk_f16_to_f32(h) : pk_bf16_to_f32(h);
+        }
+        break;
+    default: break; /* refused by the callers */
     }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
+}
+
+static int check_float(const pk_safetensors *st, const pk_st_tensor *t)
+{
+    if (t->dtype == PK_DT_F32 || t->dtype == PK_DT_F16 || t->dtype == PK_DT_BF16 || t->dtype == PK_DT_F64) return 0;
+    return pk_fail("%s: tensor '%s' has dtype %s, expected a floating-point type", st->path, t->name,
+                   pk_dtype_name(t->dtype));
 }
 
 int pk_st_to_f32(const pk_safetensors *st, const pk_st_tensor *t, float *out)
 {
-    const uint8_t *p = t->data;
-    switch (t->dtype) {
-    case PK_DT_F32: memcpy(out, p, t->numel * 4); return 0;
-    case PK_DT_F64:
-        for (size_t i = 0; i < t->numel; i++) { double d; memcpy(&d, p + 8 * i, 8); out[i] = (float)d; }
+    if (check_float(st, t)) return -1;
+    decode_f32(t, 0, t->numel, out);
+    return 0;
+}
+
+int pk_st_convert(const pk_safetensors *st, const pk_st_tensor *t, pk_dtype to, void *out)
+{
+    if (to == PK_DT_F32) return pk_st_to_f32(st, t, out);
+    if (check_float(st, t)) return -1;
+    if (t->dtype == to) { /* as stored: the bytes themselves */
+        memcpy(out, t->data, t->nbytes);
         return 0;
-    case PK_DT_F16:
-        for (size_t i = 0; i < t->numel; i++) out[i] = f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        return 0;
-    case PK_DT_BF16:
-        for (size_t i = 0; i < t->numel; i++) {
-            uint32_t bits = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
-            memcpy(&out[i], &bits, 4);
-        }
-        return 0;
-    default:
-        return pk_fail("%s: tensor '%s' has dtype %s, expected a floating-point type", st->path, t->name,
-                       pk_dtype_name(t->dtype));
     }
+    /* Through float32, a chunk at a time. */
+    uint16_t *dst = out;
+    float chunk[1024];
+    for (size_t first = 0; first < t->numel; first += 1024) {
+        const size_t n = t->numel - first < 1024 ? t->numel - first : 1024;
+        decode_f32(t, first, n, chunk);
+        for (size_t i = 0; i < n; i++)
+            dst[first + i] = to == PK_DT_F16 ? pk_f32_to_f16(chunk[i]) : pk_f32_to_bf16(chunk[i]);
+    }
+    return 0;
 }

@@ -47,5 +47,8 @@ const pk_st_tensor *pk_st_find(const pk_safetensors *st, const char *name);
 const char *pk_dtype_name(pk_dtype dt);
 /* Convert a floating-point tensor (F32, F16, BF16, F64) to float32. */
 int pk_st_to_f32(const pk_safetensors *st, const pk_st_tensor *t, float *out);
+/* Convert it to `to` (F32, F16 or BF16: out holds numel elements of that
+ * type), rounding to nearest even when `to` is narrower than the tensor. */
+int pk_st_convert(const pk_safetensors *st, const pk_st_tensor *t, pk_dtype to, void *out);
 
 #endif

@@ -16,13 +16,15 @@ extern "C" {
 size_t pk_cuda_dtype_size(pk_cuda_dtype t) { return t == PK_CUDA_F32 ? 4 : 2; }
 
 /* Carves consecutive 256-byte aligned pieces out of the device allocation and
- * fills them from host float32 data through a staging buffer. */
+ * fills them from host weights (of the model's type, widened to float32 in
+ * `wide`) through a staging buffer. */
 typedef struct {
     char *base;
     size_t used, cap;
     pk_cuda_dtype type;
     void *stage;
-    size_t stage_bytes;
+    float *wide;
+    size_t stage_bytes;    /* of each of stage and wide */
 } uploader;
 
 static size_t align_up(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -44,9 +46,18 @@ static void convert(void *out, const float *src, size_t rows, size_t cols, int t
     }
 }
 
+/* A float32 host array seen as a matrix. */
+static pk_matrix f32_array(const float *p)
+{
+    pk_matrix m;
+    m.data = p;
+    m.type = PK_DT_F32;
+    return m;
+}
+
 /* Copy a [rows][cols] host matrix (transposed when asked) or a float32 vector
  * (keep_f32) to the next piece of device memory. */
-static const void *put(uploader *u, const float *src, size_t rows, size_t cols, int transpose, int keep_f32)
+static const void *put(uploader *u, pk_matrix src, size_t rows, size_t cols, int transpose, int keep_f32)
 {
     const pk_cuda_dtype t = keep_f32 ? PK_CUDA_F32 : u->type;
     const size_t bytes = rows * cols * pk_cuda_dtype_size(t);
@@ -54,7 +65,8 @@ static const void *put(uploader *u, const float *src, size_t rows, size_t cols, 
         pk_fail("CUDA weights: piece of %zu bytes does not fit the upload plan", bytes);
         return NULL;
     }
-    convert(u->stage, src, rows, cols, transpose, t);
+    pk_matrix_to_f32(&src, 0, rows * cols, u->wide);
+    convert(u->stage, u->wide, rows, cols, transpose, t);
     void *dst = u->base + u->used;
     cudaError_t e = cudaMemcpy(dst, u->stage, bytes, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
@@ -79,7 +91,7 @@ int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtyp
 {
     const pikv_config *c = &m->cfg;
     const size_t C = (size_t)c->n_embd, F = (size_t)c->n_inner, V = (size_t)c->vocab_size;
-    const int tied = m->lm_head == m->wte;
+    const int tied = m->lm_head.data == m->wte.data;
     memset(w, 0, sizeof *w);
     w->layers = (pk_cuda_layer *)pk_calloc((size_t)c->n_layer, sizeof *w->layers, "CUDA layer table");
     if (!w->layers) return -1;
@@ -92,10 +104,12 @@ int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtyp
     if (F * C > largest) largest = F * C;
     u.stage_bytes = largest * 4;
     u.stage = pk_malloc(u.stage_bytes, "CUDA weight staging");
+    u.wide = (float *)pk_malloc(u.stage_bytes, "CUDA weight staging");
     cudaError_t e = cudaMalloc((void **)&u.base, u.cap);
-    if (!u.stage || e != cudaSuccess) {
+    if (!u.stage || !u.wide || e != cudaSuccess) {
         if (e != cudaSuccess) pk_fail("CUDA weights: allocating %zu bytes: %s", u.cap, cudaGetErrorString(e));
         pk_free(u.stage);
+        pk_free(u.wide);
         pk_cuda_weights_free(w);
         return -1;
     }
@@ -104,13 +118,13 @@ int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtyp
     int ok = 1;
 #define PUT(dst, src, rows, cols, tr, f32) ok = ok && ((dst) = (decltype(dst))put(&u, src, rows, cols, tr, f32)) != NULL
     PUT(w->wte, m->wte, V, C, 0, 0);
-    PUT(w->wpe, m->wpe, (size_t)c->n_positions, C, 0, 0);
+    PUT(w->wpe, f32_array(m->wpe), (size_t)c->n_positions, C, 0, 0);
     if (tied)
         w->lm_head = w->wte;
     else
         PUT(w->lm_head, m->lm_head, V, C, 0, 0);
-    PUT(w->ln_f_w, m->ln_f_w, 1, C, 0, 1);
-    PUT(w->ln_f_b, m->ln_f_b, 1, C, 0, 1);
+    PUT(w->ln_f_w, f32_array(m->ln_f_w), 1, C, 0, 1);
+    PUT(w->ln_f_b, f32_array(m->ln_f_b), 1, C, 0, 1);
     for (int l = 0; l < c->n_layer && ok; l++) {
         const pk_layer *h = &m->layers[l];
         pk_cuda_layer *d = &w->layers[l];
@@ -119,17 +133,18 @@ int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtyp
         PUT(d->attn_proj_w, h->attn_proj_w, C, C, 1, 0);
         PUT(d->fc_w, h->fc_w, C, F, 1, 0);
         PUT(d->fc_proj_w, h->fc_proj_w, F, C, 1, 0);
-        PUT(d->ln_1_w, h->ln_1_w, 1, C, 0, 1);
-        PUT(d->ln_1_b, h->ln_1_b, 1, C, 0, 1);
-        PUT(d->attn_b, h->attn_b, 1, 3 * C, 0, 1);
-        PUT(d->attn_proj_b, h->attn_proj_b, 1, C, 0, 1);
-        PUT(d->ln_2_w, h->ln_2_w, 1, C, 0, 1);
-        PUT(d->ln_2_b, h->ln_2_b, 1, C, 0, 1);
-        PUT(d->fc_b, h->fc_b, 1, F, 0, 1);
-        PUT(d->fc_proj_b, h->fc_proj_b, 1, C, 0, 1);
+        PUT(d->ln_1_w, f32_array(h->ln_1_w), 1, C, 0, 1);
+        PUT(d->ln_1_b, f32_array(h->ln_1_b), 1, C, 0, 1);
+        PUT(d->attn_b, f32_array(h->attn_b), 1, 3 * C, 0, 1);
+        PUT(d->attn_proj_b, f32_array(h->attn_proj_b), 1, C, 0, 1);
+        PUT(d->ln_2_w, f32_array(h->ln_2_w), 1, C, 0, 1);
+        PUT(d->ln_2_b, f32_array(h->ln_2_b), 1, C, 0, 1);
+        PUT(d->fc_b, f32_array(h->fc_b), 1, F, 0, 1);
+        PUT(d->fc_proj_b, f32_array(h->fc_proj_b), 1, C, 0, 1);
     }
 #undef PUT
     pk_free(u.stage);
+    pk_free(u.wide);
     if (!ok) {
         pk_cuda_weights_free(w);
         return -1;
