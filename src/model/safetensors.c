@@ -1,6 +1,7 @@
 #include "model/safetensors.h"
 #include "util/error.h"
 #include "util/file.h"
+#include "util/half.h"
 #include "util/mem.h"
 
 #include <cjson/cJSON.h>
@@ -232,22 +233,6 @@ const pk_st_tensor *pk_st_find(const pk_safetensors *st, const char *name)
     return NULL;
 }
 
-/* IEEE half to float, subnormals included. */
-static float f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) bits = sign | 0x7f800000u | man << 13;
-    else if (exp) bits = sign | (exp + 112) << 23 | man << 13;
-    else if (!man) bits = sign;
-    else {
-        float f = ldexpf((float)man, -24);
-        return sign ? -f : f;
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 int pk_st_to_f32(const pk_safetensors *st, const pk_st_tensor *t, float *out)
 {
     const uint8_t *p = t->data;
@@ -257,13 +242,10 @@ int pk_st_to_f32(const pk_safetensors *st, const pk_st_tensor *t, float *out)
         for (size_t i = 0; i < t->numel; i++) { double d; memcpy(&d, p + 8 * i, 8); out[i] = (float)d; }
         return 0;
     case PK_DT_F16:
-        for (size_t i = 0; i < t->numel; i++) out[i] = f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        for (size_t i = 0; i < t->numel; i++) out[i] = pk_f32_from_f16((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         return 0;
     case PK_DT_BF16:
-        for (size_t i = 0; i < t->numel; i++) {
-            uint32_t bits = (uint32_t)(p[2 * i] | p[2 * i + 1] << 8) << 16;
-            memcpy(&out[i], &bits, 4);
-        }
+        for (size_t i = 0; i < t->numel; i++) out[i] = pk_f32_from_bf16((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         return 0;
     default:
         return pk_fail("%s: tensor '%s' has dtype %s, expected a floating-point type", st->path, t->name,
