@@ -206,7 +206,8 @@ static void reference_step(const pikv_session *s, const pk_route_table *t, int32
                 w[j] = -1e300;
                 if (!read) continue;
                 double dot = 0;
-                for (int d = 0; d < hd; d++) dot += q[d] * (j < kh->len ? pk_kv_f32_rows(kh, 0)[(size_t)j * hd + d] : k_new[d]);
+                const float *keys = pk_kv_f32_rows(kh, 0);
+                for (int d = 0; d < hd; d++) dot += q[d] * (j < kh->len ? keys[(size_t)j * hd + d] : k_new[d]);
                 w[j] = dot / sqrt((double)hd);
                 max = w[j] > max ? w[j] : max;
             }

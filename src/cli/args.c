@@ -135,7 +135,8 @@ int cli_session_params(const cli_command *cmd, int threads, const cli_kv_flags *
     for (size_t i = 0; i < sizeof given / sizeof *given; i++) {
         pikv_kv_type t;
         if (!given[i].name) continue;
-        if (pikv_kv_type_from_name(given[i].name, &t)) return cli_error(cmd, "%s: %s", given[i].flag, pikv_last_error()), 2;
+        if (pikv_kv_type_from_name(given[i].name, &t))
+            return cli_error(cmd, "%s: %s", given[i].flag, pikv_last_error()), 2;
         for (int d = 0; d < 2 && given[i].dest[d]; d++) *given[i].dest[d] = t;
     }
     return 0;

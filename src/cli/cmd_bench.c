@@ -256,7 +256,8 @@ int cmd_bench(int argc, char **argv)
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPS]\n"
-                             "       [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--json]",
+                             "       [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T]\n"
+                             "       [--json]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"

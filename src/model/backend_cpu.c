@@ -76,12 +76,18 @@ void pk_weighted_values(const pk_kvcache *kv, const pk_kv_head *kh, int start, i
     for (int j = 0; j < count; j++) pk_kv_row_axpy(kv->type_v, pk_kv_row(kv, kh, 1, start + j), S[j], out, hd);
 }
 
+/* Where head h's keys (values != 0: values) are decoded to in kv_rows. */
+static float *decoded_rows(const pk_attention_args *a, int h, int values)
+{
+    return a->kv_rows + (size_t)(2 * h + values) * (size_t)a->n_positions * (size_t)a->kv->head_dim;
+}
+
 /* Head h's keys (values != 0: values) as f32 rows for the matrix products of
- * a multi-token call: in place, or as decode_layer left them in kv_rows. */
+ * a multi-token call: in place, or as decode_layer left them. */
 static const float *layer_rows(const pk_attention_args *a, int h, int values)
 {
     if (pk_kv_is_f32(a->kv, values)) return pk_kv_f32_rows(pk_kv_head_at(a->kv, a->layer, h), values);
-    return a->kv_rows + (size_t)(2 * h + values) * (size_t)a->n_positions * (size_t)a->kv->head_dim;
+    return decoded_rows(a, h, values);
 }
 
 /* Decode every head's keys and values that are not stored as f32 into
@@ -92,7 +98,7 @@ static void decode_layer(const pk_attention_args *a)
     for (int i = 0; i < 2 * a->kv->n_head; i++) {
         const int h = i / 2, values = i % 2;
         const pk_kv_head *kh = pk_kv_head_at(a->kv, a->layer, h);
-        if (!pk_kv_is_f32(a->kv, values)) pk_kv_read(a->kv, kh, values, 0, kh->len, (float *)layer_rows(a, h, values));
+        if (!pk_kv_is_f32(a->kv, values)) pk_kv_read(a->kv, kh, values, 0, kh->len, decoded_rows(a, h, values));
     }
 }
 
@@ -150,7 +156,8 @@ static void cpu_query_weights(const pk_kvcache *kv, const pk_kv_head *kh, const 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.f, Q, q_stride, pk_kv_f32_rows(kh, 0), hd,
                     0.f, out, n);
     else
-        for (int r = 0; r < rows; r++) pk_key_scores(kv, kh, 0, n, Q + (size_t)r * (size_t)q_stride, out + (size_t)r * n);
+        for (int r = 0; r < rows; r++)
+            pk_key_scores(kv, kh, 0, n, Q + (size_t)r * (size_t)q_stride, out + (size_t)r * (size_t)n);
     for (int r = 0; r < rows; r++) {
         float *row = out + (size_t)r * (size_t)n;
         for (int j = 0; j < n; j++)
