@@ -128,12 +128,34 @@ typedef struct pikv_session pikv_session;
  * n_threads <= 0 means all cores; more than 4096 is an error. */
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads);
 
+/* How the KV cache stores each key or value row, with llama.cpp's names and
+ * block layouts: float32, IEEE half, bfloat16, and the block formats q8_0
+ * (blocks of 32 values: one f16 scale and 32 signed bytes) and q4_0 (blocks of
+ * 32: one f16 scale and 16 bytes of 4-bit values). The quantized types need a
+ * head_dim that is a multiple of 32. Attention and presses read the values a
+ * row decodes to. */
+typedef enum pikv_kv_type {
+    PIKV_KV_F32,
+    PIKV_KV_F16,
+    PIKV_KV_BF16,
+    PIKV_KV_Q8_0,
+    PIKV_KV_Q4_0,
+    PIKV_KV_N_TYPES
+} pikv_kv_type;
+/* The type named "f32", "f16", "bf16", "q8_0" or "q4_0": 0, or -1 (with an
+ * error naming the value) for any other name. */
+int pikv_kv_type_from_name(const char *name, pikv_kv_type *out);
+/* The name of a type ("f32", ...); "?" for a value outside the enum. */
+const char *pikv_kv_type_name(pikv_kv_type t);
+
 /* A session's options, in llama.h's manner: start from the defaults and set
  * what you need. */
 typedef struct pikv_session_params {
     int n_threads;         /* <= 0: all cores (default) */
     int workers;           /* decode attention on this many placed workers; <= 1: off (default) */
     int balanced_workers;  /* 1: place heads by DeepSeek's EPLB (default); 0: an equal count each */
+    pikv_kv_type kv_type_k; /* how keys are stored (default PIKV_KV_F32) */
+    pikv_kv_type kv_type_v; /* how values are stored (default PIKV_KV_F32) */
 } pikv_session_params;
 pikv_session_params pikv_session_default_params(void);
 pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_session_params *p);
@@ -166,8 +188,9 @@ size_t pikv_session_kv_bytes(const pikv_session *s);
 /* Entries held by one (layer, head) of the cache; -1 for a layer or head
  * outside the model. */
 int pikv_session_kv_len(const pikv_session *s, int layer, int head);
-/* Copy the cached key or value rows of one (layer, head): [len, head_dim].
- * Returns len; -1 when the rows do not fit in cap_rows. */
+/* Copy the cached key or value rows of one (layer, head) as floats (what a
+ * row of the session's KV type decodes to): [len, head_dim]. Returns len; -1
+ * when the rows do not fit in cap_rows. */
 int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
                          float *out, int cap_rows);
 /* Copy the absolute positions of the entries one (layer, head) holds, in

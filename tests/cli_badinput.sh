@@ -132,4 +132,10 @@ expect_error "integer flag past int" 2 "--max-new-tokens: must be in 0..16777216
 expect_error "negative new tokens" 2 "--max-new-tokens: must be in 0..16777216, got -1" generate --prompt hi -n -1
 expect_error "NaN temperature" 2 "--temperature" generate --prompt hi --temperature nan
 
+# KV cache types: a name that is not one is refused before anything loads.
+expect_error "unknown KV type" 2 "--kv-type: unknown KV type 'q5_0'" generate --prompt hi --kv-type q5_0
+expect_error "unknown key type" 2 "--kv-type-k: unknown KV type 'F16'" bench --kv-type-k F16
+expect_error "unknown value type" 2 "--kv-type-v: unknown KV type 'q8'" eval --kv-type-v q8
+expect_error "empty KV type" 2 "--kv-type: unknown KV type ''" compare --kv-type ""
+
 finish cli_badinput

@@ -20,6 +20,11 @@ run generate --prompt "In the beginning" -n 5 --json
 for key in prompt_tokens ids text prefill_s decode_s decode_tok_s kv_bytes; do
   check "generate --json has $key" grep -q "\"$key\":" "$dir/out"
 done
+# 3 prompt tokens and 4 decoded ones fill a first step of 64 entries in each of
+# the 36 heads; q8_0 keys (2 blocks of 34 bytes) and f16 values (128 bytes)
+# with a 4-byte position make 200 bytes an entry, against f32's 516.
+run generate --prompt "In the beginning" -n 5 --json --kv-type q8_0 --kv-type-v f16
+check "generate --kv-type q8_0 --kv-type-v f16 holds 36 x 64 x 200 bytes" grep -q '"kv_bytes":460800' "$dir/out"
 run generate --prompt "In the beginning" -n 12 --temperature 0.9 --top-k 40 --top-p 0.95 --seed 7
 cp "$dir/out" "$dir/seed7a"
 run generate --prompt "In the beginning" -n 12 --temperature 0.9 --top-k 40 --top-p 0.95 --seed 7

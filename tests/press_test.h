@@ -31,14 +31,14 @@ static int test_layer_init(test_layer *t, int n_layer, int n_head, int head_dim,
     memset(t, 0, sizeof *t);
     t->cfg = (pikv_config){.n_layer = n_layer, .n_head = n_head, .head_dim = head_dim,
                            .n_embd = n_head * head_dim, .n_positions = 1024};
-    if (pk_kv_init(&t->kv, n_layer, n_head, head_dim) || pk_kv_reserve(&t->kv, len, 1)) {
+    if (pk_kv_init(&t->kv, n_layer, n_head, head_dim, PIKV_KV_F32, PIKV_KV_F32) || pk_kv_reserve(&t->kv, len, 1)) {
         pk_kv_free(&t->kv);
         return -1;
     }
     for (int i = 0; i < n_layer * n_head; i++) {
         pk_kv_head *kh = &t->kv.heads[i];
-        memset(kh->k, 0, (size_t)len * (size_t)head_dim * sizeof *kh->k);
-        memset(kh->v, 0, (size_t)len * (size_t)head_dim * sizeof *kh->v);
+        memset(kh->k, 0, (size_t)len * t->kv.row_k);
+        memset(kh->v, 0, (size_t)len * t->kv.row_v);
         for (int j = 0; j < len; j++) kh->pos[j] = j;
         kh->len = len;
     }

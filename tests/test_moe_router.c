@@ -109,12 +109,13 @@ static int layer_init(test_layer *t, int len, int n_q, int q_pos0)
     for (int l = 0; l < N_LAYER; l++)
         for (int h = 0; h < N_HEAD; h++) {
             pk_kv_head *kh = pk_kv_at(&t->kv, l, h);
+            float *keys = (float *)kh->k, *values = (float *)kh->v; /* the test cache stores f32 */
             for (int j = 0; j < len; j++) {
                 for (int d = 0; d < HEAD_DIM; d++) {
-                    kh->k[j * HEAD_DIM + d] = 0.2f * next_uniform(&rng);
-                    kh->v[j * HEAD_DIM + d] = next_uniform(&rng);
+                    keys[j * HEAD_DIM + d] = 0.2f * next_uniform(&rng);
+                    values[j * HEAD_DIM + d] = next_uniform(&rng);
                 }
-                kh->k[j * HEAD_DIM + 2 * direction_of(j)] += 2.f;
+                keys[j * HEAD_DIM + 2 * direction_of(j)] += 2.f;
             }
         }
     for (int r = 0; r < n_q; r++)

@@ -39,7 +39,8 @@ static int layer_append(test_layer *t, int pos)
     if (pk_kv_reserve(&t->kv, 1, 1)) return -1;
     for (int i = 0; i < N_LAYER * N_HEAD; i++) {
         pk_kv_head *kh = &t->kv.heads[i];
-        for (int d = 0; d < HEAD_DIM; d++) kh->k[kh->len * HEAD_DIM + d] = kh->v[kh->len * HEAD_DIM + d] = 0.f;
+        float *keys = (float *)kh->k, *values = (float *)kh->v; /* the test cache stores f32 */
+        for (int d = 0; d < HEAD_DIM; d++) keys[kh->len * HEAD_DIM + d] = values[kh->len * HEAD_DIM + d] = 0.f;
         kh->pos[kh->len++] = pos;
     }
     return 0;
@@ -47,14 +48,14 @@ static int layer_append(test_layer *t, int pos)
 
 static void set_key(test_layer *t, int layer, int head, int j, float x, float y)
 {
-    float *k = pk_kv_head_at(&t->kv, layer, head)->k + j * HEAD_DIM;
+    float *k = (float *)pk_kv_head_at(&t->kv, layer, head)->k + j * HEAD_DIM;
     k[0] = x;
     k[1] = y;
 }
 
 static void set_value(test_layer *t, int layer, int head, int j, float x, float y)
 {
-    float *v = pk_kv_head_at(&t->kv, layer, head)->v + j * HEAD_DIM;
+    float *v = (float *)pk_kv_head_at(&t->kv, layer, head)->v + j * HEAD_DIM;
     v[0] = x;
     v[1] = y;
 }

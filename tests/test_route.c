@@ -206,7 +206,8 @@ static void reference_step(const pikv_session *s, const pk_route_table *t, int32
                 w[j] = -1e300;
                 if (!read) continue;
                 double dot = 0;
-                for (int d = 0; d < hd; d++) dot += q[d] * (j < kh->len ? kh->k[(size_t)j * hd + d] : k_new[d]);
+                const float *keys = pk_kv_f32_rows(kh, 0);
+                for (int d = 0; d < hd; d++) dot += q[d] * (j < kh->len ? keys[(size_t)j * hd + d] : k_new[d]);
                 w[j] = dot / sqrt((double)hd);
                 max = w[j] > max ? w[j] : max;
             }
@@ -214,7 +215,7 @@ static void reference_step(const pikv_session *s, const pk_route_table *t, int32
             for (int d = 0; d < hd; d++) {
                 double o = 0;
                 for (int j = 0; j <= kh->len; j++)
-                    if (w[j] > 0) o += w[j] * (j < kh->len ? kh->v[(size_t)j * hd + d] : v_new[d]);
+                    if (w[j] > 0) o += w[j] * (j < kh->len ? pk_kv_f32_rows(kh, 1)[(size_t)j * hd + d] : v_new[d]);
                 att[h * hd + d] = o / sum;
             }
         }

@@ -122,6 +122,26 @@ char *cli_read_text(const cli_command *cmd, const char *flag, const char *path, 
 
 int cli_threads(int flag_value) { return flag_value > 0 ? flag_value : omp_get_max_threads(); }
 
+int cli_session_params(const cli_command *cmd, int threads, const cli_kv_flags *kv, pikv_session_params *params)
+{
+    *params = pikv_session_default_params();
+    params->n_threads = cli_threads(threads);
+    const struct {
+        const char *flag, *name;
+        pikv_kv_type *dest[2];
+    } given[] = {{"--kv-type", kv->both, {&params->kv_type_k, &params->kv_type_v}},
+                 {"--kv-type-k", kv->k, {&params->kv_type_k, NULL}},
+                 {"--kv-type-v", kv->v, {&params->kv_type_v, NULL}}};
+    for (size_t i = 0; i < sizeof given / sizeof *given; i++) {
+        pikv_kv_type t;
+        if (!given[i].name) continue;
+        if (pikv_kv_type_from_name(given[i].name, &t))
+            return cli_error(cmd, "%s: %s", given[i].flag, pikv_last_error()), 2;
+        for (int d = 0; d < 2 && given[i].dest[d]; d++) *given[i].dest[d] = t;
+    }
+    return 0;
+}
+
 int cli_check_output(const cli_command *cmd, const char *flag, const char *path, int is_dir)
 {
     if (is_dir && mkdir(path, 0777) != 0 && errno != EEXIST)

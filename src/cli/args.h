@@ -74,6 +74,26 @@ int cli_threads(int flag_value);
 #define CLI_WEIGHTS_OPT(dest) \
     {"--weights", NULL, OPT_STRING, (dest), "weights in memory: f32, f16, bf16 or stored (default: as stored)", NULL}
 
+/* The KV cache type flags as given (NULL when absent): --kv-type for keys
+ * and values, --kv-type-k and --kv-type-v for one of them (they win). */
+typedef struct {
+    const char *both, *k, *v;
+} cli_kv_flags;
+
+/* The three rows of a command's option table for the KV type flags. */
+#define CLI_KV_TYPE_OPTS(flags)                                                                                     \
+    {"--kv-type", NULL, OPT_STRING, &(flags).both,                                                                 \
+     "KV cache type of keys and values: f32 (default), f16, bf16, q8_0, q4_0", NULL},                             \
+        {"--kv-type-k", NULL, OPT_STRING, &(flags).k, "KV cache type of the keys (overrides --kv-type)", NULL},    \
+        {"--kv-type-v", NULL, OPT_STRING, &(flags).v, "KV cache type of the values (overrides --kv-type)", NULL}
+
+struct pikv_session_params;
+/* Session options for --threads N and the KV type flags. A type name that is
+ * not one is printed as "pikv CMD: --kv-type-k: ..." and returns 2 (a usage
+ * error, found before anything is loaded). */
+int cli_session_params(const cli_command *cmd, int threads, const cli_kv_flags *kv,
+                       struct pikv_session_params *params);
+
 struct pikv_model;
 struct pikv_tokenizer;
 /* Load the model, its matrices in the type --weights names (`weights`; NULL

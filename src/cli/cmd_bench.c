@@ -25,6 +25,7 @@ enum { PREFILL_TOK_S, DECODE_TOK_S, LOAD_IMBALANCE, N_MEASURES };
 typedef struct {
     int n_prompt, n_gen, reps, threads, workers, json;
     cli_list specs;
+    cli_kv_flags kv;
 } bench_options;
 
 /* What the timed runs share, and what they leave besides their figures. */
@@ -254,10 +255,12 @@ int cmd_bench(int argc, char **argv)
          NULL},
         {"--workers", "-w", OPT_INT, &(cli_int){&o.workers, 0, 64},
          "decode attention on W workers: EPLB vs equal-count placement", NULL},
+        CLI_KV_TYPE_OPTS(o.kv),
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--weights T] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS]\n"
-                             "       [-r REPS] [--threads N] [--workers W] [--json]",
+                             "       [-r REPS] [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T]\n"
+                             "       [--json]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
@@ -270,6 +273,8 @@ int cmd_bench(int argc, char **argv)
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
     if ((rc = check_options(&cmd, &o))) return rc;
+    pikv_session_params params;
+    if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
@@ -283,7 +288,7 @@ int cmd_bench(int argc, char **argv)
     if (o.specs.n == 0) o.specs.items[o.specs.n++] = "none";
     bench_run b = {.o = &o, .vocab = c->vocab_size, .variants = o.workers ? 2 : 1};
     b.n_rows = o.specs.n * b.variants;
-    b.s = pikv_session_new(m, cli_threads(o.threads));
+    b.s = pikv_session_new_with_params(m, &params);
     b.prompt = pk_malloc_array((size_t)o.n_prompt, sizeof *b.prompt, "prompt");
     b.logits = pk_malloc_array((size_t)c->vocab_size, sizeof *b.logits, "logits");
     if (!b.s || !b.prompt || !b.logits) rc = cli_fail(&cmd);

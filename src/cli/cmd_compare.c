@@ -27,6 +27,7 @@ typedef struct {
     double ratio, eplb_share;
     int experts, top_k, context_tokens, max_new, reps, threads, tasks, seed, query_aware, json, detailed;
     int ratio_seen, experts_seen, context_seen, tasks_seen;
+    cli_kv_flags kv;
 } compare_options;
 
 /* Everything a run holds, released in one place. */
@@ -283,12 +284,14 @@ int cmd_compare(int argc, char **argv)
          NULL},
         {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
+        CLI_KV_TYPE_OPTS(o.kv),
     };
     const cli_command cmd = {
         "compare",
         "compare [--model DIR] [--weights T] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
         "       [--eplb-share S] [--scenario NAME] [--context-tokens N | --context-file F --question Q]\n"
-        "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]",
+        "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]\n"
+        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T]",
         "Compares KV-cache compression methods on one context: the KV bytes each holds after\n"
         "compression, prefill / compression / decode time (medians of --reps repetitions, methods in\n"
         "rotated order), decode and prefill speed, and quality against No Compression (retrieval accuracy\n"
@@ -315,6 +318,8 @@ int cmd_compare(int argc, char **argv)
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
+    pikv_session_params params;
+    if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
     if (o.scenario) {
         const char *known;
         const pk_scenario *sc = pk_scenario_find(o.scenario, &known);
@@ -347,7 +352,7 @@ int cmd_compare(int argc, char **argv)
     }
     if ((rc = make_inputs(&cmd, &o, &r, &c))) goto done;
     rc = 1;
-    if (!(r.session = pikv_session_new(r.model, cli_threads(o.threads)))) {
+    if (!(r.session = pikv_session_new_with_params(r.model, &params))) {
         cli_fail(&cmd);
         goto done;
     }

@@ -12,6 +12,7 @@ int cmd_eval(int argc, char **argv)
     const char *model_flag = NULL, *haystack = NULL, *weights = NULL;
     cli_list presses = {0};
     int n_tasks = 50, min_tokens = 1000, max_tokens = 2000, query_aware = 0, both = 0, threads = 0, seed = 1;
+    cli_kv_flags kv_flags = {0};
     const cli_opt opts[] = {
         {"--model", "-m", OPT_STRING, &model_flag, "model directory (default: the bundled model)", NULL},
         CLI_WEIGHTS_OPT(&weights),
@@ -26,8 +27,10 @@ int cmd_eval(int argc, char **argv)
         {"--haystack", NULL, OPT_STRING, &haystack, "text to hide needles in (default: the bundled data/haystack.txt)", NULL},
         {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
+        CLI_KV_TYPE_OPTS(kv_flags),
     };
-    const cli_command cmd = {"eval", "eval [--weights T] [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B] [--query-aware | --both-modes]",
+    const cli_command cmd = {"eval", "eval [--weights T] [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B]\n"
+                             "       [--query-aware | --both-modes] [--kv-type T] [--kv-type-k T] [--kv-type-v T]",
                              "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
                              "held-out text) with each press and prints the accuracy and the KV cache kept; for a\n"
                              "press that routes queries (moe_router route=1), also the share of the kept cache the\n"
@@ -38,6 +41,8 @@ int cmd_eval(int argc, char **argv)
     if (max_tokens < min_tokens)
         return cli_error(&cmd, "--min-tokens/--max-tokens: need min <= max, got %d..%d", min_tokens, max_tokens), 2;
     if (presses.n == 0) presses.items[presses.n++] = "none";
+    pikv_session_params params;
+    if (cli_session_params(&cmd, threads, &kv_flags, &params)) return 2;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
@@ -55,7 +60,7 @@ int cmd_eval(int argc, char **argv)
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto out_model;
     }
-    if (!(s = pikv_session_new(m, cli_threads(threads)))) { cli_fail(&cmd); goto out; }
+    if (!(s = pikv_session_new_with_params(m, &params))) { cli_fail(&cmd); goto out; }
     printf("retrieval accuracy, %d tasks of %d-%d tokens (seed %d)\n\n", n_tasks, min_tokens, max_tokens, seed);
     printf("| %-44s | %-14s | %8s | %7s | %7s | %7s | %7s |\n", "press", "mode", "accuracy", "KV kept", "read",
            "missed", "seconds");

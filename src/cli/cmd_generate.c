@@ -16,6 +16,7 @@ typedef struct {
     cli_list questions;
     int max_new, greedy, top_k, seed, threads, workers, print_ids, json, query_aware, sampling_given;
     double temperature, top_p;
+    cli_kv_flags kv;
 } generate_options;
 
 /* Everything a run holds, released in one place. */
@@ -217,6 +218,7 @@ int cmd_generate(int argc, char **argv)
         {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX},
          "random seed for sampling (default 0)", &o.sampling_given},
         {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
+        CLI_KV_TYPE_OPTS(o.kv),
         {"--workers", "-w", OPT_INT, &(cli_int){&o.workers, 0, 64},
          "decode attention on W workers, heads placed by EPLB", NULL},
         {"--print-ids", NULL, OPT_FLAG, &o.print_ids, "print the generated token ids on one line", NULL},
@@ -227,7 +229,7 @@ int cmd_generate(int argc, char **argv)
         "generate [--model DIR] [--weights T] (--prompt TEXT | --prompt-file F | --context-file F) [--max-new-tokens N]\n"
         "       [--greedy | --temperature T --top-k K --top-p P --seed S]\n"
         "       [--press SPEC] [--question Q]... [--query-aware] [--threads N] [--workers W] [--print-ids]\n"
-        "       [--json]",
+        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--json]",
         "Prefills the prompt, then generates up to N tokens (stopping at end-of-text).\n"
         "With --press or --question, the prompt is a context: it is compressed once by the press and each\n"
         "question is answered greedily against the compressed cache (the cache is rewound between\n"
@@ -246,6 +248,8 @@ int cmd_generate(int argc, char **argv)
     if (o.query_aware && o.questions.n == 0) return cli_error(&cmd, "--query-aware needs at least one --question"), 2;
     if (!(o.temperature > 0)) return cli_error(&cmd, "--temperature: must be > 0, got %g", o.temperature), 2;
     if (!(o.top_p > 0 && o.top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", o.top_p), 2;
+    pikv_session_params params;
+    if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
 
     generate_run r = {0};
     rc = 1;
@@ -264,7 +268,8 @@ int cmd_generate(int argc, char **argv)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
                            &r.questions[i], &r.n_question[i]))
             goto done;
-    if (!(r.session = pikv_session_new(r.model, cli_threads(o.threads))) || pikv_session_set_workers(r.session, o.workers, 1)) {
+    if (!(r.session = pikv_session_new_with_params(r.model, &params)) ||
+        pikv_session_set_workers(r.session, o.workers, 1)) {
         cli_fail(&cmd);
         goto done;
     }

@@ -8,7 +8,6 @@
 #include "model/ops.h"
 #include "util/mem.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <string.h>
@@ -40,15 +39,13 @@ int pk_placed_attention(pikv_session *s, int layer)
             const pk_kv_head *kh = pk_kv_head_at(&f->kv, layer, it->head);
             const float *q = f->qkv + (size_t)it->head * (size_t)hd;
             float *part = w->partials + (size_t)i * (size_t)stride;
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, it->count, hd, 1.f, kh->k + (size_t)it->start * hd, hd, q, 1,
-                        0.f, S, 1);
+            pk_key_scores(&f->kv, kh, it->start, it->count, q, S);
             pk_mask_window(kh, S, it->start, it->count, f->pos);
             float m = S[0];
             for (int j = 1; j < it->count; j++) m = S[j] > m ? S[j] : m;
             part[0] = m;
             part[1] = pk_exp_shifted(S, it->count, scale, m);
-            cblas_sgemv(CblasRowMajor, CblasTrans, it->count, hd, 1.f, kh->v + (size_t)it->start * hd, hd, S, 1,
-                        0.f, part + 2, 1);
+            pk_weighted_values(&f->kv, kh, it->start, it->count, S, part + 2);
         }
     }
     for (int h = 0; h < H; h++) {

@@ -7,16 +7,15 @@
 #include "model/ops.h"
 #include "router/route.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 /* The attention mass that full attention of q over the first `visible`
  * entries puts on the entries not listed in idx (n ascending indices); P is
  * scratch for `visible` weights. */
-static double missed_mass(const pk_kv_head *kh, const float *q, int hd, int32_t qpos, int visible, const int *idx,
-                          int n, float scale, float *P)
+static double missed_mass(const pk_kvcache *kv, const pk_kv_head *kh, const float *q, int32_t qpos, int visible,
+                          const int *idx, int n, float scale, float *P)
 {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, visible, hd, 1.f, kh->k, hd, q, 1, 0.f, P, 1);
+    pk_key_scores(kv, kh, 0, visible, q, P);
     pk_mask_window(kh, P, 0, visible, qpos);
     pk_softmax(P, visible, scale);
     double missed = 0;
@@ -44,11 +43,11 @@ static void routed_rows(pikv_session *s, int layer, int h, int T, int r0, int ro
         float *out = f->att + (size_t)row * (size_t)C + (size_t)h * (size_t)hd;
         int n_visible;
         const int n = pk_route_select(s->routing.table, layer, h, kh, q, qpos, visible, idx, &n_visible);
-        pk_gather_scores(kh->k, idx, n, q, hd, S);
+        pk_gather_scores(&f->kv, kh, idx, n, q, S);
         pk_softmax(S, n, scale);
-        pk_gather_weighted_sum(kh->v, idx, n, S, hd, out);
+        pk_gather_weighted_sum(&f->kv, kh, idx, n, S, out);
         const double missed = pk_route_sampled(s->routing.table, qpos)
-                                  ? missed_mass(kh, q, hd, qpos, visible, idx, n, scale, S + c->n_positions)
+                                  ? missed_mass(&f->kv, kh, q, qpos, visible, idx, n, scale, S + c->n_positions)
                                   : -1.0;
         pk_route_record(s->routing.table, n, n_visible, missed);
     }

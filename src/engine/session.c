@@ -9,7 +9,32 @@
 
 pikv_session_params pikv_session_default_params(void)
 {
-    return (pikv_session_params){.n_threads = 0, .workers = 0, .balanced_workers = 1};
+    return (pikv_session_params){.n_threads = 0, .workers = 0, .balanced_workers = 1, .kv_type_k = PIKV_KV_F32,
+                                 .kv_type_v = PIKV_KV_F32};
+}
+
+/* A session whose cache stores keys and values in the given types; `caller`
+ * names the public function in errors. */
+static pikv_session *session_new(const pikv_model *m, int n_threads, pikv_kv_type type_k, pikv_kv_type type_v,
+                                 const char *caller)
+{
+    if (!m) {
+        pk_fail("%s: model is NULL", caller);
+        return NULL;
+    }
+    if (n_threads > 4096) {
+        pk_fail("%s: %d threads is out of range (at most 4096; <= 0 for all cores)", caller, n_threads);
+        return NULL;
+    }
+    pikv_session *s = pk_calloc(1, sizeof *s, "session");
+    if (!s) return NULL;
+    s->model = m;
+    if (pk_forward_init(&s->fwd, m, n_threads > 0 ? n_threads : omp_get_num_procs(), type_k, type_v) ||
+        pk_keep_set_init(&s->presses.keep, m->cfg.n_head)) {
+        pikv_session_free(s);
+        return NULL;
+    }
+    return s;
 }
 
 pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_session_params *p)
@@ -18,7 +43,7 @@ pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_sessi
         pk_fail("pikv_session_new_with_params: params is NULL");
         return NULL;
     }
-    pikv_session *s = pikv_session_new(m, p->n_threads);
+    pikv_session *s = session_new(m, p->n_threads, p->kv_type_k, p->kv_type_v, "pikv_session_new_with_params");
     if (s && p->workers > 1 && pikv_session_set_workers(s, p->workers, p->balanced_workers)) {
         pikv_session_free(s);
         return NULL;
@@ -28,23 +53,7 @@ pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_sessi
 
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
 {
-    if (!m) {
-        pk_fail("pikv_session_new: model is NULL");
-        return NULL;
-    }
-    if (n_threads > 4096) {
-        pk_fail("pikv_session_new: %d threads is out of range (at most 4096; <= 0 for all cores)", n_threads);
-        return NULL;
-    }
-    pikv_session *s = pk_calloc(1, sizeof *s, "session");
-    if (!s) return NULL;
-    s->model = m;
-    if (pk_forward_init(&s->fwd, m, n_threads > 0 ? n_threads : omp_get_num_procs()) ||
-        pk_keep_set_init(&s->presses.keep, m->cfg.n_head)) {
-        pikv_session_free(s);
-        return NULL;
-    }
-    return s;
+    return session_new(m, n_threads, PIKV_KV_F32, PIKV_KV_F32, "pikv_session_new");
 }
 
 void pikv_session_free(pikv_session *s)
@@ -150,7 +159,7 @@ int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
         return pk_fail("KV cache: no layer %d head %d", layer, head);
     const pk_kv_head *h = pk_kv_head_at(&s->fwd.kv, layer, head);
     if (h->len > cap_rows) return pk_fail("KV cache: %d rows do not fit in %d", h->len, cap_rows);
-    memcpy(out, values ? h->v : h->k, (size_t)h->len * (size_t)c->head_dim * sizeof(float));
+    pk_kv_read(&s->fwd.kv, h, values, 0, h->len, out);
     return h->len;
 }
 

@@ -5,11 +5,17 @@
 #include <stdint.h>
 #include <string.h>
 
-int pk_kv_init(pk_kvcache *kv, int n_layer, int n_head, int head_dim)
+int pk_kv_init(pk_kvcache *kv, int n_layer, int n_head, int head_dim, pikv_kv_type type_k, pikv_kv_type type_v)
 {
+    memset(kv, 0, sizeof *kv);
+    if (pk_kv_type_check(type_k, head_dim, "key") || pk_kv_type_check(type_v, head_dim, "value")) return -1;
     kv->n_layer = n_layer;
     kv->n_head = n_head;
     kv->head_dim = head_dim;
+    kv->type_k = type_k;
+    kv->type_v = type_v;
+    kv->row_k = pk_kv_row_bytes(type_k, head_dim);
+    kv->row_v = pk_kv_row_bytes(type_v, head_dim);
     kv->heads = pk_calloc((size_t)n_layer * (size_t)n_head, sizeof *kv->heads, "KV cache heads");
     return kv->heads ? 0 : -1;
 }
@@ -38,7 +44,7 @@ void pk_kv_free(pk_kvcache *kv)
 /* Resize one head's three arrays to `cap` entries (which is >= len). A failed
  * growth leaves the head as it was (cap unchanged); a failed shrink keeps the
  * larger block, which is still valid, so shrinking never fails. */
-static int head_resize(pk_kv_head *h, int cap, int head_dim)
+static int head_resize(pk_kv_head *h, int cap, const pk_kvcache *kv)
 {
     if (cap == h->cap) return 0;
     if (cap == 0) {
@@ -46,9 +52,8 @@ static int head_resize(pk_kv_head *h, int cap, int head_dim)
         return 0;
     }
     int shrinking = cap < h->cap;
-    size_t row = (size_t)head_dim * sizeof(float);
     void **arrays[3] = {(void **)&h->k, (void **)&h->v, (void **)&h->pos};
-    size_t sizes[3] = {(size_t)cap * row, (size_t)cap * row, (size_t)cap * sizeof(int32_t)};
+    size_t sizes[3] = {(size_t)cap * kv->row_k, (size_t)cap * kv->row_v, (size_t)cap * sizeof(int32_t)};
     for (int i = 0; i < 3; i++) {
         void *p = pk_realloc(*arrays[i], sizes[i], "KV cache");
         if (p) *arrays[i] = p;
@@ -66,7 +71,7 @@ int pk_kv_reserve(pk_kvcache *kv, int extra, int exact)
         int need = full_ring ? h->len : h->len + extra;
         if (need <= h->cap) continue;
         int cap = exact ? need : (need + PK_KV_GROW - 1) / PK_KV_GROW * PK_KV_GROW;
-        if (head_resize(h, cap, kv->head_dim)) return -1;
+        if (head_resize(h, cap, kv)) return -1;
     }
     return 0;
 }
@@ -74,20 +79,19 @@ int pk_kv_reserve(pk_kvcache *kv, int extra, int exact)
 int pk_kv_keep(pk_kvcache *kv, int layer, int head, const int *keep, int n_keep)
 {
     pk_kv_head *h = pk_kv_at(kv, layer, head);
-    size_t d = (size_t)kv->head_dim;
     for (int i = 0; i < n_keep; i++) {
         int j = keep[i];
         if (j < i || j >= h->len || (i && j <= keep[i - 1]))
             return pk_fail("KV cache: keep list for layer %d head %d is not ascending within 0..%d", layer,
                            head, h->len - 1);
         if (j == i) continue;
-        memcpy(h->k + (size_t)i * d, h->k + (size_t)j * d, d * sizeof(float));
-        memcpy(h->v + (size_t)i * d, h->v + (size_t)j * d, d * sizeof(float));
+        memcpy(h->k + (size_t)i * kv->row_k, h->k + (size_t)j * kv->row_k, kv->row_k);
+        memcpy(h->v + (size_t)i * kv->row_v, h->v + (size_t)j * kv->row_v, kv->row_v);
         h->pos[i] = h->pos[j];
     }
     h->len = n_keep;
     kv->epoch++;
-    return head_resize(h, n_keep, kv->head_dim);
+    return head_resize(h, n_keep, kv);
 }
 
 int pk_kv_append_slot(pk_kv_head *h, int n_new)
@@ -100,13 +104,26 @@ int pk_kv_append_slot(pk_kv_head *h, int n_new)
     return h->len++;
 }
 
+void pk_kv_read(const pk_kvcache *kv, const pk_kv_head *h, int values, int start, int n, float *out)
+{
+    const pikv_kv_type t = values ? kv->type_v : kv->type_k;
+    const size_t d = (size_t)kv->head_dim;
+    for (int j = 0; j < n; j++)
+        pk_kv_dequantize_row(t, pk_kv_row(kv, h, values, start + j), out + (size_t)j * d, kv->head_dim);
+}
+
+void pk_kv_store(const pk_kvcache *kv, pk_kv_head *h, int slot, const float *key, const float *value)
+{
+    pk_kv_quantize_row(kv->type_k, key, h->k + (size_t)slot * kv->row_k, kv->head_dim);
+    pk_kv_quantize_row(kv->type_v, value, h->v + (size_t)slot * kv->row_v, kv->head_dim);
+}
+
 /* Move entry `from` of a head to slot `to`. */
-static void move_entry(pk_kv_head *h, int head_dim, int to, int from)
+static void move_entry(pk_kv_head *h, const pk_kvcache *kv, int to, int from)
 {
     if (to == from) return;
-    size_t d = (size_t)head_dim;
-    memmove(h->k + (size_t)to * d, h->k + (size_t)from * d, d * sizeof(float));
-    memmove(h->v + (size_t)to * d, h->v + (size_t)from * d, d * sizeof(float));
+    memmove(h->k + (size_t)to * kv->row_k, h->k + (size_t)from * kv->row_k, kv->row_k);
+    memmove(h->v + (size_t)to * kv->row_v, h->v + (size_t)from * kv->row_v, kv->row_v);
     h->pos[to] = h->pos[from];
 }
 
@@ -115,7 +132,7 @@ static void move_entry(pk_kv_head *h, int head_dim, int to, int from)
  * Selection by position: the latest entries are found by repeatedly taking
  * the largest position below the previous one, which is O(recent * len) but
  * only runs when a prefill or a multi-token call ends. */
-static int trim_streaming_head(pk_kv_head *h, int head_dim)
+static int trim_streaming_head(pk_kv_head *h, const pk_kvcache *kv)
 {
     const int sink = h->sink < h->len ? h->sink : h->len;
     const int keep_recent = h->len - sink < h->recent ? h->len - sink : h->recent;
@@ -130,27 +147,26 @@ static int trim_streaming_head(pk_kv_head *h, int head_dim)
         }
         int n = sink;
         for (int j = sink; j < h->len; j++)
-            if (h->pos[j] >= cutoff) move_entry(h, head_dim, n++, j);
+            if (h->pos[j] >= cutoff) move_entry(h, kv, n++, j);
         h->len = n;
     }
     /* Insertion sort of the recent slots by position (they are nearly sorted). */
-    float *tmp_k = NULL;
+    uint8_t *held = NULL; /* the entry being inserted: its key row, then its value row */
     for (int i = sink + 1; i < h->len; i++) {
         if (h->pos[i] > h->pos[i - 1]) continue;
-        if (!tmp_k && !(tmp_k = pk_malloc_array(2 * (size_t)head_dim, sizeof(float), "KV ring reorder"))) return -1;
-        size_t d = (size_t)head_dim;
+        if (!held && !(held = pk_malloc(kv->row_k + kv->row_v, "KV ring reorder"))) return -1;
         int32_t p = h->pos[i];
-        memcpy(tmp_k, h->k + (size_t)i * d, d * sizeof(float));
-        memcpy(tmp_k + d, h->v + (size_t)i * d, d * sizeof(float));
+        memcpy(held, h->k + (size_t)i * kv->row_k, kv->row_k);
+        memcpy(held + kv->row_k, h->v + (size_t)i * kv->row_v, kv->row_v);
         int j = i;
-        for (; j > sink && h->pos[j - 1] > p; j--) move_entry(h, head_dim, j, j - 1);
-        memcpy(h->k + (size_t)j * d, tmp_k, d * sizeof(float));
-        memcpy(h->v + (size_t)j * d, tmp_k + d, d * sizeof(float));
+        for (; j > sink && h->pos[j - 1] > p; j--) move_entry(h, kv, j, j - 1);
+        memcpy(h->k + (size_t)j * kv->row_k, held, kv->row_k);
+        memcpy(h->v + (size_t)j * kv->row_v, held + kv->row_k, kv->row_v);
         h->pos[j] = p;
     }
-    pk_free(tmp_k);
+    pk_free(held);
     h->ring = sink;
-    return head_resize(h, h->len, head_dim);
+    return head_resize(h, h->len, kv);
 }
 
 int pk_kv_make_streaming(pk_kvcache *kv, int layer, int head, int sink, int recent, int evict)
@@ -161,7 +177,7 @@ int pk_kv_make_streaming(pk_kvcache *kv, int layer, int head, int sink, int rece
     h->recent = recent;
     h->evict = evict;
     h->ring = sink;
-    return evict ? trim_streaming_head(h, kv->head_dim) : 0;
+    return evict ? trim_streaming_head(h, kv) : 0;
 }
 
 int pk_kv_set_window(pk_kvcache *kv, int layer, int head, int sink, int recent)
@@ -178,7 +194,7 @@ int pk_kv_trim_streaming(pk_kvcache *kv)
 {
     for (int i = 0; i < kv->n_layer * kv->n_head; i++) {
         pk_kv_head *h = &kv->heads[i];
-        if (h->evict && h->len > h->sink + h->recent && trim_streaming_head(h, kv->head_dim)) return -1;
+        if (h->evict && h->len > h->sink + h->recent && trim_streaming_head(h, kv)) return -1;
     }
     return 0;
 }
@@ -192,16 +208,15 @@ void pk_kv_snapshot_free(pk_kv_snapshot *snap)
 }
 
 /* Deep copy of one head's entries (capacity = length). */
-static int copy_head(pk_kv_head *dst, const pk_kv_head *src, int head_dim)
+static int copy_head(pk_kv_head *dst, const pk_kv_head *src, const pk_kvcache *kv)
 {
     *dst = *src;
     dst->k = dst->v = NULL;
     dst->pos = NULL;
     dst->len = dst->cap = 0;
-    if (head_resize(dst, src->len, head_dim)) return -1;
-    size_t row = (size_t)head_dim * sizeof(float);
-    memcpy(dst->k, src->k, (size_t)src->len * row);
-    memcpy(dst->v, src->v, (size_t)src->len * row);
+    if (head_resize(dst, src->len, kv)) return -1;
+    memcpy(dst->k, src->k, (size_t)src->len * kv->row_k);
+    memcpy(dst->v, src->v, (size_t)src->len * kv->row_v);
     memcpy(dst->pos, src->pos, (size_t)src->len * sizeof *src->pos);
     dst->len = src->len;
     return 0;
@@ -220,7 +235,7 @@ int pk_kv_snapshot_take(const pk_kvcache *kv, pk_kv_snapshot *snap)
     }
     for (int i = 0; i < n; i++) {
         snap->len[i] = kv->heads[i].len;
-        if (kv->heads[i].evict && copy_head(&snap->copies[i], &kv->heads[i], kv->head_dim)) {
+        if (kv->heads[i].evict && copy_head(&snap->copies[i], &kv->heads[i], kv)) {
             pk_kv_snapshot_free(snap);
             return -1;
         }
@@ -235,20 +250,20 @@ int pk_kv_snapshot_restore(pk_kvcache *kv, const pk_kv_snapshot *snap)
         const pk_kv_head *saved = &snap->copies[i];
         if (saved->evict) {
             head_release(h);
-            if (copy_head(h, saved, kv->head_dim)) return -1;
+            if (copy_head(h, saved, kv)) return -1;
             continue;
         }
         if (snap->len[i] > h->len)
             return pk_fail("KV cache: cannot return a head of %d entries to %d", h->len, snap->len[i]);
         h->len = snap->len[i];
-        if (head_resize(h, h->len, kv->head_dim)) return -1;
+        if (head_resize(h, h->len, kv)) return -1;
     }
     return 0;
 }
 
 size_t pk_kv_entry_bytes(const pk_kvcache *kv)
 {
-    return 2 * (size_t)kv->head_dim * sizeof(float) + sizeof(int32_t);
+    return kv->row_k + kv->row_v + sizeof(int32_t);
 }
 
 size_t pk_kv_bytes(const pk_kvcache *kv)

@@ -2,9 +2,12 @@
  * with its own length, so that a press can shrink one head without touching
  * the others and the memory it drops is really returned.
  *
- * Every head owns three arrays of the same capacity: K [cap, head_dim],
- * V [cap, head_dim] and pos [cap], the absolute position of each entry (the
- * index that survives compression). Attention reads entries 0..len-1 in
+ * Every head owns three arrays of the same capacity: K [cap] rows, V [cap]
+ * rows and pos [cap], the absolute position of each entry (the index that
+ * survives compression). A row holds head_dim values in the cache's key or
+ * value type (kv/kv_type.h: f32, f16, bf16, q8_0, q4_0), which may differ;
+ * whatever moves entries moves whole stored rows, and readers get the floats a
+ * row decodes to through pk_kv_rows / pk_kv_read. Attention reads entries 0..len-1 in
  * storage order; GPT-2 has no rotary embedding, so an entry's position only
  * matters to presses and attention windows, never to the arithmetic.
  *
@@ -19,11 +22,13 @@
 #ifndef PIKV_KV_KVCACHE_H
 #define PIKV_KV_KVCACHE_H
 
+#include "kv/kv_type.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
-    float *k, *v;      /* [cap, head_dim] */
+    uint8_t *k, *v;    /* [cap] rows of row_k / row_v bytes */
     int32_t *pos;      /* [cap] */
     int len, cap;
     int sink, recent;  /* streaming window; recent == 0 for a full head */
@@ -33,11 +38,15 @@ typedef struct {
 
 typedef struct {
     int n_layer, n_head, head_dim;
+    pikv_kv_type type_k, type_v;
+    size_t row_k, row_v; /* bytes of one stored key / value row */
     pk_kv_head *heads; /* [n_layer * n_head] */
     unsigned epoch;    /* counts compactions (pk_kv_keep), so marks can tell they are stale */
 } pk_kvcache;
 
-int pk_kv_init(pk_kvcache *kv, int n_layer, int n_head, int head_dim);
+/* An empty cache whose keys and values are stored in the given types (fails
+ * for a block type and a head_dim that is not a multiple of 32). */
+int pk_kv_init(pk_kvcache *kv, int n_layer, int n_head, int head_dim, pikv_kv_type type_k, pikv_kv_type type_v);
 void pk_kv_free(pk_kvcache *kv);
 /* Drop every entry and release the memory. */
 void pk_kv_clear(pk_kvcache *kv);
@@ -52,6 +61,44 @@ static inline const pk_kv_head *pk_kv_head_at(const pk_kvcache *kv, int layer, i
 {
     return &kv->heads[(size_t)layer * (size_t)kv->n_head + (size_t)head];
 }
+
+/* Stored row j of a head's keys (values != 0: values), for the codec's dot
+ * and axpy. */
+static inline const uint8_t *pk_kv_row(const pk_kvcache *kv, const pk_kv_head *h, int values, int j)
+{
+    return values ? h->v + (size_t)j * kv->row_v : h->k + (size_t)j * kv->row_k;
+}
+
+/* Whether keys (values != 0: values) are stored as float32, so that their rows
+ * can be read in place. */
+static inline int pk_kv_is_f32(const pk_kvcache *kv, int values)
+{
+    return (values ? kv->type_v : kv->type_k) == PIKV_KV_F32;
+}
+
+/* Write entries start..start+n-1 of a head's keys (values != 0: values) as
+ * floats into out [n, head_dim]: what attention and presses see. */
+void pk_kv_read(const pk_kvcache *kv, const pk_kv_head *h, int values, int start, int n, float *out);
+
+/* A head's keys (values != 0: values) in place, when they are stored as f32. */
+static inline const float *pk_kv_f32_rows(const pk_kv_head *h, int values)
+{
+    return (const float *)(const void *)(values ? h->v : h->k);
+}
+
+/* Entries start..start+n-1 as floats [n, head_dim]: in place where they are
+ * stored as f32, else decoded into scratch. */
+static inline const float *pk_kv_rows(const pk_kvcache *kv, const pk_kv_head *h, int values, int start, int n,
+                                      float *scratch)
+{
+    if (pk_kv_is_f32(kv, values)) return pk_kv_f32_rows(h, values) + (size_t)start * (size_t)kv->head_dim;
+    pk_kv_read(kv, h, values, start, n, scratch);
+    return scratch;
+}
+
+/* Store one entry's key and value (head_dim floats each) in slot `slot` of a
+ * head, converted to the cache's types. */
+void pk_kv_store(const pk_kvcache *kv, pk_kv_head *h, int slot, const float *key, const float *value);
 
 /* Make room for `extra` more entries in every head. With exact != 0 the
  * capacity becomes exactly what is needed (a prefill of known length);
@@ -129,7 +176,8 @@ void pk_kv_snapshot_free(pk_kv_snapshot *snap);
 
 /* Bytes allocated for K, V and positions over all heads. */
 size_t pk_kv_bytes(const pk_kvcache *kv);
-/* Bytes per entry of one head: K + V payload and its position index. */
+/* Bytes per entry of one head: K + V rows as stored (scales included) and its
+ * position index. */
 size_t pk_kv_entry_bytes(const pk_kvcache *kv);
 
 #endif

@@ -26,6 +26,7 @@ typedef struct {
     float *att;            /* [T, C]: the output, heads side by side */
     float scale;
     float *scores;         /* scratch: [n_threads, PK_QUERY_BLOCK, n_positions] */
+    float *kv_rows;        /* scratch: [n_head, 2, n_positions, head_dim] for decoded rows; NULL for an f32 cache */
     int n_positions, n_threads;
 } pk_attention_args;
 
@@ -50,11 +51,11 @@ typedef struct pk_backend {
     void (*gelu)(float *x, int T, int n, int n_threads);
     void (*attention)(const pk_attention_args *a);
     /* Attention weights of `rows` queries (Q [rows, head_dim], row stride
-     * q_stride, row r at position qpos0 + r) over every entry of one head:
-     * out[rows, len], 0 where an entry's position is after the query's. What
-     * presses score from (window attention). */
-    void (*query_weights)(const pk_kv_head *kh, int head_dim, const float *Q, int q_stride, int rows, int32_t qpos0,
-                          float scale, float *out);
+     * q_stride, row r at position qpos0 + r) over every entry of one head of
+     * kv: out[rows, len], 0 where an entry's position is after the query's.
+     * What presses score from (window attention). */
+    void (*query_weights)(const pk_kvcache *kv, const pk_kv_head *kh, const float *Q, int q_stride, int rows,
+                          int32_t qpos0, float scale, float *out);
 } pk_backend;
 
 extern const pk_backend pk_backend_cpu;
@@ -63,5 +64,12 @@ extern const pk_backend pk_backend_cpu;
  * placed workers): give the entries start..start+width-1 of a streaming head
  * that a query at qpos may not see a score whose softmax weight is 0. */
 void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int32_t qpos);
+
+/* For the same variants, one query q over entries start..start+count-1 of a
+ * head, in whatever type the cache stores: S[j] = q · key(start + j), and
+ * out[head_dim] = sum_j S[j] value(start + j). */
+void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *q, float *S);
+void pk_weighted_values(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *S,
+                        float *out);
 
 #endif

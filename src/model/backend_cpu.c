@@ -71,13 +71,65 @@ void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int3
         if (!pk_kv_in_window(kh, start + j, qpos)) row[j] = MASKED_SCORE;
 }
 
-/* Work items are (head, block of query rows), shared out dynamically. */
+void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *q, float *S)
+{
+    const int hd = kv->head_dim;
+    if (pk_kv_is_f32(kv, 0)) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, count, hd, 1.f, pk_kv_f32_rows(kh, 0) + (size_t)start * hd, hd, q, 1,
+                    0.f, S, 1);
+        return;
+    }
+    for (int j = 0; j < count; j++) S[j] = pk_kv_row_dot(kv->type_k, pk_kv_row(kv, kh, 0, start + j), q, hd);
+}
+
+void pk_weighted_values(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *S, float *out)
+{
+    const int hd = kv->head_dim;
+    if (pk_kv_is_f32(kv, 1)) {
+        cblas_sgemv(CblasRowMajor, CblasTrans, count, hd, 1.f, pk_kv_f32_rows(kh, 1) + (size_t)start * hd, hd, S, 1,
+                    0.f, out, 1);
+        return;
+    }
+    memset(out, 0, (size_t)hd * sizeof *out);
+    for (int j = 0; j < count; j++) pk_kv_row_axpy(kv->type_v, pk_kv_row(kv, kh, 1, start + j), S[j], out, hd);
+}
+
+/* Where head h's keys (values != 0: values) are decoded to in kv_rows. */
+static float *decoded_rows(const pk_attention_args *a, int h, int values)
+{
+    return a->kv_rows + (size_t)(2 * h + values) * (size_t)a->n_positions * (size_t)a->kv->head_dim;
+}
+
+/* Head h's keys (values != 0: values) as f32 rows for the matrix products of
+ * a multi-token call: in place, or as decode_layer left them. */
+static const float *layer_rows(const pk_attention_args *a, int h, int values)
+{
+    if (pk_kv_is_f32(a->kv, values)) return pk_kv_f32_rows(pk_kv_head_at(a->kv, a->layer, h), values);
+    return decoded_rows(a, h, values);
+}
+
+/* Decode every head's keys and values that are not stored as f32 into
+ * kv_rows, once per layer, so that all query blocks of a head share them. */
+static void decode_layer(const pk_attention_args *a)
+{
+#pragma omp parallel for num_threads(a->n_threads)
+    for (int i = 0; i < 2 * a->kv->n_head; i++) {
+        const int h = i / 2, values = i % 2;
+        const pk_kv_head *kh = pk_kv_head_at(a->kv, a->layer, h);
+        if (!pk_kv_is_f32(a->kv, values)) pk_kv_read(a->kv, kh, values, 0, kh->len, decoded_rows(a, h, values));
+    }
+}
+
+/* Work items are (head, block of query rows), shared out dynamically. One
+ * query row reads the stored rows directly; a block of rows multiplies f32
+ * rows (decoded first when the cache stores another type). */
 static void cpu_attention(const pk_attention_args *a)
 {
     const pk_kvcache *kv = a->kv;
     const int hd = kv->head_dim, n_head = kv->n_head, C = n_head * hd, T = a->T;
     const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
     const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)a->n_positions;
+    if (T > 1 && a->kv_rows) decode_layer(a);
 
 #pragma omp parallel for schedule(dynamic) num_threads(a->n_threads)
     for (int item = 0; item < n_head * n_blocks; item++) {
@@ -89,15 +141,15 @@ static void cpu_attention(const pk_attention_args *a)
         const float *Q = a->qkv + (size_t)r0 * 3 * (size_t)C + (size_t)h * (size_t)hd;
         float *out = a->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
         if (rows == 1) {
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, width, hd, 1.f, kh->k, hd, Q, 1, 0.f, S, 1);
+            pk_key_scores(kv, kh, 0, width, Q, S);
             pk_mask_window(kh, S, 0, width, a->pos0 + r0);
             pk_softmax(S, width, a->scale);
-            cblas_sgemv(CblasRowMajor, CblasTrans, width, hd, 1.f, kh->v, hd, S, 1, 0.f, out, 1);
+            pk_weighted_values(kv, kh, 0, width, S, out);
             continue;
         }
         /* S[rows, width] = Q[rows, hd] · K[width, hd]^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, hd, 1.f, Q, 3 * C, kh->k, hd, 0.f, S,
-                    width);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, hd, 1.f, Q, 3 * C, layer_rows(a, h, 0), hd,
+                    0.f, S, width);
         for (int i = 0; i < rows; i++) {
             float *row = S + (size_t)i * (size_t)width;
             int visible = old + r0 + i + 1;
@@ -106,17 +158,24 @@ static void cpu_attention(const pk_attention_args *a)
             memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
         }
         /* out[rows, hd] = P[rows, width] · V[width, hd] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, kh->v, hd, 0.f, out,
-                    C);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, layer_rows(a, h, 1), hd,
+                    0.f, out, C);
     }
 }
 
-static void cpu_query_weights(const pk_kv_head *kh, int hd, const float *Q, int q_stride, int rows, int32_t qpos0,
-                              float scale, float *out)
+/* The weights of a few query rows: one product over f32 keys, else each row
+ * against the stored keys. */
+static void cpu_query_weights(const pk_kvcache *kv, const pk_kv_head *kh, const float *Q, int q_stride, int rows,
+                              int32_t qpos0, float scale, float *out)
 {
-    const int n = kh->len;
+    const int n = kh->len, hd = kv->head_dim;
     /* out[rows, n] = Q[rows, hd] · K[n, hd]^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.f, Q, q_stride, kh->k, hd, 0.f, out, n);
+    if (pk_kv_is_f32(kv, 0))
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.f, Q, q_stride, pk_kv_f32_rows(kh, 0), hd,
+                    0.f, out, n);
+    else
+        for (int r = 0; r < rows; r++)
+            pk_key_scores(kv, kh, 0, n, Q + (size_t)r * (size_t)q_stride, out + (size_t)r * (size_t)n);
     for (int r = 0; r < rows; r++) {
         float *row = out + (size_t)r * (size_t)n;
         for (int j = 0; j < n; j++)

@@ -8,7 +8,7 @@
 #include <math.h>
 #include <string.h>
 
-int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads)
+int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads, pikv_kv_type type_k, pikv_kv_type type_v)
 {
     memset(f, 0, sizeof *f);
     f->model = m;
@@ -22,9 +22,17 @@ int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads)
         pk_forward_free(f);
         return -1;
     }
-    if (!f->scores || pk_kv_init(&f->kv, c->n_layer, c->n_head, c->head_dim)) {
+    if (!f->scores || pk_kv_init(&f->kv, c->n_layer, c->n_head, c->head_dim, type_k, type_v)) {
         pk_forward_free(f);
         return -1;
+    }
+    if (type_k != PIKV_KV_F32 || type_v != PIKV_KV_F32) {
+        f->kv_rows = pk_malloc_array((size_t)c->n_head * 2 * (size_t)c->n_positions * (size_t)c->head_dim,
+                                     sizeof(float), "decoded KV rows");
+        if (!f->kv_rows) {
+            pk_forward_free(f);
+            return -1;
+        }
     }
     return 0;
 }
@@ -46,7 +54,8 @@ void pk_forward_free(pk_forward *f)
     pk_forward_free_scratch(f);
     pk_free(f->scores);
     pk_free(f->panels);
-    f->scores = f->panels = NULL;
+    pk_free(f->kv_rows);
+    f->scores = f->panels = f->kv_rows = NULL;
 }
 
 /* Grow the activation buffers to hold `rows` tokens. */
@@ -70,8 +79,9 @@ static int ensure_scratch(pk_forward *f, int rows)
 }
 
 /* Append the keys and values of the T new tokens (from qkv [T, 3C]) to every
- * head of one layer: at the end, or for one token into a full streaming head,
- * over its oldest recent entry. Capacity was reserved by the caller. */
+ * head of one layer, in the cache's types: at the end, or for one token into a
+ * full streaming head, over its oldest recent entry. Capacity was reserved by
+ * the caller. */
 static void append_kv(pk_forward *f, int layer, int T)
 {
     const pikv_config *c = &f->model->cfg;
@@ -80,9 +90,8 @@ static void append_kv(pk_forward *f, int layer, int T)
         pk_kv_head *kh = pk_kv_at(&f->kv, layer, h);
         for (int t = 0; t < T; t++) {
             const float *row = f->qkv + (size_t)t * 3 * C;
-            size_t slot = (size_t)pk_kv_append_slot(kh, T);
-            memcpy(kh->k + slot * hd, row + C + (size_t)h * hd, hd * sizeof(float));
-            memcpy(kh->v + slot * hd, row + 2 * C + (size_t)h * hd, hd * sizeof(float));
+            int slot = pk_kv_append_slot(kh, T);
+            pk_kv_store(&f->kv, kh, slot, row + C + (size_t)h * hd, row + 2 * C + (size_t)h * hd);
             kh->pos[slot] = f->pos + t;
         }
     }
@@ -112,7 +121,7 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
     if (done < 0) return -1;
     if (!done) {
         pk_attention_args a = {.kv = &f->kv, .layer = layer, .T = T, .pos0 = f->pos, .qkv = f->qkv, .att = f->att,
-                               .scale = pk_attention_scale(c, layer), .scores = f->scores,
+                               .scale = pk_attention_scale(c, layer), .scores = f->scores, .kv_rows = f->kv_rows,
                                .n_positions = c->n_positions, .n_threads = f->n_threads};
         be->attention(&a);
     }

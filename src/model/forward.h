@@ -34,6 +34,8 @@ typedef struct pk_forward {
     float *fc;         /* [rows, F] MLP hidden */
     float *scores;     /* [n_threads, PK_QUERY_BLOCK, n_positions] attention rows */
     float *panels;     /* [n_threads, PK_PANEL_FLOATS] widened weights; NULL for float32 weights */
+    float *kv_rows;    /* [n_head, 2, n_positions, head_dim]: one layer's keys and values decoded for the
+                          attention of a multi-token call; NULL when the cache stores f32 */
 } pk_forward;
 
 typedef struct {
@@ -46,7 +48,8 @@ typedef struct {
     void *ctx;
 } pk_forward_hooks;
 
-int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads);
+/* A forward state whose cache stores keys and values in the given types. */
+int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads, pikv_kv_type type_k, pikv_kv_type type_v);
 void pk_forward_free(pk_forward *f);
 /* Release the activation buffers (they grow again on the next call). */
 void pk_forward_free_scratch(pk_forward *f);

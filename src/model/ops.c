@@ -60,14 +60,28 @@ float pk_dot(const float *a, const float *b, int n)
     return s;
 }
 
-void pk_gather_scores(const float *K, const int *idx, int n, const float *q, int dim, float *scores)
+void pk_gather_scores(const pk_kvcache *kv, const pk_kv_head *kh, const int *idx, int n, const float *q,
+                      float *scores)
 {
+    const int dim = kv->head_dim;
+    if (!pk_kv_is_f32(kv, 0)) {
+        for (int i = 0; i < n; i++) scores[i] = pk_kv_row_dot(kv->type_k, pk_kv_row(kv, kh, 0, idx[i]), q, dim);
+        return;
+    }
+    const float *K = pk_kv_f32_rows(kh, 0);
     for (int i = 0; i < n; i++) scores[i] = pk_dot(q, K + (size_t)idx[i] * (size_t)dim, dim);
 }
 
-void pk_gather_weighted_sum(const float *V, const int *idx, int n, const float *w, int dim, float *out)
+void pk_gather_weighted_sum(const pk_kvcache *kv, const pk_kv_head *kh, const int *idx, int n, const float *w,
+                            float *out)
 {
+    const int dim = kv->head_dim;
     for (int d = 0; d < dim; d++) out[d] = 0.f;
+    if (!pk_kv_is_f32(kv, 1)) {
+        for (int i = 0; i < n; i++) pk_kv_row_axpy(kv->type_v, pk_kv_row(kv, kh, 1, idx[i]), w[i], out, dim);
+        return;
+    }
+    const float *V = pk_kv_f32_rows(kh, 1);
     for (int i = 0; i < n; i++) {
         const float *v = V + (size_t)idx[i] * (size_t)dim;
         for (int d = 0; d < dim; d++) out[d] += w[i] * v[d];

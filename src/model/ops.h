@@ -5,6 +5,8 @@
 #ifndef PIKV_MODEL_OPS_H
 #define PIKV_MODEL_OPS_H
 
+#include "kv/kvcache.h"
+
 #include <stddef.h>
 
 /* out[C] = (x - mean) / sqrt(var + eps) * w + b, for one row. */
@@ -20,9 +22,12 @@ float pk_exp_shifted(float *x, int n, float scale, float max);
 void pk_add_bias(float *x, const float *b, int n_rows, int n_cols);
 /* Dot product of two rows. */
 float pk_dot(const float *a, const float *b, int n);
-/* Attention over a gathered subset of a head's rows (routed attention):
- * scores[i] = q · K[idx[i]], and out[dim] = sum_i w[i] V[idx[i]]. */
-void pk_gather_scores(const float *K, const int *idx, int n, const float *q, int dim, float *scores);
-void pk_gather_weighted_sum(const float *V, const int *idx, int n, const float *w, int dim, float *out);
+/* Attention over a gathered subset of a head's entries (routed attention), in
+ * whatever type the cache stores: scores[i] = q · key(idx[i]), and
+ * out[head_dim] = sum_i w[i] value(idx[i]). */
+void pk_gather_scores(const pk_kvcache *kv, const pk_kv_head *kh, const int *idx, int n, const float *q,
+                      float *scores);
+void pk_gather_weighted_sum(const pk_kvcache *kv, const pk_kv_head *kh, const int *idx, int n, const float *w,
+                            float *out);
 
 #endif

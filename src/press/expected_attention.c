@@ -42,18 +42,21 @@ static int expected_score(const pk_press *p, const pk_press_view *v, float **sco
     const int first = ep->n_sink < v->n_q ? ep->n_sink : 0; /* too short to drop the sinks */
     double *mu = pk_malloc_array((size_t)hd, sizeof *mu, "expected attention statistics");
     double *cov = pk_malloc_array((size_t)hd * (size_t)hd, sizeof *cov, "expected attention statistics");
-    if (!mu || !cov) {
+    float *scratch = pk_press_alloc_rows(v);
+    if (!mu || !cov || !scratch) {
         pk_free(mu);
         pk_free(cov);
+        pk_free(scratch);
         return -1;
     }
     for (int h = 0; h < v->cfg->n_head; h++) {
         const pk_kv_head *kh = pk_press_head(v, h);
+        const float *keys = pk_press_rows(v, h, 0, scratch);
         query_statistics(v, h, first, mu, cov);
         double max = -INFINITY, sum = 0;
         for (int j = 0; j < kh->len; j++) {
             if (kh->pos[j] < ep->n_sink) continue;
-            const float *k = kh->k + (size_t)j * (size_t)hd;
+            const float *k = keys + (size_t)j * (size_t)hd;
             double lin = 0, quad = 0;
             for (int a = 0; a < hd; a++) {
                 lin += k[a] * mu[a];
@@ -67,12 +70,13 @@ static int expected_score(const pk_press *p, const pk_press_view *v, float **sco
         }
         for (int j = 0; j < kh->len; j++)
             if (kh->pos[j] >= ep->n_sink) sum += exp(scores[h][j] - max);
+        const float *values = pk_press_rows(v, h, 1, scratch); /* the keys are no longer needed */
         for (int j = 0; j < kh->len; j++) {
             if (kh->pos[j] < ep->n_sink) {
                 scores[h][j] = INFINITY;
                 continue;
             }
-            const float *val = kh->v + (size_t)j * (size_t)hd;
+            const float *val = values + (size_t)j * (size_t)hd;
             double vnorm = 0;
             for (int a = 0; a < hd; a++) vnorm += (double)val[a] * val[a];
             scores[h][j] = (float)(exp(scores[h][j] - max) / sum * sqrt(vnorm));
@@ -80,6 +84,7 @@ static int expected_score(const pk_press *p, const pk_press_view *v, float **sco
     }
     pk_free(mu);
     pk_free(cov);
+    pk_free(scratch);
     return 0;
 }
 

@@ -13,12 +13,18 @@ static int keydiff_score(const pk_press *p, const pk_press_view *v, float **scor
     (void)p;
     const int hd = v->cfg->head_dim;
     double *anchor = pk_malloc_array((size_t)hd, sizeof *anchor, "keydiff anchor");
-    if (!anchor) return -1;
+    float *scratch = pk_press_alloc_rows(v);
+    if (!anchor || !scratch) {
+        pk_free(anchor);
+        pk_free(scratch);
+        return -1;
+    }
     for (int h = 0; h < v->cfg->n_head; h++) {
         const pk_kv_head *kh = pk_press_head(v, h);
+        const float *keys = pk_press_rows(v, h, 0, scratch);
         for (int d = 0; d < hd; d++) anchor[d] = 0;
         for (int j = 0; j < kh->len; j++) {
-            const float *k = kh->k + (size_t)j * (size_t)hd;
+            const float *k = keys + (size_t)j * (size_t)hd;
             double norm = 0;
             for (int d = 0; d < hd; d++) norm += (double)k[d] * k[d];
             norm = norm > 0 ? sqrt(norm) : 1;
@@ -28,7 +34,7 @@ static int keydiff_score(const pk_press *p, const pk_press_view *v, float **scor
         for (int d = 0; d < hd; d++) anorm += anchor[d] * anchor[d];
         anorm = sqrt(anorm);
         for (int j = 0; j < kh->len; j++) {
-            const float *k = kh->k + (size_t)j * (size_t)hd;
+            const float *k = keys + (size_t)j * (size_t)hd;
             double dot = 0, knorm = 0;
             for (int d = 0; d < hd; d++) {
                 dot += k[d] * anchor[d];
@@ -39,6 +45,7 @@ static int keydiff_score(const pk_press *p, const pk_press_view *v, float **scor
         }
     }
     pk_free(anchor);
+    pk_free(scratch);
     return 0;
 }
 

@@ -2,6 +2,7 @@
  * 2024), so an entry's score is -||k_j||. Needs nothing but the keys. */
 #include "press/press.h"
 #include "press/spec.h"
+#include "util/mem.h"
 
 #include <math.h>
 
@@ -9,15 +10,19 @@ static int knorm_score(const pk_press *p, const pk_press_view *v, float **scores
 {
     (void)p;
     const int hd = v->cfg->head_dim;
+    float *scratch = pk_press_alloc_rows(v);
+    if (!scratch) return -1;
     for (int h = 0; h < v->cfg->n_head; h++) {
         const pk_kv_head *kh = pk_press_head(v, h);
+        const float *keys = pk_press_rows(v, h, 0, scratch);
         for (int j = 0; j < kh->len; j++) {
-            const float *k = kh->k + (size_t)j * (size_t)hd;
+            const float *k = keys + (size_t)j * (size_t)hd;
             double sq = 0;
             for (int d = 0; d < hd; d++) sq += (double)k[d] * k[d];
             scores[h][j] = (float)-sqrt(sq);
         }
     }
+    pk_free(scratch);
     return 0;
 }
 

@@ -109,8 +109,8 @@ static int select_head(moe_router_params *mp, const pk_press_view *v, int head, 
             n_fixed++;
             continue;
         }
-        const float *key = kh->k + (size_t)j * (size_t)dim;
-        memcpy(s->keys + (size_t)n * (size_t)dim, key, (size_t)dim * sizeof *key);
+        float *key = s->keys + (size_t)n * (size_t)dim;
+        pk_kv_read(v->kv, kh, 0, j, 1, key);
         double sq = 0;
         for (int d = 0; d < dim; d++) sq += (double)key[d] * key[d];
         s->key_norm[n] = (float)sqrt(sq);

@@ -139,6 +139,13 @@ float **pk_press_alloc_scores(const pk_press_view *v)
     return scores;
 }
 
+float *pk_press_alloc_rows(const pk_press_view *v)
+{
+    const int max_len = pk_kv_max_len(v->kv, v->layer);
+    return pk_malloc_array((size_t)(max_len > 0 ? max_len : 1) * (size_t)v->cfg->head_dim, sizeof(float),
+                           "decoded KV rows");
+}
+
 void pk_press_free_scores(const pk_press_view *v, float **scores)
 {
     if (!scores) return;
@@ -199,7 +206,7 @@ int pk_press_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 void pk_query_attention(const pk_press_view *v, int head, int row0, int rows, float *out)
 {
     const int hd = v->cfg->head_dim;
-    v->backend->query_weights(pk_press_head(v, head), hd,
+    v->backend->query_weights(v->kv, pk_press_head(v, head),
                               v->q + (size_t)row0 * (size_t)v->q_stride + (size_t)head * (size_t)hd, v->q_stride,
                               rows, v->q_pos0 + row0, v->scale, out);
 }

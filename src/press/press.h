@@ -135,6 +135,16 @@ void pk_press_free_scores(const pk_press_view *v, float **scores);
 /* The entries of head h of the view. */
 static inline const pk_kv_head *pk_press_head(const pk_press_view *v, int h) { return pk_kv_head_at(v->kv, v->layer, h); }
 
+/* Head h's keys (values != 0: values) as float rows [len, head_dim], the
+ * values attention reads: in place for an f32 cache, else decoded into
+ * scratch (from pk_press_alloc_rows). */
+static inline const float *pk_press_rows(const pk_press_view *v, int h, int values, float *scratch)
+{
+    return pk_kv_rows(v->kv, pk_press_head(v, h), values, 0, pk_press_head(v, h)->len, scratch);
+}
+/* Scratch for pk_press_rows: room for the layer's longest head (pk_free it). */
+float *pk_press_alloc_rows(const pk_press_view *v);
+
 /* n_kept for a head of len entries at compression ratio r. */
 static inline int pk_press_n_kept(int len, double ratio) { return (int)((double)len * (1.0 - ratio)); }
 
