@@ -1,10 +1,13 @@
 # The CUDA backend (src/backend/cuda), built only by these targets: the plain
 # build and `make test` never compile it.
 #
-#   make cuda        library, tests and benchmark with the CUDA engine, in build-cuda/
-#   make bench-cuda  pikv-cuda-bench on the bundled model and random gpt2 / gpt2-medium shapes
+#   make cuda        build-cuda/pikv (generate and bench take --device cuda), the
+#                    CUDA tests and the library with the CUDA engine
+#   make bench-cuda  pikv bench --device cuda on the bundled model and on random
+#                    gpt2 / gpt2-medium shapes
 #   make test-cuda   the kernels emulated on the host (no GPU needed), then the
-#                    parity tests on the GPU (without one they print "skipped")
+#                    parity tests and the CLI on the GPU (without one they print
+#                    "skipped")
 #
 # Host code is built for x86-64-v3 rather than -march=native, and OpenBLAS,
 # libgfortran and utf8proc are linked statically, so that the programs run on a
@@ -28,9 +31,19 @@ CUDA_LDLIBS := $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a -L$(CUDA_HOME)/lib64 -
 .PHONY: cuda cuda-programs test-cuda bench-cuda
 
 cuda: deps
-	$(MAKE) BUILD=$(CUDA_BUILD) OPT="-O3 -march=x86-64-v3" cuda-programs
+	$(MAKE) BUILD=$(CUDA_BUILD) OPT="-O3 -march=x86-64-v3" CUDA_CLI=1 cuda-programs
 
-cuda-programs: $(BUILD)/pikv-cuda-bench $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_kernels_host
+cuda-programs: $(BUILD)/pikv $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_kernels_host
+
+# In the CUDA build the command gains its GPU paths (src/cli/cuda) and links
+# the CUDA engine.
+ifdef CUDA_CLI
+CUDA_CLI_OBJ := $(BUILD)/src/cli/cuda/device_cuda.o
+$(CLI_OBJ) $(CUDA_CLI_OBJ): CFLAGS += -DPIKV_CUDA
+$(CUDA_CLI_OBJ): CFLAGS += -I$(BUILD)
+$(BUILD)/pikv: $(CUDA_CLI_OBJ) $(BUILD)/libpikv_cuda.a
+$(BUILD)/pikv: LDLIBS = $(CUDA_LDLIBS)
+endif
 
 $(BUILD)/src/backend/cuda/%.o: src/backend/cuda/%.cu $(CUDA_HDR)
 	@mkdir -p $(dir $@)
@@ -38,9 +51,6 @@ $(BUILD)/src/backend/cuda/%.o: src/backend/cuda/%.cu $(CUDA_HDR)
 
 $(BUILD)/libpikv_cuda.a: $(CUDA_OBJ)
 	ar rcs $@ $^
-
-$(BUILD)/pikv-cuda-bench: src/cli/cuda/pikv_cuda_bench.c $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
-	$(CC) $(CFLAGS) -o $@ $< $(CUDA_LDLIBS)
 
 $(BUILD)/tests/cuda/test_cuda: tests/cuda/test_cuda.c tests/check.h $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
 	@mkdir -p $(dir $@)
@@ -54,16 +64,18 @@ $(BUILD)/tests/cuda/test_kernels_host: tests/cuda/test_kernels_host.cpp tests/cu
 test-cuda: cuda
 	$(CUDA_BUILD)/tests/cuda/test_kernels_host
 	$(CUDA_BUILD)/tests/cuda/test_cuda
+	PIKV=$(CUDA_BUILD)/pikv sh tests/cuda/cli_cuda.sh
 
-# Decode and prefill speed on the bundled model, then on random-weight
-# checkpoints of gpt2 and gpt2-medium shape written by random_gpt2.py (needs
+# Decode and prefill speed on the bundled model (1,000-token prompt), then on
+# random-weight checkpoints of gpt2 and gpt2-medium shape (888 tokens, so that
+# 128 more fit in their 1,024 positions) written by random_gpt2.py (needs
 # python3 with torch and transformers; they are written once into
 # CUDA_BENCH_DIR).
 CUDA_BENCH_DIR ?= /tmp/pikv-cuda-bench
 bench-cuda: cuda
-	$(CUDA_BUILD)/pikv-cuda-bench models/pikv-ref-14m
+	$(CUDA_BUILD)/pikv bench --device cuda -p 1000 -n 128
 	for shape in gpt2 gpt2-medium; do \
 	  [ -f $(CUDA_BENCH_DIR)/$$shape/config.json ] || \
 	    python3 src/backend/cuda/random_gpt2.py $(CUDA_BENCH_DIR)/$$shape $$shape || exit 1; \
-	  $(CUDA_BUILD)/pikv-cuda-bench $(CUDA_BENCH_DIR)/$$shape || exit 1; \
+	  $(CUDA_BUILD)/pikv bench --device cuda -m $(CUDA_BENCH_DIR)/$$shape -p 888 -n 128 || exit 1; \
 	done

@@ -4,6 +4,10 @@
 #include "bench/timing.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device.h"
+#ifdef PIKV_CUDA
+#include "cli/cuda/device_cuda.h"
+#endif
 #include "pikv.h"
 #include "util/error.h"
 #include "util/mem.h"
@@ -23,9 +27,10 @@ enum { MAX_ROWS = 2 * CLI_LIST_MAX };
 enum { PREFILL_TOK_S, DECODE_TOK_S, LOAD_IMBALANCE, N_MEASURES };
 
 typedef struct {
-    int n_prompt, n_gen, reps, threads, workers, json;
+    int n_prompt, n_gen, reps, threads, workers, json, batch, no_graphs;
     cli_list specs;
     cli_kv_flags kv;
+    const char *device;
 } bench_options;
 
 /* What the timed runs share, and what they leave besides their figures. */
@@ -234,6 +239,16 @@ static int bench_report(const cli_command *cmd, const bench_run *b, pikv_model *
 static int check_options(const cli_command *cmd, const bench_options *o)
 {
     if (o->workers == 1) return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
+    const int gpu = o->device && strcmp(o->device, "cuda") == 0;
+    if (gpu && o->n_gen < 1) return cli_error(cmd, "-n: --device cuda times the decode, so at least 1 token"), 2;
+    if (!gpu && (o->batch > 1 || o->no_graphs))
+        return cli_error(cmd, "%s: only with --device cuda", o->batch > 1 ? "--batch" : "--no-graphs"), 2;
+    /* What the GPU path does not do yet: say so rather than measure something else. */
+    if (gpu && (o->specs.n || o->workers || o->json || o->kv.both || o->kv.k || o->kv.v))
+        return cli_error(cmd, "--device cuda: %s is not on the GPU yet (the GPU runs without a press, its KV blocks in "
+                              "the --weights type)",
+                         o->specs.n ? "--press" : o->workers ? "--workers" : o->json ? "--json" : "--kv-type"),
+               2;
     return 0;
 }
 
@@ -257,10 +272,15 @@ int cmd_bench(int argc, char **argv)
          "decode attention on W workers: EPLB vs equal-count placement", NULL},
         CLI_KV_TYPE_OPTS(o.kv),
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object", NULL},
+        CLI_DEVICE_OPT(&o.device),
+        {"--batch", "-b", OPT_INT, &(cli_int){&o.batch, 1, 64},
+         "--device cuda: decode this many sequences together (default 1)", NULL},
+        {"--no-graphs", NULL, OPT_FLAG, &o.no_graphs, "--device cuda: launch every kernel instead of replaying a graph",
+         NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--weights T] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS]\n"
                              "       [-r REPS] [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T]\n"
-                             "       [--json]",
+                             "       [--json] [--device cpu|cuda [--batch B] [--no-graphs]]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
@@ -275,16 +295,27 @@ int cmd_bench(int argc, char **argv)
     if ((rc = check_options(&cmd, &o))) return rc;
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
+    cli_device device;
+    if ((rc = cli_device_parse(&cmd, o.device, &device))) return rc;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
-    if (cli_load(&cmd, dir, weights, &m, NULL)) return 1;
+    /* The GPU takes float32 weights from the host and stores them in its own type. */
+    if (cli_load(&cmd, dir, device == CLI_DEVICE_CUDA ? "f32" : weights, &m, NULL)) return 1;
     const pikv_config *c = pikv_model_config(m);
     if (o.n_prompt + o.n_gen > c->n_positions) {
         cli_error(&cmd, "-p %d + -n %d exceed the model's %d positions", o.n_prompt, o.n_gen, c->n_positions);
         pikv_model_free(m);
         return 2;
     }
+#ifdef PIKV_CUDA
+    if (device == CLI_DEVICE_CUDA) {
+        const cli_cuda_bench_options g = {weights, o.n_prompt, o.n_gen, o.reps, o.batch ? o.batch : 1, !o.no_graphs};
+        rc = cli_cuda_bench(&cmd, m, dir, &g);
+        pikv_model_free(m);
+        return rc;
+    }
+#endif
     if (o.specs.n == 0) o.specs.items[o.specs.n++] = "none";
     bench_run b = {.o = &o, .vocab = c->vocab_size, .variants = o.workers ? 2 : 1};
     b.n_rows = o.specs.n * b.variants;

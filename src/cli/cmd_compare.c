@@ -8,6 +8,7 @@
 #include "bench/report.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "pikv.h"
 #include "util/file.h"
 #include "util/mem.h"
@@ -248,6 +249,7 @@ static int emit(const cli_command *cmd, const compare_options *o, const pk_compa
  * run the experiment and emit the report. */
 int cmd_compare(int argc, char **argv)
 {
+    const char *device_flag = NULL;
     compare_options o = {.ratio = 0.5, .experts = 4, .top_k = 2, .eplb_share = 0.7, .context_tokens = 2000,
                          .max_new = 24, .reps = 3, .tasks = QUICK_TASKS, .seed = 1};
     const cli_opt opts[] = {
@@ -285,13 +287,14 @@ int cmd_compare(int argc, char **argv)
         {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
         CLI_KV_TYPE_OPTS(o.kv),
+        CLI_DEVICE_OPT(&device_flag),
     };
     const cli_command cmd = {
         "compare",
         "compare [--model DIR] [--weights T] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
         "       [--eplb-share S] [--scenario NAME] [--context-tokens N | --context-file F --question Q]\n"
         "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]\n"
-        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T]",
+        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu]",
         "Compares KV-cache compression methods on one context: the KV bytes each holds after\n"
         "compression, prefill / compression / decode time (medians of --reps repetitions, methods in\n"
         "rotated order), decode and prefill speed, and quality against No Compression (retrieval accuracy\n"
@@ -320,6 +323,9 @@ int cmd_compare(int argc, char **argv)
     if (rc) return rc == 1 ? 0 : rc;
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
+    if ((rc = cli_device_cpu_only(&cmd, device_flag, "its presses run on the CPU only so far (the GPU runs generate "
+                                                       "and bench without a press)")))
+        return rc;
     if (o.scenario) {
         const char *known;
         const pk_scenario *sc = pk_scenario_find(o.scenario, &known);

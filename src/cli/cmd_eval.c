@@ -1,6 +1,7 @@
 /* pikv eval: retrieval accuracy of presses on seeded needle tasks. */
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device.h"
 #include "eval/retrieval.h"
 #include "pikv.h"
 
@@ -9,7 +10,7 @@
 
 int cmd_eval(int argc, char **argv)
 {
-    const char *model_flag = NULL, *haystack = NULL, *weights = NULL;
+    const char *model_flag = NULL, *haystack = NULL, *weights = NULL, *device_flag = NULL;
     cli_list presses = {0};
     int n_tasks = 50, min_tokens = 1000, max_tokens = 2000, query_aware = 0, both = 0, threads = 0, seed = 1;
     cli_kv_flags kv_flags = {0};
@@ -28,9 +29,10 @@ int cmd_eval(int argc, char **argv)
         {"--seed", NULL, OPT_INT, &(cli_int){&seed, INT_MIN, INT_MAX}, "task seed (default 1)", NULL},
         {"--threads", "-t", OPT_INT, &(cli_int){&threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
         CLI_KV_TYPE_OPTS(kv_flags),
+        CLI_DEVICE_OPT(&device_flag),
     };
     const cli_command cmd = {"eval", "eval [--weights T] [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B]\n"
-                             "       [--query-aware | --both-modes] [--kv-type T] [--kv-type-k T] [--kv-type-v T]",
+                             "       [--query-aware | --both-modes] [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu]",
                              "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
                              "held-out text) with each press and prints the accuracy and the KV cache kept; for a\n"
                              "press that routes queries (moe_router route=1), also the share of the kept cache the\n"
@@ -43,6 +45,9 @@ int cmd_eval(int argc, char **argv)
     if (presses.n == 0) presses.items[presses.n++] = "none";
     pikv_session_params params;
     if (cli_session_params(&cmd, threads, &kv_flags, &params)) return 2;
+    if ((rc = cli_device_cpu_only(&cmd, device_flag, "its presses run on the CPU only so far (the GPU runs generate "
+                                                       "and bench without a press)")))
+        return rc;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;

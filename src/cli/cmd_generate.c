@@ -3,6 +3,10 @@
  * then answer each question greedily against the compressed cache. */
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/device.h"
+#ifdef PIKV_CUDA
+#include "cli/cuda/device_cuda.h"
+#endif
 #include "pikv.h"
 #include "util/mem.h"
 
@@ -12,7 +16,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *model_flag, *weights, *prompt, *prompt_file, *context_file, *press_spec;
+    const char *model_flag, *weights, *prompt, *prompt_file, *context_file, *press_spec, *device;
     cli_list questions;
     int max_new, greedy, top_k, seed, threads, workers, print_ids, json, query_aware, sampling_given;
     double temperature, top_p;
@@ -80,6 +84,37 @@ static int print_answer(const cli_command *cmd, const pikv_tokenizer *tok, const
     return 0;
 }
 
+/* What a plain generation prints: the text (or ids), and the timings and KV
+ * bytes on stderr, or everything as one JSON object. */
+static int report_plain(const cli_command *cmd, const generate_options *o, const generate_run *r, const int32_t *ids,
+                        int n_ids, double prefill_s, double decode_s, size_t kv_bytes)
+{
+    double tok_s = n_ids > 1 && decode_s > 0 ? (n_ids - 1) / decode_s : 0;
+    cJSON *json = o->json ? cJSON_CreateObject() : NULL, *answers = json ? cJSON_CreateArray() : NULL;
+    int rc = print_answer(cmd, r->tok, o, NULL, ids, n_ids, answers);
+    if (json) {
+        cJSON *first = cJSON_GetArrayItem(answers, 0);
+        cJSON_AddNumberToObject(json, "prompt_tokens", r->n_context);
+        if (first) {
+            cJSON_AddItemToObject(json, "ids", cJSON_DetachItemFromObject(first, "ids"));
+            cJSON_AddItemToObject(json, "text", cJSON_DetachItemFromObject(first, "text"));
+        }
+        cJSON_AddNumberToObject(json, "prefill_s", prefill_s);
+        cJSON_AddNumberToObject(json, "decode_s", decode_s);
+        cJSON_AddNumberToObject(json, "decode_tok_s", tok_s);
+        cJSON_AddNumberToObject(json, "kv_bytes", (double)kv_bytes);
+        cJSON_Delete(answers);
+        char *text = cJSON_PrintUnformatted(json);
+        if (text) puts(text);
+        cJSON_free(text);
+        cJSON_Delete(json);
+    } else {
+        fprintf(stderr, "prefill: %d tokens in %.3f s; decode: %d tokens in %.3f s (%.1f tok/s); KV cache %.2f MiB\n",
+                r->n_context, prefill_s, n_ids > 0 ? n_ids - 1 : 0, decode_s, tok_s, kv_bytes / 1048576.0);
+    }
+    return rc;
+}
+
 /* Plain generation: the prompt, then sampled or greedy tokens. */
 static int run_plain(const cli_command *cmd, const generate_options *o, generate_run *r)
 {
@@ -89,34 +124,24 @@ static int run_plain(const cli_command *cmd, const generate_options *o, generate
     pikv_generation gen;
     if (pikv_generate(r->session, r->context, r->n_context, o->max_new, &sampling, cfg->eos_token_id, &gen))
         return cli_error(cmd, "%s: %s", o->prompt ? "--prompt" : o->prompt_file, pikv_last_error());
-    double tok_s = gen.n_ids > 1 && gen.decode_s > 0 ? (gen.n_ids - 1) / gen.decode_s : 0;
-    size_t kv_bytes = pikv_session_kv_bytes(r->session);
-    cJSON *json = o->json ? cJSON_CreateObject() : NULL, *answers = json ? cJSON_CreateArray() : NULL;
-    int rc = print_answer(cmd, r->tok, o, NULL, gen.ids, gen.n_ids, answers);
-    if (json) {
-        cJSON *first = cJSON_GetArrayItem(answers, 0);
-        cJSON_AddNumberToObject(json, "prompt_tokens", r->n_context);
-        if (first) {
-            cJSON_AddItemToObject(json, "ids", cJSON_DetachItemFromObject(first, "ids"));
-            cJSON_AddItemToObject(json, "text", cJSON_DetachItemFromObject(first, "text"));
-        }
-        cJSON_AddNumberToObject(json, "prefill_s", gen.prefill_s);
-        cJSON_AddNumberToObject(json, "decode_s", gen.decode_s);
-        cJSON_AddNumberToObject(json, "decode_tok_s", tok_s);
-        cJSON_AddNumberToObject(json, "kv_bytes", (double)kv_bytes);
-        cJSON_Delete(answers);
-        char *s = cJSON_PrintUnformatted(json);
-        if (s) puts(s);
-        cJSON_free(s);
-        cJSON_Delete(json);
-    } else {
-        fprintf(stderr, "prefill: %d tokens in %.3f s; decode: %d tokens in %.3f s (%.1f tok/s); KV cache %.2f MiB\n",
-                r->n_context, gen.prefill_s, gen.n_ids > 0 ? gen.n_ids - 1 : 0, gen.decode_s, tok_s,
-                kv_bytes / 1048576.0);
-    }
+    int rc = report_plain(cmd, o, r, gen.ids, gen.n_ids, gen.prefill_s, gen.decode_s, pikv_session_kv_bytes(r->session));
     pikv_free(gen.ids);
     return rc;
 }
+
+#ifdef PIKV_CUDA
+/* Greedy generation on the GPU, reported as on the CPU. */
+static int run_on_gpu(const cli_command *cmd, const generate_options *o, generate_run *r)
+{
+    cli_cuda_generation gen;
+    if (cli_cuda_generate(cmd, r->model, o->weights, r->context, r->n_context, o->max_new,
+                          pikv_model_config(r->model)->eos_token_id, &gen))
+        return 1;
+    int rc = report_plain(cmd, o, r, gen.ids, gen.n_ids, gen.prefill_s, gen.decode_s, gen.kv_bytes);
+    pikv_free(gen.ids);
+    return rc;
+}
+#endif
 
 /* For a press that routes queries (moe_router route=1): what the queries read
  * of the kept cache and the attention mass they missed, into the JSON object
@@ -223,18 +248,20 @@ int cmd_generate(int argc, char **argv)
          "decode attention on W workers, heads placed by EPLB", NULL},
         {"--print-ids", NULL, OPT_FLAG, &o.print_ids, "print the generated token ids on one line", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object with ids, text, timings and bytes", NULL},
+        CLI_DEVICE_OPT(&o.device),
     };
     const cli_command cmd = {
         "generate",
         "generate [--model DIR] [--weights T] (--prompt TEXT | --prompt-file F | --context-file F) [--max-new-tokens N]\n"
         "       [--greedy | --temperature T --top-k K --top-p P --seed S]\n"
         "       [--press SPEC] [--question Q]... [--query-aware] [--threads N] [--workers W] [--print-ids]\n"
-        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--json]",
+        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--json] [--device cpu|cuda]",
         "Prefills the prompt, then generates up to N tokens (stopping at end-of-text).\n"
         "With --press or --question, the prompt is a context: it is compressed once by the press and each\n"
         "question is answered greedily against the compressed cache (the cache is rewound between\n"
         "questions). --query-aware compresses context + question together, once per question.\n"
-        "Prints the generated text; timings and KV bytes go to stderr.",
+        "Prints the generated text; timings and KV bytes go to stderr. --device cuda generates greedily\n"
+        "on the GPU (no press, questions, sampling or workers there yet).",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -250,6 +277,13 @@ int cmd_generate(int argc, char **argv)
     if (!(o.top_p > 0 && o.top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", o.top_p), 2;
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
+    if (o.device && strcmp(o.device, "cuda") == 0 &&
+        (pipeline || o.sampling_given || o.workers || o.kv.both || o.kv.k || o.kv.v))
+        return cli_error(&cmd, "--device cuda: generates greedily from a prompt, without --press, --question, "
+                               "sampling, --workers or --kv-type (not on the GPU yet)"),
+               2;
+    cli_device device;
+    if ((rc = cli_device_parse(&cmd, o.device, &device))) return rc;
 
     generate_run r = {0};
     rc = 1;
@@ -262,8 +296,16 @@ int cmd_generate(int argc, char **argv)
         text = r.file_text;
     }
     const char *dir = cli_model_dir(o.model_flag);
-    if (cli_load(&cmd, dir, o.weights, &r.model, &r.tok) || tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
+    /* The GPU takes float32 weights from the host and stores them in its own type. */
+    if (cli_load(&cmd, dir, device == CLI_DEVICE_CUDA ? "f32" : o.weights, &r.model, &r.tok) ||
+        tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
         goto done;
+#ifdef PIKV_CUDA
+    if (device == CLI_DEVICE_CUDA) {
+        rc = run_on_gpu(&cmd, &o, &r);
+        goto done;
+    }
+#endif
     for (int i = 0; i < o.questions.n; i++)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
                            &r.questions[i], &r.n_question[i]))

@@ -1,0 +1,40 @@
+/* `generate` and `bench` on the CUDA engine (src/backend/cuda), compiled into
+ * build-cuda/pikv only. The host loads the checkpoint in float32 and the
+ * engine keeps weights and KV blocks on the GPU in the --weights type: f32,
+ * f16 or bf16, with bf16 for "stored" or no flag (16-bit weights halve what a
+ * decode step reads, and bf16 keeps float32's range). */
+#ifndef PIKV_CLI_CUDA_DEVICE_CUDA_H
+#define PIKV_CLI_CUDA_DEVICE_CUDA_H
+
+#include "cli/args.h"
+#include "pikv.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    const char *weights;         /* --weights as given, or NULL */
+    int n_prompt, n_gen, reps;
+    int batch;                   /* sequences decoded together */
+    int graphs;                  /* replay the decode step from a CUDA graph */
+} cli_cuda_bench_options;
+
+/* Prefill n_prompt random tokens into each of `batch` sequences, then decode
+ * n_gen tokens for all of them together, reps times after one warm-up;
+ * prints medians with min..max, the device time of a replayed step, launches
+ * per step, the block pool's bytes and the bandwidth floor of a step. */
+int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir, const cli_cuda_bench_options *o);
+
+/* Greedy generation on the GPU: up to max_new tokens after the prompt,
+ * stopping after stop_id (-1: never). *ids is freed with pikv_free. */
+typedef struct {
+    int32_t *ids;
+    int n_ids;
+    double prefill_s, decode_s;
+    size_t kv_bytes;             /* KV blocks held at the end */
+} cli_cuda_generation;
+
+int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, const int32_t *prompt,
+                      int n_prompt, int max_new, int stop_id, cli_cuda_generation *out);
+
+#endif

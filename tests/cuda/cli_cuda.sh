@@ -1,0 +1,33 @@
+#!/bin/sh
+# build-cuda/pikv on the GPU: generate --device cuda --weights f32 gives the
+# CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
+# cuda reports graph replay, launches and the block pool, and runs without
+# graphs too. Without a GPU it prints "skipped" and passes nothing. Run from the
+# repository root; ends with "cli_cuda: N passed, M failed".
+: "${PIKV:=build-cuda/pikv}"
+. tests/lib/cli.sh
+
+run generate --device cuda --prompt hi -n 1
+if [ "$rc" -ne 0 ] && grep -q "CUDA device" "$dir/err"; then
+  echo "cli_cuda: skipped ($(cat "$dir/err"))"
+  finish cli_cuda
+  exit
+fi
+
+prompt="The old lighthouse keeper climbed the stairs every evening to"
+run generate --device cpu --weights f32 --prompt "$prompt" -n 24 --print-ids
+cp "$dir/out" "$dir/cpu"
+run generate --device cuda --weights f32 --prompt "$prompt" -n 24 --print-ids
+check "generate --device cuda --weights f32: the CPU's 24 greedy ids" cmp -s "$dir/out" "$dir/cpu"
+run generate --device cuda --prompt "$prompt" -n 24 --print-ids
+check "generate --device cuda (bf16): the CPU's first greedy id" \
+  test "$(cut -d' ' -f1 "$dir/out")" = "$(cut -d' ' -f1 "$dir/cpu")"
+run generate --device cuda --prompt "$prompt" -n 8 --json
+check "generate --device cuda --json: ids and KV bytes" grep -q '"kv_bytes"' "$dir/out"
+
+run bench --device cuda -p 200 -n 16 -r 2 --batch 2
+check "bench --device cuda: graph replay and launches" grep -q "kernel launches per step" "$dir/out"
+check "bench --device cuda: the block pool" grep -q "KV pool .* MB (blocks of" "$dir/out"
+run bench --device cuda -p 200 -n 16 -r 1 --no-graphs
+check "bench --device cuda --no-graphs" grep -q "plain launches" "$dir/out"
+finish cli_cuda
