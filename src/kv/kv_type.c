@@ -115,12 +115,8 @@ void pk_kv_dequantize_row(pikv_kv_type t, const void *row, float *x, int dim)
 {
     const uint16_t *half = row;
     switch (t) {
-    case PIKV_KV_F16:
-        for (int i = 0; i < dim; i++) x[i] = pk_f16_to_f32(half[i]);
-        break;
-    case PIKV_KV_BF16:
-        for (int i = 0; i < dim; i++) x[i] = pk_bf16_to_f32(half[i]);
-        break;
+    case PIKV_KV_F16: pk_f16_to_f32_n(half, x, (size_t)dim); break;
+    case PIKV_KV_BF16: pk_bf16_to_f32_n(half, x, (size_t)dim); break;
     case PIKV_KV_Q8_0:
         for (int i = 0; i < dim / PK_KV_BLOCK; i++)
             dequantize_q8_0((const pk_block_q8_0 *)row + i, x + i * PK_KV_BLOCK);

@@ -71,6 +71,12 @@ void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int3
         if (!pk_kv_in_window(kh, start + j, qpos)) row[j] = MASKED_SCORE;
 }
 
+/* Rows of another type are decoded a chunk at a time into a buffer on the
+ * stack (64 KiB) and multiplied like f32 rows, so that decoding costs a pass
+ * over the stored bytes and the products stay BLAS's. A row wider than the
+ * buffer goes through the codec's own dot product and axpy. */
+enum { CHUNK_FLOATS = 16384 };
+
 void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *q, float *S)
 {
     const int hd = kv->head_dim;
@@ -79,7 +85,17 @@ void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int co
                     0.f, S, 1);
         return;
     }
-    for (int j = 0; j < count; j++) S[j] = pk_kv_row_dot(kv->type_k, pk_kv_row(kv, kh, 0, start + j), q, hd);
+    if (hd > CHUNK_FLOATS) {
+        for (int j = 0; j < count; j++) S[j] = pk_kv_row_dot(kv->type_k, pk_kv_row(kv, kh, 0, start + j), q, hd);
+        return;
+    }
+    float rows[CHUNK_FLOATS];
+    const int chunk = CHUNK_FLOATS / hd;
+    for (int j = 0; j < count; j += chunk) {
+        const int n = count - j < chunk ? count - j : chunk;
+        pk_kv_read(kv, kh, 0, start + j, n, rows);
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, hd, 1.f, rows, hd, q, 1, 0.f, S + j, 1);
+    }
 }
 
 void pk_weighted_values(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *S, float *out)
@@ -91,7 +107,17 @@ void pk_weighted_values(const pk_kvcache *kv, const pk_kv_head *kh, int start, i
         return;
     }
     memset(out, 0, (size_t)hd * sizeof *out);
-    for (int j = 0; j < count; j++) pk_kv_row_axpy(kv->type_v, pk_kv_row(kv, kh, 1, start + j), S[j], out, hd);
+    if (hd > CHUNK_FLOATS) {
+        for (int j = 0; j < count; j++) pk_kv_row_axpy(kv->type_v, pk_kv_row(kv, kh, 1, start + j), S[j], out, hd);
+        return;
+    }
+    float rows[CHUNK_FLOATS];
+    const int chunk = CHUNK_FLOATS / hd;
+    for (int j = 0; j < count; j += chunk) {
+        const int n = count - j < chunk ? count - j : chunk;
+        pk_kv_read(kv, kh, 1, start + j, n, rows);
+        cblas_sgemv(CblasRowMajor, CblasTrans, n, hd, 1.f, rows, hd, S + j, 1, 1.f, out, 1);
+    }
 }
 
 /* Where head h's keys (values != 0: values) are decoded to in kv_rows. */

@@ -48,11 +48,8 @@ void pk_matrix_to_f32(const pk_matrix *w, size_t first, size_t n, float *out)
         return;
     }
     const uint16_t *p = (const uint16_t *)w->data + first;
-    size_t i = 0;
-#if HALF_SIMD
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8(p + i, w->type));
-#endif
-    for (; i < n; i++) out[i] = half_to_f32(p[i], w->type);
+    if (w->type == PK_DT_F16) pk_f16_to_f32_n(p, out, n);
+    else pk_bf16_to_f32_n(p, out, n);
 }
 
 /* What outputs c0..c0+w-1 of row t start from before the products are added:

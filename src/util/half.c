@@ -3,6 +3,13 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define HALF_SIMD 1
+#else
+#define HALF_SIMD 0
+#endif
+
 static uint32_t bits_of(float f)
 {
     uint32_t u;
@@ -60,4 +67,26 @@ uint16_t pk_f32_to_bf16(float f)
     const uint32_t x = bits_of(f);
     if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(x >> 16 | 0x40); /* NaN, kept quiet */
     return (uint16_t)((x + 0x7fffu + (x >> 16 & 1)) >> 16);
+}
+
+/* F16C's conversion is exact, like pk_f16_to_f32; bf16 is float32's upper half. */
+void pk_f16_to_f32_n(const uint16_t *h, float *out, size_t n)
+{
+    size_t i = 0;
+#if HALF_SIMD
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++) out[i] = pk_f16_to_f32(h[i]);
+}
+
+void pk_bf16_to_f32_n(const uint16_t *h, float *out, size_t n)
+{
+    size_t i = 0;
+#if HALF_SIMD
+    for (; i + 8 <= n; i += 8) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + i)));
+        _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+#endif
+    for (; i < n; i++) out[i] = pk_bf16_to_f32(h[i]);
 }

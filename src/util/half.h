@@ -7,11 +7,17 @@
 #ifndef PIKV_UTIL_HALF_H
 #define PIKV_UTIL_HALF_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 float pk_f16_to_f32(uint16_t h);
 uint16_t pk_f32_to_f16(float f);
 float pk_bf16_to_f32(uint16_t h);
 uint16_t pk_f32_to_bf16(float f);
+
+/* n elements at once, as the one-element functions give them (eight at a time
+ * with F16C / AVX2 where the build has them). */
+void pk_f16_to_f32_n(const uint16_t *h, float *out, size_t n);
+void pk_bf16_to_f32_n(const uint16_t *h, float *out, size_t n);
 
 #endif
