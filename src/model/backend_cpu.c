@@ -72,10 +72,10 @@ void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int3
 }
 
 /* Rows of another type are decoded a chunk at a time into a buffer on the
- * stack (64 KiB) and multiplied like f32 rows, so that decoding costs a pass
+ * stack (16 KiB, in the first-level cache) and multiplied like f32 rows, so that decoding costs a pass
  * over the stored bytes and the products stay BLAS's. A row wider than the
  * buffer goes through the codec's own dot product and axpy. */
-enum { CHUNK_FLOATS = 16384 };
+enum { CHUNK_FLOATS = 4096 };
 
 void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *q, float *S)
 {
