@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MODEL "models/pikv-ref-14m"
 
@@ -251,10 +252,52 @@ static void test_model(void)
     pikv_model_free(m);
 }
 
+/* prompt_file=PATH: the file's text is the reconstruction prompt (its token
+ * count is the press's); a missing or empty file is refused naming it. */
+static void test_prompt_file(void)
+{
+    pikv_model *m = pikv_model_load(MODEL);
+    pikv_tokenizer *tok = pikv_tokenizer_load(MODEL);
+    CHECK(m && tok, "bundled model: %s", pikv_last_error());
+    if (!m || !tok) return;
+    char dir[] = "/tmp/pikv-kvzip-XXXXXX", path[64], empty[64], spec[160];
+    CHECK(mkdtemp(dir) != NULL, "temporary directory");
+    snprintf(path, sizeof path, "%s/prompt.txt", dir);
+    snprintf(empty, sizeof empty, "%s/empty.txt", dir);
+    const char text[] = "\n\nNow say it all again, exactly as written above:\n";
+    FILE *f = fopen(path, "w");
+    if (f) fputs(text, f), fclose(f);
+    f = fopen(empty, "w");
+    if (f) fclose(f);
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    CHECK(pikv_tokenize(tok, text, strlen(text), &ids, &n_ids) == 0, "tokenize the prompt");
+    snprintf(spec, sizeof spec, "kvzip:ratio=0.5,prompt_file=%s", path);
+    pikv_press *p = pikv_press_new(spec, m, MODEL);
+    CHECK(p && p->n_recon_prompt == (int)n_ids, "prompt_file: %d prompt tokens, the file's text has %zu",
+          p ? p->n_recon_prompt : -1, n_ids);
+    for (int i = 0; p && i < p->n_recon_prompt && i < (int)n_ids; i++)
+        CHECK(p->recon_prompt[i] == ids[i], "prompt token %d", i);
+    pikv_press_free(p);
+    snprintf(spec, sizeof spec, "kvzip:ratio=0.5,prompt_file=%s/missing.txt", dir);
+    CHECK(pikv_press_new(spec, m, MODEL) == NULL && strstr(pikv_last_error(), "missing.txt"),
+          "a missing prompt_file is named: %s", pikv_last_error());
+    snprintf(spec, sizeof spec, "kvzip:ratio=0.5,prompt_file=%s", empty);
+    CHECK(pikv_press_new(spec, m, MODEL) == NULL && strstr(pikv_last_error(), "is empty"),
+          "an empty prompt_file is refused: %s", pikv_last_error());
+    pikv_free(ids);
+    remove(path);
+    remove(empty);
+    rmdir(dir);
+    pikv_tokenizer_free(tok);
+    pikv_model_free(m);
+}
+
 int main(void)
 {
     test_recording();
     test_budgets();
     test_model();
+    test_prompt_file();
     return check_done("test_kvzip");
 }

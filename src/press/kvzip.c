@@ -26,14 +26,41 @@
 #include "press/press.h"
 #include "press/spec.h"
 #include "util/error.h"
+#include "util/file.h"
 #include "util/mem.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The reconstruction prompt, in pikv's words. */
+/* The reconstruction prompt, in pikv's words; prompt_file=PATH gives another
+ * (a file, since spec values cannot hold spaces and punctuation). */
 static const char kvzip_prompt[] = "\n\nRepeat the text above, word for word:\n";
+enum { MAX_PROMPT_BYTES = 1 << 16 };
+
+/* The prompt's token ids: the file's text when prompt_file is given (not
+ * empty, at most 64 KiB), else pikv's own. */
+static int prompt_ids(const pk_spec *spec, const char *model_dir, int32_t **ids, size_t *n_ids)
+{
+    const char *path = pk_spec_get(spec, "prompt_file");
+    size_t len = 0;
+    char *text = NULL;
+    if (path) {
+        if (!(text = pk_read_file(path, MAX_PROMPT_BYTES, &len)))
+            return pk_fail_prefix("press 'kvzip': prompt_file=%s", path);
+        if (len == 0) {
+            pk_free(text);
+            return pk_fail("press 'kvzip': prompt_file=%s is empty", path);
+        }
+    }
+    pikv_tokenizer *tok = pikv_tokenizer_load(model_dir);
+    int rc = tok ? pikv_tokenize(tok, text ? text : kvzip_prompt, text ? len : strlen(kvzip_prompt), ids, n_ids) : -1;
+    pikv_tokenizer_free(tok);
+    pk_free(text);
+    if (rc && path) return pk_fail_prefix("press 'kvzip': prompt_file=%s", path);
+    if (rc) return pk_fail_prefix("press 'kvzip': its prompt");
+    return 0;
+}
 
 typedef struct {
     int sink;
@@ -129,7 +156,7 @@ static const pk_press_ops kvzip_ops = {.select = kvzip_select};
 
 int pk_build_kvzip(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {
-    static const char *const keys[] = {"ratio", "chunk", "sink", "layerwise", NULL};
+    static const char *const keys[] = {"ratio", "chunk", "sink", "layerwise", "prompt_file", NULL};
     double ratio;
     int chunk, sink, layerwise;
     *out = NULL;
@@ -137,13 +164,9 @@ int pk_build_kvzip(const pk_spec *spec, const pk_press_env *env, pk_press **out)
         pk_spec_int(spec, "sink", 4, 0, 1 << 20, &sink) || pk_spec_int(spec, "layerwise", 1, 0, 1, &layerwise))
         return -1;
     if (!env->model_dir) return pk_fail("press 'kvzip' needs the model directory, to tokenize its prompt");
-    pikv_tokenizer *tok = pikv_tokenizer_load(env->model_dir);
-    if (!tok) return pk_fail_prefix("press 'kvzip'");
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    int rc = pikv_tokenize(tok, kvzip_prompt, strlen(kvzip_prompt), &ids, &n_ids);
-    pikv_tokenizer_free(tok);
-    if (rc) return pk_fail_prefix("press 'kvzip': its prompt");
+    if (prompt_ids(spec, env->model_dir, &ids, &n_ids)) return -1;
     if (pk_press_new("kvzip", &kvzip_ops, ratio, sizeof(kvzip_params), out)) {
         pikv_free(ids);
         return -1;
