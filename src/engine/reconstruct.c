@@ -1,8 +1,8 @@
 /* Prefill with a press that scores the context by reconstruction (kvzip,
  * PK_PRESS_RECONSTRUCTION_SCORES): the context is prefilled with the full
  * cache, then the model is asked to repeat it -- the press's prompt followed
- * by the context again, teacher-forced -- in chunks run right after the
- * context and rewound one by one; the after_attention hook records, per
+ * by the context again, teacher-forced -- in chunks that continue the copy
+ * while it fits after the context; the after_attention hook records, per
  * (layer, head, cached entry), the largest attention weight a query of the
  * repeated copy gives it. Then each layer is compressed with the press, which
  * reads those scores through its view. The press decides; the engine runs. */
@@ -67,31 +67,43 @@ fail:
 }
 
 /* Run the reconstruction of the n context tokens ids, which end at position
- * rec->len, in chunks, rewinding the cache to snap after each. */
+ * rec->len: the prompt, then the context again in chunks of recon_chunk
+ * tokens, each continuing the copy the chunks before it began, so that the
+ * scores do not depend on the chunk size. When the next chunk would pass
+ * n_positions, the cache is rewound to the context (snap) and the copy starts
+ * again with the prompt. */
 static int reconstruct(pikv_session *s, const pk_press *part, const int32_t *ids, int n, pk_recon_record *rec)
 {
-    const int np = part->n_recon_prompt, room = s->model->cfg.n_positions - rec->len - np;
-    if (room < 1)
+    const int np = part->n_recon_prompt, room = s->model->cfg.n_positions - rec->len;
+    if (room < np + 1)
         return pk_fail("press '%s': the context ends at position %d and its reconstruction needs %d more "
                        "positions (prompt of %d tokens + 1), past the model's %d (n_positions); shorten the "
                        "context",
                        part->name, rec->len, np + 1, np, s->model->cfg.n_positions);
-    int chunk = part->recon_chunk < room ? part->recon_chunk : room;
+    int chunk = part->recon_chunk < room - np ? part->recon_chunk : room - np;
     if (chunk > n) chunk = n;
     pk_kv_snapshot snap = {0};
     int32_t *tokens = pk_malloc_array((size_t)(np + chunk), sizeof *tokens, "kvzip reconstruction");
     int rc = tokens ? pk_kv_snapshot_take(&s->fwd.kv, &snap) : -1;
-    if (rc == 0) memcpy(tokens, part->recon_prompt, (size_t)np * sizeof *tokens);
-    rec->first_row = np;
-    for (int done = 0; rc == 0 && done < n; done += chunk) {
-        const int m = n - done < chunk ? n - done : chunk;
-        memcpy(tokens + np, ids + done, (size_t)m * sizeof *tokens);
+    int copied = 0; /* positions the current copy holds after the context */
+    for (int done = 0, m; rc == 0 && done < n; done += m) {
+        m = n - done < chunk ? n - done : chunk;
+        if (copied > 0 && copied + m > room) {
+            if (pk_kv_snapshot_restore(&s->fwd.kv, &snap)) rc = -1;
+            s->fwd.pos = rec->len;
+            copied = 0;
+        }
+        const int lead = copied == 0 ? np : 0;
+        memcpy(tokens, part->recon_prompt, (size_t)lead * sizeof *tokens);
+        memcpy(tokens + lead, ids + done, (size_t)m * sizeof *tokens);
+        rec->first_row = lead;
         s->presses.recording = rec;
-        rc = pikv_forward(s, tokens, np + m, NULL, 0);
+        if (rc == 0) rc = pikv_forward(s, tokens, lead + m, NULL, 0);
         s->presses.recording = NULL;
-        if (pk_kv_snapshot_restore(&s->fwd.kv, &snap)) rc = -1;
-        s->fwd.pos = rec->len;
+        copied += lead + m;
     }
+    if (tokens && pk_kv_snapshot_restore(&s->fwd.kv, &snap)) rc = -1;
+    s->fwd.pos = rec->len;
     pk_kv_snapshot_free(&snap);
     pk_free(tokens);
     return rc;

@@ -18,9 +18,11 @@
  * share of the budget.
  *
  * GPT-2's positions are absolute and end at n_positions, so the engine
- * reconstructs in chunks of `chunk` context tokens, each chunk run as
- * prompt + slice right after the context and rewound before the next. The
- * chunk is capped to what fits; when not even the prompt and one token fit
+ * reconstructs in chunks of `chunk` context tokens, each continuing the copy
+ * after the context while it fits (then chunked and whole scoring agree);
+ * past n_positions the cache is rewound to the context and the copy starts
+ * again with the prompt. The chunk is capped to what fits after the context
+ * and the prompt; when not even the prompt and one token fit
  * after the context, the prefill fails and says so (no shifting of positions:
  * the scores would no longer come from the positions the cache holds). */
 #include "press/press.h"
