@@ -185,6 +185,9 @@ int pikv_session_threads(const pikv_session *s);
 int pikv_session_position(const pikv_session *s);
 /* Bytes of KV cache memory actually allocated (payload + position index). */
 size_t pikv_session_kv_bytes(const pikv_session *s);
+/* How the session's cache stores keys and values (pikv_session_params);
+ * either pointer may be NULL. */
+int pikv_session_kv_types(const pikv_session *s, pikv_kv_type *type_k, pikv_kv_type *type_v);
 /* Entries held by one (layer, head) of the cache; -1 for a layer or head
  * outside the model. */
 int pikv_session_kv_len(const pikv_session *s, int layer, int head);

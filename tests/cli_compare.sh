@@ -90,6 +90,50 @@ check "sweep points in the json" grep -q '"sweep":[[:space:]]*"context"' "$dir/s
 check "sweep rows in the csv" grep -q '^ratio,0.3,knorm,knorm:0.3,128,' "$dir/sweep/compare.csv"
 check "sweep tables in the text" grep -q '^SWEEP: CONTEXT LENGTH' "$dir/out"
 
+check "kv-type sweep plots" [ -s "$dir/sweep/kv_type_memory.svg" ]
+check "kv-type sweep in the json" grep -q '"kv_bytes_vs_f16":' "$dir/sweep/compare.json"
+
+# The KV-type sweep on the bundled model (head_dim 64, a few tens of seconds):
+# every method at the main ratio in an f16, q8_0 and q4_0 cache besides f32.
+# An entry is K and V rows and a 4-byte position: f16 rows of 64 values take
+# 128 bytes, q8_0 rows 2 blocks of 34 = 68, q4_0 rows 2 blocks of 18 = 36. No
+# Compression keeps all 300 entries of every head whatever the type, and Duo
+# keeps the same entries in every type, so their bytes scale exactly.
+run compare --detailed --context-tokens 300 --tasks 2 --reps 1 -n 4 -t 1 --csv "$dir/kv.csv"
+check "detailed kv-type run exits 0 ($(tail -n 1 "$dir/err"))" [ "$rc" -eq 0 ]
+check "kv-type table in the text" grep -q '^SWEEP: KV CACHE TYPE' "$dir/out"
+check "kv-type table: bytes vs f32 and f16" grep -qE 'KV bytes +vs f32 cache +vs f16 cache' "$dir/out"
+check "csv: kv-type columns" grep -q ',mode,kv_type,kv_bytes_vs_f32,kv_bytes_vs_f16$' "$dir/kv.csv"
+hd=$((n_embd / n_head))
+entries=$((300 * n_layer * n_head))
+# kv_bytes of the kv_type row of a comma-free spec in a type; $(NF-2) is the kv_type column.
+kv_row() { awk -F, -v spec="$1" -v t="$2" '$1 == "kv_type" && $4 == spec && $(NF-2) == t { print $6 }' "$dir/kv.csv"; }
+for t in f16 q8_0 q4_0; do
+  for spec in none duo:ratio=0.5; do
+    check "kv_type row of $spec in $t" [ -n "$(kv_row "$spec" "$t")" ]
+  done
+done
+check "none in f16: $(kv_row none f16) bytes, want $((entries * (2 * 2 * hd + 4)))" \
+  [ "$(kv_row none f16)" = "$((entries * (2 * 2 * hd + 4)))" ]
+check "none in q8_0: $(kv_row none q8_0) bytes, want $((entries * (2 * hd / 32 * 34 + 4)))" \
+  [ "$(kv_row none q8_0)" = "$((entries * (2 * hd / 32 * 34 + 4)))" ]
+check "none in q4_0: $(kv_row none q4_0) bytes, want $((entries * (2 * hd / 32 * 18 + 4)))" \
+  [ "$(kv_row none q4_0)" = "$((entries * (2 * hd / 32 * 18 + 4)))" ]
+duo_f16=$(kv_row duo:ratio=0.5 f16) duo_q8=$(kv_row duo:ratio=0.5 q8_0) duo_q4=$(kv_row duo:ratio=0.5 q4_0)
+check "duo: q8_0 holds 140/260 of f16 ($duo_q8 vs $duo_f16)" [ $((duo_q8 * 260)) -eq $((duo_f16 * 140)) ]
+check "duo: q4_0 holds 76/260 of f16 ($duo_q4 vs $duo_f16)" [ $((duo_q4 * 260)) -eq $((duo_f16 * 76)) ]
+# Every method (EPLB + Duo's spec holds commas, so by its name and the last
+# column, the bytes over No Compression's in f16): q4_0 < q8_0 < f16.
+vs_f16() { awk -F, -v name="$1" -v t="$2" '$1 == "kv_type" && $3 == name && $(NF-2) == t { print $NF }' "$dir/kv.csv"; }
+for name in "No Compression" "Duo Attention" "EPLB + Duo Attention"; do
+  check "$name: q4_0 < q8_0 < f16 ($(vs_f16 "$name" q4_0) $(vs_f16 "$name" q8_0) $(vs_f16 "$name" f16))" \
+    awk -v a="$(vs_f16 "$name" q4_0)" -v b="$(vs_f16 "$name" q8_0)" -v c="$(vs_f16 "$name" f16)" \
+    'BEGIN { exit !(a != "" && a + 0 < b + 0 && b + 0 < c + 0) }'
+done
+check "none in f16 is the f16 reference" [ "$(vs_f16 "No Compression" f16)" = 1 ]
+check "the recommendation names a kv type" \
+  grep -qE '^  .* with a (f32|f16|bf16|q8_0|q4_0) KV cache at [0-9]+ context tokens: [0-9]+ KV bytes' "$dir/out"
+
 # The notice comes before the methods are built, so a bad method ends the run at once.
 run compare --scenario long-doc-qa --methods 'frob:0.5'
 check "scenario capped with a notice" \

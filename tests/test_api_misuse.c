@@ -45,6 +45,7 @@ static void check_without_objects(void)
     EXPECT_ERR(pikv_session_threads(NULL) == -1, "session_threads(NULL)");
     EXPECT_ERR(pikv_session_position(NULL) == -1, "session_position(NULL)");
     EXPECT_ERR(pikv_session_kv_bytes(NULL) == 0, "kv_bytes(NULL)");
+    EXPECT_ERR(pikv_session_kv_types(NULL, NULL, NULL) == -1, "kv_types(NULL)");
     EXPECT_ERR(pikv_session_kv_len(NULL, 0, 0) == -1, "kv_len(NULL)");
     EXPECT_ERR(pikv_session_kv_read(NULL, 0, 0, 0, logits, 1) == -1, "kv_read(NULL)");
     EXPECT_ERR(pikv_session_mark(NULL) == -1, "mark(NULL)");

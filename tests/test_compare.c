@@ -151,6 +151,53 @@ static void test_recommendation(void)
     CHECK(pk_recommend(lossy, 3, 0.95) == -1, "none qualifies");
 }
 
+/* Press and KV type chosen together on a hand-made KV-type sweep: rows 0-3
+ * are No Compression in f32 (everyone's baseline), f16, q8_0 and q4_0; 4-6 a
+ * press keeping half the entries in f32, q8_0 and q4_0. Bytes are entries
+ * times the entry size of a 64-wide head (516, 260, 140, 76). The smallest
+ * cache that keeps 95% is the press in q8_0 (70,000 bytes, below No
+ * Compression's 76,000 in q4_0, which also loses perplexity); the press in
+ * q4_0, the only smaller one, loses quality and is named as the reason to stop
+ * there. */
+static void test_kv_type_recommendation(void)
+{
+    pk_compare_report r = {0};
+    r.n_methods = 2;
+    pk_compare_row rows[7] = {0};
+    const struct {
+        int method;
+        pikv_kv_type type;
+        size_t entries, entry_bytes;
+        double retrieval, ppl;
+    } spec[7] = {{0, PIKV_KV_F32, 1000, 516, 1, 1},      {0, PIKV_KV_F16, 1000, 260, 1, 1},
+                 {0, PIKV_KV_Q8_0, 1000, 140, 1, 0.99}, {0, PIKV_KV_Q4_0, 1000, 76, 1, 0.90},
+                 {1, PIKV_KV_F32, 500, 516, 1, 0.99},   {1, PIKV_KV_Q8_0, 500, 140, 1, 0.97},
+                 {1, PIKV_KV_Q4_0, 500, 76, 0.5, 0.88}};
+    for (int i = 0; i < 7; i++) {
+        rows[i].method = spec[i].method;
+        rows[i].kv_type_k = rows[i].kv_type_v = spec[i].type;
+        rows[i].kv_bytes = spec[i].entries * spec[i].entry_bytes;
+        rows[i].retained.retrieval_acc = spec[i].retrieval;
+        rows[i].retained.ppl = spec[i].ppl;
+    }
+    r.rows = rows;
+    r.n_rows = 7;
+    r.f32_row = 0;
+    r.f16_row = 1;
+    const int best = pk_compare_recommend(&r);
+    CHECK(best == 5, "the press in q8_0 is the smallest cache within 95%%: row %d", best);
+    CHECK(pk_compare_next_rejected(&r, best) == 6, "the nearest larger saving, rejected: row %d (want 6)",
+          pk_compare_next_rejected(&r, best));
+    CHECK(near(pk_compare_kv_fraction(&r, 5, r.f16_row), 500.0 * 140 / (1000.0 * 260), 1e-12) &&
+              near(pk_compare_kv_fraction(&r, 5, r.f32_row), 500.0 * 140 / (1000.0 * 516), 1e-12),
+          "bytes against the f16 and f32 caches");
+    CHECK(isnan(pk_compare_kv_fraction(&r, 5, -1)), "no reference, no fraction");
+    char text[32];
+    rows[6].kv_type_v = PIKV_KV_F16;
+    pk_compare_kv_type_text(&rows[6], text, sizeof text);
+    CHECK(strcmp(text, "q4_0/f16") == 0, "K/V types that differ: %s", text);
+}
+
 /* Method lists, templates and the baseline. */
 static void test_methods(void)
 {
@@ -431,6 +478,7 @@ int main(void)
     test_gains_of_report();
     test_next_token_metrics();
     test_recommendation();
+    test_kv_type_recommendation();
     test_methods();
     test_scenarios();
     test_svg();

@@ -1,5 +1,6 @@
 #include "bench/compare.h"
 #include "bench/timing.h"
+#include "kv/kv_type.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -9,12 +10,21 @@
 #include <stdio.h>
 #include <string.h>
 
-const char *const pk_sweep_names[PK_SWEEP_COUNT] = {"ratio", "experts", "context"};
+const char *const pk_sweep_names[PK_SWEEP_COUNT] = {"ratio", "experts", "context", "kv_type"};
 
 /* The values the detailed run sweeps (besides the main setting, always included). */
 static const double sweep_ratios[] = {0.3, 0.5, 0.7, 0.9};
 static const int sweep_experts[] = {2, 4, 8};
 static const int sweep_contexts[] = {512, 1024}; /* and the longest that fits */
+/* f32 first: it is the KV-type sweep's reference, measured before the others. */
+static const pikv_kv_type sweep_kv_types[] = {PIKV_KV_F32, PIKV_KV_F16, PIKV_KV_Q8_0, PIKV_KV_Q4_0};
+
+enum {
+    N_SWEEP_CONTEXTS = sizeof sweep_contexts / sizeof *sweep_contexts,
+    N_SWEEP_KV = sizeof sweep_kv_types / sizeof *sweep_kv_types,
+    /* the main group, a context group per length, one per KV setting (the main one among them) */
+    MAX_GROUPS = 1 + N_SWEEP_CONTEXTS + 1 + N_SWEEP_KV + 1
+};
 
 /* ---- methods ------------------------------------------------------------ */
 
@@ -220,13 +230,17 @@ int pk_compare_needle_task(const pk_haystack *h, int context_tokens, uint64_t se
     return pk_task_make(h, PK_TASK_PASSKEY, 1, context_tokens, 0.5, seed, out);
 }
 
-/* The inputs of one set of rows measured together: the main context, or a
- * needle task of one length for the context sweep. */
+/* The inputs of one set of rows measured together, and the session they run
+ * in: the main context, a needle task of one length for the context sweep, or
+ * the main context in a session of another KV type for the KV-type sweep. */
 typedef struct {
     const int32_t *context, *question;
     int n_context, n_question;
     const pk_task *task;  /* for answer correctness, or NULL */
     pk_task owned;        /* the sweep's task, freed with the group */
+    pikv_session *session;
+    pikv_session *owned_session; /* the KV-type sweep's session, freed with the group */
+    int reference;        /* the group whose first row is the quality and KV reference (often itself) */
     int first_row, n_rows;
 } compare_group;
 
@@ -234,7 +248,8 @@ typedef struct {
 typedef struct {
     const pk_compare_config *c;
     pk_compare_report *r;
-    compare_group groups[1 + sizeof sweep_contexts / sizeof *sweep_contexts + 1];
+    compare_group groups[MAX_GROUPS];
+    pk_quality_reference refs[MAX_GROUPS]; /* [group]: its reference logits while a later group needs them */
     int n_groups;
     pikv_press **presses;  /* [row] */
     int row_cap;
@@ -278,7 +293,8 @@ static int add_row(compare_run *run, int method, const pk_method_params *p)
     snprintf(w->spec, sizeof w->spec, "%s", spec);
     press_of_spec(spec, w->press, sizeof w->press);
     w->context_tokens = g->n_context;
-    w->baseline = g->first_row;
+    w->baseline = run->groups[g->reference].first_row;
+    if (pikv_session_kv_types(g->session, &w->kv_type_k, &w->kv_type_v)) return -1;
     w->answer_correct = -1;
     g->n_rows++;
     return row;
@@ -288,9 +304,11 @@ static int add_row(compare_run *run, int method, const pk_method_params *p)
 static compare_group *open_group(compare_run *run, const int32_t *context, int n_context, const int32_t *question,
                                  int n_question, const pk_task *task)
 {
-    compare_group *g = &run->groups[run->n_groups++];
+    compare_group *g = &run->groups[run->n_groups];
     *g = (compare_group){.context = context, .n_context = n_context, .question = question,
-                         .n_question = n_question, .task = task, .first_row = run->r->n_rows};
+                         .n_question = n_question, .task = task, .session = run->c->session,
+                         .reference = run->n_groups, .first_row = run->r->n_rows};
+    run->n_groups++;
     return g;
 }
 
@@ -380,11 +398,90 @@ static int plan_main_group(compare_run *run)
     return 0;
 }
 
+/* The bits a stored value takes in a KV setting, keys and values averaged. */
+static double kv_bits(pikv_kv_type type_k, pikv_kv_type type_v, int head_dim)
+{
+    return (double)(pk_kv_row_bytes(type_k, head_dim) + pk_kv_row_bytes(type_v, head_dim)) * 4.0 / head_dim;
+}
+
+/* A session like the main one (same model and threads) whose cache stores
+ * keys and values in the given types. */
+static pikv_session *kv_session(const pk_compare_config *c, pikv_kv_type type_k, pikv_kv_type type_v)
+{
+    pikv_session_params p = pikv_session_default_params();
+    p.n_threads = pikv_session_threads(c->session);
+    p.kv_type_k = type_k;
+    p.kv_type_v = type_v;
+    return pikv_session_new_with_params(pikv_session_model(c->session), &p);
+}
+
+/* The KV-type sweep's groups: every method at the main parameters on the main
+ * inputs, in a session of each type of sweep_kv_types and of the main setting
+ * (a type the model's head size cannot store is left out). The f32 group is
+ * the reference of the others -- the main group itself when the main setting
+ * is f32 -- so that every type is judged against No Compression in f32.
+ * Writes each setting's group and x (kv_bits), by increasing x. */
+static int plan_kv_groups(compare_run *run, int *kv_groups, double *kv_x, int *n_settings)
+{
+    const pk_compare_config *c = run->c;
+    pk_compare_report *r = run->r;
+    const int head_dim = pikv_model_config(pikv_session_model(c->session))->head_dim;
+    pikv_kv_type main_k, main_v;
+    if (pikv_session_kv_types(c->session, &main_k, &main_v)) return -1;
+    const int main_is_f32 = main_k == PIKV_KV_F32 && main_v == PIKV_KV_F32;
+    pikv_kv_type settings[N_SWEEP_KV + 1][2];
+    int n = 0, reference = -1;
+    for (int i = 0; i < N_SWEEP_KV; i++) {
+        if (pk_kv_type_check(sweep_kv_types[i], head_dim, "keys and values")) continue;
+        settings[n][0] = settings[n][1] = sweep_kv_types[i];
+        n++;
+    }
+    int main_listed = 0;
+    for (int i = 0; i < n; i++) main_listed |= settings[i][0] == main_k && settings[i][1] == main_v;
+    if (!main_listed) {
+        settings[n][0] = main_k;
+        settings[n][1] = main_v;
+        n++;
+    }
+    *n_settings = 0;
+    for (int i = 0; i < n; i++) { /* f32 comes first, so that the reference group opens first */
+        int group = 0;
+        if (!(i == 0 && main_is_f32)) {
+            pikv_session *s = kv_session(c, settings[i][0], settings[i][1]);
+            if (!s) return -1;
+            compare_group *g = open_group(run, c->context, c->n_context, c->question, c->n_question, c->task);
+            g->session = g->owned_session = s;
+            if (reference >= 0) g->reference = reference;
+            group = run->n_groups - 1;
+            for (int m = 0; m < c->n_methods; m++)
+                if (add_row(run, m, &c->params) < 0) return -1;
+        }
+        if (i == 0) {
+            reference = group;
+            r->f32_row = run->groups[group].first_row;
+        }
+        if (settings[i][0] == PIKV_KV_F16 && settings[i][1] == PIKV_KV_F16) r->f16_row = run->groups[group].first_row;
+        const double x = kv_bits(settings[i][0], settings[i][1], head_dim);
+        int at = *n_settings;
+        while (at > 0 && kv_x[at - 1] > x) {
+            kv_x[at] = kv_x[at - 1];
+            kv_groups[at] = kv_groups[at - 1];
+            at--;
+        }
+        kv_x[at] = x;
+        kv_groups[at] = group;
+        ++*n_settings;
+    }
+    return 0;
+}
+
 /* The detailed run's points, by sweep, then method, then increasing x: each
  * method's row at each value of a sweep, the main setting included (a method
  * that does not use the swept parameter gives a flat line). A sweep that no
- * method depends on is left out. */
-static int plan_points(compare_run *run, const int *context_groups, int n_lengths)
+ * method depends on is left out. The context and KV-type sweeps take their
+ * rows from groups: the main group's, or the method's row in the group. */
+static int plan_points(compare_run *run, const int *context_groups, int n_lengths, const int *kv_groups,
+                       const double *kv_x, int n_settings)
 {
     const pk_compare_config *c = run->c;
     pk_compare_report *r = run->r;
@@ -405,6 +502,8 @@ static int plan_points(compare_run *run, const int *context_groups, int n_length
     }
     for (int i = 0; i < n_lengths; i++) values[PK_SWEEP_CONTEXT][i] = run->groups[context_groups[i]].n_context;
     n_values[PK_SWEEP_CONTEXT] = (size_t)n_lengths;
+    for (int i = 0; i < n_settings; i++) values[PK_SWEEP_KV_TYPE][i] = kv_x[i];
+    n_values[PK_SWEEP_KV_TYPE] = (size_t)n_settings;
     if (!(r->points = pk_calloc((size_t)c->n_methods * PK_SWEEP_COUNT * MAX_VALUES, sizeof *r->points,
                                 "sweep points")))
         return -1;
@@ -412,8 +511,8 @@ static int plan_points(compare_run *run, const int *context_groups, int n_length
         for (int m = 0; m < c->n_methods; m++)
             for (size_t i = 0; i < n_values[s]; i++) {
                 int row;
-                if (s == PK_SWEEP_CONTEXT) {
-                    const compare_group *g = &run->groups[context_groups[i]];
+                if (s == PK_SWEEP_CONTEXT || s == PK_SWEEP_KV_TYPE) {
+                    const compare_group *g = &run->groups[s == PK_SWEEP_CONTEXT ? context_groups[i] : kv_groups[i]];
                     row = g == &run->groups[0] ? r->main_rows[m] : g->first_row + m;
                 } else {
                     const pk_method_params p = swept_params(&c->params, (pk_sweep)s, values[s][i]);
@@ -439,12 +538,18 @@ static void show_quality_progress(const char *stage, int done, int total, void *
     status(q->c, "%s: %s %d/%d", q->label, stage, done, total);
 }
 
-/* "NAME" or "NAME (SPEC)" and the context length, for status lines. */
+/* "NAME" or "NAME (SPEC)" and the context length, for status lines; and the
+ * KV type of a row whose type is not the main setting's (the first row's). */
 static void row_label(const pk_compare_report *r, const pk_compare_row *w, char *out, size_t cap)
 {
     const char *name = r->methods[w->method].name;
-    if (strcmp(name, w->spec) == 0) snprintf(out, cap, "%d tokens, %s", w->context_tokens, name);
-    else snprintf(out, cap, "%d tokens, %s (%s)", w->context_tokens, name, w->spec);
+    char type[32], kv[48] = "";
+    if (w->kv_type_k != r->rows[0].kv_type_k || w->kv_type_v != r->rows[0].kv_type_v) {
+        pk_compare_kv_type_text(w, type, sizeof type);
+        snprintf(kv, sizeof kv, ", %s KV", type);
+    }
+    if (strcmp(name, w->spec) == 0) snprintf(out, cap, "%d tokens%s, %s", w->context_tokens, kv, name);
+    else snprintf(out, cap, "%d tokens%s, %s (%s)", w->context_tokens, kv, name, w->spec);
 }
 
 /* Keep a row's greedy answer, cut at the first end-of-text token. */
@@ -481,7 +586,7 @@ static int time_row(int i, int rep, double *measure, void *ctx)
     row_label(t->run->r, w, label, sizeof label);
     status(c, "%s: timing, repetition %d/%d", label, rep + 1, c->reps);
     pikv_qa_result res;
-    if (pikv_answer(c->session, t->run->presses[t->g->first_row + i], t->request, &res))
+    if (pikv_answer(t->g->session, t->run->presses[t->g->first_row + i], t->request, &res))
         return pk_fail_prefix("%s", label);
     measure[PREFILL] = res.prefill_s;
     measure[COMPRESSION] = res.compression_s;
@@ -528,31 +633,40 @@ static int time_group(compare_run *run, const compare_group *g)
     return 0;
 }
 
-/* Quality of every row of a group against its baseline (the group's first
- * row, measured first as the reference). */
-static int judge_group(compare_run *run, const compare_group *g)
+/* Whether a group after g takes g as its reference. */
+static int referenced_later(const compare_run *run, int g)
+{
+    for (int h = g + 1; h < run->n_groups; h++)
+        if (run->groups[h].reference == g) return 1;
+    return 0;
+}
+
+/* Quality of every row of group gi against its baseline: the first row of its
+ * reference group, which is measured first (the group's own first row, or an
+ * earlier group's, whose reference logits were kept for it). The logits go
+ * once no later group needs them. */
+static int judge_group(compare_run *run, int gi)
 {
     const pk_compare_config *c = run->c;
     pk_compare_report *r = run->r;
+    const compare_group *g = &run->groups[gi];
     const int n_positions = pikv_model_config(pikv_session_model(c->session))->n_positions;
     const pk_quality_config qc =
         pk_compare_quality_config(c->haystack, n_positions, g->n_context, c->n_tasks, c->query_aware, c->seed);
-    pk_quality_reference ref = {0};
-    const pk_compare_row *base = &r->rows[g->first_row];
+    pk_quality_reference *ref = &run->refs[g->reference];
     for (int i = g->first_row; i < g->first_row + g->n_rows; i++) {
         pk_compare_row *w = &r->rows[i];
+        const pk_compare_row *base = &r->rows[w->baseline];
         char label[PK_COMPARE_SPEC_MAX + 128];
         row_label(r, w, label, sizeof label);
         quality_progress qp = {c, label};
-        if (pk_quality_measure(c->session, run->presses[i], &qc, &ref, show_quality_progress, &qp, &w->quality)) {
-            pk_quality_reference_free(&ref);
+        if (pk_quality_measure(g->session, run->presses[i], &qc, ref, show_quality_progress, &qp, &w->quality))
             return pk_fail_prefix("%s", label);
-        }
         w->quality.answer_agree =
             pk_answer_agreement(base->answer_ids, base->n_answer_ids, w->answer_ids, w->n_answer_ids);
         w->retained = pk_quality_retained(&w->quality, &base->quality);
     }
-    pk_quality_reference_free(&ref);
+    if (!referenced_later(run, gi)) pk_quality_reference_free(&run->refs[gi]);
     return 0;
 }
 
@@ -573,15 +687,16 @@ static int make_presses(compare_run *run)
     return 0;
 }
 
-/* Page in the weights and start the threads before the first timing. */
-static int warm_up(const pk_compare_config *c)
+/* Page in the weights, start the threads and size a session's buffers
+ * before the first timing in it. */
+static int warm_up(const pk_compare_config *c, pikv_session *s)
 {
     const int n = c->n_context < 16 ? c->n_context : 16;
     const int32_t *q = c->question;
     const pikv_qa_request rq = {.context = c->context, .n_context = n, .questions = &q, .n_question = &c->n_question,
                                 .n_questions = 1, .max_new_tokens = 2, .stop_id = -1};
     pikv_qa_result res;
-    if (pikv_answer(c->session, NULL, &rq, &res)) return -1;
+    if (pikv_answer(s, NULL, &rq, &res)) return -1;
     pikv_qa_result_free(&res);
     return 0;
 }
@@ -601,6 +716,7 @@ static int start_report(const pk_compare_config *c, pk_compare_report *r)
     r->reps = c->reps;
     r->query_aware = c->query_aware;
     r->detailed = c->detailed;
+    r->f32_row = r->f16_row = -1;
     const int n_positions = pikv_model_config(pikv_session_model(c->session))->n_positions;
     const pk_quality_config qc =
         pk_compare_quality_config(c->haystack, n_positions, c->n_context, c->n_tasks, c->query_aware, c->seed);
@@ -628,22 +744,30 @@ int pk_compare_run(const pk_compare_config *c, pk_compare_report *out)
     if (c->reps < 1 || c->n_tasks < 1 || c->max_new_tokens < 2 || c->n_context < 1 || c->n_question < 1)
         return pk_fail("compare: need reps >= 1, tasks >= 1, max_new_tokens >= 2, a context and a question");
     if (start_report(c, out)) return -1;
-    compare_run run = {.c = c, .r = out, .row_cap = PK_COMPARE_MAX_METHODS * 16};
-    int rc = -1, context_groups[sizeof run.groups / sizeof *run.groups], n_lengths = 0;
+    compare_run run = {.c = c, .r = out, .row_cap = PK_COMPARE_MAX_METHODS * 20};
+    int rc = -1, context_groups[MAX_GROUPS], n_lengths = 0, kv_groups[MAX_GROUPS], n_settings = 0;
+    double kv_x[MAX_GROUPS];
     if (!(out->rows = pk_calloc((size_t)run.row_cap, sizeof *out->rows, "measurements"))) goto done;
     if (plan_main_group(&run)) goto done;
     if (c->detailed && (plan_context_groups(&run, context_groups, &n_lengths) ||
-                        plan_points(&run, context_groups, n_lengths)))
+                        plan_kv_groups(&run, kv_groups, kv_x, &n_settings) ||
+                        plan_points(&run, context_groups, n_lengths, kv_groups, kv_x, n_settings)))
         goto done;
-    if (make_presses(&run) || warm_up(c)) goto done;
+    if (make_presses(&run) || warm_up(c, c->session)) goto done;
     for (int g = 0; g < run.n_groups; g++)
-        if (time_group(&run, &run.groups[g]) || judge_group(&run, &run.groups[g])) goto done;
+        if ((run.groups[g].owned_session && warm_up(c, run.groups[g].owned_session)) ||
+            time_group(&run, &run.groups[g]) || judge_group(&run, g))
+            goto done;
     rc = 0;
 done:
     if (c->progress) c->progress(NULL, c->progress_ctx);
     for (int i = 0; run.presses && i < out->n_rows; i++) pikv_press_free(run.presses[i]);
     pk_free(run.presses);
-    for (int g = 0; g < run.n_groups; g++) pk_task_free(&run.groups[g].owned);
+    for (int g = 0; g < run.n_groups; g++) {
+        pk_task_free(&run.groups[g].owned);
+        pikv_session_free(run.groups[g].owned_session);
+        pk_quality_reference_free(&run.refs[g]);
+    }
     if (rc) pk_compare_report_free(out);
     return rc;
 }
@@ -692,7 +816,9 @@ double pk_compare_kv_reduction(const pk_compare_report *r, int row)
     return base->kv_bytes ? 1 - (double)w->kv_bytes / (double)base->kv_bytes : 0;
 }
 
-/* Apply the recommendation rule to every row. Quality retained is the lower of
+/* Apply the recommendation rule to every row, press and KV type together: a
+ * KV-type sweep row's reduction is against No Compression in f32, so its
+ * storage type counts as much as its press. Quality retained is the lower of
  * retrieval accuracy retained and perplexity retained: a setting that still
  * finds needles but no longer models text (DuoAttention at 0.9 on the bundled
  * model: perplexity 8.3 -> 27.7) is not one to recommend. fmin returns the
@@ -702,11 +828,42 @@ int pk_compare_recommend(const pk_compare_report *r)
 {
     pk_candidate *c = pk_malloc_array((size_t)(r->n_rows ? r->n_rows : 1), sizeof *c, "candidates");
     if (!c) return -1;
-    for (int i = 0; i < r->n_rows; i++) {
-        const pk_quality *q = &r->rows[i].retained;
-        c[i] = (pk_candidate){pk_compare_kv_reduction(r, i), fmin(q->retrieval_acc, q->ppl)};
-    }
+    for (int i = 0; i < r->n_rows; i++) c[i] = (pk_candidate){pk_compare_kv_reduction(r, i), pk_compare_retained(r, i)};
     const int best = pk_recommend(c, r->n_rows, PK_RECOMMEND_MIN_RETAINED);
     pk_free(c);
     return best;
+}
+
+/* The lower of retrieval and perplexity retained; see compare.h for why both. */
+double pk_compare_retained(const pk_compare_report *r, int row)
+{
+    const pk_quality *q = &r->rows[row].retained;
+    return fmin(q->retrieval_acc, q->ppl);
+}
+
+/* The nearest setting that would have saved more than the recommendation:
+ * what the report names as the reason it stopped there. */
+int pk_compare_next_rejected(const pk_compare_report *r, int best)
+{
+    const double floor = best >= 0 ? pk_compare_kv_reduction(r, best) : 0;
+    int next = -1;
+    for (int i = 0; i < r->n_rows; i++) {
+        const double x = pk_compare_kv_reduction(r, i);
+        if (x > floor && (next < 0 || x < pk_compare_kv_reduction(r, next))) next = i;
+    }
+    return next;
+}
+
+/* KV bytes against a reference row's; the KV-type sweep's "vs f32 / f16 cache". */
+double pk_compare_kv_fraction(const pk_compare_report *r, int row, int of_row)
+{
+    if (row < 0 || of_row < 0 || r->rows[of_row].kv_bytes == 0) return NAN;
+    return (double)r->rows[row].kv_bytes / (double)r->rows[of_row].kv_bytes;
+}
+
+/* One name when keys and values share a type, K/V otherwise. */
+void pk_compare_kv_type_text(const pk_compare_row *w, char *out, size_t cap)
+{
+    if (w->kv_type_k == w->kv_type_v) snprintf(out, cap, "%s", pikv_kv_type_name(w->kv_type_k));
+    else snprintf(out, cap, "%s/%s", pikv_kv_type_name(w->kv_type_k), pikv_kv_type_name(w->kv_type_v));
 }

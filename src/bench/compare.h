@@ -4,7 +4,8 @@
  * compression and decode time over repetitions in rotated order (medians with
  * their spread); speed; and quality against the baseline (eval/quality.h).
  * The detailed run adds sweeps over the compression ratio, the number of
- * experts and the context length. Report writers are in bench/report.h. */
+ * experts, the context length and the KV cache's storage type. Report
+ * writers are in bench/report.h. */
 #ifndef PIKV_BENCH_COMPARE_H
 #define PIKV_BENCH_COMPARE_H
 
@@ -102,6 +103,7 @@ typedef struct {
     int baseline;                  /* row of the no-compression run on the same inputs */
     size_t kv_bytes;               /* KV bytes held after compression */
     size_t kv_bytes_full;          /* ... and before it */
+    pikv_kv_type kv_type_k, kv_type_v; /* how the session it ran in stores keys and values */
     pk_summary prefill_s, compression_s, decode_s, total_s, prefill_tok_s, decode_tok_s;
     pk_quality quality, retained;  /* retained: pk_quality_retained against the baseline */
     int32_t *answer_ids;           /* the greedy answer, cut at end-of-text */
@@ -110,10 +112,15 @@ typedef struct {
     int answer_correct;            /* 1 or 0 on a needle task, -1 when unknown */
 } pk_compare_row;
 
-typedef enum { PK_SWEEP_RATIO, PK_SWEEP_EXPERTS, PK_SWEEP_CONTEXT, PK_SWEEP_COUNT } pk_sweep;
-extern const char *const pk_sweep_names[PK_SWEEP_COUNT]; /* "ratio", "experts", "context" */
+typedef enum { PK_SWEEP_RATIO, PK_SWEEP_EXPERTS, PK_SWEEP_CONTEXT, PK_SWEEP_KV_TYPE, PK_SWEEP_COUNT } pk_sweep;
+extern const char *const pk_sweep_names[PK_SWEEP_COUNT]; /* "ratio", "experts", "context", "kv_type" */
 
-/* A point of a detailed sweep: method row at x (ratio, experts or tokens). */
+/* A point of a detailed sweep: method row at x (ratio, experts, tokens, or
+ * for the KV-type sweep the bits a stored value takes, K and V averaged:
+ * f32 32, f16 16, q8_0 8.5, q4_0 4.5). The KV-type sweep runs every method at
+ * the main ratio on the main inputs in a session of each type (f32, f16,
+ * q8_0, q4_0 and the main setting); its quality and KV reduction are measured
+ * against No Compression in an f32 cache on those inputs. */
 typedef struct {
     pk_sweep sweep;
     double x;
@@ -157,6 +164,7 @@ typedef struct {
     int n_rows;
     pk_sweep_point *points;  /* --detailed: sorted by sweep, method, x */
     int n_points;
+    int f32_row, f16_row;    /* --detailed: No Compression in an f32 and in an f16 cache on the main inputs; else -1 */
     pk_machine_load load;    /* measured by the caller around the run; cores 0 = not measured */
 } pk_compare_report;
 
@@ -179,11 +187,29 @@ int pk_compare_gains(const pk_compare_report *r, pk_compare_gain *out, int cap);
 /* The fraction of its baseline's KV bytes a row saves: 1 - kv_bytes / baseline's. */
 double pk_compare_kv_reduction(const pk_compare_report *r, int row);
 
-/* The recommended row, or -1: pk_recommend over every row, with the lower of
- * retrieval accuracy retained and perplexity retained as the quality measure
- * (where one of them is undefined -- a baseline that answers no needle task
- * -- the other decides). */
+/* A row's KV bytes over another's (the KV-type sweep's "vs f32 cache" and
+ * "vs f16 cache": against report.f32_row and f16_row); NaN when either row is
+ * -1 or holds nothing. */
+double pk_compare_kv_fraction(const pk_compare_report *r, int row, int of_row);
+
+/* A row's KV type as text: "q8_0", or "K/V" ("q8_0/f16") when they differ. */
+void pk_compare_kv_type_text(const pk_compare_row *w, char *out, size_t cap);
+
+/* The quality a row keeps, as the recommendation judges it: the lower of
+ * retrieval accuracy retained and perplexity retained (where one of them is
+ * undefined -- a baseline that answers no needle task -- the other decides). */
+double pk_compare_retained(const pk_compare_report *r, int row);
+
+/* The recommended row, or -1: pk_recommend over every row with
+ * pk_compare_retained as the quality measure. Each row's KV reduction is
+ * against its own baseline, so a KV-type sweep row's counts the storage type
+ * too (against No Compression in f32): press and type are chosen together. */
 int pk_compare_recommend(const pk_compare_report *r);
+
+/* Why nothing smaller was recommended: the row with the least KV reduction of
+ * those that save more than row `best` (all of which fell below the quality
+ * bar), or -1 when there is none. */
+int pk_compare_next_rejected(const pk_compare_report *r, int best);
 
 /* The quality measurement for a context length: n_tasks retrieval tasks of
  * half to all of it (at most what fits with a question and answer), and

@@ -171,12 +171,29 @@ static void text_answers(FILE *out, const pk_compare_report *r)
     fputc('\n', out);
 }
 
-/* The recommendation line, with the rule it follows. */
+/* A detailed run's line on one candidate of the recommendation: method, KV
+ * type, bytes against its baseline and the quality it keeps. */
+static void text_candidate(FILE *out, const pk_compare_report *r, int row)
+{
+    const pk_compare_row *w = &r->rows[row], *base = &r->rows[w->baseline];
+    char kv[32], base_kv[32], p1[16], p2[16];
+    pk_compare_kv_type_text(w, kv, sizeof kv);
+    pk_compare_kv_type_text(base, base_kv, sizeof base_kv);
+    fprintf(out, "%s (%s) with a %s KV cache at %d context tokens: %zu KV bytes, %.1f%% less than No Compression "
+                 "in %s on the same inputs;\n    %s of retrieval accuracy and %s of perplexity retained",
+            row_name(r, w), w->spec, kv, w->context_tokens, w->kv_bytes, 100 * pk_compare_kv_reduction(r, row),
+            base_kv, percent(p1, sizeof p1, w->retained.retrieval_acc), percent(p2, sizeof p2, w->retained.ppl));
+}
+
+/* The recommendation line, with the rule it follows. A detailed run names the
+ * KV type with the method and, as the reason it goes no further, the nearest
+ * setting that would have saved more. */
 static void text_recommendation(FILE *out, const pk_compare_report *r)
 {
-    fprintf(out, "RECOMMENDATION (the largest KV reduction that keeps >= %.0f%% of the baseline's retrieval accuracy\n"
+    fprintf(out, "RECOMMENDATION (the largest KV reduction%s that keeps >= %.0f%% of the baseline's retrieval accuracy\n"
                  "and >= %.0f%% of its perplexity)\n",
-            100 * PK_RECOMMEND_MIN_RETAINED, 100 * PK_RECOMMEND_MIN_RETAINED);
+            r->detailed ? ", press and KV type together," : "", 100 * PK_RECOMMEND_MIN_RETAINED,
+            100 * PK_RECOMMEND_MIN_RETAINED);
     const int best = pk_compare_recommend(r);
     if (best < 0) {
         fprintf(out, "  None: no compressing method%s keeps %.0f%% of retrieval accuracy and perplexity in %s mode.\n\n",
@@ -185,26 +202,70 @@ static void text_recommendation(FILE *out, const pk_compare_report *r)
     }
     const pk_compare_row *w = &r->rows[best];
     char p[16];
-    fprintf(out, "  %s (%s) at %d context tokens: %.1f%% less KV memory, %s of retrieval accuracy retained, "
-                 "in %s mode.\n\n",
-            row_name(r, w), w->spec, w->context_tokens, 100 * pk_compare_kv_reduction(r, best),
-            percent(p, sizeof p, w->retained.retrieval_acc), mode_name(r));
+    if (!r->detailed) {
+        fprintf(out, "  %s (%s) at %d context tokens: %.1f%% less KV memory, %s of retrieval accuracy retained, "
+                     "in %s mode.\n\n",
+                row_name(r, w), w->spec, w->context_tokens, 100 * pk_compare_kv_reduction(r, best),
+                percent(p, sizeof p, w->retained.retrieval_acc), mode_name(r));
+        return;
+    }
+    fprintf(out, "  ");
+    text_candidate(out, r, best);
+    fprintf(out, ", in %s mode.\n", mode_name(r));
+    const int next = pk_compare_next_rejected(r, best);
+    if (next < 0) {
+        fprintf(out, "  No measured setting saves more.\n\n");
+        return;
+    }
+    fprintf(out, "  Not smaller, because the nearest setting that saves more keeps too little: ");
+    text_candidate(out, r, next);
+    fprintf(out, ".\n\n");
 }
 
-/* The x value of a sweep point as text. */
+/* The x value of a sweep point as text (of the ratio, experts and context sweeps). */
 static void sweep_x(char *buf, size_t cap, const pk_sweep_point *pt)
 {
     if (pt->sweep == PK_SWEEP_RATIO) snprintf(buf, cap, "%g", pt->x);
     else snprintf(buf, cap, "%d", (int)pt->x);
 }
 
-/* One table per sweep of the detailed run. */
+/* The KV-type sweep's table: besides quality, the bytes each point holds
+ * against No Compression in an f32 and in an f16 cache on the same inputs. */
+static void text_kv_sweep(FILE *out, const pk_compare_report *r)
+{
+    const int nw = name_width(r);
+    int any = 0;
+    for (int i = 0; i < r->n_points && !any; i++) any = r->points[i].sweep == PK_SWEEP_KV_TYPE;
+    if (!any) return;
+    fprintf(out, "SWEEP: KV CACHE TYPE (quality and reduction against No Compression in f32; vs f32 / f16 cache =\n"
+                 "KV bytes / No Compression's bytes in that type, same inputs)\n");
+    rule(out, nw + 110);
+    fprintf(out, "%9s  %-*s  %10s  %12s  %12s  %12s  %9s  %8s  %8s  %8s  %7s  %6s\n", "kv_type", nw, "Method",
+            "KV bytes", "vs f32 cache", "vs f16 cache", "Decode tok/s", "Retrieval", "Retained", "PPL",
+            "PPL kept", "KL", "Top-1");
+    rule(out, nw + 110);
+    for (int i = 0; i < r->n_points; i++) {
+        const pk_sweep_point *pt = &r->points[i];
+        if (pt->sweep != PK_SWEEP_KV_TYPE) continue;
+        const pk_compare_row *w = &r->rows[pt->row];
+        char kv[32], f32[16], f16[16], p1[16], p2[16];
+        pk_compare_kv_type_text(w, kv, sizeof kv);
+        fprintf(out, "%9s  %-*s  %10zu  %12s  %12s  %12.1f  %9.2f  %8s  %8.3f  %8s  %7.4f  %6.3f\n", kv, nw,
+                row_name(r, w), w->kv_bytes, percent(f32, sizeof f32, pk_compare_kv_fraction(r, pt->row, r->f32_row)),
+                percent(f16, sizeof f16, pk_compare_kv_fraction(r, pt->row, r->f16_row)), w->decode_tok_s.median,
+                w->quality.retrieval_acc, percent(p1, sizeof p1, w->retained.retrieval_acc), w->quality.ppl,
+                percent(p2, sizeof p2, w->retained.ppl), w->quality.kl, w->quality.top1_agree);
+    }
+    fputc('\n', out);
+}
+
+/* One table per sweep of the detailed run (the KV-type sweep's has its own columns). */
 static void text_sweeps(FILE *out, const pk_compare_report *r)
 {
-    static const char *const titles[PK_SWEEP_COUNT] = {"COMPRESSION RATIO", "NUMBER OF EXPERTS",
-                                                       "CONTEXT LENGTH (tokens)"};
+    static const char *const titles[PK_SWEEP_CONTEXT + 1] = {"COMPRESSION RATIO", "NUMBER OF EXPERTS",
+                                                             "CONTEXT LENGTH (tokens)"};
     const int nw = name_width(r);
-    for (int s = 0; s < PK_SWEEP_COUNT; s++) {
+    for (int s = 0; s <= PK_SWEEP_CONTEXT; s++) {
         int any = 0;
         for (int i = 0; i < r->n_points && !any; i++) any = r->points[i].sweep == (pk_sweep)s;
         if (!any) continue;
@@ -226,6 +287,7 @@ static void text_sweeps(FILE *out, const pk_compare_report *r)
         }
         fputc('\n', out);
     }
+    text_kv_sweep(out, r);
 }
 
 /* The whole text report, in the order of PiKVpress's comparison. */
@@ -335,6 +397,28 @@ cJSON *pk_report_json(const pk_compare_report *r)
         pk_json_number(rec, "kv_reduction_pct", 100 * pk_compare_kv_reduction(r, best));
         pk_json_number(rec, "retrieval_retained", w->retained.retrieval_acc);
         cJSON_AddStringToObject(rec, "mode", mode_name(r));
+        if (r->detailed) {
+            char kv[32];
+            pk_compare_kv_type_text(w, kv, sizeof kv);
+            cJSON_AddStringToObject(rec, "kv_type", kv);
+            cJSON_AddNumberToObject(rec, "kv_bytes", (double)w->kv_bytes);
+            pk_json_number(rec, "ppl_retained", w->retained.ppl);
+            const int next = pk_compare_next_rejected(r, best);
+            if (next < 0) {
+                cJSON_AddNullToObject(rec, "next_rejected");
+            } else {
+                const pk_compare_row *x = &r->rows[next];
+                cJSON *nr = cJSON_AddObjectToObject(rec, "next_rejected");
+                pk_compare_kv_type_text(x, kv, sizeof kv);
+                cJSON_AddStringToObject(nr, "name", row_name(r, x));
+                cJSON_AddStringToObject(nr, "press", x->spec);
+                cJSON_AddStringToObject(nr, "kv_type", kv);
+                cJSON_AddNumberToObject(nr, "context_tokens", x->context_tokens);
+                pk_json_number(nr, "kv_reduction_pct", 100 * pk_compare_kv_reduction(r, next));
+                pk_json_number(nr, "retrieval_retained", x->retained.retrieval_acc);
+                pk_json_number(nr, "ppl_retained", x->retained.ppl);
+            }
+        }
     }
     cJSON_AddStringToObject(o, "recommendation_rule",
                             "largest KV reduction with retrieval accuracy and perplexity retained >= 0.95 of No Compression");
@@ -344,6 +428,13 @@ cJSON *pk_report_json(const pk_compare_report *r)
             cJSON *p = row_json(r, &r->rows[r->points[i].row]);
             cJSON_AddStringToObject(p, "sweep", pk_sweep_names[r->points[i].sweep]);
             cJSON_AddNumberToObject(p, "x", r->points[i].x);
+            char kv[32];
+            pk_compare_kv_type_text(&r->rows[r->points[i].row], kv, sizeof kv);
+            cJSON_AddStringToObject(p, "kv_type", kv);
+            if (r->points[i].sweep == PK_SWEEP_KV_TYPE) {
+                pk_json_number(p, "kv_bytes_vs_f32", pk_compare_kv_fraction(r, r->points[i].row, r->f32_row));
+                pk_json_number(p, "kv_bytes_vs_f16", pk_compare_kv_fraction(r, r->points[i].row, r->f16_row));
+            }
             cJSON_AddItemToArray(sweeps, p);
         }
     }
@@ -382,8 +473,12 @@ static void csv_summary(FILE *f, const pk_summary *s)
     csv_number(f, s->max);
 }
 
-/* One CSV row: the sweep and x ("main" and empty for the main comparison). */
-static void csv_row(FILE *f, const pk_compare_report *r, const char *sweep, double x, const pk_compare_row *w)
+/* One CSV row: the sweep and x ("main" and empty for the main comparison). A
+ * detailed run's rows end with the KV type and, on the KV-type sweep, the
+ * bytes against No Compression in f32 and in f16 (`kv_row` is the row's index
+ * there, -1 elsewhere). */
+static void csv_row(FILE *f, const pk_compare_report *r, const char *sweep, double x, const pk_compare_row *w,
+                    int kv_row)
 {
     csv_field(f, sweep);
     csv_number(f, x);
@@ -401,7 +496,15 @@ static void csv_row(FILE *f, const pk_compare_report *r, const char *sweep, doub
     const double values[] = {w->quality.retrieval_acc, w->quality.ppl, w->quality.kl, w->quality.top1_agree,
                              w->quality.answer_agree, w->retained.retrieval_acc, w->retained.ppl};
     for (size_t i = 0; i < sizeof values / sizeof *values; i++) csv_number(f, values[i]);
-    fprintf(f, ",%s\n", mode_name(r));
+    fprintf(f, ",%s", mode_name(r));
+    if (r->detailed) {
+        char kv[32];
+        pk_compare_kv_type_text(w, kv, sizeof kv);
+        fprintf(f, ",%s", kv);
+        csv_number(f, pk_compare_kv_fraction(r, kv_row, r->f32_row));
+        csv_number(f, pk_compare_kv_fraction(r, kv_row, r->f16_row));
+    }
+    fputc('\n', f);
 }
 
 /* The CSV table, built in memory so that it can be written atomically. */
@@ -417,11 +520,15 @@ char *pk_report_csv(const pk_compare_report *r)
     fputs("sweep,x,name,press,context_tokens,kv_bytes,kv_bytes_full,prefill_s,prefill_s_min,prefill_s_max,"
           "compression_s,compression_s_min,compression_s_max,decode_s,decode_s_min,decode_s_max,total_s,total_s_min,"
           "total_s_max,decode_tok_s,decode_tok_s_min,decode_tok_s_max,prefill_tok_s,prefill_tok_s_min,"
-          "prefill_tok_s_max,retrieval_acc,ppl,kl,top1_agree,answer_agree,retrieval_retained,ppl_retained,mode\n",
+          "prefill_tok_s_max,retrieval_acc,ppl,kl,top1_agree,answer_agree,retrieval_retained,ppl_retained,mode",
           f);
-    for (int m = 0; m < r->n_methods; m++) csv_row(f, r, "main", NAN, &r->rows[r->main_rows[m]]);
-    for (int i = 0; i < r->n_points; i++)
-        csv_row(f, r, pk_sweep_names[r->points[i].sweep], r->points[i].x, &r->rows[r->points[i].row]);
+    fputs(r->detailed ? ",kv_type,kv_bytes_vs_f32,kv_bytes_vs_f16\n" : "\n", f);
+    for (int m = 0; m < r->n_methods; m++) csv_row(f, r, "main", NAN, &r->rows[r->main_rows[m]], -1);
+    for (int i = 0; i < r->n_points; i++) {
+        const pk_sweep_point *pt = &r->points[i];
+        csv_row(f, r, pk_sweep_names[pt->sweep], pt->x, &r->rows[pt->row],
+                pt->sweep == PK_SWEEP_KV_TYPE ? pt->row : -1);
+    }
     if (fclose(f) != 0) {
         free(text);
         pk_fail("csv: cannot write the table");
@@ -448,9 +555,10 @@ static int write_sweep_plots(const pk_compare_report *r, pk_sweep s, const char 
                              void (*written)(const char *path, void *ctx), void *ctx)
 {
     static const char *const x_labels[PK_SWEEP_COUNT] = {"compression ratio", "number of experts",
-                                                         "context length (tokens)"};
+                                                         "context length (tokens)",
+                                                         "KV cache bits per value (f32 32, f16 16, q8_0 8.5, q4_0 4.5)"};
     static const char *const x_titles[PK_SWEEP_COUNT] = {"compression ratio", "number of experts",
-                                                         "context length"};
+                                                         "context length", "KV cache type"};
     static const struct {
         const char *file, *title, *y_label;
     } metrics[] = {

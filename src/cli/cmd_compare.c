@@ -2,8 +2,8 @@
  * Duo Attention and EPLB + Duo Attention (or any presses) on one context --
  * measured in one run: KV memory, prefill / compression / decode time, speed, quality
  * against no compression; the relative improvements and a recommendation.
- * --detailed adds sweeps over the ratio, the number of experts and the
- * context length, written as JSON, CSV and SVG plots with --out. */
+ * --detailed adds sweeps over the ratio, the number of experts, the context
+ * length and the KV cache's type, written as JSON, CSV and SVG plots with --out. */
 #include "bench/compare.h"
 #include "bench/report.h"
 #include "cli/args.h"
@@ -276,7 +276,7 @@ int cmd_compare(int argc, char **argv)
         {"--tasks", NULL, OPT_INT, &(cli_int){&o.tasks, 1, CLI_MAX_TASKS},
          "retrieval tasks per measurement (default 10; 50 with --detailed)",
          &o.tasks_seen},
-        {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7/0.9, experts 2/4/8, context length",
+        {"--detailed", NULL, OPT_FLAG, &o.detailed, "also sweep ratio 0.3/0.5/0.7/0.9, experts 2/4/8, context length, KV type f32/f16/q8_0/q4_0",
          NULL},
         {"--out", NULL, OPT_STRING, &o.out, "write compare.json, compare.csv (and plots) into this directory", NULL},
         {"--json", NULL, OPT_FLAG, &o.json, "print one JSON object instead of the text report", NULL},
@@ -314,8 +314,13 @@ int cmd_compare(int argc, char **argv)
         "Scenarios (the presets of PiKVpress's comparison; explicit options win): long-doc-qa = ratio\n"
         "0.6, 6 experts, 4000 tokens (capped to what the model holds, with a notice); chat = 0.4, 4, 1000;\n"
         "content = 0.5, 4, 2000. --detailed also sweeps ratio 0.3/0.5/0.7 (PiKVpress's comparison's sweep)\n"
-        "and 0.9, experts 2/4/8 and context 512/1024/the longest that fits (also its default main\n"
-        "context), with 50 tasks per point unless --tasks says otherwise; --out DIR then receives\n"
+        "and 0.9, experts 2/4/8, context 512/1024/the longest that fits (also its default main\n"
+        "context) and the KV cache's type: every method at the main ratio with its cache in f32, f16,\n"
+        "q8_0, q4_0 and the --kv-type setting, judged against No Compression in f32, with the bytes\n"
+        "it holds against No Compression's in an f32 and in an f16 cache. The recommendation then\n"
+        "weighs press and KV type together (the same rule; a row's KV reduction counts its type), and\n"
+        "names the type, the bytes, and the nearest setting that would have saved more but kept too\n"
+        "little. 50 tasks per point unless --tasks says otherwise; --out DIR then receives\n"
         "compare.json, compare.csv and SVG plots of memory, decode speed and retrieval accuracy for\n"
         "each sweep.",
         opts, sizeof opts / sizeof *opts};

@@ -142,6 +142,16 @@ size_t pikv_session_kv_bytes(const pikv_session *s)
     return pk_kv_bytes(&s->fwd.kv);
 }
 
+/* The storage types the cache was made with, for callers that build sessions
+ * alike (pikv compare's KV-type sweep) or report them. */
+int pikv_session_kv_types(const pikv_session *s, pikv_kv_type *type_k, pikv_kv_type *type_v)
+{
+    if (!s) return pk_fail("pikv_session_kv_types: session is NULL");
+    if (type_k) *type_k = s->fwd.kv.type_k;
+    if (type_v) *type_v = s->fwd.kv.type_v;
+    return 0;
+}
+
 int pikv_session_kv_len(const pikv_session *s, int layer, int head)
 {
     if (!s) return pk_fail("pikv_session_kv_len: session is NULL");
