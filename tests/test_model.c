@@ -4,6 +4,7 @@
  * mask buffers, n_ctx: the layout of the real gpt2 checkpoint). Also checks that
  * decoding token by token through the cache equals one full prefill. */
 #include "check.h"
+#include "model_test.h"
 #include "model/safetensors.h"
 #include "pikv.h"
 
@@ -97,20 +98,10 @@ static void check_decode_matches_prefill(void)
     pikv_model *m = pikv_model_load("models/pikv-ref-14m");
     CHECK(m != NULL, "load: %s", pikv_last_error());
     if (!m) return;
-    const int V = pikv_model_config(m)->vocab_size, T = 150, split = 100;
-    int32_t ids[150];
-    for (int i = 0; i < T; i++) ids[i] = (i * 37 + 11) % V;
-    float *full = malloc((size_t)T * V * sizeof(float)), *step = malloc((size_t)V * sizeof(float));
+    const int T = 150;
     pikv_session *s = pikv_session_new(m, 2);
-    pikv_forward(s, ids, T, full, 1);
-    pikv_session_reset(s);
-    pikv_forward(s, ids, split, NULL, 0);
-    double worst = 0;
-    for (int t = split; t < T; t++) {
-        pikv_forward(s, &ids[t], 1, step, 0);
-        worst = fmax(worst, rel_l2(step, full + (size_t)t * V, (size_t)V));
-    }
-    CHECK(worst < 1e-5, "decode vs prefill: relative L2 error %.3g >= 1e-5", worst);
+    const double worst = decode_vs_prefill(s, pikv_model_config(m)->vocab_size, T, 100);
+    CHECK(worst >= 0 && worst < 1e-5, "decode vs prefill: relative L2 error %.3g >= 1e-5", worst);
     CHECK(pikv_session_position(s) == T, "position after decoding: %d", pikv_session_position(s));
 
     /* The position limit is an error, not a crash. */
@@ -119,8 +110,6 @@ static void check_decode_matches_prefill(void)
     CHECK(pikv_forward(s, many, 2049, NULL, 0) != 0 && strstr(pikv_last_error(), "n_positions"),
           "2049 tokens must exceed n_positions: %s", pikv_last_error());
     free(many);
-    free(full);
-    free(step);
     pikv_session_free(s);
     pikv_model_free(m);
 }

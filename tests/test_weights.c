@@ -5,6 +5,7 @@
  * F16 and BF16 weights against float32 weights on the fixtures and the
  * bundled model: logits close, greedy tokens equal. */
 #include "check.h"
+#include "model_test.h"
 #include "model/matrix.h"
 #include "model/safetensors.h"
 #include "pikv.h"
@@ -280,22 +281,9 @@ static void check_decode_matches_prefill(void)
 {
     pikv_model *m = load_as(MODEL, PIKV_WEIGHTS_F16);
     if (!m) return;
-    const int V = pikv_model_config(m)->vocab_size, T = 40, split = 30;
-    int32_t ids[40];
-    for (int i = 0; i < T; i++) ids[i] = (i * 37 + 11) % V;
-    float *full = malloc((size_t)T * V * sizeof *full), *step = malloc((size_t)V * sizeof *step);
     pikv_session *s = pikv_session_new(m, 2);
-    pikv_forward(s, ids, T, full, 1);
-    pikv_session_reset(s);
-    pikv_forward(s, ids, split, NULL, 0);
-    double worst = 0;
-    for (int t = split; t < T; t++) {
-        pikv_forward(s, &ids[t], 1, step, 0);
-        worst = fmax(worst, rel_l2(step, full + (size_t)t * V, (size_t)V));
-    }
-    CHECK(worst < 1e-5, "f16 decode vs prefill: relative L2 error %.3g >= 1e-5", worst);
-    free(full);
-    free(step);
+    const double worst = decode_vs_prefill(s, pikv_model_config(m)->vocab_size, 40, 30);
+    CHECK(worst >= 0 && worst < 1e-5, "f16 decode vs prefill: relative L2 error %.3g >= 1e-5", worst);
     pikv_session_free(s);
     pikv_model_free(m);
 }

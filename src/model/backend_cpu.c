@@ -72,52 +72,53 @@ void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int3
 }
 
 /* Rows of another type are decoded a chunk at a time into a buffer on the
- * stack (16 KiB, in the first-level cache) and multiplied like f32 rows, so that decoding costs a pass
- * over the stored bytes and the products stay BLAS's. A row wider than the
- * buffer goes through the codec's own dot product and axpy. */
+ * stack (16 KiB, in the first-level cache) and multiplied like f32 rows, so
+ * that decoding costs a pass over the stored bytes and the products stay
+ * BLAS's. A row wider than the buffer goes through the codec's own dot product
+ * and axpy. */
 enum { CHUNK_FLOATS = 4096 };
 
-void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *q, float *S)
+/* Entries start..start+count-1 of a head times a vector: for keys
+ * (values == 0) out[j] = K[start + j] · in, for values out = sum over j of
+ * in[j] · V[start + j]. */
+static void head_product(const pk_kvcache *kv, const pk_kv_head *kh, int values, int start, int count, const float *in,
+                         float *out)
 {
     const int hd = kv->head_dim;
-    if (pk_kv_is_f32(kv, 0)) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, count, hd, 1.f, pk_kv_f32_rows(kh, 0) + (size_t)start * hd, hd, q, 1,
-                    0.f, S, 1);
+    const CBLAS_TRANSPOSE how = values ? CblasTrans : CblasNoTrans;
+    if (pk_kv_is_f32(kv, values)) {
+        cblas_sgemv(CblasRowMajor, how, count, hd, 1.f, pk_kv_f32_rows(kh, values) + (size_t)start * hd, hd, in, 1,
+                    0.f, out, 1);
         return;
     }
+    if (values) memset(out, 0, (size_t)hd * sizeof *out);
+    const pikv_kv_type type = values ? kv->type_v : kv->type_k;
     if (hd > CHUNK_FLOATS) {
-        for (int j = 0; j < count; j++) S[j] = pk_kv_row_dot(kv->type_k, pk_kv_row(kv, kh, 0, start + j), q, hd);
+        for (int j = 0; j < count; j++) {
+            const void *row = pk_kv_row(kv, kh, values, start + j);
+            if (values) pk_kv_row_axpy(type, row, in[j], out, hd);
+            else out[j] = pk_kv_row_dot(type, row, in, hd);
+        }
         return;
     }
     float rows[CHUNK_FLOATS];
     const int chunk = CHUNK_FLOATS / hd;
     for (int j = 0; j < count; j += chunk) {
         const int n = count - j < chunk ? count - j : chunk;
-        pk_kv_read(kv, kh, 0, start + j, n, rows);
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, n, hd, 1.f, rows, hd, q, 1, 0.f, S + j, 1);
+        pk_kv_read(kv, kh, values, start + j, n, rows);
+        cblas_sgemv(CblasRowMajor, how, n, hd, 1.f, rows, hd, values ? in + j : in, 1, values ? 1.f : 0.f,
+                    values ? out : out + j, 1);
     }
+}
+
+void pk_key_scores(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *q, float *S)
+{
+    head_product(kv, kh, 0, start, count, q, S);
 }
 
 void pk_weighted_values(const pk_kvcache *kv, const pk_kv_head *kh, int start, int count, const float *S, float *out)
 {
-    const int hd = kv->head_dim;
-    if (pk_kv_is_f32(kv, 1)) {
-        cblas_sgemv(CblasRowMajor, CblasTrans, count, hd, 1.f, pk_kv_f32_rows(kh, 1) + (size_t)start * hd, hd, S, 1,
-                    0.f, out, 1);
-        return;
-    }
-    memset(out, 0, (size_t)hd * sizeof *out);
-    if (hd > CHUNK_FLOATS) {
-        for (int j = 0; j < count; j++) pk_kv_row_axpy(kv->type_v, pk_kv_row(kv, kh, 1, start + j), S[j], out, hd);
-        return;
-    }
-    float rows[CHUNK_FLOATS];
-    const int chunk = CHUNK_FLOATS / hd;
-    for (int j = 0; j < count; j += chunk) {
-        const int n = count - j < chunk ? count - j : chunk;
-        pk_kv_read(kv, kh, 1, start + j, n, rows);
-        cblas_sgemv(CblasRowMajor, CblasTrans, n, hd, 1.f, rows, hd, S + j, 1, 1.f, out, 1);
-    }
+    head_product(kv, kh, 1, start, count, S, out);
 }
 
 /* Where head h's keys (values != 0: values) are decoded to in kv_rows. */
