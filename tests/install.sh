@@ -95,7 +95,8 @@ check "it links the installed libpikv.so.0" sh -c "LD_LIBRARY_PATH='$prefix/lib'
 LD_LIBRARY_PATH=$prefix/lib "$dir/answer" "$prefix/share/pikv/models/pikv-ref-14m" "$ctx" "$q" snapkv:0.5 >"$dir/c.txt"
 c_rc=$?
 check "the C program runs" [ "$c_rc" -eq 0 ]
-run generate --context-file "$ctx" --question "$q" --press snapkv:0.5 -n 12 --threads 1 --json
+# The library's defaults: float32 weights and cache (the command's are F16 as stored and an f16 cache).
+run generate --context-file "$ctx" --question "$q" --press snapkv:0.5 -n 12 --threads 1 --weights f32 --kv-type f32 --json
 "$py" - "$dir/c.txt" "$dir/out" <<'PY' >"$dir/cmp.txt" 2>&1
 import json, sys
 c = dict(line.rstrip("\n").split(" ", 1) for line in open(sys.argv[1]))

@@ -33,7 +33,8 @@ def _methods(methods):
 
 def compare(methods=None, model=None, *, ratio=None, experts=None, top_k=None, eplb_share=None, scenario=None,
             context_tokens=None, context_file=None, question=None, max_new_tokens=None, query_aware=False,
-            reps=None, tasks=None, detailed=False, seed=None, threads=None, haystack=None, executable=None):
+            reps=None, tasks=None, detailed=False, seed=None, threads=None, haystack=None, weights=None,
+            kv_type=None, executable=None):
     """Run `pikv compare --json` and return its report. The keyword arguments
     are the command's options (None: its default); methods are presses or
     specs, optionally named, and model is a directory (default: the bundled
@@ -45,7 +46,8 @@ def compare(methods=None, model=None, *, ratio=None, experts=None, top_k=None, e
                ("--context-file", os.fspath(context_file) if context_file is not None else None),
                ("--question", question), ("--max-new-tokens", max_new_tokens), ("--reps", reps),
                ("--tasks", tasks), ("--seed", seed), ("--threads", threads),
-               ("--haystack", os.fspath(haystack) if haystack is not None else None)]
+               ("--haystack", os.fspath(haystack) if haystack is not None else None),
+               ("--weights", weights), ("--kv-type", kv_type)]
     argv = [executable or _locate.executable(_lib.lib()), "compare", "--json"]
     for flag, value in options:
         if value is not None:

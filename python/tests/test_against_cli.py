@@ -100,6 +100,14 @@ class GenerationEqualsTheCLIs(unittest.TestCase):
 
 
 class Compare(unittest.TestCase):
+    def test_kv_type_and_weights_reach_the_command(self):
+        report = pikv.compare(["none"], context_tokens=300, tasks=1, reps=1, max_new_tokens=4, threads=1,
+                              weights="f32", kv_type="q8_0")
+        cfg = model().config
+        # q8_0: 34 bytes per 32 values, keys and values, and a 4-byte position.
+        row = 2 * cfg["head_dim"] // 32 * 34 + 4
+        self.assertEqual(report["methods"][0]["kv_bytes"], 300 * cfg["n_layer"] * cfg["n_head"] * row)
+
     def test_report_of_the_command(self):
         report = pikv.compare(["none", ("Duo 0.5", pikv.DuoAttentionPress(0.5))], context_tokens=600, tasks=1,
                               reps=1, max_new_tokens=8, threads=1)
@@ -107,7 +115,8 @@ class Compare(unittest.TestCase):
         self.assertEqual(names, ["No Compression", "Duo 0.5"])
         none, duo = report["methods"]
         cfg = model().config
-        self.assertEqual(none["kv_bytes"], 600 * cfg["n_layer"] * cfg["n_head"] * (2 * cfg["head_dim"] * 4 + 4))
+        # The command's default cache: f16 keys and values (2 bytes each) and a 4-byte position.
+        self.assertEqual(none["kv_bytes"], 600 * cfg["n_layer"] * cfg["n_head"] * (2 * cfg["head_dim"] * 2 + 4))
         self.assertLess(duo["kv_bytes"], none["kv_bytes"])
         self.assertTrue(none["answer_correct"])
         self.assertIn("recommendation", report)
