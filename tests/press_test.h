@@ -37,8 +37,10 @@ static int test_layer_init(test_layer *t, int n_layer, int n_head, int head_dim,
     }
     for (int i = 0; i < n_layer * n_head; i++) {
         pk_kv_head *kh = &t->kv.heads[i];
-        memset(kh->k, 0, (size_t)len * t->kv.row_k);
-        memset(kh->v, 0, (size_t)len * t->kv.row_v);
+        if (len > 0) { /* an empty head has no arrays to clear */
+            memset(kh->k, 0, (size_t)len * t->kv.row_k);
+            memset(kh->v, 0, (size_t)len * t->kv.row_v);
+        }
         for (int j = 0; j < len; j++) kh->pos[j] = j;
         kh->len = len;
     }
