@@ -110,6 +110,28 @@ static void check_limits_and_dirty_range(void)
           "zero blocks: %s", pikv_last_error());
 }
 
+/* Heads of one sequence holding different lengths, as a press leaves them:
+ * each gets its own blocks, and a reservation that does not fit takes none. */
+static void check_per_head_lengths(void)
+{
+    pk_block_pool p;
+    CHECK(pk_block_pool_init(&p, 10, 16, 1, 1, 3, 100) == 0, "init");
+    const int32_t len[3] = {40, 0, 16};
+    CHECK(pk_block_pool_reserve_heads(&p, 0, len, 0) == 0, "40, 0 and 16 entries");
+    CHECK(pk_block_pool_held(&p, 0, 0) == 3 && pk_block_pool_held(&p, 0, 1) == 0 && pk_block_pool_held(&p, 0, 2) == 1,
+          "blocks held %d %d %d, expected 3 0 1", pk_block_pool_held(&p, 0, 0), pk_block_pool_held(&p, 0, 1),
+          pk_block_pool_held(&p, 0, 2));
+    /* One more entry each: heads 1 and 2 need a block, head 0 has room. */
+    CHECK(pk_block_pool_reserve_heads(&p, 0, len, 1) == 0 && pk_block_pool_in_use(&p) == 6, "one more: %d blocks",
+          pk_block_pool_in_use(&p));
+    /* 4 blocks free; 81 entries in head 1 need 5 more. */
+    const int32_t big[3] = {40, 81, 16};
+    CHECK(pk_block_pool_reserve_heads(&p, 0, big, 0) == -1 && strstr(pikv_last_error(), "pool full") &&
+              pk_block_pool_in_use(&p) == 6,
+          "refused whole: %s, %d blocks", pikv_last_error(), pk_block_pool_in_use(&p));
+    pk_block_pool_free(&p);
+}
+
 /* Each of init's three allocations failing in turn. */
 static void check_allocation_failures(void)
 {
@@ -130,6 +152,7 @@ int main(void)
     check_growth_and_truncation();
     check_reuse_over_calls();
     check_limits_and_dirty_range();
+    check_per_head_lengths();
     check_allocation_failures();
     return check_done("test_block_pool");
 }

@@ -59,26 +59,38 @@ static void mark_dirty(pk_block_pool *p, size_t i)
     if (i + 1 > p->dirty_hi) p->dirty_hi = i + 1;
 }
 
-int pk_block_pool_reserve(pk_block_pool *p, int seq, int len)
+int pk_block_pool_reserve_heads(pk_block_pool *p, int seq, const int32_t *len, int extra)
 {
-    const int need = (len + p->block_entries - 1) / p->block_entries;
-    if (need > p->max_blocks)
-        return pk_fail("KV block pool: %d entries per head exceed the %d a head may hold", len,
-                       p->max_blocks * p->block_entries);
     int32_t *held = p->held + (size_t)seq * (size_t)p->n_heads;
     int missing = 0;
-    for (int h = 0; h < p->n_heads; h++) missing += need > held[h] ? need - held[h] : 0;
+    for (int h = 0; h < p->n_heads; h++) {
+        const int entries = (len ? len[h] : 0) + extra;
+        const int need = (entries + p->block_entries - 1) / p->block_entries;
+        if (need > p->max_blocks)
+            return pk_fail("KV block pool: %d entries per head exceed the %d a head may hold", entries,
+                           p->max_blocks * p->block_entries);
+        missing += need > held[h] ? need - held[h] : 0;
+    }
     if (missing > p->n_free)
         return pk_fail("KV block pool full: %d more blocks needed, %d of %d free", missing, p->n_free, p->n_blocks);
-    for (int h = 0; h < p->n_heads; h++)
+    for (int h = 0; h < p->n_heads; h++) {
+        const int need = ((len ? len[h] : 0) + extra + p->block_entries - 1) / p->block_entries;
         for (; held[h] < need; held[h]++) {
             size_t i = table_index(p, seq, held[h], h);
             p->table[i] = p->free_ids[--p->n_free];
             mark_dirty(p, i);
         }
+    }
     int used = p->n_blocks - p->n_free;
     if (used > p->high_water) p->high_water = used;
     return 0;
+}
+
+int pk_block_pool_reserve(pk_block_pool *p, int seq, int len) { return pk_block_pool_reserve_heads(p, seq, NULL, len); }
+
+int pk_block_pool_held(const pk_block_pool *p, int seq, int head)
+{
+    return p->held[(size_t)seq * (size_t)p->n_heads + (size_t)head];
 }
 
 void pk_block_pool_truncate_head(pk_block_pool *p, int seq, int head, int len)

@@ -39,6 +39,13 @@ void pk_block_pool_free(pk_block_pool *p);
  * Fails (pool full, or len over max_entries) without taking any block. */
 int pk_block_pool_reserve(pk_block_pool *p, int seq, int len);
 
+/* The same with a length per head: head h of sequence `seq` gets blocks for
+ * len[h] + extra entries (len NULL: extra for every head), all or none. */
+int pk_block_pool_reserve_heads(pk_block_pool *p, int seq, const int32_t *len, int extra);
+
+/* Blocks held by one head of a sequence. */
+int pk_block_pool_held(const pk_block_pool *p, int seq, int head);
+
 /* Keep the blocks for the first `len` entries of one head (head = layer *
  * n_head + h) and free the rest. */
 void pk_block_pool_truncate_head(pk_block_pool *p, int seq, int head, int len);
