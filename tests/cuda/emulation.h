@@ -72,6 +72,15 @@ static inline float __shfl_xor_sync(unsigned, float v, int mask)
     return emu_exchange(v, [mask](unsigned lane) { return lane ^ (unsigned)mask; });
 }
 
+static inline int __shfl_xor_sync(unsigned m, int v, int mask)
+{
+    float f;
+    std::memcpy(&f, &v, sizeof f);
+    f = __shfl_xor_sync(m, f, mask);
+    std::memcpy(&v, &f, sizeof v);
+    return v;
+}
+
 static inline float __shfl_sync(unsigned, float v, int src)
 {
     return emu_exchange(v, [src](unsigned) { return (unsigned)src; });

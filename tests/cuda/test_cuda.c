@@ -6,10 +6,12 @@
  * to a prefill of the same sequence; graph replay equal to plain launches;
  * blocks freed by truncation reused (the pool's high-water mark stays put over
  * 100 generate calls) and a truncated sequence continuing as a fresh one; a batch of sequences of different lengths giving each
- * the logits it gets alone. Without a GPU it prints a "skipped" line and
+ * the logits it gets alone; greedy choices taken on the device equal the
+ * host's. Without a GPU it prints a "skipped" line and
  * passes nothing and fails nothing. */
 #include "backend/cuda/engine.h"
 #include "../check.h"
+#include "tokens.h"
 #include "pikv.h"
 
 #include <stdint.h>
@@ -18,17 +20,6 @@
 #include <string.h>
 
 enum { N_GREEDY = 24 };
-
-/* Deterministic token ids in 1..vocab-1 (splitmix64). */
-static void fill_tokens(int32_t *ids, int n, int vocab, uint64_t seed)
-{
-    for (int i = 0; i < n; i++) {
-        uint64_t z = (seed += 0x9e3779b97f4a7c15ull);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        ids[i] = 1 + (int32_t)((z ^ (z >> 31)) % (uint64_t)(vocab - 1));
-    }
-}
 
 /* The greedy choice, as generation makes it. */
 static int argmax(float *x, int n)
@@ -230,6 +221,36 @@ static void check_batch(const char *name, const pikv_model *m, int B, double lim
     free(la);
 }
 
+/* Greedy choices taken on the device equal the host's argmax of the same
+ * step's logits, for a batch of 4 over 6 steps. */
+static void check_greedy_on_device(const char *name, const pikv_model *m)
+{
+    const int V = pikv_model_config(m)->vocab_size, B = 4, steps = 6;
+    pk_cuda_session *a = open_session(m, PK_CUDA_BF16, B, 1), *b = open_session(m, PK_CUDA_BF16, B, 1);
+    float *logits = malloc((size_t)B * V * sizeof *logits);
+    int32_t prompt[40], host[4], device[4];
+    int rc = a && b ? 0 : -1, same = 1;
+    for (int i = 0; rc == 0 && i < B; i++) {
+        fill_tokens(prompt, 10 + 7 * i, V, 300 + (uint64_t)i);
+        rc = pk_cuda_forward(a, i, prompt, 10 + 7 * i, logits, 0) || pk_cuda_forward(b, i, prompt, 10 + 7 * i, NULL, 0);
+        host[i] = device[i] = argmax(logits, V);
+    }
+    for (int t = 0; rc == 0 && t < steps; t++) {
+        rc = pk_cuda_decode(a, host, B, logits) || pk_cuda_decode_greedy(b, device, B, device);
+        for (int i = 0; rc == 0 && i < B; i++) {
+            host[i] = argmax(logits + (size_t)i * V, V);
+            same &= host[i] == device[i];
+        }
+    }
+    CHECK(rc == 0 && same, "%s: greedy choices on the device differ from the host's argmax: %s", name,
+          rc ? pikv_last_error() : "");
+    printf("%s bf16, batch of %d: %d greedy steps chosen on the device %s the host's argmax\n", name, B, steps,
+           same ? "equal" : "DIFFER from");
+    pk_cuda_session_free(a);
+    pk_cuda_session_free(b);
+    free(logits);
+}
+
 int main(void)
 {
     if (!pk_cuda_available()) {
@@ -251,6 +272,7 @@ int main(void)
         check_block_reuse(names[i], m);
         check_batch(names[i], m, 4, 1e-5);
         check_batch(names[i], m, 12, 1e-4);
+        check_greedy_on_device(names[i], m);
         pikv_model_free(m);
     }
     return check_done("test_cuda");

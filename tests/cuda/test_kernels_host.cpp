@@ -5,7 +5,9 @@
  * decode (a head per block, or split over several) and prompt variants; the fused matrix-vector kernels with their layer
  * norm prologue and QKV-append, residual, GELU and store epilogues, on grids
  * smaller than the output so that the kernels stride; the cuBLAS path's
- * epilogue and layer norm; embedding and the advance of positions. */
+ * epilogue and layer norm; embedding and the advance of positions; streaming
+ * rings (where a decoded entry goes, what attention sees, how the ring
+ * moves); compaction of kept entries in place and their read-back. */
 #include "emulation.h"
 
 #include "backend/cuda/kernels.cuh"
@@ -54,6 +56,7 @@ static double rel(const std::vector<double> &ref, const float *got, size_t n)
 template <typename W> struct paged_cache {
     int max_seq, n_lh, max_blocks, head_dim, n_head, C;
     std::vector<int32_t> table, kv_len, seq_pos;
+    std::vector<ring_state> ring;
     std::vector<W> pool;
 
     paged_cache(int seqs, int n_layer, int heads, int hd, int blocks_per_head)
@@ -66,6 +69,7 @@ template <typename W> struct paged_cache {
         std::shuffle(table.begin(), table.end(), rng);
         pool.assign((size_t)n_blocks * 2 * PK_CUDA_BLOCK * hd, from_f<W>(NAN));
         kv_len.assign((size_t)max_seq * n_lh, 0);
+        ring.assign((size_t)max_seq * n_lh, ring_state{});
         seq_pos.assign((size_t)max_seq, 0);
     }
     rows_ctx<W> ctx(int seq0, int rows_per_seq)
@@ -75,6 +79,7 @@ template <typename W> struct paged_cache {
         c.rows_per_seq = rows_per_seq;
         c.seq_pos = seq_pos.data();
         c.kv_len = kv_len.data();
+        c.ring = ring.data();
         c.table = table.data();
         c.pool = pool.data();
         c.max_blocks = max_blocks;
@@ -96,8 +101,12 @@ template <typename W> struct paged_cache {
  * layer 1, against softmax attention computed densely in float64. With
  * n_split > 0, the decode kernel that splits each head's context over n_split
  * blocks (more splits than blocks, so that some are empty), run twice: its
- * completion counts must be back at zero after each run. */
-template <typename W, int HD, int NW> static void check_attention(int rows_per_seq, const char *what, int n_split = 0)
+ * completion counts must be back at zero after each run. With full_ring, the
+ * first head is a full streaming ring, whose decoded entry replaced one: it
+ * sees its len entries, not len + 1. */
+template <typename W, int HD, int NW>
+static void check_attention(int rows_per_seq, const char *what, int n_split = 0, bool full_ring = false,
+                            int per_split = 0)
 {
     const int n_head = 2, n_layer = 2, layer = 1, seq0 = 1, n_seq = 2;
     paged_cache<W> kv(3, n_layer, n_head, HD, 4);
@@ -108,6 +117,7 @@ template <typename W, int HD, int NW> static void check_attention(int rows_per_s
         for (int h = 0; h < n_head; h++, i++) {
             const int lh = layer * n_head + h;
             kv.kv_len[(size_t)b * kv.n_lh + lh] = lens[i + (rows_per_seq > 1 ? 4 : 0)];
+            if (full_ring && i == 0) kv.ring[(size_t)b * kv.n_lh + lh] = ring_state{2, lens[0] - 2, 5, 0};
             for (int s = 0; s < kv.kv_len[(size_t)b * kv.n_lh + lh] + rows_per_seq; s++)
                 for (int d = 0; d < HD; d++) {
                     kv.at(b, lh, s, 0, d) = from_f<W>(uniform());
@@ -121,7 +131,8 @@ template <typename W, int HD, int NW> static void check_attention(int rows_per_s
         std::vector<int> done((size_t)kv.max_seq * n_head, 0);
         for (int run = 0; run < 2; run++) {
             emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
-                       (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data());
+                       (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
+                       per_split);
             CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
                   "attention %s: completion counts not reset after run %d", what, run + 1);
         }
@@ -133,7 +144,8 @@ template <typename W, int HD, int NW> static void check_attention(int rows_per_s
     for (int row = 0; row < R; row++) {
         const int b = seq0 + row / rows_per_seq, r = row % rows_per_seq;
         for (int h = 0; h < n_head; h++) {
-            const int lh = layer * n_head + h, visible = kv.kv_len[(size_t)b * kv.n_lh + lh] + r + 1;
+            const int lh = layer * n_head + h, len = kv.kv_len[(size_t)b * kv.n_lh + lh];
+            const int visible = rows_per_seq == 1 && ring_full(kv.ring[(size_t)b * kv.n_lh + lh], len) ? len : len + r + 1;
             std::vector<double> p((size_t)visible);
             double mx = -INFINITY, sum = 0;
             for (int j = 0; j < visible; j++) {
@@ -337,6 +349,103 @@ static void check_prompt_pieces()
           "advance: positions %d %d, lengths %d %d", kv.seq_pos[0], kv.seq_pos[1], kv.kv_len[0], kv.kv_len[kv.n_lh]);
 }
 
+/* A decode step with streaming rings (sink 2, recent 3): the QKV epilogue
+ * writes a full ring's new entry over slot `next` and a filling ring's after
+ * its entries; the advance moves a full ring's `next` on (wrapping back to
+ * the first slot after the sinks) and lengthens every other head. */
+static void check_ring_step()
+{
+    typedef float W;
+    const int n_head = 3, hd = 32, C = n_head * hd;
+    paged_cache<W> kv(1, 1, n_head, hd, 2);
+    kv.kv_len = {5, 3, 9};                                  /* a full ring, a filling ring, a full head */
+    kv.ring = {ring_state{2, 3, 4, 0}, ring_state{2, 3, 2, 0}, ring_state{}};
+    std::vector<float> prod = random_f((size_t)3 * C), bias((size_t)3 * C, 0.f), q((size_t)C);
+    epilogue<W, float, EPI_QKV> e;
+    e.y = q.data();
+    e.out = 3 * C;
+    e.layer = 0;
+    e.kv = kv.ctx(0, 1);
+    emu_launch(dim3(2), dim3(64), 0, epilogue_kernel<W, float, EPI_QKV>, (const float *)prod.data(),
+               (const float *)bias.data(), 1, e);
+    const int slot[3] = {4, 3, 9};
+    int wrong = 0;
+    for (int h = 0; h < n_head; h++)
+        for (int d = 0; d < hd; d++)
+            wrong += kv.at(0, h, slot[h], 0, d) != prod[C + h * hd + d] ||
+                     kv.at(0, h, slot[h], 1, d) != prod[2 * C + h * hd + d];
+    CHECK(wrong == 0, "ring step: %d key or value elements not in slots 4, 3 and 9", wrong);
+    emu_launch(dim3(1), dim3(64), 0, advance_kernel<W>, kv.ctx(0, 1), 1);
+    CHECK(kv.kv_len[0] == 5 && kv.ring[0].next == 2 && kv.kv_len[1] == 4 && kv.ring[1].next == 2 && kv.kv_len[2] == 10,
+          "ring advance: lengths %d %d %d, next %d %d (expected 5 4 10, next 2 2)", kv.kv_len[0], kv.kv_len[1],
+          kv.kv_len[2], kv.ring[0].next, kv.ring[1].next);
+    emu_launch(dim3(1), dim3(64), 0, advance_kernel<W>, kv.ctx(0, 1), 1);
+    CHECK(kv.ring[0].next == 3 && kv.kv_len[1] == 5 && kv.ring[1].next == 2,
+          "second advance: next %d (expected 3), filling ring now %d entries, next %d", kv.ring[0].next, kv.kv_len[1],
+          kv.ring[1].next);
+}
+
+/* Compaction in place of a 40-entry head and a 16-entry head to kept slots
+ * that include runs, gaps and a block boundary, then the read of both heads
+ * back as float32. */
+template <typename W> static void check_compaction(const char *what)
+{
+    const int n_head = 2, hd = 64, layer = 1, b = 1;
+    paged_cache<W> kv(2, 2, n_head, hd, 3);
+    const int len[2] = {40, 16};
+    for (int h = 0; h < n_head; h++) {
+        const int lh = layer * n_head + h;
+        kv.kv_len[(size_t)b * kv.n_lh + lh] = len[h];
+        for (int sl = 0; sl < len[h]; sl++)
+            for (int d = 0; d < hd; d++) {
+                kv.at(b, lh, sl, 0, d) = from_f<W>((float)(sl * 100 + d));
+                kv.at(b, lh, sl, 1, d) = from_f<W>((float)(-sl * 100 - d));
+            }
+    }
+    const int stride = 9;
+    std::vector<int32_t> keep = {0, 1, 5, 15, 16, 17, 18, 33, 39, /* head 1: */ 2, 3, 4, 9, 15, 0, 0, 0, 0};
+    std::vector<int32_t> n_keep = {9, 5};
+    emu_launch(dim3(n_head), dim3(64), (size_t)PK_CUDA_BLOCK * 2 * hd * sizeof(W), compact_layer_kernel<W>,
+               kv.ctx(b, 1), b, layer, (const int32_t *)keep.data(), (const int32_t *)n_keep.data(), stride);
+    int wrong = 0;
+    for (int h = 0; h < n_head; h++)
+        for (int j = 0; j < n_keep[h]; j++)
+            for (int d = 0; d < hd; d++) {
+                const int from = keep[(size_t)h * stride + j];
+                wrong += to_f<W>(kv.at(b, layer * n_head + h, j, 0, d)) != to_f<W>(from_f<W>((float)(from * 100 + d))) ||
+                         to_f<W>(kv.at(b, layer * n_head + h, j, 1, d)) != to_f<W>(from_f<W>((float)(-from * 100 - d)));
+            }
+    CHECK(wrong == 0, "compaction %s: %d elements not where the kept slots go", what, wrong);
+    /* Read back the first 5 slots of both heads. */
+    const int rl = 5;
+    std::vector<float> k((size_t)n_head * rl * hd, NAN), v((size_t)n_head * rl * hd, NAN);
+    emu_launch(dim3(1, n_head), dim3(256), 0, read_heads_kernel<W>, kv.ctx(b, 1), b, layer, 0, rl, k.data(), v.data());
+    wrong = 0;
+    for (int h = 0; h < n_head; h++)
+        for (int j = 0; j < rl; j++)
+            for (int d = 0; d < hd; d++)
+                wrong += k[((size_t)h * rl + j) * hd + d] != to_f<W>(kv.at(b, layer * n_head + h, j, 0, d)) ||
+                         v[((size_t)h * rl + j) * hd + d] != to_f<W>(kv.at(b, layer * n_head + h, j, 1, d));
+    CHECK(wrong == 0, "read of compacted heads %s: %d elements differ", what, wrong);
+    printf("compaction %s: 9 of 40 and 5 of 16 entries moved in place, read back as float32\n", what);
+}
+
+/* The device's greedy choice against the CPU's first-largest rule: rows
+ * with a repeated maximum, a maximum in the last element, and a width that
+ * is not a multiple of the block. */
+static void check_argmax()
+{
+    const int V = 1000, rows = 3;
+    std::vector<float> x = random_f((size_t)rows * V);
+    x[(size_t)0 * V + 700] = x[(size_t)0 * V + 300] = 5.f;  /* tie: 300 wins */
+    x[(size_t)1 * V + V - 1] = 7.f;
+    x[(size_t)2 * V + 0] = 9.f;
+    std::vector<int32_t> got(rows, -1);
+    emu_launch(dim3(rows), dim3(256), 0, argmax_kernel, (const float *)x.data(), V, got.data());
+    CHECK(got[0] == 300 && got[1] == V - 1 && got[2] == 0, "argmax: %d %d %d, expected 300 %d 0", got[0], got[1],
+          got[2], V - 1);
+}
+
 int main()
 {
     check_attention<float, 32, 32>(1, "f32, decode (32 warps per head)");
@@ -346,6 +455,13 @@ int main()
     check_attention<float, 128, 2>(1, "f32 head_dim 128, decode split over 2 blocks per head (2 warps)", 2);
     check_gemv<float>("f32", 1e-5);
     check_gemv<__nv_bfloat16>("bf16", 8e-3);
+    check_attention<float, 64, 4>(1, "f32, decode in one block per head with a full streaming ring (4 warps)", 1, true);
+    check_attention<__nv_bfloat16, 64, 4>(1, "bf16, decode split over 3 blocks with a full ring (4 warps)", 3, true);
+    check_attention<__nv_bfloat16, 64, 2>(1, "bf16, decode in fixed shares of 1 KV block, 4 splits (2 warps)", 4, true, 1);
     check_prompt_pieces();
+    check_ring_step();
+    check_argmax();
+    check_compaction<float>("f32");
+    check_compaction<__nv_bfloat16>("bf16");
     return check_done("test_kernels_host");
 }

@@ -54,8 +54,15 @@ struct pk_cuda_session {
     pk_block_pool pool;
     void *d_pool;
     int32_t *d_table, *d_kv_len, *d_pos, *d_tokens;
+    ring_state *d_ring;       /* [max_seq][n_layer * n_head] */
     int32_t *h_pos, *h_len;   /* host copies: [max_seq], [max_seq][n_layer * n_head] */
+    ring_state *h_ring;       /* host copy of d_ring */
+    int32_t *h_need;          /* scratch [n_layer * n_head]: entries each head needs for a step */
     int n_lh;
+    /* For presses: a layer's entries as float32 [2][n_head][n_positions][head_dim],
+     * and kept slots [n_head][n_positions] with their counts [n_head]. */
+    float *d_layer;
+    int32_t *d_keep, *d_n_keep;
 
     int gemv_rows;            /* most rows the matrix-vector path takes */
     int n_sm;                 /* the device's multiprocessors */
@@ -64,6 +71,7 @@ struct pk_cuda_session {
     int split_cap;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
+    int32_t *d_next, *h_next; /* greedy choices of a decode step: device [max_seq], pinned [max_seq] */
     float *h_logits;          /* pinned [small.rows][V] */
     cudaGraphExec_t *graphs;  /* [max_seq + 1]: the decode step of n sequences */
     int launches;             /* kernel launches enqueued by the last call */
@@ -165,6 +173,7 @@ template <typename W> static rows_ctx<W> make_ctx(pk_cuda_session *s, int seq0, 
     c.rows_per_seq = rows_per_seq;
     c.seq_pos = s->d_pos;
     c.kv_len = s->d_kv_len;
+    c.ring = s->d_ring;
     c.table = s->d_table;
     c.pool = (W *)s->d_pool;
     c.max_blocks = s->pool.max_blocks;
@@ -289,13 +298,20 @@ static void layernorm(pk_cuda_session *s, void *out, const float *x, const float
     s->launches++;
 }
 
+/* KV blocks of the longest head list. */
+static int max_kv_blocks(const pk_cuda_session *s) { return (s->cfg.n_positions + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK; }
+
 /* Blocks per head of the split decode attention for n_seq sequences: about
  * two per multiprocessor over all heads, and no more than the longest
- * context gives its warps KV blocks to read. */
+ * context gives its warps KV blocks to read. With several sequences, also
+ * enough that a split reads at most 4 KV blocks per warp of the longest
+ * possible head: the splits then take fixed shares (attention()), so that the
+ * long heads a press leaves beside short ones are not the step's tail. */
 static int decode_splits(const pk_cuda_session *s, int n_seq)
 {
-    const int want = (2 * s->n_sm + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
-    const int kv_blocks = (s->cfg.n_positions + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
+    int want = (2 * s->n_sm + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
+    const int kv_blocks = max_kv_blocks(s), fixed = (kv_blocks + 4 * DECODE_WARPS - 1) / (4 * DECODE_WARPS);
+    if (n_seq > 1 && want < fixed) want = fixed;
     int n = want < (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS ? want : (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS;
     if (n > MAX_SPLIT) n = MAX_SPLIT;
     return n < 1 ? 1 : n;
@@ -310,11 +326,14 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
 {
     const float scale = pk_attention_scale(&s->cfg, layer);
     const int n_split = decode_splits(s, n_seq);
+    /* One sequence: every head divides its own context among all the splits.
+     * Several: fixed shares of the longest possible context. */
+    const int per_split = n_seq > 1 ? (max_kv_blocks(s) + n_split - 1) / n_split : 0;
     OutT *o = (OutT *)out;
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
         launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS>, dim3(n_split, s->cfg.n_head, n_seq), \
-                          dim3(DECODE_WARPS * 32), 0, q, o, layer, scale, c, s->d_part, s->d_done);                    \
+                          dim3(DECODE_WARPS * 32), 0, q, o, layer, scale, c, s->d_part, s->d_done, per_split);         \
     } else {                                                                                                         \
         attention_kernel<W, OutT, HD, 4><<<dim3(c.rows_per_seq, s->cfg.n_head, n_seq), 4 * 32, 0, s->stream>>>(       \
             q, o, layer, scale, c);                                                                                    \
@@ -336,7 +355,7 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
  * sequence. Nothing here synchronises, so the decode step can be captured. */
 template <typename W>
 static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
-                           int all_logits)
+                           int all_logits, float *queries)
 {
     const pikv_config *cf = &s->cfg;
     const int C = cf->n_embd, F = cf->n_inner, V = cf->vocab_size, R = n_seq * rows_per_seq;
@@ -351,6 +370,10 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
             gemv<W, true>(s, L->attn_w, L->attn_b, a->x, R, C, L->ln_1_w, L->ln_1_b,
                           make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
             if (attention<W, float>(s, a->q, a->att, l, n_seq, c)) return -1;
+            if (queries)
+                CU(cudaMemcpyAsync(queries + (size_t)l * R * C, a->q, (size_t)R * C * 4, cudaMemcpyDeviceToHost,
+                                   s->stream),
+                   "copying queries");
             gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
                            make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
             gemv<W, true>(s, L->fc_w, L->fc_b, a->x, R, C, L->ln_2_w, L->ln_2_b,
@@ -363,6 +386,9 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (gemm<W>(s, L->attn_w, a->xn, a->prod, R, C, 3 * C)) return -1;
         epilogue_launch(s, a->prod, L->attn_b, R, make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
         if (attention<W, W>(s, a->q, a->att, l, n_seq, c)) return -1;
+        if (queries)
+            CU(cudaMemcpyAsync(queries + (size_t)l * R * C, a->q, (size_t)R * C * 4, cudaMemcpyDeviceToHost, s->stream),
+               "copying queries");
         if (gemm<W>(s, L->attn_proj_w, a->att, a->prod, R, C, C)) return -1;
         epilogue_launch(s, a->prod, L->attn_proj_b, R, make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
         layernorm<W>(s, a->xn, a->x, L->ln_2_w, L->ln_2_b, R);
@@ -391,14 +417,15 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     return 0;
 }
 
-/* enqueue_forward for the session's storage type. */
+/* enqueue_forward for the session's storage type; queries (host [n_layer][R][C]) may be NULL. */
 static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
-                   int all_logits)
+                   int all_logits, float *queries = nullptr)
 {
     switch (s->params.dtype) {
-    case PK_CUDA_BF16: return enqueue_forward<__nv_bfloat16>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits);
-    case PK_CUDA_F16: return enqueue_forward<__half>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits);
-    default: return enqueue_forward<float>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits);
+    case PK_CUDA_BF16:
+        return enqueue_forward<__nv_bfloat16>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
+    case PK_CUDA_F16: return enqueue_forward<__half>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
+    default: return enqueue_forward<float>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
     }
 }
 
@@ -412,6 +439,8 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     free_activations(&s->small);
     free_activations(&s->large);
     cudaFreeHost(s->h_tokens);
+    cudaFreeHost(s->h_next);
+    cudaFree(s->d_next);
     cudaFreeHost(s->h_logits);
     cudaFree(s->d_pool);
     cudaFree(s->d_table);
@@ -420,8 +449,14 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_tokens);
     cudaFree(s->d_part);
     cudaFree(s->d_done);
+    cudaFree(s->d_ring);
+    cudaFree(s->d_layer);
+    cudaFree(s->d_keep);
+    cudaFree(s->d_n_keep);
     pk_free(s->h_pos);
     pk_free(s->h_len);
+    pk_free(s->h_ring);
+    pk_free(s->h_need);
     pk_block_pool_free(&s->pool);
     if (s->blas) cublasDestroy(s->blas);
     cudaFree(s->blas_workspace);
@@ -457,17 +492,22 @@ static int session_init(pk_cuda_session *s)
     CU(cudaMalloc((void **)&s->d_pos, (size_t)max_seq * 4), "allocating the positions");
     const int token_cap = c->n_positions > max_seq ? c->n_positions : max_seq;
     CU(cudaMalloc((void **)&s->d_tokens, (size_t)token_cap * 4), "allocating the token buffer");
+    CU(cudaMalloc((void **)&s->d_ring, (size_t)max_seq * s->n_lh * sizeof(ring_state)), "allocating the rings");
     CU(cudaMemset(s->d_kv_len, 0, (size_t)max_seq * s->n_lh * 4), "clearing the head lengths");
     CU(cudaMemset(s->d_pos, 0, (size_t)max_seq * 4), "clearing the positions");
+    CU(cudaMemset(s->d_ring, 0, (size_t)max_seq * s->n_lh * sizeof(ring_state)), "clearing the rings");
     s->h_pos = (int32_t *)pk_calloc((size_t)max_seq, 4, "CUDA positions");
     s->h_len = (int32_t *)pk_calloc((size_t)max_seq * s->n_lh, 4, "CUDA head lengths");
+    s->h_ring = (ring_state *)pk_calloc((size_t)max_seq * s->n_lh, sizeof(ring_state), "CUDA rings");
+    s->h_need = (int32_t *)pk_calloc((size_t)s->n_lh, 4, "CUDA head needs");
     s->graphs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->graphs, "CUDA graphs");
-    if (!s->h_pos || !s->h_len || !s->graphs) return -1;
+    if (!s->h_pos || !s->h_len || !s->h_ring || !s->h_need || !s->graphs) return -1;
 
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0), "reading the device's properties");
     s->n_sm = p.multiProcessorCount;
-    s->split_cap = decode_splits(s, 1);
+    /* The most splits any batch uses: one sequence's, or two's (fewer for more sequences). */
+    s->split_cap = decode_splits(s, 1) > decode_splits(s, 2) ? decode_splits(s, 1) : decode_splits(s, 2);
     const size_t heads = (size_t)max_seq * c->n_head;
     CU(cudaMalloc((void **)&s->d_part, heads * s->split_cap * (c->head_dim + 2) * 4), "allocating attention partials");
     CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
@@ -485,6 +525,8 @@ static int session_init(pk_cuda_session *s)
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
     CU(cudaMallocHost((void **)&s->h_tokens, (size_t)max_seq * 4), "allocating pinned tokens");
+    CU(cudaMallocHost((void **)&s->h_next, (size_t)max_seq * 4), "allocating pinned choices");
+    CU(cudaMalloc((void **)&s->d_next, (size_t)max_seq * 4), "allocating the choices");
     CU(cudaMallocHost((void **)&s->h_logits, (size_t)small_rows * c->vocab_size * 4), "allocating pinned logits");
     return 0;
 }
@@ -531,16 +573,52 @@ static int check_tokens(const pk_cuda_session *s, const int32_t *ids, int n)
     return 0;
 }
 
-/* After a call: the host copies of positions and lengths follow the device's. */
+/* After a call: the host copies of positions, lengths and rings follow the
+ * device's (advance_kernel). */
 static void advance_host(pk_cuda_session *s, int seq0, int n_seq, int rows_per_seq)
 {
     for (int b = seq0; b < seq0 + n_seq; b++) {
         s->h_pos[b] += rows_per_seq;
-        for (int i = 0; i < s->n_lh; i++) s->h_len[(size_t)b * s->n_lh + i] += rows_per_seq;
+        for (int i = 0; i < s->n_lh; i++) {
+            const size_t bh = (size_t)b * s->n_lh + i;
+            ring_state &r = s->h_ring[bh];
+            if (rows_per_seq == 1 && ring_full(r, s->h_len[bh]))
+                r.next = r.sink + (r.next - r.sink + 1) % r.recent;
+            else
+                s->h_len[bh] += rows_per_seq;
+        }
     }
 }
 
-extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits)
+/* Whether some head of sequence seq is a streaming ring. */
+static int has_rings(const pk_cuda_session *s, int seq)
+{
+    for (int i = 0; i < s->n_lh; i++)
+        if (s->h_ring[(size_t)seq * s->n_lh + i].recent > 0) return 1;
+    return 0;
+}
+
+/* Whether every head of sequence seq holds each of its tokens (no press has compressed it). */
+static int is_whole(const pk_cuda_session *s, int seq)
+{
+    for (int i = 0; i < s->n_lh; i++)
+        if (s->h_len[(size_t)seq * s->n_lh + i] != s->h_pos[seq]) return 0;
+    return !has_rings(s, seq);
+}
+
+/* Give every head of sequence seq the blocks for one more token: a full ring needs none. */
+static int reserve_step(pk_cuda_session *s, int seq)
+{
+    for (int i = 0; i < s->n_lh; i++) {
+        const size_t bh = (size_t)seq * s->n_lh + i;
+        s->h_need[i] = s->h_len[bh] + (ring_full(s->h_ring[bh], s->h_len[bh]) ? 0 : 1);
+    }
+    return pk_block_pool_reserve_heads(&s->pool, seq, s->h_need, 0);
+}
+
+/* pk_cuda_forward, also copying each layer's queries to the host when queries is not NULL. */
+static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits,
+                   float *queries)
 {
     if (seq < 0 || seq >= s->params.max_seq)
         return pk_fail("CUDA forward: sequence %d outside 0..%d", seq, s->params.max_seq - 1);
@@ -548,15 +626,20 @@ extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, 
     if (s->h_pos[seq] + n > s->cfg.n_positions)
         return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
                        s->h_pos[seq], s->cfg.n_positions);
-    if (check_tokens(s, ids, n) || pk_block_pool_reserve(&s->pool, seq, s->h_pos[seq] + n) || upload_table(s))
+    if (n > 1 && has_rings(s, seq))
+        return pk_fail("CUDA forward: sequence %d has streaming heads, which take one token per call on the GPU "
+                       "(got %d)", seq, n);
+    if (check_tokens(s, ids, n)) return -1;
+    if (n == 1 ? reserve_step(s, seq) : pk_block_pool_reserve_heads(&s->pool, seq, s->h_len + (size_t)seq * s->n_lh, n))
         return -1;
+    if (upload_table(s)) return -1;
     activations *a = &s->small;
     if (n > s->small.rows) {
         if (ensure_large(s, n)) return -1;
         a = &s->large;
     }
     CU(cudaMemcpyAsync(s->d_tokens, ids, (size_t)n * 4, cudaMemcpyHostToDevice, s->stream), "copying tokens");
-    if (enqueue(s, a, seq, 1, n, logits != NULL, all_logits)) return -1;
+    if (enqueue(s, a, seq, 1, n, logits != NULL, all_logits, queries)) return -1;
     if (logits)
         CU(cudaMemcpyAsync(logits, a->logits, (size_t)(all_logits ? n : 1) * s->cfg.vocab_size * 4,
                            cudaMemcpyDeviceToHost, s->stream),
@@ -564,6 +647,17 @@ extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, 
     CU(cudaStreamSynchronize(s->stream), "running the forward pass");
     advance_host(s, seq, 1, n);
     return 0;
+}
+
+extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits)
+{
+    return forward(s, seq, ids, n, logits, all_logits, nullptr);
+}
+
+extern "C" int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits,
+                                       float *queries)
+{
+    return forward(s, seq, ids, n, logits, 0, queries);
 }
 
 /* Capture the decode step of n_seq sequences once; later steps replay it. */
@@ -590,7 +684,9 @@ static int decode_graph(pk_cuda_session *s, int n_seq, cudaGraphExec_t *exec)
     return 0;
 }
 
-extern "C" int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits)
+/* One decode step; logits [n_seq][V] to the host, or else (when next is not
+ * NULL) only each sequence's greedy choice, taken on the device. */
+static int decode_step(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits, int32_t *next)
 {
     if (n_seq < 1 || n_seq > s->params.max_seq)
         return pk_fail("CUDA decode: %d sequences, the session holds 1..%d", n_seq, s->params.max_seq);
@@ -599,7 +695,7 @@ extern "C" int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq,
         if (s->h_pos[b] + 1 > s->cfg.n_positions)
             return pk_fail("sequence %d: position %d reaches the model's %d positions (n_positions)", b, s->h_pos[b],
                            s->cfg.n_positions);
-        if (pk_block_pool_reserve(&s->pool, b, s->h_pos[b] + 1)) return -1;
+        if (reserve_step(s, b)) return -1;
     }
     if (upload_table(s)) return -1;
     memcpy(s->h_tokens, ids, (size_t)n_seq * 4);
@@ -614,10 +710,51 @@ extern "C" int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq,
         s->kernels_per_decode = s->launches;
     }
     const size_t bytes = (size_t)n_seq * s->cfg.vocab_size * 4;
-    if (logits) CU(cudaMemcpyAsync(s->h_logits, s->small.logits, bytes, cudaMemcpyDeviceToHost, s->stream), "copying logits");
+    if (logits) {
+        CU(cudaMemcpyAsync(s->h_logits, s->small.logits, bytes, cudaMemcpyDeviceToHost, s->stream), "copying logits");
+    } else if (next) {
+        argmax_kernel<<<n_seq, 256, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_next);
+        CU(cudaGetLastError(), "launching the greedy choice");
+        CU(cudaMemcpyAsync(s->h_next, s->d_next, (size_t)n_seq * 4, cudaMemcpyDeviceToHost, s->stream),
+           "copying the greedy choices");
+    }
     CU(cudaStreamSynchronize(s->stream), "running the decode step");
     if (logits) memcpy(logits, s->h_logits, bytes);
+    else if (next) memcpy(next, s->h_next, (size_t)n_seq * 4);
     advance_host(s, 0, n_seq, 1);
+    return 0;
+}
+
+extern "C" int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits)
+{
+    return decode_step(s, ids, n_seq, logits, nullptr);
+}
+
+extern "C" int pk_cuda_decode_greedy(pk_cuda_session *s, const int32_t *ids, int n_seq, int32_t *next)
+{
+    if (!next) return pk_fail("CUDA greedy decode: no room for the choices");
+    return decode_step(s, ids, n_seq, nullptr, next);
+}
+
+/* Put sequence seq at position pos with head i holding its first len[i]
+ * entries (ring ring[i], or none when ring is NULL), freeing the blocks past
+ * them, on the host and on the device. */
+static int set_sequence(pk_cuda_session *s, int seq, int pos, const int32_t *len, const ring_state *ring)
+{
+    const size_t row = (size_t)seq * s->n_lh;
+    for (int i = 0; i < s->n_lh; i++) {
+        pk_block_pool_truncate_head(&s->pool, seq, i, len[i]);
+        s->h_len[row + i] = len[i];
+        s->h_ring[row + i] = ring ? ring[i] : ring_state{};
+    }
+    s->h_pos[seq] = pos;
+    CU(cudaMemcpyAsync(s->d_pos + seq, s->h_pos + seq, 4, cudaMemcpyHostToDevice, s->stream), "copying positions");
+    CU(cudaMemcpyAsync(s->d_kv_len + row, s->h_len + row, (size_t)s->n_lh * 4, cudaMemcpyHostToDevice, s->stream),
+       "copying head lengths");
+    CU(cudaMemcpyAsync(s->d_ring + row, s->h_ring + row, (size_t)s->n_lh * sizeof(ring_state), cudaMemcpyHostToDevice,
+                       s->stream),
+       "copying rings");
+    CU(cudaStreamSynchronize(s->stream), "setting a sequence's lengths");
     return 0;
 }
 
@@ -627,15 +764,11 @@ extern "C" int pk_cuda_truncate(pk_cuda_session *s, int seq, int len)
         return pk_fail("CUDA truncate: sequence %d outside 0..%d", seq, s->params.max_seq - 1);
     if (len < 0 || len > s->h_pos[seq])
         return pk_fail("CUDA truncate: length %d outside 0..%d", len, s->h_pos[seq]);
-    pk_block_pool_truncate(&s->pool, seq, len);
-    s->h_pos[seq] = len;
-    for (int i = 0; i < s->n_lh; i++) s->h_len[(size_t)seq * s->n_lh + i] = len;
-    CU(cudaMemcpyAsync(s->d_pos + seq, s->h_pos + seq, 4, cudaMemcpyHostToDevice, s->stream), "copying positions");
-    CU(cudaMemcpyAsync(s->d_kv_len + (size_t)seq * s->n_lh, s->h_len + (size_t)seq * s->n_lh, (size_t)s->n_lh * 4,
-                       cudaMemcpyHostToDevice, s->stream),
-       "copying head lengths");
-    CU(cudaStreamSynchronize(s->stream), "truncating");
-    return 0;
+    if (len > 0 && !is_whole(s, seq))
+        return pk_fail("CUDA truncate: sequence %d was compressed by a press, so it can only be cut back to 0 tokens",
+                       seq);
+    for (int i = 0; i < s->n_lh; i++) s->h_need[i] = len;
+    return set_sequence(s, seq, len, s->h_need, nullptr);
 }
 
 extern "C" int pk_cuda_position(const pk_cuda_session *s, int seq)
@@ -705,29 +838,196 @@ extern "C" int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, dou
 {
     if (!s->params.use_graphs) return pk_fail("CUDA replay timing: the session does not use graphs");
     if (n_seq < 1 || n_seq > s->params.max_seq) return pk_fail("CUDA replay timing: %d sequences", n_seq);
-    for (int b = 0; b < n_seq; b++) {
-        if (s->h_pos[b] + steps > s->cfg.n_positions)
-            return pk_fail("CUDA replay timing: %d steps from position %d pass n_positions", steps, s->h_pos[b]);
-        if (pk_block_pool_reserve(&s->pool, b, s->h_pos[b] + steps)) return -1;
+    if (steps < 1) return pk_fail("CUDA replay timing: %d steps", steps);
+    const size_t heads = (size_t)n_seq * s->n_lh;
+    int32_t *len = (int32_t *)pk_malloc_array(heads, 4, "saved head lengths");
+    ring_state *ring = (ring_state *)pk_malloc_array(heads, sizeof *ring, "saved rings");
+    int32_t *pos = (int32_t *)pk_malloc_array((size_t)n_seq, 4, "saved positions");
+    int rc = len && ring && pos ? 0 : -1;
+    if (rc == 0) {
+        memcpy(len, s->h_len, heads * 4);
+        memcpy(ring, s->h_ring, heads * sizeof *ring);
+        memcpy(pos, s->h_pos, (size_t)n_seq * 4);
     }
-    if (upload_table(s)) return -1;
+    /* Blocks for `steps` more tokens: a ring grows only up to its window. */
+    for (int b = 0; rc == 0 && b < n_seq; b++) {
+        if (s->h_pos[b] + steps > s->cfg.n_positions) {
+            rc = pk_fail("CUDA replay timing: %d steps from position %d pass n_positions", steps, s->h_pos[b]);
+            break;
+        }
+        for (int i = 0; i < s->n_lh; i++) {
+            const ring_state &r = ring[(size_t)b * s->n_lh + i];
+            const int grown = len[(size_t)b * s->n_lh + i] + steps;
+            s->h_need[i] = r.recent > 0 && grown > r.sink + r.recent ? r.sink + r.recent : grown;
+        }
+        rc = pk_block_pool_reserve_heads(&s->pool, b, s->h_need, 0);
+    }
     cudaGraphExec_t exec = nullptr;
-    if (decode_graph(s, n_seq, &exec)) return -1;
-    cudaEvent_t t0, t1;
-    CU(cudaEventCreate(&t0), "creating events");
-    CU(cudaEventCreate(&t1), "creating events");
-    cudaEventRecord(t0, s->stream);
-    for (int i = 0; i < steps; i++) cudaGraphLaunch(exec, s->stream);
-    cudaEventRecord(t1, s->stream);
-    cudaError_t e = cudaEventSynchronize(t1);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, t0, t1);
-    cudaEventDestroy(t0);
-    cudaEventDestroy(t1);
-    if (e != cudaSuccess) return cuda_fail(e, "replaying the decode graph");
-    *us_per_step = 1e3 * ms / steps;
-    /* The device advanced every sequence by `steps`; the host copies did not. */
-    for (int b = 0; b < n_seq; b++)
-        if (pk_cuda_truncate(s, b, s->h_pos[b])) return -1;
+    if (rc == 0) rc = upload_table(s);
+    if (rc == 0) rc = decode_graph(s, n_seq, &exec);
+    cudaEvent_t t0 = nullptr, t1 = nullptr;
+    if (rc == 0 && (cudaEventCreate(&t0) != cudaSuccess || cudaEventCreate(&t1) != cudaSuccess))
+        rc = pk_fail("CUDA replay timing: cannot create events");
+    if (rc == 0) {
+        cudaEventRecord(t0, s->stream);
+        for (int i = 0; i < steps; i++) cudaGraphLaunch(exec, s->stream);
+        cudaEventRecord(t1, s->stream);
+        cudaError_t e = cudaEventSynchronize(t1);
+        float ms = 0;
+        cudaEventElapsedTime(&ms, t0, t1);
+        if (e != cudaSuccess) rc = cuda_fail(e, "replaying the decode graph");
+        *us_per_step = 1e3 * ms / steps;
+    }
+    if (t0) cudaEventDestroy(t0);
+    if (t1) cudaEventDestroy(t1);
+    /* The device advanced every sequence by `steps`; put each back where it was
+     * (a ring's entries now hold the replayed tokens). */
+    for (int b = 0; len && ring && pos && b < n_seq; b++)
+        if (set_sequence(s, b, pos[b], len + (size_t)b * s->n_lh, ring + (size_t)b * s->n_lh) && rc == 0) rc = -1;
+    pk_free(len);
+    pk_free(ring);
+    pk_free(pos);
+    return rc;
+}
+
+/* The press buffers, allocated on first use: a layer's entries as float32 and
+ * the kept slots of its heads. */
+static int ensure_press_buffers(pk_cuda_session *s)
+{
+    if (s->d_layer) return 0;
+    const size_t entries = (size_t)s->cfg.n_head * s->cfg.n_positions;
+    CU(cudaMalloc((void **)&s->d_layer, 2 * entries * s->cfg.head_dim * 4), "allocating the press buffer");
+    CU(cudaMalloc((void **)&s->d_keep, entries * 4), "allocating the kept slots");
+    CU(cudaMalloc((void **)&s->d_n_keep, (size_t)s->cfg.n_head * 4), "allocating the kept counts");
     return 0;
+}
+
+/* read_heads_kernel or compact_layer_kernel for the session's storage type. */
+template <typename W> static void launch_read(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len)
+{
+    const size_t n = (size_t)n_heads * len * s->cfg.head_dim;
+    read_heads_kernel<W><<<dim3((len + 7) / 8, n_heads), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq, layer, head0,
+                                                                              len, s->d_layer, s->d_layer + n);
+}
+
+template <typename W> static void launch_compact(pk_cuda_session *s, int seq, int layer, int stride)
+{
+    const size_t smem = (size_t)PK_CUDA_BLOCK * 2 * s->cfg.head_dim * sizeof(W);
+    compact_layer_kernel<W><<<s->cfg.n_head, 256, smem, s->stream>>>(make_ctx<W>(s, seq, 1), seq, layer, s->d_keep,
+                                                                      s->d_n_keep, stride);
+}
+
+extern "C" int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len, float *k,
+                                  float *v)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer || head0 < 0 || n_heads < 1 ||
+        head0 + n_heads > s->cfg.n_head)
+        return pk_fail("CUDA read: sequence %d, layer %d or heads %d..%d out of range", seq, layer, head0,
+                       head0 + n_heads - 1);
+    for (int h = head0; h < head0 + n_heads; h++)
+        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h])
+            return pk_fail("CUDA read: layer %d head %d holds fewer than %d entries", layer, h, len);
+    if (len == 0) return 0;
+    if (ensure_press_buffers(s)) return -1;
+    switch (s->params.dtype) {
+    case PK_CUDA_BF16: launch_read<__nv_bfloat16>(s, seq, layer, head0, n_heads, len); break;
+    case PK_CUDA_F16: launch_read<__half>(s, seq, layer, head0, n_heads, len); break;
+    default: launch_read<float>(s, seq, layer, head0, n_heads, len); break;
+    }
+    CU(cudaGetLastError(), "reading heads");
+    const size_t n = (size_t)n_heads * len * s->cfg.head_dim;
+    CU(cudaMemcpyAsync(k, s->d_layer, n * 4, cudaMemcpyDeviceToHost, s->stream), "copying keys");
+    CU(cudaMemcpyAsync(v, s->d_layer + n, n * 4, cudaMemcpyDeviceToHost, s->stream), "copying values");
+    CU(cudaStreamSynchronize(s->stream), "reading heads");
+    return 0;
+}
+
+extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
+        return pk_fail("CUDA keep: sequence %d or layer %d out of range", seq, layer);
+    const int H = s->cfg.n_head;
+    const size_t row = (size_t)seq * s->n_lh + (size_t)layer * H;
+    int stride = 1;
+    for (int h = 0; h < H; h++) {
+        const pk_cuda_head_keep *k = &heads[h];
+        const int len = s->h_len[row + h];
+        if (s->h_ring[row + h].recent > 0) return pk_fail("CUDA keep: layer %d head %d streams already", layer, h);
+        if (k->n < 0 || k->n > len || (k->n > 0 && !k->slots))
+            return pk_fail("CUDA keep: layer %d head %d keeps %d of its %d entries", layer, h, k->n, len);
+        for (int j = 0; j < k->n; j++)
+            if (k->slots[j] < 0 || k->slots[j] >= len || (j > 0 && k->slots[j] <= k->slots[j - 1]))
+                return pk_fail("CUDA keep: layer %d head %d: kept slots must ascend within 0..%d", layer, h, len - 1);
+        if (k->recent < 0 || k->sink < 0 || (k->recent > 0 && k->n > k->sink + k->recent))
+            return pk_fail("CUDA keep: layer %d head %d keeps %d entries in a window of %d + %d", layer, h, k->n,
+                           k->sink, k->recent);
+        if (k->recent > 0 && k->n == k->sink + k->recent && (k->next < k->sink || k->next >= k->n))
+            return pk_fail("CUDA keep: layer %d head %d: ring slot %d outside %d..%d", layer, h, k->next, k->sink,
+                           k->n - 1);
+        if (k->n > stride) stride = k->n;
+    }
+    if (ensure_press_buffers(s)) return -1;
+    int32_t *slots = (int32_t *)pk_malloc_array((size_t)H * stride, 4, "kept slots");
+    int32_t *counts = (int32_t *)pk_malloc_array((size_t)H, 4, "kept counts");
+    int rc = slots && counts ? 0 : -1;
+    for (int h = 0; rc == 0 && h < H; h++) {
+        counts[h] = heads[h].n;
+        if (heads[h].n) memcpy(slots + (size_t)h * stride, heads[h].slots, (size_t)heads[h].n * 4);
+    }
+    if (rc == 0 && (cudaMemcpyAsync(s->d_keep, slots, (size_t)H * stride * 4, cudaMemcpyHostToDevice, s->stream) ||
+                    cudaMemcpyAsync(s->d_n_keep, counts, (size_t)H * 4, cudaMemcpyHostToDevice, s->stream)))
+        rc = pk_fail("CUDA keep: copying the kept slots failed");
+    if (rc == 0) {
+        switch (s->params.dtype) {
+        case PK_CUDA_BF16: launch_compact<__nv_bfloat16>(s, seq, layer, stride); break;
+        case PK_CUDA_F16: launch_compact<__half>(s, seq, layer, stride); break;
+        default: launch_compact<float>(s, seq, layer, stride); break;
+        }
+        if (cudaGetLastError() != cudaSuccess) rc = pk_fail("CUDA keep: the compaction did not launch");
+    }
+    /* The compaction reads the old block table; the blocks past each head's
+     * kept entries are freed after it, in stream order. */
+    for (int h = 0; rc == 0 && h < H; h++) {
+        const pk_cuda_head_keep *k = &heads[h];
+        pk_block_pool_truncate_head(&s->pool, seq, layer * H + h, k->n);
+        s->h_len[row + h] = k->n;
+        s->h_ring[row + h] = k->recent > 0 ? ring_state{k->sink, k->recent, k->n == k->sink + k->recent ? k->next
+                                                                                                        : k->sink, 0}
+                                           : ring_state{};
+    }
+    if (rc == 0) rc = upload_table(s);
+    if (rc == 0 && (cudaMemcpyAsync(s->d_kv_len + row, s->h_len + row, (size_t)H * 4, cudaMemcpyHostToDevice,
+                                    s->stream) ||
+                    cudaMemcpyAsync(s->d_ring + row, s->h_ring + row, (size_t)H * sizeof(ring_state),
+                                    cudaMemcpyHostToDevice, s->stream) ||
+                    cudaStreamSynchronize(s->stream)))
+        rc = pk_fail("CUDA keep: updating the heads failed");
+    pk_free(slots);
+    pk_free(counts);
+    return rc;
+}
+
+extern "C" size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int n_more)
+{
+    if (seq < 0 || seq >= s->params.max_seq) return 0;
+    const int E = PK_CUDA_BLOCK;
+    size_t blocks = 0;
+    for (int i = 0; i < s->n_lh; i++) {
+        const size_t bh = (size_t)seq * s->n_lh + i;
+        const ring_state &r = s->h_ring[bh];
+        int len = s->h_len[bh] + n_more;
+        if (r.recent > 0 && len > r.sink + r.recent) len = r.sink + r.recent;
+        blocks += (size_t)((len + E - 1) / E);
+    }
+    return blocks * s->pool.block_bytes;
+}
+
+extern "C" int pk_cuda_head_length(const pk_cuda_session *s, int seq, int layer, int head, int *held_blocks)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer || head < 0 ||
+        head >= s->cfg.n_head)
+        return pk_fail("CUDA head length: sequence %d, layer %d, head %d out of range", seq, layer, head);
+    const int lh = layer * s->cfg.n_head + head;
+    if (held_blocks) *held_blocks = pk_block_pool_held(&s->pool, seq, lh);
+    return s->h_len[(size_t)seq * s->n_lh + lh];
 }

@@ -62,7 +62,47 @@ int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, floa
  * session uses graphs. */
 int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits);
 
-/* Cut sequence seq back to its first len tokens, freeing the blocks past them. */
+/* pk_cuda_forward of a prompt that also copies every layer's queries of the
+ * call's rows to the host: queries [n_layer][n][n_embd], float32, what a press
+ * that reads queries sees. logits (last row) may be NULL. */
+int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, float *queries);
+
+/* Slots 0..len-1 of heads head0..head0+n_heads-1 of one layer of sequence
+ * seq, widened to float32: keys to k and values to v, each [n_heads][len]
+ * [head_dim]. Every head read must hold at least len entries. */
+int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len, float *k, float *v);
+
+/* What one head keeps after a press: the slots that stay (ascending), and
+ * for a streaming head (recent > 0) the ring it becomes, with `next` the
+ * slot the next decoded token overwrites once the head holds sink + recent
+ * entries (ignored until then: the head first fills up to its window). */
+typedef struct {
+    const int32_t *slots;
+    int n;
+    int sink, recent, next;
+} pk_cuda_head_keep;
+
+/* Apply a press's decision to one layer of sequence seq: each head's kept
+ * entries move to its first slots on the device and the blocks past them go
+ * back to the pool at once. heads is [n_head]. */
+int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads);
+
+/* Entries head `head` of `layer` holds in sequence seq, and its blocks in
+ * *held_blocks (may be NULL); -1 when out of range. */
+int pk_cuda_head_length(const pk_cuda_session *s, int seq, int layer, int head, int *held_blocks);
+
+/* Bytes of blocks sequence seq's heads will hold after n_more decoded tokens
+ * (a ring stops growing at its window): what admitting one more such
+ * sequence costs the pool. */
+size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int n_more);
+
+/* pk_cuda_decode that returns each sequence's greedy choice, next[b] for
+ * b < n_seq, taken on the device (the first largest logit, as on the CPU),
+ * instead of copying n_seq * V logits to the host. */
+int pk_cuda_decode_greedy(pk_cuda_session *s, const int32_t *ids, int n_seq, int32_t *next);
+
+/* Cut sequence seq back to its first len tokens, freeing the blocks past
+ * them; a compressed sequence only back to 0. */
 int pk_cuda_truncate(pk_cuda_session *s, int seq, int len);
 
 /* The position of sequence seq's next token (-1 for no such sequence). */
@@ -81,7 +121,8 @@ double pk_cuda_copy_bandwidth(void);
 
 /* Device time of one decode step of sequences 0..n_seq-1: `steps` graph
  * replays back to back, timed with events, without copying logits out. The
- * sequences are cut back to where they were afterwards. */
+ * sequences are put back where they were afterwards (a streaming head's ring
+ * then holds the replayed tokens). */
 int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, double *us_per_step);
 
 #ifdef __cplusplus

@@ -110,11 +110,27 @@ __device__ __forceinline__ float gelu_new(float x)
     return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
+/* A streaming head's ring (DuoAttention): once the head holds sink + recent
+ * entries, a decoded token overwrites slot `next`, the oldest of the recent
+ * window, and `next` moves on over slots sink..sink+recent-1. GPT-2 has no
+ * rotary embedding, so where in the head an entry sits does not change the
+ * arithmetic. recent == 0 for a full head. */
+struct ring_state {
+    int32_t sink, recent, next, unused;
+};
+
+/* Whether a head of len entries is a full ring: a decoded token replaces an entry instead of adding one. */
+__device__ __host__ __forceinline__ bool ring_full(const ring_state &r, int len)
+{
+    return r.recent > 0 && len == r.sink + r.recent;
+}
+
 /* Where the rows of a call go, and the paged KV cache. */
 template <typename W> struct rows_ctx {
     int seq0, rows_per_seq;
     int32_t *seq_pos;         /* [max_seq] */
     int32_t *kv_len;          /* [max_seq][n_layer * n_head]: entries before this call */
+    ring_state *ring;         /* [max_seq][n_layer * n_head] */
     const int32_t *table;     /* [max_seq][max_blocks][n_layer * n_head] */
     W *pool;                  /* blocks of [K: PK_CUDA_BLOCK][head_dim], [V: PK_CUDA_BLOCK][head_dim] */
     int max_blocks, n_lh, n_head, head_dim, C;
@@ -154,7 +170,10 @@ template <typename W, typename OutT, int EPI> struct epilogue {
             }
             const int values = j >= 2 * C, c = j - C - values * C, h = c / kv.head_dim;
             const int b = kv.seq0 + row / kv.rows_per_seq, lh = layer * kv.n_head + h;
-            const int slot = kv.kv_len[(size_t)b * kv.n_lh + lh] + row % kv.rows_per_seq;
+            const size_t bh = (size_t)b * kv.n_lh + lh;
+            const int len = kv.kv_len[bh];
+            const int slot = kv.rows_per_seq == 1 && ring_full(kv.ring[bh], len) ? kv.ring[bh].next
+                                                                                  : len + row % kv.rows_per_seq;
             kv_entry(kv, b, lh, slot, values)[c % kv.head_dim] = from_f<W>(v);
         }
     }
@@ -422,14 +441,18 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
 
 /* Decode attention (one row per sequence) split over the context, so that a
  * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
- * of a head takes an equal share of the head's KV blocks, its NW warps one
- * block at a time, and writes its merged state (weighted values, max, sum) to
+ * of a head takes an equal share of the head's KV blocks (per_split = 0), or
+ * KV blocks split * per_split onwards, per_split of them (heads of unequal
+ * lengths: a short head leaves its later splits empty instead of making the
+ * long heads' shares the tail), its NW warps one block at a time, and writes
+ * its merged state (weighted values, max, sum) to
  * part [max_seq][n_head][n_split][HD + 2]. The last block of the head to
  * finish, counted in done [max_seq][n_head], merges the n_split states into
  * out and sets the count back to zero for the next step. */
 template <typename W, typename OutT, int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
-                                                                   rows_ctx<W> c, float *part, int *done)
+                                                                   rows_ctx<W> c, float *part, int *done,
+                                                                   int per_split)
 {
     __shared__ float qs[HD];
     __shared__ warp_states<HD, NW> ws;
@@ -437,10 +460,13 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     const int split = blockIdx.x, n_split = gridDim.x, h = blockIdx.y, row = blockIdx.z;
     const int b = c.seq0 + row, lh = layer * c.n_head + h;
     allow_next_kernel();
-    /* Lengths before the step and the block table change only between steps. */
-    const int visible = c.kv_len[(size_t)b * c.n_lh + lh] + 1;
+    /* Lengths before the step and the block table change only between steps.
+     * A full ring's new entry replaced one instead of adding one. */
+    const int len = c.kv_len[(size_t)b * c.n_lh + lh];
+    const int visible = ring_full(c.ring[(size_t)b * c.n_lh + lh], len) ? len : len + 1;
     const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
-    const int per = (n_blocks + n_split - 1) / n_split, first = split * per, end = min(n_blocks, first + per);
+    const int per = per_split > 0 ? per_split : (n_blocks + n_split - 1) / n_split;
+    const int first = split * per, end = min(n_blocks, first + per);
     wait_for_previous_kernel();
     stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
@@ -486,15 +512,106 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
 }
 
 /* After a call: every head of its sequences holds rows_per_seq more entries
- * and every sequence is that much further on. */
+ * (a full ring instead moves on to its next slot) and every sequence is that
+ * much further on. */
 template <typename W> __global__ void advance_kernel(rows_ctx<W> c, int n_seq)
 {
     wait_for_previous_kernel();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n_seq * c.n_lh) return;
     const int b = c.seq0 + i / c.n_lh;
-    c.kv_len[(size_t)b * c.n_lh + i % c.n_lh] += c.rows_per_seq;
+    const size_t bh = (size_t)b * c.n_lh + i % c.n_lh;
+    ring_state &r = c.ring[bh];
+    if (c.rows_per_seq == 1 && ring_full(r, c.kv_len[bh]))
+        r.next = r.sink + (r.next - r.sink + 1) % r.recent;
+    else
+        c.kv_len[bh] += c.rows_per_seq;
     if (i % c.n_lh == 0) c.seq_pos[b] += c.rows_per_seq;
+}
+
+/* Slots 0..len-1 of heads head0.. of one layer of sequence b, as float32:
+ * keys to k and values to v, both [heads][len][head_dim] (what a press on the
+ * host reads). Grid (len / 8 rounded up, heads), 8 warps. */
+template <typename W>
+__global__ void read_heads_kernel(rows_ctx<W> c, int b, int layer, int head0, int len, float *k, float *v)
+{
+    const int lh = layer * c.n_head + head0 + blockIdx.y;
+    const int slot = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (slot >= len) return;
+    const W *key = kv_entry(c, b, lh, slot, 0), *value = kv_entry(c, b, lh, slot, 1);
+    const size_t row = ((size_t)blockIdx.y * len + slot) * c.head_dim;
+    for (int d = lane; d < c.head_dim; d += 32) {
+        k[row + d] = to_f<W>(key[d]);
+        v[row + d] = to_f<W>(value[d]);
+    }
+}
+
+/* Keep entries keep[h][0..n_keep[h]-1] (ascending slots) of every head of one
+ * layer of sequence b, moved to slots 0..n_keep[h]-1 in place. Grid n_head,
+ * one block per head; each round reads PK_CUDA_BLOCK kept entries, waits,
+ * then writes them. Safe in place: a kept slot is never below its
+ * destination, so a round writes only slots that this round has already read
+ * or that no later round reads. keep is [n_head][stride]. */
+template <typename W>
+__global__ void compact_layer_kernel(rows_ctx<W> c, int b, int layer, const int32_t *keep, const int32_t *n_keep,
+                                     int stride)
+{
+    W *staged = reinterpret_cast<W *>(dynamic_shared()); /* [PK_CUDA_BLOCK][2][head_dim] */
+    const int h = blockIdx.x, lh = layer * c.n_head + h, hd = c.head_dim, n = n_keep[h];
+    const int32_t *mine = keep + (size_t)h * stride;
+    for (int first = 0; first < n; first += PK_CUDA_BLOCK) {
+        const int count = min(PK_CUDA_BLOCK, n - first);
+        for (int i = threadIdx.x; i < count * 2 * hd; i += blockDim.x) {
+            const int e = i / (2 * hd), values = i / hd % 2, d = i % hd;
+            staged[i] = kv_entry(c, b, lh, mine[first + e], values)[d];
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < count * 2 * hd; i += blockDim.x) {
+            const int e = i / (2 * hd), values = i / hd % 2, d = i % hd;
+            kv_entry(c, b, lh, first + e, values)[d] = staged[i];
+        }
+        __syncthreads();
+    }
+}
+
+/* The greedy choice of each row of logits [rows][V]: the index of the
+ * largest value, the lowest such index on ties (as the CPU's argmax). Grid
+ * rows, blockDim a multiple of 32 up to 1024. */
+__global__ void argmax_kernel(const float *logits, int V, int32_t *out)
+{
+    __shared__ float best_v[32];
+    __shared__ int best_i[32];
+    const float *x = logits + (size_t)blockIdx.x * V;
+    float bv = -INFINITY;
+    int bi = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        if (x[i] > bv || bi == 0x7fffffff) {
+            bv = x[i];
+            bi = i;
+        }
+    /* Lanes hold ascending candidate indices per thread; merge keeping the lower index on ties. */
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int j = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (v > bv || (v == bv && j < bi)) {
+            bv = v;
+            bi = j;
+        }
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) {
+        best_v[warp] = bv;
+        best_i[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < nw; w++)
+            if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
+                bv = best_v[w];
+                bi = best_i[w];
+            }
+        out[blockIdx.x] = bi;
+    }
 }
 
 } // namespace pkcuda
