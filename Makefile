@@ -40,7 +40,7 @@ BUILD_INFO := $(BUILD)/pikv_build.h
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all
 DEB_PACKAGES := build-essential pkg-config libopenblas-openmp-dev libutf8proc-dev libcjson-dev
 
-LIB_SRC  := $(shell find src -name '*.c' -not -path 'src/cli/*' -not -path 'src/backend/cuda/*' | sort)
+LIB_SRC  := $(shell find src -name '*.c' -not -path 'src/cli/*' -not -path 'src/backend/cuda/*' -not -path 'src/engine/cuda/*' | sort)
 CLI_SRC  := $(shell find src/cli -name '*.c' -not -path 'src/cli/cuda/*' | sort)
 TEST_SRC := $(wildcard tests/test_*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)

@@ -22,8 +22,10 @@ CUDA_ARCH  ?= -gencode arch=compute_90,code=[sm_90,compute_90]
 NVCCFLAGS  ?= -O3 -std=c++17 $(CUDA_ARCH) -Iinclude -Isrc -Xcompiler -Wall,-Wextra
 
 CUDA_SRC   := $(sort $(wildcard src/backend/cuda/*.cu))
-CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
-CUDA_HDR   := $(wildcard src/backend/cuda/*.h src/backend/cuda/*.cuh)
+# The engine's GPU paths (presses on the CUDA engine), plain C.
+CUDA_C_SRC := $(sort $(wildcard src/engine/cuda/*.c))
+CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/%.o) $(CUDA_C_SRC:%.c=$(BUILD)/%.o)
+CUDA_HDR   := $(wildcard src/backend/cuda/*.h src/backend/cuda/*.cuh src/engine/cuda/*.h)
 CUDA_LDLIBS := $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a -L$(CUDA_HOME)/lib64 -lcublas -lcudart_static \
                $(BLAS_DIR)/libopenblas.a -Wl,-Bstatic -lgfortran -lquadmath -lutf8proc -Wl,-Bdynamic \
                -lcjson -lstdc++ -ldl -lrt -lpthread -lm -fopenmp
@@ -33,7 +35,8 @@ CUDA_LDLIBS := $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a -L$(CUDA_HOME)/lib64 -
 cuda: deps
 	$(MAKE) BUILD=$(CUDA_BUILD) OPT="-O3 -march=x86-64-v3" CUDA_CLI=1 cuda-programs
 
-cuda-programs: $(BUILD)/pikv $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_kernels_host
+cuda-programs: $(BUILD)/pikv $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press \
+               $(BUILD)/tests/cuda/test_kernels_host
 
 # In the CUDA build the command gains its GPU paths (src/cli/cuda) and links
 # the CUDA engine.
@@ -52,7 +55,7 @@ $(BUILD)/src/backend/cuda/%.o: src/backend/cuda/%.cu $(CUDA_HDR)
 $(BUILD)/libpikv_cuda.a: $(CUDA_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/tests/cuda/test_cuda: tests/cuda/test_cuda.c tests/check.h $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
+$(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press: $(BUILD)/tests/cuda/%: tests/cuda/%.c tests/check.h tests/cuda/tokens.h $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(CUDA_LDLIBS)
 
@@ -64,6 +67,7 @@ $(BUILD)/tests/cuda/test_kernels_host: tests/cuda/test_kernels_host.cpp tests/cu
 test-cuda: cuda
 	$(CUDA_BUILD)/tests/cuda/test_kernels_host
 	$(CUDA_BUILD)/tests/cuda/test_cuda
+	$(CUDA_BUILD)/tests/cuda/test_cuda_press
 	PIKV=$(CUDA_BUILD)/pikv sh tests/cuda/cli_cuda.sh
 
 # Decode and prefill speed on the bundled model (1,000-token prompt), then on

@@ -1,0 +1,146 @@
+/* Presses on the CUDA engine: scored on the host from a copy of the device's
+ * cache, applied on the device (see press_cuda.h). */
+#include "engine/cuda/press_cuda.h"
+#include "engine/compress.h"
+#include "model/model.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <string.h>
+
+const char *pk_cuda_press_unsupported(const pk_press *p)
+{
+    if (p->caps & PK_PRESS_WHILE_DECODING) return "acts while decoding";
+    if (p->caps & PK_PRESS_ROUTES_QUERIES) return "routes later queries through its table (route=1)";
+    if (p->caps & PK_PRESS_CHUNKED_PREFILL) return "prefills in chunks (prefill_chunk)";
+    if (p->caps & PK_PRESS_RECONSTRUCTION_SCORES) return "scores by reconstructing the context";
+    return NULL;
+}
+
+/* Whether the press (or a part of a composition) reads the call's queries. */
+static int reads_queries(const pk_press *p)
+{
+    if (!(p->caps & PK_PRESS_SEQUENCE)) return !(p->caps & PK_PRESS_QUERY_FREE);
+    for (int i = 0; i < p->n_inner; i++)
+        if (reads_queries(p->inner[i])) return 1;
+    return 0;
+}
+
+/* Copy layer `layer` of sequence seq from the device into the host cache,
+ * every head holding entries 0..n-1 at positions 0..n-1. k and v are scratch
+ * [n_head][n][head_dim]. */
+static int copy_layer_to_host(pk_cuda_session *s, int seq, int layer, int n, pk_kvcache *kv, float *k, float *v)
+{
+    if (pk_cuda_read_heads(s, seq, layer, 0, kv->n_head, n, k, v)) return -1;
+    const size_t rows = (size_t)n * (size_t)kv->head_dim;
+    for (int h = 0; h < kv->n_head; h++) {
+        pk_kv_head *kh = pk_kv_at(kv, layer, h);
+        memcpy(kh->k, k + (size_t)h * rows, rows * sizeof(float));
+        memcpy(kh->v, v + (size_t)h * rows, rows * sizeof(float));
+        for (int j = 0; j < n; j++) kh->pos[j] = j;
+        kh->len = n;
+    }
+    return 0;
+}
+
+/* Send what the host cache's layer kept to the device: the kept entries'
+ * positions are their slots on the device, which still holds every token. */
+static int apply_on_device(pk_cuda_session *s, int seq, int layer, const pk_kvcache *kv, pk_cuda_head_keep *heads)
+{
+    for (int h = 0; h < kv->n_head; h++) {
+        const pk_kv_head *kh = pk_kv_head_at(kv, layer, h);
+        if (kh->recent > 0 && !kh->evict)
+            return pk_fail("layer %d head %d: a window over a full cache does not run on the GPU", layer, h);
+        heads[h] = (pk_cuda_head_keep){.slots = kh->pos, .n = kh->len, .sink = kh->recent ? kh->sink : 0,
+                                       .recent = kh->recent, .next = kh->ring};
+    }
+    return pk_cuda_keep(s, seq, layer, heads);
+}
+
+/* Decide layer by layer on the host and apply each decision on the device. */
+static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk_press *press, const float *queries)
+{
+    pk_kvcache kv;
+    pk_keep_set keep;
+    memset(&keep, 0, sizeof keep);
+    if (pk_kv_init(&kv, c->n_layer, c->n_head, c->head_dim, PIKV_KV_F32, PIKV_KV_F32)) return -1;
+    const size_t layer_floats = (size_t)c->n_head * (size_t)n * (size_t)c->head_dim;
+    float *k = pk_malloc_array(layer_floats, sizeof *k, "keys from the GPU");
+    float *v = pk_malloc_array(layer_floats, sizeof *v, "values from the GPU");
+    pk_cuda_head_keep *heads = pk_calloc((size_t)c->n_head, sizeof *heads, "kept heads");
+    int rc = k && v && heads && pk_keep_set_init(&keep, c->n_head) == 0 && pk_kv_reserve(&kv, n, 1) == 0 ? 0 : -1;
+    for (int l = 0; rc == 0 && l < c->n_layer; l++) {
+        const pk_press_view view = {.cfg = c, .layer = l, .q = queries ? queries + (size_t)l * n * c->n_embd : NULL,
+                                    .q_stride = c->n_embd, .n_q = n, .q_pos0 = 0, .kv = &kv,
+                                    .backend = &pk_backend_cpu, .scale = pk_attention_scale(c, l)};
+        rc = copy_layer_to_host(s, seq, l, n, &kv, k, v);
+        if (rc == 0) rc = pk_compress_layer(press, &view, &kv, &keep);
+        if (rc) rc = pk_fail_prefix("press '%s' at layer %d", press->name, l);
+        if (rc == 0) rc = apply_on_device(s, seq, l, &kv, heads);
+        for (int h = 0; h < c->n_head; h++) pk_kv_keep(&kv, l, h, NULL, 0); /* the layer's host copy is done with */
+    }
+    pk_keep_set_free(&keep);
+    pk_kv_free(&kv);
+    pk_free(k);
+    pk_free(v);
+    pk_free(heads);
+    return rc;
+}
+
+int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n, pk_press *press,
+                          float *logits, pk_cuda_press_stats *st)
+{
+    pk_cuda_press_stats local;
+    if (!st) st = &local;
+    memset(st, 0, sizeof *st);
+    const pikv_config *c = &m->cfg;
+    if (!ids || n <= 0) return pk_fail("CUDA prefill: no prompt tokens");
+    if (pk_cuda_position(s, seq) != 0)
+        return pk_fail("CUDA prefill: a press compresses an empty sequence (sequence %d is at position %d)", seq,
+                       pk_cuda_position(s, seq));
+    if (press) {
+        const char *why = pk_cuda_press_unsupported(press);
+        if (why) return pk_fail("press '%s' does not run on the GPU yet: it %s", press->name, why);
+        if (press->n_layer && (press->n_layer != c->n_layer || press->n_head != c->n_head))
+            return pk_fail("press '%s' was made for a model of %d layers x %d heads, this one has %d x %d",
+                           press->name, press->n_layer, press->n_head, c->n_layer, c->n_head);
+    }
+    float *queries = NULL;
+    if (press && reads_queries(press) &&
+        !(queries = pk_malloc_array((size_t)c->n_layer * (size_t)n * (size_t)c->n_embd, sizeof *queries, "queries")))
+        return -1;
+    double t0 = pikv_now();
+    int rc = queries ? pk_cuda_forward_queries(s, seq, ids, n, logits, queries)
+                     : pk_cuda_forward(s, seq, ids, n, logits, 0);
+    double t1 = pikv_now();
+    st->prefill_s = t1 - t0;
+    st->kv_bytes_before = st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
+    if (rc == 0 && press) {
+        rc = compress(s, c, seq, n, press, queries);
+        st->compression_s = pikv_now() - t1;
+        st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
+    }
+    pk_free(queries);
+    return rc;
+}
+
+int pk_cuda_plan_capacity(pk_cuda_session *probe, const pikv_model *m, const int32_t *ids, int n, pk_press *press,
+                          int n_gen, size_t budget, pk_cuda_capacity *out)
+{
+    memset(out, 0, sizeof *out);
+    if (n_gen < 0) return pk_fail("capacity: %d tokens to decode", n_gen);
+    pk_cuda_press_stats st;
+    if (pk_cuda_truncate(probe, 0, 0) || pk_cuda_prefill_press(probe, m, 0, ids, n, press, NULL, &st)) return -1;
+    if (n + n_gen > m->cfg.n_positions)
+        return pk_fail("capacity: %d prompt tokens and %d to decode pass the model's %d positions", n, n_gen,
+                       m->cfg.n_positions);
+    pk_cuda_stats ps;
+    pk_cuda_get_stats(probe, &ps);
+    out->budget_bytes = budget;
+    out->block_bytes = ps.block_bytes;
+    out->per_seq_bytes = pk_cuda_sequence_bytes(probe, 0, n_gen);
+    out->headroom_bytes = st.kv_bytes_before > out->per_seq_bytes ? st.kv_bytes_before - out->per_seq_bytes : 0;
+    const size_t admitted = out->per_seq_bytes ? budget / out->per_seq_bytes : 0;
+    out->admitted = admitted > 0x7fffffff ? 0x7fffffff : (int)admitted;
+    return pk_cuda_truncate(probe, 0, 0);
+}

@@ -1,0 +1,56 @@
+/* A press on the CUDA engine (backend/cuda/engine.h), built only by `make cuda`.
+ *
+ * The prompt is prefilled on the GPU against the full cache, as kvpress and
+ * the CPU engine do. Then, layer by layer, the heads' keys and values (and the
+ * prompt's queries, for a press that reads them) are copied to the host into
+ * a float32 cache, the press decides there by the same code as on the CPU
+ * (pk_compress_layer: the press fills a keep set, the host cache applies it),
+ * and the GPU moves each head's kept entries into its first blocks and gives
+ * the rest back to the pool (pk_cuda_keep). DuoAttention's streaming heads
+ * become rings of exactly ceil((sink + recent) / 16) blocks that roll in
+ * place while decoding.
+ *
+ * Every press is scored on the host this way for now: its decisions are the
+ * CPU code's on the device's own values, and the price is one copy of the
+ * cache over PCIe per compression, which the report counts as compression
+ * time. */
+#ifndef PIKV_ENGINE_CUDA_PRESS_CUDA_H
+#define PIKV_ENGINE_CUDA_PRESS_CUDA_H
+
+#include "backend/cuda/engine.h"
+#include "press/press.h"
+
+typedef struct {
+    size_t kv_bytes_before, kv_bytes_after; /* the sequence's KV blocks before and after the press */
+    double prefill_s, compression_s;        /* the GPU prefill; copies, the press and the compaction */
+} pk_cuda_press_stats;
+
+/* Why a press cannot run on the GPU yet (a phrase completing "it ..."), or
+ * NULL when it can. */
+const char *pk_cuda_press_unsupported(const pk_press *p);
+
+/* Prefill the n prompt tokens of sequence seq (which must be empty) and
+ * compress its cache with the press (NULL: none). logits [V] of the last
+ * prompt token may be NULL; st may be NULL. */
+int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n, pk_press *press,
+                          float *logits, pk_cuda_press_stats *st);
+
+/* Capacity at a KV budget: how many sequences of one prompt, compressed by a
+ * press and then decoded n_gen tokens, fit in `budget` bytes of blocks. The
+ * bytes per sequence are the pool's own accounting for one sequence run on a
+ * probe session (its blocks after the press, grown by n_gen tokens, a ring
+ * stopping at its window), so admitted = floor(budget / per_seq_bytes). A
+ * press acts after its prompt has been prefilled whole, so the pool also
+ * needs headroom for one uncompressed prompt beyond what a compressed
+ * sequence holds: a pool of budget + headroom bytes runs the admitted
+ * sequences, and once they are all prefilled they hold at most `budget`. */
+typedef struct {
+    int admitted;
+    size_t budget_bytes, per_seq_bytes, headroom_bytes, block_bytes;
+} pk_cuda_capacity;
+
+/* Plan on sequence 0 of probe (emptied before and after). */
+int pk_cuda_plan_capacity(pk_cuda_session *probe, const pikv_model *m, const int32_t *ids, int n, pk_press *press,
+                          int n_gen, size_t budget, pk_cuda_capacity *out);
+
+#endif

@@ -1,0 +1,292 @@
+/* Presses on the CUDA engine against the same presses on the CPU engine (make
+ * test-cuda, on a GPU machine), float32 weights and cache on both, bundled
+ * model.
+ *
+ * For each press: after a 300-token prompt every head keeps the same entries
+ * on the device as on the CPU (same count, and each kept key equal to the
+ * CPU's kept key in the same slot within 1e-5 relative, so a different choice
+ * fails), the blocks a head holds are exactly what its entries need, and 8
+ * tokens decoded over the compressed cache give logits within 1e-4 relative
+ * L2 of the CPU's. Three moe_router routers whose choice moves under float32
+ * noise on this prompt are instead held to the decision the press makes on
+ * the device's own values, computed here without the engine's glue. DuoAttention's rings: after 500 decoded tokens each
+ * streaming head holds sink + recent entries in ceil((sink + recent) / 16)
+ * blocks and the logits still equal the CPU's ring decode. Capacity: the plan
+ * admits floor(budget / bytes per sequence), and a pool of that many
+ * sequences' bytes (plus one prompt's headroom) runs them and refuses one
+ * more. Presses the GPU cannot run are refused in one line. Without a GPU it
+ * prints "skipped". */
+#include "backend/cuda/engine.h"
+#include "engine/compress.h"
+#include "engine/cuda/press_cuda.h"
+#include "engine/session.h"
+#include "../check.h"
+#include "tokens.h"
+#include "pikv.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { N_PROMPT = 300, N_DECODE = 8, N_RING_DECODE = 500, BLOCK = 16 };
+
+static const char *const MODEL = "models/pikv-ref-14m";
+
+static pk_cuda_session *open_session(const pikv_model *m, int max_seq, long pool_blocks)
+{
+    pk_cuda_params p = {.dtype = PK_CUDA_F32, .max_seq = max_seq, .pool_blocks = pool_blocks, .use_graphs = 1};
+    pk_cuda_session *s = pk_cuda_session_new(m, &p);
+    if (!s) fprintf(stderr, "CUDA session: %s\n", pikv_last_error());
+    return s;
+}
+
+/* The press's decision on the device's own values, made here without the
+ * engine's glue: a plain GPU prefill of the prompt, every layer's keys,
+ * values and queries read back into a float32 host cache, and the press run
+ * over it layer by layer. ref is initialised here; the caller frees it. */
+static int decide_on_device_values(const pikv_model *m, const char *spec, const int32_t *prompt, int n, pk_kvcache *ref)
+{
+    const pikv_config *cf = pikv_model_config(m);
+    pikv_press *p = pikv_press_new(spec, m, MODEL);
+    pk_cuda_session *g = open_session(m, 1, 0);
+    float *q = malloc((size_t)cf->n_layer * n * cf->n_embd * sizeof *q);
+    float *k = malloc((size_t)cf->n_head * n * cf->head_dim * sizeof *k);
+    float *v = malloc((size_t)cf->n_head * n * cf->head_dim * sizeof *v);
+    pk_keep_set keep;
+    int rc = pk_kv_init(ref, cf->n_layer, cf->n_head, cf->head_dim, PIKV_KV_F32, PIKV_KV_F32);
+    if (rc == 0) rc = p && g && pk_keep_set_init(&keep, cf->n_head) == 0 ? 0 : -1;
+    if (rc == 0) rc = pk_kv_reserve(ref, n, 1) || pk_cuda_forward_queries(g, 0, prompt, n, NULL, q);
+    const size_t rows = (size_t)n * cf->head_dim;
+    for (int l = 0; rc == 0 && l < cf->n_layer; l++) {
+        rc = pk_cuda_read_heads(g, 0, l, 0, cf->n_head, n, k, v);
+        for (int h = 0; rc == 0 && h < cf->n_head; h++) {
+            pk_kv_head *kh = pk_kv_at(ref, l, h);
+            memcpy(kh->k, k + h * rows, rows * sizeof *k);
+            memcpy(kh->v, v + h * rows, rows * sizeof *v);
+            for (int j = 0; j < n; j++) kh->pos[j] = j;
+            kh->len = n;
+        }
+        const pk_press_view view = {.cfg = cf, .layer = l, .q = q + (size_t)l * n * cf->n_embd, .q_stride = cf->n_embd,
+                                    .n_q = n, .kv = ref, .backend = &pk_backend_cpu,
+                                    .scale = pk_attention_scale(cf, l)};
+        if (rc == 0) rc = pk_compress_layer(p, &view, ref, &keep);
+    }
+    if (p && g) pk_keep_set_free(&keep);
+    pikv_press_free(p);
+    pk_cuda_session_free(g);
+    free(q);
+    free(k);
+    free(v);
+    return rc;
+}
+
+/* Every head of the device's cache against a host cache (the CPU engine's,
+ * or the press's decision on the device's values): same length, the blocks
+ * that length needs, and the same kept keys slot by slot. Returns the number
+ * of heads that differ; *worst gets the largest key difference. */
+static int compare_heads(pk_cuda_session *g, const pk_kvcache *host, const pikv_config *cf, double *worst)
+{
+    int bad = 0;
+    *worst = 0;
+    float *k = malloc((size_t)cf->n_positions * cf->head_dim * sizeof *k);
+    float *v = malloc((size_t)cf->n_positions * cf->head_dim * sizeof *v);
+    for (int l = 0; l < cf->n_layer; l++)
+        for (int h = 0; h < cf->n_head; h++) {
+            const pk_kv_head *kh = pk_kv_head_at(host, l, h);
+            int blocks = -1;
+            const int len = pk_cuda_head_length(g, 0, l, h, &blocks);
+            if (len != kh->len || blocks != (len + BLOCK - 1) / BLOCK ||
+                pk_cuda_read_heads(g, 0, l, h, 1, len, k, v)) {
+                if (bad++ < 3)
+                    fprintf(stderr, "layer %d head %d: %d entries in %d blocks on the GPU, %d on the CPU\n", l, h, len,
+                            blocks, kh->len);
+                continue;
+            }
+            const float *ck = pk_kv_f32_rows(kh, 0);
+            double d = len ? rel_l2(k, ck, (size_t)len * cf->head_dim) : 0;
+            if (d > *worst) *worst = d;
+            if (d > 1e-5) bad++;
+        }
+    free(k);
+    free(v);
+    return bad;
+}
+
+/* Prefill the prompt with the press (one instance per engine, since some keep
+ * per-run state), compare the kept entries, then decode the same tokens on
+ * both and compare the logits after each. A press whose choice is not stable
+ * under float32 noise (near_tie) is held to the decision it makes on the
+ * device's own values instead, and its heads that differ from the CPU
+ * engine's are counted, not failed. */
+static void check_press(const pikv_model *m, const char *spec, int n_decode, int near_tie)
+{
+    const pikv_config *cf = pikv_model_config(m);
+    const int V = cf->vocab_size;
+    int32_t prompt[N_PROMPT], *tokens = malloc((size_t)n_decode * sizeof *tokens);
+    fill_tokens(prompt, N_PROMPT, V, 11);
+    fill_tokens(tokens, n_decode, V, 12);
+    pikv_press *pc = pikv_press_new(spec, m, MODEL), *pg = pikv_press_new(spec, m, MODEL);
+    pikv_session *c = pikv_session_new(m, 0);
+    pk_cuda_session *g = open_session(m, 1, 0);
+    float *lc = malloc((size_t)V * sizeof *lc), *lg = malloc((size_t)V * sizeof *lg);
+    pk_cuda_press_stats st;
+    int rc = pc && pg && c && g ? 0 : -1;
+    if (rc == 0) rc = pikv_prefill(c, prompt, N_PROMPT, pc, NULL);
+    if (rc == 0) rc = pk_cuda_prefill_press(g, m, 0, prompt, N_PROMPT, pg, NULL, &st);
+    CHECK(rc == 0, "%s: prefill: %s", spec, pikv_last_error());
+    double key_diff = 0;
+    const int bad = rc == 0 ? compare_heads(g, &c->fwd.kv, cf, &key_diff) : -1;
+    if (near_tie) {
+        pk_kvcache ref;
+        double own_diff = 1;
+        const int own_bad = decide_on_device_values(m, spec, prompt, N_PROMPT, &ref) == 0
+                                ? compare_heads(g, &ref, cf, &own_diff)
+                                : -1;
+        pk_kv_free(&ref);
+        CHECK(own_bad == 0, "%s: %d heads differ from the press's decision on the device's values (key diff %.2e)",
+              spec, own_bad, own_diff);
+        printf("%-36s keeps what the press decides on the GPU's values (key diff %.1e); %d of %d heads differ "
+               "from the CPU engine's choice (a near tie)\n",
+               spec, own_diff, bad, cf->n_layer * cf->n_head);
+        goto done;
+    }
+    CHECK(bad == 0, "%s: %d heads keep other entries on the GPU (largest key difference %.2e)", spec, bad, key_diff);
+    double worst = 0;
+    for (int i = 0; rc == 0 && i < n_decode; i++) {
+        rc = pikv_forward(c, &tokens[i], 1, lc, 0);
+        if (rc == 0) rc = pk_cuda_decode(g, &tokens[i], 1, lg);
+        const double d = rc == 0 ? rel_l2(lg, lc, (size_t)V) : 1;
+        if (d > worst) worst = d;
+    }
+    CHECK(rc == 0 && worst < 1e-4, "%s: decode over the compressed cache: rel L2 %.3e (limit 1e-4): %s", spec, worst,
+          rc ? pikv_last_error() : "");
+    printf("%-36s KV %7.2f -> %7.2f MB on the GPU, same kept entries (key diff %.1e), %d decoded: logits rel L2 "
+           "%.1e\n",
+           spec, st.kv_bytes_before / 1e6, st.kv_bytes_after / 1e6, key_diff, n_decode, worst);
+    if (rc == 0 && n_decode == N_RING_DECODE) {
+        /* The streaming heads after the ring has rolled past its window. */
+        int streaming = 0, exact = 0;
+        for (int l = 0; l < cf->n_layer; l++)
+            for (int h = 0; h < cf->n_head; h++) {
+                const pk_kv_head *kh = pk_kv_head_at(&c->fwd.kv, l, h);
+                if (!kh->recent) continue;
+                int blocks = -1;
+                const int len = pk_cuda_head_length(g, 0, l, h, &blocks);
+                streaming++;
+                exact += len == kh->sink + kh->recent && blocks == (kh->sink + kh->recent + BLOCK - 1) / BLOCK;
+            }
+        CHECK(streaming > 0 && exact == streaming, "%s: %d of %d streaming heads hold exactly their ring's blocks",
+              spec, exact, streaming);
+        printf("%-36s after %d decoded tokens: %d of %d streaming heads hold exactly ceil((sink + recent) / 16) "
+               "blocks\n",
+               spec, n_decode, exact, streaming);
+    }
+done:
+    pikv_press_free(pc);
+    pikv_press_free(pg);
+    pikv_session_free(c);
+    pk_cuda_session_free(g);
+    free(lc);
+    free(lg);
+    free(tokens);
+}
+
+/* The capacity plan at budgets just below and at k sequences' bytes admits
+ * k - 1 and k; a pool of k sequences' bytes plus the plan's headroom then
+ * prefills and decodes k of them, holding exactly k sequences' bytes, and
+ * refuses a (k+1)-th. */
+static void check_capacity(const pikv_model *m, const char *spec, int n_prompt, int k)
+{
+    const pikv_config *cf = pikv_model_config(m);
+    const int V = cf->vocab_size, n_gen = 20;
+    int32_t *prompt = malloc((size_t)n_prompt * sizeof *prompt), next[8];
+    fill_tokens(prompt, n_prompt, V, 21);
+    pikv_press *p = pikv_press_new(spec, m, MODEL);
+    pk_cuda_session *probe = open_session(m, 1, 0);
+    pk_cuda_capacity below, at;
+    int rc = p && probe ? 0 : -1;
+    if (rc == 0) rc = pk_cuda_plan_capacity(probe, m, prompt, n_prompt, p, n_gen, 0, &at);
+    const size_t per = at.per_seq_bytes;
+    if (rc == 0) rc = pk_cuda_plan_capacity(probe, m, prompt, n_prompt, p, n_gen, k * per - 1, &below);
+    if (rc == 0) rc = pk_cuda_plan_capacity(probe, m, prompt, n_prompt, p, n_gen, k * per, &at);
+    pk_cuda_session_free(probe);
+    CHECK(rc == 0 && per > 0 && below.admitted == k - 1 && at.admitted == k,
+          "%s: budgets of %d sequences' bytes less one and exactly: admitted %d and %d: %s", spec, k, below.admitted,
+          at.admitted, rc ? pikv_last_error() : "");
+    pk_cuda_session *g =
+        rc == 0 ? open_session(m, k + 1, (long)((at.budget_bytes + at.headroom_bytes) / at.block_bytes)) : NULL;
+    int admitted = 0;
+    for (int b = 0; g && b < k; b++) {
+        if (pk_cuda_prefill_press(g, m, b, prompt, n_prompt, p, NULL, NULL)) break;
+        admitted++;
+    }
+    for (int i = 0; g && admitted == k && i < n_gen && rc == 0; i++) {
+        fill_tokens(next, k, V, 30 + (uint64_t)i);
+        rc = pk_cuda_decode(g, next, k, NULL);
+    }
+    pk_cuda_stats st = {0};
+    if (g) pk_cuda_get_stats(g, &st);
+    const int refused = g && pk_cuda_prefill_press(g, m, k, prompt, n_prompt, p, NULL, NULL) == -1 &&
+                        strstr(pikv_last_error(), "pool full") != NULL;
+    CHECK(g && admitted == k && rc == 0 && st.kv_bytes_in_use == k * per && refused,
+          "%s: %d of %d sequences ran (decode rc %d), %zu bytes in use of %zu, next refused: %d", spec, admitted, k,
+          rc, st.kv_bytes_in_use, (size_t)k * per, refused);
+    printf("%-36s %d-token prompts: %.2f MB per sequence (headroom %.2f MB); %d fit k x bytes, ran, held %.2f MB; "
+           "the next refused\n",
+           spec, n_prompt, per / 1e6, at.headroom_bytes / 1e6, admitted, st.kv_bytes_in_use / 1e6);
+    pk_cuda_session_free(g);
+    pikv_press_free(p);
+    free(prompt);
+}
+
+/* Presses that act while decoding, route queries, prefill in chunks or
+ * reconstruct the context are refused in one line naming the press. */
+static void check_refusals(const pikv_model *m)
+{
+    static const char *const specs[] = {"decoding(knorm):every=16,target=64", "moe_router:ratio=0.5,route=1",
+                                        "duo:ratio=0.5,prefill_chunk=64", "kvzip:0.5"};
+    int32_t prompt[32];
+    fill_tokens(prompt, 32, pikv_model_config(m)->vocab_size, 5);
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        pikv_press *p = pikv_press_new(specs[i], m, MODEL);
+        pk_cuda_session *g = open_session(m, 1, 0);
+        const int rc = p && g ? pk_cuda_prefill_press(g, m, 0, prompt, 32, p, NULL, NULL) : 0;
+        CHECK(p && rc == -1 && strstr(pikv_last_error(), "does not run on the GPU") &&
+                  pk_cuda_position(g, 0) == 0,
+              "%s: rc %d, %s", specs[i], rc, pikv_last_error());
+        pikv_press_free(p);
+        pk_cuda_session_free(g);
+    }
+}
+
+int main(void)
+{
+    if (!pk_cuda_available()) {
+        printf("test_cuda_press: skipped (%s)\n", pikv_last_error());
+        return check_done("test_cuda_press");
+    }
+    pikv_model *m = pikv_model_load(MODEL);
+    CHECK(m != NULL, "%s: %s", MODEL, pikv_last_error());
+    if (!m) return check_done("test_cuda_press");
+    static const char *const specs[] = {
+        "none", "streaming_llm:0.5", "knorm:0.5", "snapkv:0.5", "expected_attention:0.5", "tova:0.5",
+        "observed_attention:0.5", "random:0.5", "keydiff:0.5", "adakv(snapkv):0.5", "pyramidkv:0.5",
+        "chunkkv(knorm):0.5", "duo:0.5", "moe_router:0.5", "moe_router:ratio=0.5,router=pikv",
+        "moe_router:ratio=0.5,router=hierarchical", "eplb_duo", "composed[knorm:0.3,duo:0.5]"};
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) check_press(m, specs[i], N_DECODE, 0);
+    /* These routers share a head's budget among experts found by balanced
+     * spherical k-means (an iterative, discontinuous fit) and give each key
+     * to its top experts; on this prompt one head's outcome moves with the
+     * engines' 1e-6 differences in the keys. */
+    static const char *const near_ties[] = {"moe_router:ratio=0.5,router=base", "moe_router:ratio=0.5,router=topk_balanced",
+                                            "moe_router:ratio=0.5,router=adaptive"};
+    for (size_t i = 0; i < sizeof near_ties / sizeof *near_ties; i++) check_press(m, near_ties[i], N_DECODE, 1);
+    check_press(m, "duo:0.75", N_RING_DECODE, 0);
+    check_capacity(m, "none", 1000, 3);
+    check_capacity(m, "duo:0.75", 1000, 5);
+    check_refusals(m);
+    pikv_model_free(m);
+    return check_done("test_cuda_press");
+}
