@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@ typedef struct {
     cli_list specs;
     cli_kv_flags kv;
     const char *device;
+    const char *kv_budget;       /* --kv-budget as given, or NULL */
 } bench_options;
 
 /* What the timed runs share, and what they leave besides their figures. */
@@ -235,22 +237,71 @@ static int bench_report(const cli_command *cmd, const bench_run *b, pikv_model *
     return 0;
 }
 
+/* A byte count: digits with an optional fraction and unit (B; KB, MB, GB
+ * of 1000; KiB, MiB, GiB of 1024). 0 on success. */
+static int parse_bytes(const char *text, size_t *out)
+{
+    static const struct {
+        const char *unit;
+        double scale;
+    } units[] = {{"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"KiB", 1024.0},
+                 {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
+    char *end;
+    const double v = strtod(text, &end);
+    if (end == text || !(v > 0) || text[0] == '-' || text[0] == '+') return -1;
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (strcmp(end, units[i].unit) == 0) {
+            const double bytes = v * units[i].scale;
+            if (!(bytes >= 1 && bytes < 1e15)) return -1;
+            *out = (size_t)bytes;
+            return 0;
+        }
+    return -1;
+}
+
 /* What the per-flag ranges cannot say; the message names the flag. Returns 0 or 2. */
 static int check_options(const cli_command *cmd, const bench_options *o)
 {
     if (o->workers == 1) return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
     const int gpu = o->device && strcmp(o->device, "cuda") == 0;
     if (gpu && o->n_gen < 1) return cli_error(cmd, "-n: --device cuda times the decode, so at least 1 token"), 2;
-    if (!gpu && (o->batch > 1 || o->no_graphs))
-        return cli_error(cmd, "%s: only with --device cuda", o->batch > 1 ? "--batch" : "--no-graphs"), 2;
+    if (!gpu && (o->batch > 1 || o->no_graphs || o->kv_budget))
+        return cli_error(cmd, "%s: only with --device cuda",
+                         o->batch > 1 ? "--batch" : o->no_graphs ? "--no-graphs" : "--kv-budget"),
+               2;
+    if (o->kv_budget && o->batch) return cli_error(cmd, "--kv-budget chooses the batch: drop --batch"), 2;
+    size_t bytes;
+    if (o->kv_budget && parse_bytes(o->kv_budget, &bytes))
+        return cli_error(cmd, "--kv-budget: '%s' is not a size (say 2GiB, 512MiB or 1500000000)", o->kv_budget), 2;
     /* What the GPU path does not do yet: say so rather than measure something else. */
-    if (gpu && (o->specs.n || o->workers || o->json || o->kv.both || o->kv.k || o->kv.v))
-        return cli_error(cmd, "--device cuda: %s is not on the GPU yet (the GPU runs without a press, its KV blocks in "
-                              "the --weights type)",
-                         o->specs.n ? "--press" : o->workers ? "--workers" : o->json ? "--json" : "--kv-type"),
+    if (gpu && (o->workers || o->json || o->kv.both || o->kv.k || o->kv.v))
+        return cli_error(cmd, "--device cuda: %s is not on the GPU yet (its KV blocks are in the --weights type)",
+                         o->workers ? "--workers" : o->json ? "--json" : "--kv-type"),
                2;
     return 0;
 }
+
+#ifdef PIKV_CUDA
+/* bench --device cuda: each press in turn (none when there is no --press). */
+static int bench_on_gpu(const cli_command *cmd, const bench_options *o, const pikv_model *m, const char *dir,
+                        const char *weights)
+{
+    cli_cuda_bench_options g = {weights, o->n_prompt, o->n_gen, o->reps, o->batch ? o->batch : 1, !o->no_graphs,
+                                NULL, "none", 0};
+    if (o->kv_budget) parse_bytes(o->kv_budget, &g.kv_budget);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < (o->specs.n ? o->specs.n : 1); i++) {
+        g.press_spec = o->specs.n ? o->specs.items[i] : "none";
+        if (o->specs.n && !(g.press = pikv_press_new(g.press_spec, m, dir)))
+            return cli_error(cmd, "--press: %s", pikv_last_error());
+        if (i) printf("\n");
+        rc = cli_cuda_bench(cmd, m, dir, &g);
+        pikv_press_free(g.press);
+        g.press = NULL;
+    }
+    return rc;
+}
+#endif
 
 /* Parse the options, load the model, measure every row and print the results. */
 int cmd_bench(int argc, char **argv)
@@ -275,12 +326,16 @@ int cmd_bench(int argc, char **argv)
         CLI_DEVICE_OPT(&o.device),
         {"--batch", "-b", OPT_INT, &(cli_int){&o.batch, 1, 64},
          "--device cuda: decode this many sequences together (default 1)", NULL},
+        {"--kv-budget", NULL, OPT_STRING, &o.kv_budget,
+         "--device cuda: admit as many sequences as the press fits in this many KV bytes (2GiB, 512MiB, ...) "
+         "and decode them together",
+         NULL},
         {"--no-graphs", NULL, OPT_FLAG, &o.no_graphs, "--device cuda: launch every kernel instead of replaying a graph",
          NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--weights T] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS]\n"
                              "       [-r REPS] [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T]\n"
-                             "       [--json] [--device cpu|cuda [--batch B] [--no-graphs]]",
+                             "       [--json] [--device cpu|cuda [--batch B | --kv-budget BYTES] [--no-graphs]]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
@@ -288,7 +343,9 @@ int cmd_bench(int argc, char **argv)
                              "drift on a shared machine does not favour one of them. With --workers W, decode attention\n"
                              "runs on W workers twice per press: heads placed by DeepSeek's EPLB (heavy heads split\n"
                              "into replicas) and by an equal count of heads per worker; the mean max/mean worker load\n"
-                             "is shown beside the speed.",
+                             "is shown beside the speed. With --device cuda each press runs in turn on the GPU,\n"
+                             "scored on the host from a copy of the GPU's cache and applied on the GPU (blocks freed\n"
+                             "per head; Duo's streaming heads become rings); --kv-budget then measures capacity.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -310,8 +367,7 @@ int cmd_bench(int argc, char **argv)
     }
 #ifdef PIKV_CUDA
     if (device == CLI_DEVICE_CUDA) {
-        const cli_cuda_bench_options g = {weights, o.n_prompt, o.n_gen, o.reps, o.batch ? o.batch : 1, !o.no_graphs};
-        rc = cli_cuda_bench(&cmd, m, dir, &g);
+        rc = bench_on_gpu(&cmd, &o, m, dir, weights);
         pikv_model_free(m);
         return rc;
     }

@@ -134,7 +134,7 @@ static int run_plain(const cli_command *cmd, const generate_options *o, generate
 static int run_on_gpu(const cli_command *cmd, const generate_options *o, generate_run *r)
 {
     cli_cuda_generation gen;
-    if (cli_cuda_generate(cmd, r->model, o->weights, r->context, r->n_context, o->max_new,
+    if (cli_cuda_generate(cmd, r->model, o->weights, r->press, o->press_spec, r->context, r->n_context, o->max_new,
                           pikv_model_config(r->model)->eos_token_id, &gen))
         return 1;
     int rc = report_plain(cmd, o, r, gen.ids, gen.n_ids, gen.prefill_s, gen.decode_s, gen.kv_bytes);
@@ -261,7 +261,8 @@ int cmd_generate(int argc, char **argv)
         "question is answered greedily against the compressed cache (the cache is rewound between\n"
         "questions). --query-aware compresses context + question together, once per question.\n"
         "Prints the generated text; timings and KV bytes go to stderr. --device cuda generates greedily\n"
-        "on the GPU (no press, questions, sampling or workers there yet).",
+        "on the GPU, the prompt compressed by --press (scored on the host from a copy of the GPU's cache,\n"
+        "applied on the GPU); no questions, sampling or workers there yet.",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -278,9 +279,9 @@ int cmd_generate(int argc, char **argv)
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
     if (o.device && strcmp(o.device, "cuda") == 0 &&
-        (pipeline || o.sampling_given || o.workers || o.kv.both || o.kv.k || o.kv.v))
-        return cli_error(&cmd, "--device cuda: generates greedily from a prompt, without --press, --question, "
-                               "sampling, --workers or --kv-type (not on the GPU yet)"),
+        (o.questions.n || o.query_aware || o.sampling_given || o.workers || o.kv.both || o.kv.k || o.kv.v))
+        return cli_error(&cmd, "--device cuda: generates greedily from a prompt (compressed by --press), without "
+                               "--question, sampling, --workers or --kv-type (not on the GPU yet)"),
                2;
     cli_device device;
     if ((rc = cli_device_parse(&cmd, o.device, &device))) return rc;
@@ -300,6 +301,10 @@ int cmd_generate(int argc, char **argv)
     if (cli_load(&cmd, dir, device == CLI_DEVICE_CUDA ? "f32" : o.weights, &r.model, &r.tok) ||
         tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
         goto done;
+    if (o.press_spec && !(r.press = pikv_press_new(o.press_spec, r.model, dir))) {
+        cli_error(&cmd, "--press: %s", pikv_last_error());
+        goto done;
+    }
 #ifdef PIKV_CUDA
     if (device == CLI_DEVICE_CUDA) {
         rc = run_on_gpu(&cmd, &o, &r);
@@ -313,10 +318,6 @@ int cmd_generate(int argc, char **argv)
     if (!(r.session = pikv_session_new_with_params(r.model, &params)) ||
         pikv_session_set_workers(r.session, o.workers, 1)) {
         cli_fail(&cmd);
-        goto done;
-    }
-    if (o.press_spec && !(r.press = pikv_press_new(o.press_spec, r.model, dir))) {
-        cli_error(&cmd, "--press: %s", pikv_last_error());
         goto done;
     }
     rc = pipeline ? run_pipeline(&cmd, &o, &r) : run_plain(&cmd, &o, &r);

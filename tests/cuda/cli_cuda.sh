@@ -2,7 +2,8 @@
 # build-cuda/pikv on the GPU: generate --device cuda --weights f32 gives the
 # CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
 # cuda reports graph replay, launches and the block pool, and runs without
-# graphs too. Without a GPU it prints "skipped" and passes nothing. Run from the
+# graphs too; presses on the GPU say how they ran, --kv-budget plans the
+# batch, and a press the GPU cannot run is one line. Without a GPU it prints "skipped" and passes nothing. Run from the
 # repository root; ends with "cli_cuda: N passed, M failed".
 : "${PIKV:=build-cuda/pikv}"
 . tests/lib/cli.sh
@@ -30,4 +31,13 @@ check "bench --device cuda: graph replay and launches" grep -q "kernel launches 
 check "bench --device cuda: the block pool" grep -q "KV pool .* MB (blocks of" "$dir/out"
 run bench --device cuda -p 200 -n 16 -r 1 --no-graphs
 check "bench --device cuda --no-graphs" grep -q "plain launches" "$dir/out"
+
+run generate --device cuda --weights f32 --prompt "$prompt" -n 8 --press knorm:0.5
+check "generate --device cuda --press: the press line" grep -q "press knorm:0.5: scored on the host" "$dir/err"
+run bench --device cuda -p 600 -n 16 -r 1 --press none --press duo:0.75 --batch 2
+check "bench --device cuda --press: each press" test "$(grep -c "scored on the host" "$dir/out")" = 2
+run bench --device cuda -p 1000 -n 32 -r 1 --press duo:0.75 --kv-budget 64MiB
+check "bench --kv-budget: the capacity plan" grep -q "sequences admitted = floor(budget / per sequence)" "$dir/out"
+expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it acts while decoding" \
+  bench --device cuda -p 100 -n 4 -r 1 --press "decoding(knorm):every=16,target=64"
 finish cli_cuda

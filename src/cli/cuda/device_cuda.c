@@ -1,6 +1,7 @@
 #include "cli/cuda/device_cuda.h"
 #include "backend/cuda/engine.h"
 #include "bench/stats.h"
+#include "engine/cuda/press_cuda.h"
 #include "util/mem.h"
 
 #include <stdio.h>
@@ -25,8 +26,17 @@ static int greedy_id(float *logits, int n)
     return pikv_sample(logits, n, &greedy, NULL);
 }
 
-int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, const int32_t *prompt,
-                      int n_prompt, int max_new, int stop_id, cli_cuda_generation *out)
+/* The line that says how a press ran on the GPU. */
+static void print_press_line(FILE *f, const char *spec, const pk_cuda_press_stats *st)
+{
+    fprintf(f, "press %s: scored on the host from a copy of the GPU's cache, applied on the GPU; KV %.2f -> %.2f MB, "
+               "compression %.1f ms\n",
+            spec, st->kv_bytes_before / 1e6, st->kv_bytes_after / 1e6, 1e3 * st->compression_s);
+}
+
+int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, pikv_press *press,
+                      const char *press_spec, const int32_t *prompt, int n_prompt, int max_new, int stop_id,
+                      cli_cuda_generation *out)
 {
     memset(out, 0, sizeof *out);
     const int V = pikv_model_config(m)->vocab_size;
@@ -35,14 +45,16 @@ int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *w
     float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
     out->ids = pk_malloc_array((size_t)(max_new > 0 ? max_new : 1), sizeof *out->ids, "generated ids");
     int rc = s && logits && out->ids ? 0 : -1;
+    pk_cuda_press_stats pst;
     double t0 = pikv_now();
-    if (rc == 0 && max_new > 0) rc = pk_cuda_forward(s, 0, prompt, n_prompt, logits, 0);
+    if (rc == 0 && max_new > 0) rc = pk_cuda_prefill_press(s, m, 0, prompt, n_prompt, press, logits, &pst);
     double t1 = pikv_now();
+    if (rc == 0 && max_new > 0 && press) print_press_line(stderr, press_spec, &pst);
+    int32_t id = rc == 0 && max_new > 0 ? greedy_id(logits, V) : 0;
     for (int i = 0; rc == 0 && i < max_new; i++) {
-        const int32_t id = greedy_id(logits, V);
         out->ids[out->n_ids++] = id;
         if (id == stop_id || i + 1 == max_new) break;
-        rc = pk_cuda_decode(s, &id, 1, logits);
+        rc = pk_cuda_decode_greedy(s, &id, 1, &id);
     }
     out->prefill_s = t1 - t0;
     out->decode_s = pikv_now() - t1;
@@ -62,57 +74,93 @@ int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *w
     return rc ? 1 : 0;
 }
 
-/* One repetition: every sequence cut back to empty and prefilled, then n_gen
- * decode steps of all of them; tokens/s of each phase. */
-static int bench_once(pk_cuda_session *s, const cli_cuda_bench_options *o, const int32_t *prompt, int V,
-                      float *logits, int32_t *next, double *prefill_tok_s, double *decode_tok_s)
+/* What one repetition measured. */
+typedef struct {
+    double prefill_tok_s, decode_tok_s;
+    pk_cuda_press_stats press;   /* of the last sequence */
+    size_t kv_in_use;            /* KV bytes held after the last decode step */
+} bench_result;
+
+/* One repetition: every sequence cut back to empty, prefilled and
+ * compressed, then n_gen greedy decode steps of all of them (the choices
+ * taken on the device, as a server would); tokens/s of each phase (the
+ * prefill's without the compression). */
+static int bench_once(pk_cuda_session *s, const pikv_model *m, const cli_cuda_bench_options *o, int batch,
+                      const int32_t *prompt, int V, float *logits, int32_t *next, bench_result *r)
 {
     double t_pre = 0;
-    for (int b = 0; b < o->batch; b++) {
-        if (pk_cuda_truncate(s, b, 0)) return -1;
-        double t0 = pikv_now();
-        if (pk_cuda_forward(s, b, prompt, o->n_prompt, logits + (size_t)b * V, 0)) return -1;
-        t_pre += pikv_now() - t0;
+    for (int b = 0; b < batch; b++) {
+        if (pk_cuda_truncate(s, b, 0) ||
+            pk_cuda_prefill_press(s, m, b, prompt, o->n_prompt, o->press, logits + (size_t)b * V, &r->press))
+            return -1;
+        t_pre += r->press.prefill_s;
         next[b] = greedy_id(logits + (size_t)b * V, V);
     }
     double t0 = pikv_now();
-    for (int i = 0; i < o->n_gen; i++) {
-        if (pk_cuda_decode(s, next, o->batch, logits)) return -1;
-        for (int b = 0; b < o->batch; b++) next[b] = greedy_id(logits + (size_t)b * V, V);
-    }
-    *prefill_tok_s = (double)o->batch * o->n_prompt / t_pre;
-    *decode_tok_s = (double)o->batch * o->n_gen / (pikv_now() - t0);
+    for (int i = 0; i < o->n_gen; i++)
+        if (pk_cuda_decode_greedy(s, next, batch, next)) return -1;
+    r->prefill_tok_s = (double)batch * o->n_prompt / t_pre;
+    r->decode_tok_s = (double)batch * o->n_gen / (pikv_now() - t0);
+    pk_cuda_stats st;
+    pk_cuda_get_stats(s, &st);
+    r->kv_in_use = st.kv_bytes_in_use;
     return 0;
 }
 
 /* The figures of a finished run, with the floor of a decode step: the
- * weights and the KV entries it reads (at the decode's mean context) over the
- * copy bandwidth measured on the device. */
-static void print_report(const pk_cuda_session *s, const pikv_config *c, const char *dir,
-                         const cli_cuda_bench_options *o, pk_cuda_dtype t, double bw, const pk_summary *pre,
-                         const pk_summary *dec, double replay_us)
+ * weights and the KV blocks it reads (those held after the last step) over
+ * the copy bandwidth measured on the device. */
+static void print_report(const pk_cuda_session *s, const char *dir, const cli_cuda_bench_options *o, int batch,
+                         pk_cuda_dtype t, double bw, const pk_summary *pre, const pk_summary *dec, double replay_us,
+                         const bench_result *last)
 {
     pk_cuda_stats st;
     pk_cuda_get_stats(s, &st);
-    const double ctx = o->n_prompt + o->n_gen / 2.0;
-    const double kv_step = (double)o->batch * ctx * c->n_layer * c->n_head * 2.0 * c->head_dim * (t == PK_CUDA_F32 ? 4 : 2);
-    const double step_bytes = (double)st.weight_bytes + kv_step, floor_tps = bw / step_bytes * o->batch;
+    const double kv_step = (double)last->kv_in_use;
+    const double step_bytes = (double)st.weight_bytes + kv_step, floor_tps = bw / step_bytes * batch;
     printf("model %s, %s, batch %d: weights %.1f MB on the device, KV pool %.1f MB (blocks of %zu bytes)\n", dir,
-           device_type_name(t), o->batch, st.weight_bytes / 1e6, st.pool_bytes / 1e6, st.block_bytes);
+           device_type_name(t), batch, st.weight_bytes / 1e6, st.pool_bytes / 1e6, st.block_bytes);
+    if (o->press) print_press_line(stdout, o->press_spec, &last->press);
     printf("prefill %d tokens: %.0f tok/s median (%.0f..%.0f), %.2f ms\n", o->n_prompt, pre->median, pre->min,
-           pre->max, 1e3 * o->batch * o->n_prompt / pre->median);
-    printf("decode %d tokens after %d: %.0f tok/s median (%.0f..%.0f) over %d runs, %s\n", o->n_gen, o->n_prompt,
-           dec->median, dec->min, dec->max, o->reps, o->graphs ? "graph replay" : "plain launches");
+           pre->max, 1e3 * batch * o->n_prompt / pre->median);
+    printf("decode %d tokens after %d: %.0f tok/s median (%.0f..%.0f) over %d runs, %s; %.1f tok/s per sequence\n",
+           o->n_gen, o->n_prompt, dec->median, dec->min, dec->max, o->reps, o->graphs ? "graph replay" : "plain launches",
+           dec->median / batch);
     if (replay_us > 0)
         printf("graph replay: %.1f us per step (%.0f tok/s on the device alone); %d kernel launches per step\n",
-               replay_us, 1e6 * o->batch / replay_us, st.kernels_per_decode);
+               replay_us, 1e6 * batch / replay_us, st.kernels_per_decode);
     printf("floor: %.1f MB per step (weights %.1f + KV %.1f) / %.2f TB/s = %.0f tok/s; decode reaches %.0f%%\n",
            step_bytes / 1e6, st.weight_bytes / 1e6, kv_step / 1e6, bw / 1e12, floor_tps, 100.0 * dec->median / floor_tps);
-    printf("KV in use %.1f MB, high-water %.1f MB\n", st.kv_bytes_in_use / 1e6, st.kv_high_water / 1e6);
+    printf("KV in use after decoding %.1f MB (%.2f MB per sequence), high-water %.1f MB\n", last->kv_in_use / 1e6,
+           last->kv_in_use / 1e6 / batch, st.kv_high_water / 1e6);
 }
 
 /* Replays of 64 steps start from the prompt again, so that they fit where the decode did. */
-enum { REPLAY_STEPS = 64 };
+enum { REPLAY_STEPS = 64, MAX_CAPACITY_SEQ = 4096 };
+
+/* Capacity mode: the batch that fits o->kv_budget and the pool that runs it,
+ * planned on a probe session. Prints the plan. */
+static int plan_capacity(const cli_command *cmd, const pikv_model *m, const cli_cuda_bench_options *o, pk_cuda_dtype t,
+                         const int32_t *prompt, int *batch, long *pool_blocks)
+{
+    const pk_cuda_params probe_params = {.dtype = t, .max_seq = 1, .use_graphs = 0};
+    pk_cuda_session *probe = pk_cuda_session_new(m, &probe_params);
+    pk_cuda_capacity cap;
+    int rc = probe ? pk_cuda_plan_capacity(probe, m, prompt, o->n_prompt, o->press, o->n_gen, o->kv_budget, &cap) : -1;
+    pk_cuda_session_free(probe);
+    if (rc) return cli_fail(cmd);
+    if (cap.admitted < 1)
+        return cli_error(cmd, "--kv-budget: %zu bytes hold no sequence of %.2f MB (%d + %d tokens, %s)", o->kv_budget,
+                         cap.per_seq_bytes / 1e6, o->n_prompt, o->n_gen, o->press_spec);
+    *batch = cap.admitted < MAX_CAPACITY_SEQ ? cap.admitted : MAX_CAPACITY_SEQ;
+    *pool_blocks = (long)((cap.budget_bytes + cap.headroom_bytes) / cap.block_bytes);
+    printf("capacity at a KV budget of %.3f GiB, press %s: %.3f MB per sequence of %d + %d tokens (the pool's blocks "
+           "after the press and the decode), %d sequences admitted = floor(budget / per sequence)%s; pool = budget + "
+           "%.1f MB headroom for one prompt prefilled whole before its press\n",
+           cap.budget_bytes / (double)(1 << 30), o->press_spec, cap.per_seq_bytes / 1e6, o->n_prompt, o->n_gen,
+           cap.admitted, cap.admitted > MAX_CAPACITY_SEQ ? " (run with the first 4096)" : "", cap.headroom_bytes / 1e6);
+    return 0;
+}
 
 int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir, const cli_cuda_bench_options *o)
 {
@@ -121,9 +169,6 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
         return cli_error(cmd, "-p %d: timing %d replayed steps after the prompt passes the model's %d positions",
                          o->n_prompt, REPLAY_STEPS, c->n_positions);
     const pk_cuda_dtype t = device_type(o->weights);
-    const pk_cuda_params params = {.dtype = t, .max_seq = o->batch, .use_graphs = o->graphs};
-    pk_cuda_session *s = pk_cuda_session_new(m, &params);
-    if (!s) return cli_fail(cmd);
     char dev[256] = "";
     pk_cuda_describe(dev, sizeof dev);
     const double bw = pk_cuda_copy_bandwidth();
@@ -131,26 +176,44 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
 
     const int V = c->vocab_size;
     int32_t *prompt = pk_malloc_array((size_t)o->n_prompt, sizeof *prompt, "prompt");
-    int32_t *next = pk_malloc_array((size_t)o->batch, sizeof *next, "next tokens");
-    float *logits = pk_malloc_array((size_t)o->batch * V, sizeof *logits, "logits");
-    double *pre = pk_malloc_array((size_t)o->reps, sizeof *pre, "timings");
-    double *dec = pk_malloc_array((size_t)o->reps, sizeof *dec, "timings");
-    int rc = prompt && next && logits && pre && dec ? 0 : -1;
+    if (!prompt) return cli_fail(cmd);
     uint64_t rng = 1;
-    for (int i = 0; rc == 0 && i < o->n_prompt; i++) {
+    for (int i = 0; i < o->n_prompt; i++) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         prompt[i] = 1 + (int32_t)((rng >> 33) % (uint64_t)(V - 1));
     }
+    int batch = o->batch;
+    long pool_blocks = 0;
+    if (o->kv_budget && plan_capacity(cmd, m, o, t, prompt, &batch, &pool_blocks)) {
+        pk_free(prompt);
+        return 1;
+    }
+    const pk_cuda_params params = {.dtype = t, .max_seq = batch, .pool_blocks = pool_blocks, .use_graphs = o->graphs};
+    pk_cuda_session *s = pk_cuda_session_new(m, &params);
+    int32_t *next = pk_malloc_array((size_t)batch, sizeof *next, "next tokens");
+    float *logits = pk_malloc_array((size_t)batch * V, sizeof *logits, "logits");
+    double *pre = pk_malloc_array((size_t)o->reps, sizeof *pre, "timings");
+    double *dec = pk_malloc_array((size_t)o->reps, sizeof *dec, "timings");
+    int rc = s && next && logits && pre && dec ? 0 : -1;
     /* One warm-up repetition (module load, graph capture, cuBLAS heuristics), then the timed ones. */
-    double warm_pre, warm_dec;
-    if (rc == 0) rc = bench_once(s, o, prompt, V, logits, next, &warm_pre, &warm_dec);
-    for (int r = 0; rc == 0 && r < o->reps; r++) rc = bench_once(s, o, prompt, V, logits, next, &pre[r], &dec[r]);
+    bench_result r;
+    if (rc == 0) rc = bench_once(s, m, o, batch, prompt, V, logits, next, &r);
+    for (int i = 0; rc == 0 && i < o->reps; i++) {
+        rc = bench_once(s, m, o, batch, prompt, V, logits, next, &r);
+        pre[i] = r.prefill_tok_s;
+        dec[i] = r.decode_tok_s;
+    }
+    /* Replay from where the prompts ended: prefill (and compress) again. */
     double replay_us = -1;
-    for (int b = 0; rc == 0 && o->graphs && b < o->batch; b++) rc = pk_cuda_truncate(s, b, o->n_prompt);
-    if (rc == 0 && o->graphs) rc = pk_cuda_time_replay(s, o->batch, REPLAY_STEPS, &replay_us);
+    if (rc == 0 && o->graphs) {
+        const cli_cuda_bench_options replay = {.n_prompt = o->n_prompt, .n_gen = 0, .press = o->press};
+        bench_result ignored;
+        rc = bench_once(s, m, &replay, batch, prompt, V, logits, next, &ignored);
+        if (rc == 0) rc = pk_cuda_time_replay(s, batch, REPLAY_STEPS, &replay_us);
+    }
     if (rc == 0) {
         const pk_summary ps = pk_summarize(pre, o->reps), ds = pk_summarize(dec, o->reps);
-        print_report(s, c, dir, o, t, bw, &ps, &ds, replay_us);
+        print_report(s, dir, o, batch, t, bw, &ps, &ds, replay_us, &r);
     } else {
         cli_fail(cmd);
     }

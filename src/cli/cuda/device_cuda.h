@@ -17,12 +17,17 @@ typedef struct {
     int n_prompt, n_gen, reps;
     int batch;                   /* sequences decoded together */
     int graphs;                  /* replay the decode step from a CUDA graph */
+    pikv_press *press;           /* compresses each prompt (NULL: none) */
+    const char *press_spec;      /* its spec, for the report */
+    size_t kv_budget;            /* capacity mode: admit as many sequences as fit these KV bytes (0: off) */
 } cli_cuda_bench_options;
 
-/* Prefill n_prompt random tokens into each of `batch` sequences, then decode
- * n_gen tokens for all of them together, reps times after one warm-up;
- * prints medians with min..max, the device time of a replayed step, launches
- * per step, the block pool's bytes and the bandwidth floor of a step. */
+/* Prefill n_prompt random tokens into each of `batch` sequences (compressed
+ * by the press), then decode n_gen tokens for all of them together, reps
+ * times after one warm-up; prints medians with min..max, the device time of a
+ * replayed step, launches per step, the block pool's bytes and the bandwidth
+ * floor of a step. With kv_budget, the batch is as many sequences as the
+ * press lets fit in that many bytes of KV blocks (pk_cuda_plan_capacity). */
 int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir, const cli_cuda_bench_options *o);
 
 /* Greedy generation on the GPU: up to max_new tokens after the prompt,
@@ -34,7 +39,10 @@ typedef struct {
     size_t kv_bytes;             /* KV blocks held at the end */
 } cli_cuda_generation;
 
-int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, const int32_t *prompt,
-                      int n_prompt, int max_new, int stop_id, cli_cuda_generation *out);
+/* press (may be NULL) compresses the prompt's cache, named press_spec in
+ * the line it prints to stderr. */
+int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, pikv_press *press,
+                      const char *press_spec, const int32_t *prompt, int n_prompt, int max_new, int stop_id,
+                      cli_cuda_generation *out);
 
 #endif
