@@ -848,6 +848,43 @@ static void test_memory_accounting(void)
     layer_free(&t);
 }
 
+/* PK_PRESS_ENTRY_FREE is a promise that a press reads no key, value or
+ * query: each press that makes it decides the same on a layer of zeros and
+ * on one whose entries and queries are all NaN, and a press that reads its
+ * keys (knorm) does not make it. 6 x 6 heads, for duo's pattern of the
+ * bundled model. */
+static void test_entry_free(const pikv_model *model)
+{
+    static const char *const specs[] = {"none", "streaming_llm:0.5", "duo:0.5", "composed[streaming_llm:0.2,duo:0.5]"};
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        pk_press *a = press_from(specs[i], model), *b = press_from(specs[i], model);
+        test_layer zeros, nans;
+        if (!a || !b || test_layer_init(&zeros, 6, 6, 8, 400, 4, 396, 48) ||
+            test_layer_init(&nans, 6, 6, 8, 400, 4, 396, 48)) {
+            CHECK(0, "%s: setup: %s", specs[i], pikv_last_error());
+            return;
+        }
+        for (int h = 0; h < 36; h++)
+            for (int j = 0; j < 400 * 8; j++)
+                ((float *)(void *)nans.kv.heads[h].k)[j] = ((float *)(void *)nans.kv.heads[h].v)[j] = NAN;
+        for (int j = 0; j < 4 * 48; j++) nans.q[j] = NAN;
+        int same = layer_compress(a, &zeros) == 0 && layer_compress(b, &nans) == 0;
+        for (int h = 0; same && h < 6; h++) {
+            const pk_kv_head *x = pk_kv_head_at(&zeros.kv, 0, h), *y = pk_kv_head_at(&nans.kv, 0, h);
+            same = x->len == y->len && x->recent == y->recent && memcmp(x->pos, y->pos, (size_t)x->len * 4) == 0;
+        }
+        CHECK(same && (a->caps & PK_PRESS_SEQUENCE || a->caps & PK_PRESS_ENTRY_FREE),
+              "%s: declared entry-free, but decides differently on NaN entries (or is not declared)", specs[i]);
+        layer_free(&zeros);
+        layer_free(&nans);
+        pk_press_destroy(a);
+        pk_press_destroy(b);
+    }
+    pk_press *k = press_from("knorm:0.5", model);
+    CHECK(k && !(k->caps & PK_PRESS_ENTRY_FREE), "knorm reads its keys and must not be declared entry-free");
+    pk_press_destroy(k);
+}
+
 int main(void)
 {
     test_knorm();
@@ -871,6 +908,7 @@ int main(void)
         CHECK(pikv_model_config(model)->n_layer == 6, "the bundled model has 6 layers");
         test_per_layer(model);
         test_decoding(model);
+        test_entry_free(model);
     }
     test_ratio_zero(model);
     pikv_model_free(model);

@@ -343,9 +343,10 @@ int cmd_bench(int argc, char **argv)
                              "drift on a shared machine does not favour one of them. With --workers W, decode attention\n"
                              "runs on W workers twice per press: heads placed by DeepSeek's EPLB (heavy heads split\n"
                              "into replicas) and by an equal count of heads per worker; the mean max/mean worker load\n"
-                             "is shown beside the speed. With --device cuda each press runs in turn on the GPU,\n"
-                             "scored on the host from a copy of the GPU's cache and applied on the GPU (blocks freed\n"
-                             "per head; Duo's streaming heads become rings); --kv-budget then measures capacity.",
+                             "is shown beside the speed. With --device cuda each press runs in turn on the GPU:\n"
+                             "decided from positions (none, streaming_llm, duo), scored on the GPU (knorm) or scored\n"
+                             "on the host from a copy of the GPU's cache (the others), and applied on the GPU (blocks\n"
+                             "freed per head; Duo's streaming heads become rings); --kv-budget measures capacity.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;

@@ -261,8 +261,9 @@ int cmd_generate(int argc, char **argv)
         "question is answered greedily against the compressed cache (the cache is rewound between\n"
         "questions). --query-aware compresses context + question together, once per question.\n"
         "Prints the generated text; timings and KV bytes go to stderr. --device cuda generates greedily\n"
-        "on the GPU, the prompt compressed by --press (scored on the host from a copy of the GPU's cache,\n"
-        "applied on the GPU); no questions, sampling or workers there yet.",
+        "on the GPU, the prompt compressed by --press (applied on the GPU; a line on stderr says how the\n"
+        "press decided: from positions, scored on the GPU, or on the host from a copy); no questions,\n"
+        "sampling or workers there yet.",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;

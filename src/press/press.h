@@ -62,8 +62,11 @@ enum {
     PK_PRESS_PER_RUN_STATE = 1 << 4,   /* keeps state of the sequence it runs on (decoding's queries,
                                           moe_router's statistics and route table): one session at a time */
     PK_PRESS_RECONSTRUCTION_SCORES = 1 << 5, /* the engine scores the context by reconstruction first (kvzip) */
-    PK_PRESS_QUERY_FREE = 1 << 6       /* decides without the call's queries (so it composes with kvzip,
+    PK_PRESS_QUERY_FREE = 1 << 6,      /* decides without the call's queries (so it composes with kvzip,
                                           which decides after the prefill, when they are gone) */
+    PK_PRESS_ENTRY_FREE = 1 << 7       /* decides from the heads' lengths and positions alone, reading no
+                                          key, value or query (so an engine whose cache lives elsewhere
+                                          need not copy it out for the press) */
 };
 
 typedef struct {

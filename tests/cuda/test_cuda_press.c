@@ -136,6 +136,22 @@ static void check_press(const pikv_model *m, const char *spec, int n_decode, int
     if (rc == 0) rc = pikv_prefill(c, prompt, N_PROMPT, pc, NULL);
     if (rc == 0) rc = pk_cuda_prefill_press(g, m, 0, prompt, N_PROMPT, pg, NULL, &st);
     CHECK(rc == 0, "%s: prefill: %s", spec, pikv_last_error());
+    /* What the press needed from the device: nothing for a decision from
+     * positions, the key norms for knorm, keys, values and queries for snapkv. */
+    const size_t per_layer = (size_t)cf->n_head * N_PROMPT * sizeof(float);
+    size_t want_bytes = (size_t)-1;
+    if (strcmp(spec, "duo:0.5") == 0 || strcmp(spec, "none") == 0 || strcmp(spec, "streaming_llm:0.5") == 0)
+        want_bytes = 0;
+    else if (strcmp(spec, "knorm:0.5") == 0)
+        want_bytes = cf->n_layer * per_layer;
+    else if (strcmp(spec, "snapkv:0.5") == 0)
+        want_bytes = cf->n_layer * (2 * per_layer * cf->head_dim + (size_t)N_PROMPT * cf->n_embd * sizeof(float));
+    CHECK(rc != 0 || want_bytes == (size_t)-1 || st.bytes_to_host == want_bytes,
+          "%s: %zu bytes copied from the GPU, expected %zu (%s)", spec, st.bytes_to_host, want_bytes,
+          pk_cuda_press_how(st.mode));
+    CHECK(rc != 0 || (st.mode == PK_CUDA_FROM_POSITIONS) == (st.bytes_to_host == 0),
+          "%s: %s, yet %zu bytes copied", spec, pk_cuda_press_how(st.mode), st.bytes_to_host);
+    if (rc == 0) printf("%-36s %s: %.2f MB copied from the GPU\n", spec, pk_cuda_press_how(st.mode), st.bytes_to_host / 1e6);
     double key_diff = 0;
     const int bad = rc == 0 ? compare_heads(g, &c->fwd.kv, cf, &key_diff) : -1;
     if (near_tie) {

@@ -942,6 +942,33 @@ extern "C" int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int he
     return 0;
 }
 
+template <typename W> static void launch_key_norms(pk_cuda_session *s, int seq, int layer, int len)
+{
+    key_norms_kernel<W><<<dim3((len + 255) / 256, s->cfg.n_head), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq,
+                                                                                       layer, len, s->d_layer);
+}
+
+extern "C" int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int len, float *norms)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
+        return pk_fail("CUDA key norms: sequence %d or layer %d out of range", seq, layer);
+    for (int h = 0; h < s->cfg.n_head; h++)
+        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h])
+            return pk_fail("CUDA key norms: layer %d head %d holds fewer than %d entries", layer, h, len);
+    if (len == 0) return 0;
+    if (ensure_press_buffers(s)) return -1;
+    switch (s->params.dtype) {
+    case PK_CUDA_BF16: launch_key_norms<__nv_bfloat16>(s, seq, layer, len); break;
+    case PK_CUDA_F16: launch_key_norms<__half>(s, seq, layer, len); break;
+    default: launch_key_norms<float>(s, seq, layer, len); break;
+    }
+    CU(cudaGetLastError(), "computing key norms");
+    CU(cudaMemcpyAsync(norms, s->d_layer, (size_t)s->cfg.n_head * len * 4, cudaMemcpyDeviceToHost, s->stream),
+       "copying key norms");
+    CU(cudaStreamSynchronize(s->stream), "computing key norms");
+    return 0;
+}
+
 extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
 {
     if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)

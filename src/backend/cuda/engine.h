@@ -72,6 +72,11 @@ int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int
  * [head_dim]. Every head read must hold at least len entries. */
 int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len, float *k, float *v);
 
+/* The L2 norm of the key in slots 0..len-1 of every head of one layer of
+ * sequence seq, computed on the device: norms [n_head][len] (knorm's score,
+ * without copying the keys out). */
+int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int len, float *norms);
+
 /* What one head keeps after a press: the slots that stay (ascending), and
  * for a streaming head (recent > 0) the ring it becomes, with `next` the
  * slot the next decoded token overwrites once the head holds sink + recent

@@ -29,9 +29,9 @@ static int greedy_id(float *logits, int n)
 /* The line that says how a press ran on the GPU. */
 static void print_press_line(FILE *f, const char *spec, const pk_cuda_press_stats *st)
 {
-    fprintf(f, "press %s: scored on the host from a copy of the GPU's cache, applied on the GPU; KV %.2f -> %.2f MB, "
-               "compression %.1f ms\n",
-            spec, st->kv_bytes_before / 1e6, st->kv_bytes_after / 1e6, 1e3 * st->compression_s);
+    fprintf(f, "press %s: %s (%.2f MB), applied on the GPU; KV %.2f -> %.2f MB, compression %.1f ms\n", spec,
+            pk_cuda_press_how(st->mode), st->bytes_to_host / 1e6, st->kv_bytes_before / 1e6, st->kv_bytes_after / 1e6,
+            1e3 * st->compression_s);
 }
 
 int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, pikv_press *press,

@@ -1,5 +1,6 @@
-/* Presses on the CUDA engine: scored on the host from a copy of the device's
- * cache, applied on the device (see press_cuda.h). */
+/* Presses on the CUDA engine: decided on the host, from positions alone, from
+ * scores computed on the device, or from a copy of the device's cache, and
+ * applied on the device (see press_cuda.h). */
 #include "engine/cuda/press_cuda.h"
 #include "engine/compress.h"
 #include "model/model.h"
@@ -17,30 +18,72 @@ const char *pk_cuda_press_unsupported(const pk_press *p)
     return NULL;
 }
 
-/* Whether the press (or a part of a composition) reads the call's queries. */
-static int reads_queries(const pk_press *p)
+/* Whether the press (or some part of a composition) lacks a capability. */
+static int lacks(const pk_press *p, unsigned cap)
 {
-    if (!(p->caps & PK_PRESS_SEQUENCE)) return !(p->caps & PK_PRESS_QUERY_FREE);
+    if (!(p->caps & PK_PRESS_SEQUENCE)) return !(p->caps & cap);
     for (int i = 0; i < p->n_inner; i++)
-        if (reads_queries(p->inner[i])) return 1;
+        if (lacks(p->inner[i], cap)) return 1;
     return 0;
 }
 
-/* Copy layer `layer` of sequence seq from the device into the host cache,
- * every head holding entries 0..n-1 at positions 0..n-1. k and v are scratch
- * [n_head][n][head_dim]. */
+/* knorm on its own: the one scorer whose scores the device computes so far. */
+static int scored_on_device(const pk_press *p) { return strcmp(p->name, "knorm") == 0 && !p->ops->select; }
+
+const char *pk_cuda_press_how(pk_cuda_press_mode mode)
+{
+    switch (mode) {
+    case PK_CUDA_FROM_POSITIONS: return "decided from positions alone, nothing copied";
+    case PK_CUDA_SCORED_ON_DEVICE: return "scored on the GPU, scores copied to the host for the choice";
+    default: return "scored on the host from a copy of the GPU's cache";
+    }
+}
+
+pk_cuda_press_mode pk_cuda_press_mode_of(const pk_press *p)
+{
+    if (!lacks(p, PK_PRESS_ENTRY_FREE)) return PK_CUDA_FROM_POSITIONS;
+    return scored_on_device(p) ? PK_CUDA_SCORED_ON_DEVICE : PK_CUDA_SCORED_ON_HOST;
+}
+
+/* Give every head of the host cache's layer entries 0..n-1 at positions
+ * 0..n-1, with the device's keys and values when k and v (scratch
+ * [n_head][n][head_dim]) are given; otherwise the rows stay unset, for a
+ * press that never reads them. */
 static int copy_layer_to_host(pk_cuda_session *s, int seq, int layer, int n, pk_kvcache *kv, float *k, float *v)
 {
-    if (pk_cuda_read_heads(s, seq, layer, 0, kv->n_head, n, k, v)) return -1;
+    if (k && pk_cuda_read_heads(s, seq, layer, 0, kv->n_head, n, k, v)) return -1;
     const size_t rows = (size_t)n * (size_t)kv->head_dim;
     for (int h = 0; h < kv->n_head; h++) {
         pk_kv_head *kh = pk_kv_at(kv, layer, h);
-        memcpy(kh->k, k + (size_t)h * rows, rows * sizeof(float));
-        memcpy(kh->v, v + (size_t)h * rows, rows * sizeof(float));
+        if (k) {
+            memcpy(kh->k, k + (size_t)h * rows, rows * sizeof(float));
+            memcpy(kh->v, v + (size_t)h * rows, rows * sizeof(float));
+        }
         for (int j = 0; j < n; j++) kh->pos[j] = j;
         kh->len = n;
     }
     return 0;
+}
+
+/* knorm's decision from key norms computed on the device: score -||k||, keep
+ * each head's top floor(len * (1 - ratio)) as the CPU's default selection
+ * does, and let the host cache apply it. norms is scratch [n_head][n]. */
+static int select_by_device_norms(pk_cuda_session *s, int seq, const pk_press *press, const pk_press_view *v, int n,
+                                  float *norms, pk_kvcache *kv, pk_keep_set *keep)
+{
+    const int H = v->cfg->n_head;
+    float **scores = pk_press_alloc_scores(v);
+    int *n_keep = pk_malloc_array((size_t)H, sizeof *n_keep, "kept counts");
+    int rc = scores && n_keep ? pk_cuda_key_norms(s, seq, v->layer, n, norms) : -1;
+    for (int h = 0; rc == 0 && h < H; h++) {
+        for (int j = 0; j < n; j++) scores[h][j] = -norms[(size_t)h * n + j];
+        n_keep[h] = pk_press_n_kept(n, press->ratio);
+    }
+    if (rc == 0) rc = pk_keep_set_reset(keep, n) || pk_press_keep_top(v, scores, n_keep, keep);
+    if (rc == 0) rc = pk_kv_apply(kv, v->layer, keep);
+    if (scores) pk_press_free_scores(v, scores);
+    pk_free(n_keep);
+    return rc;
 }
 
 /* Send what the host cache's layer kept to the device: the kept entries'
@@ -57,24 +100,37 @@ static int apply_on_device(pk_cuda_session *s, int seq, int layer, const pk_kvca
     return pk_cuda_keep(s, seq, layer, heads);
 }
 
-/* Decide layer by layer on the host and apply each decision on the device. */
-static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk_press *press, const float *queries)
+/* Decide layer by layer on the host and apply each decision on the device.
+ * Only a press scored on the host gets the cache's rows; the others see a
+ * host cache of positions (rows of one float, never read). */
+static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk_press *press, const float *queries,
+                    pk_cuda_press_stats *st)
 {
     pk_kvcache kv;
     pk_keep_set keep;
     memset(&keep, 0, sizeof keep);
-    if (pk_kv_init(&kv, c->n_layer, c->n_head, c->head_dim, PIKV_KV_F32, PIKV_KV_F32)) return -1;
-    const size_t layer_floats = (size_t)c->n_head * (size_t)n * (size_t)c->head_dim;
-    float *k = pk_malloc_array(layer_floats, sizeof *k, "keys from the GPU");
-    float *v = pk_malloc_array(layer_floats, sizeof *v, "values from the GPU");
+    const int copies = st->mode == PK_CUDA_SCORED_ON_HOST;
+    if (pk_kv_init(&kv, c->n_layer, c->n_head, copies ? c->head_dim : 1, PIKV_KV_F32, PIKV_KV_F32)) return -1;
+    const size_t layer_floats = (size_t)c->n_head * (size_t)n * (size_t)(copies ? c->head_dim : 1);
+    float *k = st->mode != PK_CUDA_FROM_POSITIONS ? pk_malloc_array(layer_floats, sizeof *k, "keys from the GPU") : NULL;
+    float *v = copies ? pk_malloc_array(layer_floats, sizeof *v, "values from the GPU") : NULL;
     pk_cuda_head_keep *heads = pk_calloc((size_t)c->n_head, sizeof *heads, "kept heads");
-    int rc = k && v && heads && pk_keep_set_init(&keep, c->n_head) == 0 && pk_kv_reserve(&kv, n, 1) == 0 ? 0 : -1;
+    int rc = (k || st->mode == PK_CUDA_FROM_POSITIONS) && (v || !copies) && heads &&
+                     pk_keep_set_init(&keep, c->n_head) == 0 && pk_kv_reserve(&kv, n, 1) == 0
+                 ? 0
+                 : -1;
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         const pk_press_view view = {.cfg = c, .layer = l, .q = queries ? queries + (size_t)l * n * c->n_embd : NULL,
                                     .q_stride = c->n_embd, .n_q = n, .q_pos0 = 0, .kv = &kv,
                                     .backend = &pk_backend_cpu, .scale = pk_attention_scale(c, l)};
-        rc = copy_layer_to_host(s, seq, l, n, &kv, k, v);
-        if (rc == 0) rc = pk_compress_layer(press, &view, &kv, &keep);
+        rc = copy_layer_to_host(s, seq, l, n, &kv, copies ? k : NULL, v);
+        if (rc == 0 && st->mode == PK_CUDA_SCORED_ON_DEVICE) {
+            rc = select_by_device_norms(s, seq, press, &view, n, k, &kv, &keep);
+            st->bytes_to_host += (size_t)c->n_head * n * sizeof(float);
+        } else if (rc == 0) {
+            rc = pk_compress_layer(press, &view, &kv, &keep);
+            if (copies) st->bytes_to_host += 2 * layer_floats * sizeof(float);
+        }
         if (rc) rc = pk_fail_prefix("press '%s' at layer %d", press->name, l);
         if (rc == 0) rc = apply_on_device(s, seq, l, &kv, heads);
         for (int h = 0; h < c->n_head; h++) pk_kv_keep(&kv, l, h, NULL, 0); /* the layer's host copy is done with */
@@ -106,9 +162,12 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
                            press->name, press->n_layer, press->n_head, c->n_layer, c->n_head);
     }
     float *queries = NULL;
-    if (press && reads_queries(press) &&
-        !(queries = pk_malloc_array((size_t)c->n_layer * (size_t)n * (size_t)c->n_embd, sizeof *queries, "queries")))
-        return -1;
+    const size_t query_floats = (size_t)c->n_layer * (size_t)n * (size_t)c->n_embd;
+    if (press) st->mode = pk_cuda_press_mode_of(press);
+    if (press && st->mode == PK_CUDA_SCORED_ON_HOST && lacks(press, PK_PRESS_QUERY_FREE)) {
+        if (!(queries = pk_malloc_array(query_floats, sizeof *queries, "queries"))) return -1;
+        st->bytes_to_host += query_floats * sizeof *queries;
+    }
     double t0 = pikv_now();
     int rc = queries ? pk_cuda_forward_queries(s, seq, ids, n, logits, queries)
                      : pk_cuda_forward(s, seq, ids, n, logits, 0);
@@ -116,7 +175,7 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
     st->prefill_s = t1 - t0;
     st->kv_bytes_before = st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
     if (rc == 0 && press) {
-        rc = compress(s, c, seq, n, press, queries);
+        rc = compress(s, c, seq, n, press, queries, st);
         st->compression_s = pikv_now() - t1;
         st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
     }

@@ -10,8 +10,13 @@
  * become rings of exactly ceil((sink + recent) / 16) blocks that roll in
  * place while decoding.
  *
- * Every press is scored on the host this way for now: its decisions are the
- * CPU code's on the device's own values, and the price is one copy of the
+ * Two kinds of press need less than a copy of the cache. One that decides
+ * from positions alone (PK_PRESS_ENTRY_FREE: none, streaming_llm, duo, and
+ * compositions of them) gets a host cache of positions and nothing is
+ * copied. knorm's scores (key norms) are computed on the device and only
+ * they are copied, for the host to choose the top entries as the CPU does.
+ * Every other press is scored on the host from the copy: its decisions are
+ * the CPU code's on the device's own values, and the price is one copy of the
  * cache over PCIe per compression, which the report counts as compression
  * time. */
 #ifndef PIKV_ENGINE_CUDA_PRESS_CUDA_H
@@ -20,10 +25,19 @@
 #include "backend/cuda/engine.h"
 #include "press/press.h"
 
+/* Where a press's decision comes from on the GPU. */
+typedef enum { PK_CUDA_FROM_POSITIONS, PK_CUDA_SCORED_ON_DEVICE, PK_CUDA_SCORED_ON_HOST } pk_cuda_press_mode;
+
 typedef struct {
     size_t kv_bytes_before, kv_bytes_after; /* the sequence's KV blocks before and after the press */
     double prefill_s, compression_s;        /* the GPU prefill; copies, the press and the compaction */
+    pk_cuda_press_mode mode;
+    size_t bytes_to_host;                   /* what the press needed copied from the device */
 } pk_cuda_press_stats;
+
+/* How a press runs on the GPU, and that as a phrase for reports. */
+pk_cuda_press_mode pk_cuda_press_mode_of(const pk_press *p);
+const char *pk_cuda_press_how(pk_cuda_press_mode mode);
 
 /* Why a press cannot run on the GPU yet (a phrase completing "it ..."), or
  * NULL when it can. */
