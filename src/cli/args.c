@@ -173,8 +173,7 @@ void cli_machine(char *out, int cap)
              openblas_get_corename());
 }
 
-/* The type a --weights value names, by the library's own names. */
-static int parse_weights(const cli_command *cmd, const char *text, pikv_weight_type *type)
+int cli_parse_weights(const cli_command *cmd, const char *text, pikv_weight_type *type)
 {
     for (int t = PIKV_WEIGHTS_AS_STORED; t <= PIKV_WEIGHTS_BF16; t++)
         if (strcmp(text, pikv_weight_type_name((pikv_weight_type)t)) == 0) {
@@ -189,7 +188,7 @@ int cli_load(const cli_command *cmd, const char *dir, const char *weights, pikv_
     pikv_model_params params = pikv_model_default_params();
     params.weights = CLI_DEFAULT_WEIGHTS;
     *model = NULL;
-    if (weights && parse_weights(cmd, weights, &params.weights)) return 1;
+    if (weights && cli_parse_weights(cmd, weights, &params.weights)) return 1;
     *model = pikv_model_load_with_params(dir, &params);
     if (!*model) return cli_fail(cmd);
     if (!tok) return 0;

@@ -4,6 +4,7 @@
 #define PIKV_CLI_ARGS_H
 
 #include "cli/datadir.h" /* the defaults of --model and --haystack */
+#include "pikv.h"
 
 #include <stddef.h>
 
@@ -98,6 +99,10 @@ struct pikv_session_params;
  * error, found before anything is loaded). */
 int cli_session_params(const cli_command *cmd, int threads, const cli_kv_flags *kv,
                        struct pikv_session_params *params);
+
+/* The type a --weights value names, by the library's own names (an unknown
+ * name is printed as an error and returns 1). */
+int cli_parse_weights(const cli_command *cmd, const char *text, pikv_weight_type *type);
 
 struct pikv_model;
 struct pikv_tokenizer;

@@ -7,12 +7,14 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The device type of a --weights value (already checked by cli_load). */
-static pk_cuda_dtype device_type(const char *weights)
+/* The device type of a --weights value: f32 and f16 as named, bf16 for
+ * "stored" or none. */
+static int device_type(const cli_command *cmd, const char *weights, pk_cuda_dtype *out)
 {
-    if (weights && strcmp(weights, "f32") == 0) return PK_CUDA_F32;
-    if (weights && strcmp(weights, "f16") == 0) return PK_CUDA_F16;
-    return PK_CUDA_BF16;
+    pikv_weight_type t = PIKV_WEIGHTS_AS_STORED;
+    if (weights && cli_parse_weights(cmd, weights, &t)) return 1;
+    *out = t == PIKV_WEIGHTS_F32 ? PK_CUDA_F32 : t == PIKV_WEIGHTS_F16 ? PK_CUDA_F16 : PK_CUDA_BF16;
+    return 0;
 }
 
 static const char *device_type_name(pk_cuda_dtype t)
@@ -40,7 +42,8 @@ int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *w
 {
     memset(out, 0, sizeof *out);
     const int V = pikv_model_config(m)->vocab_size;
-    const pk_cuda_params params = {.dtype = device_type(weights), .max_seq = 1, .use_graphs = 1};
+    pk_cuda_params params = {.max_seq = 1, .use_graphs = 1};
+    if (device_type(cmd, weights, &params.dtype)) return 1;
     pk_cuda_session *s = pk_cuda_session_new(m, &params);
     float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
     out->ids = pk_malloc_array((size_t)(max_new > 0 ? max_new : 1), sizeof *out->ids, "generated ids");
@@ -168,7 +171,8 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
     if (o->graphs && o->n_prompt + REPLAY_STEPS > c->n_positions)
         return cli_error(cmd, "-p %d: timing %d replayed steps after the prompt passes the model's %d positions",
                          o->n_prompt, REPLAY_STEPS, c->n_positions);
-    const pk_cuda_dtype t = device_type(o->weights);
+    pk_cuda_dtype t;
+    if (device_type(cmd, o->weights, &t)) return 1;
     char dev[256] = "";
     pk_cuda_describe(dev, sizeof dev);
     const double bw = pk_cuda_copy_bandwidth();
