@@ -430,6 +430,34 @@ template <typename W> static void check_compaction(const char *what)
     printf("compaction %s: 9 of 40 and 5 of 16 entries moved in place, read back as float32\n", what);
 }
 
+/* The fused residual epilogue + layer norm of the cuBLAS path against the two
+ * kernels it replaces, run one after the other: the same residual stream and
+ * the same normalised rows, bit for bit. */
+static void check_residual_layernorm()
+{
+    typedef __nv_bfloat16 W;
+    const int rows = 3, C = 96;
+    paged_cache<W> kv(1, 1, 1, 32, 1);
+    std::vector<float> x = random_f((size_t)rows * C), prod = random_f((size_t)rows * C), bias = random_f(C);
+    std::vector<float> w = random_f(C), b = random_f(C), x2 = x;
+    std::vector<W> fused((size_t)rows * C), apart((size_t)rows * C);
+    emu_launch(dim3(rows), dim3(64), 0, residual_layernorm_kernel<W>, fused.data(), x.data(), (const float *)prod.data(),
+               (const float *)bias.data(), (const float *)w.data(), (const float *)b.data(), C, 1e-5f);
+    epilogue<W, float, EPI_RESIDUAL> e;
+    e.y = x2.data();
+    e.out = C;
+    e.layer = 0;
+    e.kv = kv.ctx(0, rows);
+    emu_launch(dim3(2), dim3(64), 0, epilogue_kernel<W, float, EPI_RESIDUAL>, (const float *)prod.data(),
+               (const float *)bias.data(), rows, e);
+    emu_launch(dim3(rows), dim3(64), 0, layernorm_kernel<W>, apart.data(), (const float *)x2.data(),
+               (const float *)w.data(), (const float *)b.data(), C, 1e-5f);
+    int wrong = 0;
+    for (size_t i = 0; i < x.size(); i++)
+        wrong += x[i] != x2[i] || to_f<W>(fused[i]) != to_f<W>(apart[i]);
+    CHECK(wrong == 0, "residual + layer norm in one kernel: %d values differ from the two kernels", wrong);
+}
+
 /* The device's greedy choice against the CPU's first-largest rule: rows
  * with a repeated maximum, a maximum in the last element, and a width that
  * is not a multiple of the block. */
@@ -461,6 +489,7 @@ int main()
     check_prompt_pieces();
     check_ring_step();
     check_argmax();
+    check_residual_layernorm();
     check_compaction<float>("f32");
     check_compaction<__nv_bfloat16>("bf16");
     return check_done("test_kernels_host");

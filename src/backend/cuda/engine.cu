@@ -298,6 +298,16 @@ static void layernorm(pk_cuda_session *s, void *out, const float *x, const float
     s->launches++;
 }
 
+/* x += prod + bias over R rows, then the layer norm (w, b) of x into out. */
+template <typename W>
+static void residual_layernorm(pk_cuda_session *s, void *out, float *x, const float *prod, const float *add_bias,
+                               const float *w, const float *b, int R)
+{
+    residual_layernorm_kernel<W><<<R, 256, 0, s->stream>>>((W *)out, x, prod, add_bias, w, b, s->cfg.n_embd,
+                                                           s->cfg.layer_norm_epsilon);
+    s->launches++;
+}
+
 /* KV blocks of the longest head list. */
 static int max_kv_blocks(const pk_cuda_session *s) { return (s->cfg.n_positions + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK; }
 
@@ -382,7 +392,9 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
                            make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
             continue;
         }
-        layernorm<W>(s, a->xn, a->x, L->ln_1_w, L->ln_1_b, R);
+        /* Each residual epilogue also makes the next layer norm (ln_2, the next
+         * layer's ln_1, or ln_f), so only the first layer norm is a launch of its own. */
+        if (l == 0) layernorm<W>(s, a->xn, a->x, L->ln_1_w, L->ln_1_b, R);
         if (gemm<W>(s, L->attn_w, a->xn, a->prod, R, C, 3 * C)) return -1;
         epilogue_launch(s, a->prod, L->attn_b, R, make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
         if (attention<W, W>(s, a->q, a->att, l, n_seq, c)) return -1;
@@ -390,12 +402,14 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
             CU(cudaMemcpyAsync(queries + (size_t)l * R * C, a->q, (size_t)R * C * 4, cudaMemcpyDeviceToHost, s->stream),
                "copying queries");
         if (gemm<W>(s, L->attn_proj_w, a->att, a->prod, R, C, C)) return -1;
-        epilogue_launch(s, a->prod, L->attn_proj_b, R, make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
-        layernorm<W>(s, a->xn, a->x, L->ln_2_w, L->ln_2_b, R);
+        residual_layernorm<W>(s, a->xn, a->x, a->prod, L->attn_proj_b, L->ln_2_w, L->ln_2_b, R);
         if (gemm<W>(s, L->fc_w, a->xn, a->prod, R, C, F)) return -1;
         epilogue_launch(s, a->prod, L->fc_b, R, make_epi<W, W, EPI_GELU>(a->fc, F, l, c));
         if (gemm<W>(s, L->fc_proj_w, a->fc, a->prod, R, F, C)) return -1;
-        epilogue_launch(s, a->prod, L->fc_proj_b, R, make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
+        const int last = l + 1 == cf->n_layer;
+        const pk_cuda_layer *next = last ? NULL : &s->w.layers[l + 1];
+        residual_layernorm<W>(s, a->xn, a->x, a->prod, L->fc_proj_b, last ? s->w.ln_f_w : next->ln_1_w,
+                              last ? s->w.ln_f_b : next->ln_1_b, R);
     }
     if (want_logits) {
         /* The rows wanted: all, one per sequence (decode), or a prompt's last. */
@@ -407,8 +421,10 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
             gemv<W, true>(s, s->w.lm_head, NULL, x, rows, C, s->w.ln_f_w, s->w.ln_f_b,
                           make_epi<W, float, EPI_STORE>(a->logits, V, 0, c));
         } else {
-            layernorm<W>(s, a->xn, x, s->w.ln_f_w, s->w.ln_f_b, rows);
-            if (gemm<W>(s, s->w.lm_head, a->xn, a->logits, rows, C, V)) return -1;
+            /* More rows than the matrix-vector path takes means the cuBLAS path ran,
+             * whose last epilogue left ln_f of every row in xn. */
+            const W *xn = (const W *)a->xn + (x - a->x);
+            if (gemm<W>(s, s->w.lm_head, xn, a->logits, rows, C, V)) return -1;
         }
     }
     const int n = n_seq * s->n_lh;

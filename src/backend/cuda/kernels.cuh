@@ -189,21 +189,43 @@ __global__ void embed_kernel(float *x, const W *wte, const W *wpe, const int32_t
     for (int i = threadIdx.x; i < c.C; i += blockDim.x) x[(size_t)row * c.C + i] = to_f<W>(te[i]) + to_f<W>(pe[i]);
 }
 
-/* Layer norm of row blockIdx.x of x [R][C] into out (the input type of the
- * following matrix product). */
+/* Layer norm of one row xr [C] into out [C], by the block; red is shared scratch of 32 floats. */
 template <typename OutT>
-__global__ void layernorm_kernel(OutT *out, const float *x, const float *w, const float *bias, int C, float eps)
+__device__ __forceinline__ void layernorm_row(OutT *out, const float *xr, const float *w, const float *bias, int C,
+                                              float eps, float *red)
 {
-    __shared__ float red[32];
-    const float *xr = x + (size_t)blockIdx.x * C;
     float s = 0.f;
     for (int i = threadIdx.x; i < C; i += blockDim.x) s += xr[i];
     const float mean = block_sum(s, red) / C;
     float v = 0.f;
     for (int i = threadIdx.x; i < C; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
     const float rstd = rsqrtf(block_sum(v, red) / C + eps);
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        out[(size_t)blockIdx.x * C + i] = from_f<OutT>((xr[i] - mean) * rstd * w[i] + bias[i]);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) out[i] = from_f<OutT>((xr[i] - mean) * rstd * w[i] + bias[i]);
+}
+
+/* Layer norm of row blockIdx.x of x [R][C] into out (the input type of the
+ * following matrix product). */
+template <typename OutT>
+__global__ void layernorm_kernel(OutT *out, const float *x, const float *w, const float *bias, int C, float eps)
+{
+    __shared__ float red[32];
+    layernorm_row(out + (size_t)blockIdx.x * C, x + (size_t)blockIdx.x * C, w, bias, C, eps, red);
+}
+
+/* The cuBLAS path's residual epilogue and the next layer norm in one launch:
+ * row blockIdx.x of x [R][C] gets prod + bias added, then its layer norm goes
+ * to out. Each thread adds the elements it later reads first, and block_sum
+ * synchronises before any other thread's are read, so the sums see the new
+ * row; the arithmetic is the two kernels' own. */
+template <typename OutT>
+__global__ void residual_layernorm_kernel(OutT *out, float *x, const float *prod, const float *add_bias,
+                                          const float *w, const float *bias, int C, float eps)
+{
+    __shared__ float red[32];
+    float *xr = x + (size_t)blockIdx.x * C;
+    const float *pr = prod + (size_t)blockIdx.x * C;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) xr[i] += pr[i] + add_bias[i];
+    layernorm_row(out + (size_t)blockIdx.x * C, xr, w, bias, C, eps, red);
 }
 
 /* The epilogue over a float32 product [R][out] computed by cuBLAS. */
