@@ -182,18 +182,23 @@ int pk_press_keep_top(const pk_press_view *v, float **scores, const int *n_keep,
     return 0;
 }
 
+int pk_press_keep_top_at_ratio(const pk_press_view *v, float **scores, double ratio, pk_keep_set *out)
+{
+    const int H = v->cfg->n_head;
+    int *n_keep = pk_malloc_array((size_t)H, sizeof *n_keep, "press budgets");
+    if (!n_keep) return -1;
+    for (int h = 0; h < H; h++) n_keep[h] = pk_press_n_kept(pk_press_head(v, h)->len, ratio);
+    const int rc = pk_press_keep_top(v, scores, n_keep, out);
+    pk_free(n_keep);
+    return rc;
+}
+
 int pk_press_select_top(const pk_press *scorer, const pk_press_view *v, double ratio, pk_keep_set *out)
 {
     if (ratio == 0) return 0;
-    const int H = v->cfg->n_head;
     float **scores = pk_press_alloc_scores(v);
-    int *n_keep = pk_malloc_array((size_t)H, sizeof *n_keep, "press budgets");
     int rc = -1;
-    if (scores && n_keep && scorer->ops->score(scorer, v, scores) == 0) {
-        for (int h = 0; h < H; h++) n_keep[h] = pk_press_n_kept(pk_press_head(v, h)->len, ratio);
-        rc = pk_press_keep_top(v, scores, n_keep, out);
-    }
-    pk_free(n_keep);
+    if (scores && scorer->ops->score(scorer, v, scores) == 0) rc = pk_press_keep_top_at_ratio(v, scores, ratio, out);
     pk_press_free_scores(v, scores);
     return rc;
 }

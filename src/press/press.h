@@ -131,6 +131,11 @@ int pk_press_select_top(const pk_press *scorer, const pk_press_view *v, double r
  * n_keep[h] highest scores (earlier entry on ties), in storage order. */
 int pk_press_keep_top(const pk_press_view *v, float **scores, const int *n_keep, pk_keep_set *out);
 
+/* pk_press_keep_top with every head's budget at a ratio: its top
+ * floor(len * (1 - ratio)). The second half of pk_press_select_top, for
+ * scores computed elsewhere (the GPU's). */
+int pk_press_keep_top_at_ratio(const pk_press_view *v, float **scores, double ratio, pk_keep_set *out);
+
 /* Per-head score buffers for the layer: scores[h] has room for the head's len. */
 float **pk_press_alloc_scores(const pk_press_view *v);
 void pk_press_free_scores(const pk_press_view *v, float **scores);

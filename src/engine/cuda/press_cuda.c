@@ -65,24 +65,19 @@ static int copy_layer_to_host(pk_cuda_session *s, int seq, int layer, int n, pk_
     return 0;
 }
 
-/* knorm's decision from key norms computed on the device: score -||k||, keep
- * each head's top floor(len * (1 - ratio)) as the CPU's default selection
- * does, and let the host cache apply it. norms is scratch [n_head][n]. */
+/* knorm's decision from key norms computed on the device: score -||k||,
+ * chosen by the CPU's default selection, applied by the host cache. norms is
+ * scratch [n_head][n]. */
 static int select_by_device_norms(pk_cuda_session *s, int seq, const pk_press *press, const pk_press_view *v, int n,
                                   float *norms, pk_kvcache *kv, pk_keep_set *keep)
 {
-    const int H = v->cfg->n_head;
     float **scores = pk_press_alloc_scores(v);
-    int *n_keep = pk_malloc_array((size_t)H, sizeof *n_keep, "kept counts");
-    int rc = scores && n_keep ? pk_cuda_key_norms(s, seq, v->layer, n, norms) : -1;
-    for (int h = 0; rc == 0 && h < H; h++) {
+    int rc = scores ? pk_cuda_key_norms(s, seq, v->layer, n, norms) : -1;
+    for (int h = 0; rc == 0 && h < v->cfg->n_head; h++)
         for (int j = 0; j < n; j++) scores[h][j] = -norms[(size_t)h * n + j];
-        n_keep[h] = pk_press_n_kept(n, press->ratio);
-    }
-    if (rc == 0) rc = pk_keep_set_reset(keep, n) || pk_press_keep_top(v, scores, n_keep, keep);
+    if (rc == 0) rc = pk_keep_set_reset(keep, n) || pk_press_keep_top_at_ratio(v, scores, press->ratio, keep);
     if (rc == 0) rc = pk_kv_apply(kv, v->layer, keep);
     if (scores) pk_press_free_scores(v, scores);
-    pk_free(n_keep);
     return rc;
 }
 
