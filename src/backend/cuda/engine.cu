@@ -597,11 +597,7 @@ static void advance_host(pk_cuda_session *s, int seq0, int n_seq, int rows_per_s
         s->h_pos[b] += rows_per_seq;
         for (int i = 0; i < s->n_lh; i++) {
             const size_t bh = (size_t)b * s->n_lh + i;
-            ring_state &r = s->h_ring[bh];
-            if (rows_per_seq == 1 && ring_full(r, s->h_len[bh]))
-                r.next = r.sink + (r.next - r.sink + 1) % r.recent;
-            else
-                s->h_len[bh] += rows_per_seq;
+            ring_advance(s->h_ring[bh], s->h_len[bh], rows_per_seq);
         }
     }
 }
@@ -627,7 +623,7 @@ static int reserve_step(pk_cuda_session *s, int seq)
 {
     for (int i = 0; i < s->n_lh; i++) {
         const size_t bh = (size_t)seq * s->n_lh + i;
-        s->h_need[i] = s->h_len[bh] + (ring_full(s->h_ring[bh], s->h_len[bh]) ? 0 : 1);
+        s->h_need[i] = entries_after(s->h_ring[bh], s->h_len[bh], 1);
     }
     return pk_block_pool_reserve_heads(&s->pool, seq, s->h_need, 0);
 }
@@ -871,11 +867,8 @@ extern "C" int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, dou
             rc = pk_fail("CUDA replay timing: %d steps from position %d pass n_positions", steps, s->h_pos[b]);
             break;
         }
-        for (int i = 0; i < s->n_lh; i++) {
-            const ring_state &r = ring[(size_t)b * s->n_lh + i];
-            const int grown = len[(size_t)b * s->n_lh + i] + steps;
-            s->h_need[i] = r.recent > 0 && grown > r.sink + r.recent ? r.sink + r.recent : grown;
-        }
+        for (int i = 0; i < s->n_lh; i++)
+            s->h_need[i] = entries_after(ring[(size_t)b * s->n_lh + i], len[(size_t)b * s->n_lh + i], steps);
         rc = pk_block_pool_reserve_heads(&s->pool, b, s->h_need, 0);
     }
     cudaGraphExec_t exec = nullptr;
@@ -1057,9 +1050,7 @@ extern "C" size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int 
     size_t blocks = 0;
     for (int i = 0; i < s->n_lh; i++) {
         const size_t bh = (size_t)seq * s->n_lh + i;
-        const ring_state &r = s->h_ring[bh];
-        int len = s->h_len[bh] + n_more;
-        if (r.recent > 0 && len > r.sink + r.recent) len = r.sink + r.recent;
+        const int len = entries_after(s->h_ring[bh], s->h_len[bh], n_more);
         blocks += (size_t)((len + E - 1) / E);
     }
     return blocks * s->pool.block_bytes;

@@ -125,6 +125,25 @@ __device__ __host__ __forceinline__ bool ring_full(const ring_state &r, int len)
     return r.recent > 0 && len == r.sink + r.recent;
 }
 
+/* A head of len entries after a call of `rows` tokens: a full ring moves on
+ * to its next slot for one token, every other head grows. The one rule for
+ * the device (advance_kernel) and the host's copy of it. */
+__device__ __host__ __forceinline__ void ring_advance(ring_state &r, int32_t &len, int rows)
+{
+    if (rows == 1 && ring_full(r, len))
+        r.next = r.sink + (r.next - r.sink + 1) % r.recent;
+    else
+        len += rows;
+}
+
+/* The entries a head of len entries holds after n_more decoded tokens: a
+ * ring stops growing at its window. */
+__device__ __host__ __forceinline__ int entries_after(const ring_state &r, int len, int n_more)
+{
+    const int grown = len + n_more;
+    return r.recent > 0 && grown > r.sink + r.recent ? r.sink + r.recent : grown;
+}
+
 /* Where the rows of a call go, and the paged KV cache. */
 template <typename W> struct rows_ctx {
     int seq0, rows_per_seq;
@@ -543,11 +562,7 @@ template <typename W> __global__ void advance_kernel(rows_ctx<W> c, int n_seq)
     if (i >= n_seq * c.n_lh) return;
     const int b = c.seq0 + i / c.n_lh;
     const size_t bh = (size_t)b * c.n_lh + i % c.n_lh;
-    ring_state &r = c.ring[bh];
-    if (c.rows_per_seq == 1 && ring_full(r, c.kv_len[bh]))
-        r.next = r.sink + (r.next - r.sink + 1) % r.recent;
-    else
-        c.kv_len[bh] += c.rows_per_seq;
+    ring_advance(c.ring[bh], c.kv_len[bh], c.rows_per_seq);
     if (i % c.n_lh == 0) c.seq_pos[b] += c.rows_per_seq;
 }
 
