@@ -359,6 +359,16 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     return 0;
 }
 
+/* When queries (host [n_layer][R][C]) is not NULL, copy layer l's R query
+ * rows q into it, in stream order, before the next layer overwrites them. */
+static int copy_queries(pk_cuda_session *s, float *queries, const float *q, int l, int R)
+{
+    if (!queries) return 0;
+    const size_t n = (size_t)R * s->cfg.n_embd;
+    CU(cudaMemcpyAsync(queries + (size_t)l * n, q, n * 4, cudaMemcpyDeviceToHost, s->stream), "copying queries");
+    return 0;
+}
+
 /* Enqueue the whole forward pass of n_seq sequences (seq0...) with
  * rows_per_seq new tokens each, whose ids are in d_tokens. Logits go to
  * a->logits: of every row when all_logits, else of the last row of each
@@ -379,11 +389,7 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (small) {
             gemv<W, true>(s, L->attn_w, L->attn_b, a->x, R, C, L->ln_1_w, L->ln_1_b,
                           make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
-            if (attention<W, float>(s, a->q, a->att, l, n_seq, c)) return -1;
-            if (queries)
-                CU(cudaMemcpyAsync(queries + (size_t)l * R * C, a->q, (size_t)R * C * 4, cudaMemcpyDeviceToHost,
-                                   s->stream),
-                   "copying queries");
+            if (attention<W, float>(s, a->q, a->att, l, n_seq, c) || copy_queries(s, queries, a->q, l, R)) return -1;
             gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
                            make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
             gemv<W, true>(s, L->fc_w, L->fc_b, a->x, R, C, L->ln_2_w, L->ln_2_b,
@@ -397,10 +403,7 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (l == 0) layernorm<W>(s, a->xn, a->x, L->ln_1_w, L->ln_1_b, R);
         if (gemm<W>(s, L->attn_w, a->xn, a->prod, R, C, 3 * C)) return -1;
         epilogue_launch(s, a->prod, L->attn_b, R, make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
-        if (attention<W, W>(s, a->q, a->att, l, n_seq, c)) return -1;
-        if (queries)
-            CU(cudaMemcpyAsync(queries + (size_t)l * R * C, a->q, (size_t)R * C * 4, cudaMemcpyDeviceToHost, s->stream),
-               "copying queries");
+        if (attention<W, W>(s, a->q, a->att, l, n_seq, c) || copy_queries(s, queries, a->q, l, R)) return -1;
         if (gemm<W>(s, L->attn_proj_w, a->att, a->prod, R, C, C)) return -1;
         residual_layernorm<W>(s, a->xn, a->x, a->prod, L->attn_proj_b, L->ln_2_w, L->ln_2_b, R);
         if (gemm<W>(s, L->fc_w, a->xn, a->prod, R, C, F)) return -1;
@@ -433,16 +436,26 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     return 0;
 }
 
+/* Call f with a value of the session's storage type W (float, __half or
+ * __nv_bfloat16), for the code templated on it. */
+template <typename F> static void with_storage_type(const pk_cuda_session *s, F f)
+{
+    switch (s->params.dtype) {
+    case PK_CUDA_BF16: f(__nv_bfloat16{}); break;
+    case PK_CUDA_F16: f(__half{}); break;
+    default: f(float{}); break;
+    }
+}
+
 /* enqueue_forward for the session's storage type; queries (host [n_layer][R][C]) may be NULL. */
 static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
                    int all_logits, float *queries = nullptr)
 {
-    switch (s->params.dtype) {
-    case PK_CUDA_BF16:
-        return enqueue_forward<__nv_bfloat16>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
-    case PK_CUDA_F16: return enqueue_forward<__half>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
-    default: return enqueue_forward<float>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
-    }
+    int rc = -1;
+    with_storage_type(s, [&](auto w) {
+        rc = enqueue_forward<decltype(w)>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
+    });
+    return rc;
 }
 
 extern "C" void pk_cuda_session_free(pk_cuda_session *s)
@@ -534,9 +547,8 @@ static int session_init(pk_cuda_session *s)
     if (s->gemv_rows > MAX_GEMV_ROWS) s->gemv_rows = MAX_GEMV_ROWS;
     if (s->gemv_rows < 1) return pk_fail("CUDA session: n_inner %d is too wide for the decode kernels", c->n_inner);
     const size_t smem = (size_t)s->gemv_rows * widest;
-    int rc = s->params.dtype == PK_CUDA_BF16  ? prepare_kernels<__nv_bfloat16>(smem)
-             : s->params.dtype == PK_CUDA_F16 ? prepare_kernels<__half>(smem)
-                                              : prepare_kernels<float>(smem);
+    int rc = -1;
+    with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(smem); });
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
@@ -911,66 +923,51 @@ static int ensure_press_buffers(pk_cuda_session *s)
     return 0;
 }
 
-/* read_heads_kernel or compact_layer_kernel for the session's storage type. */
-template <typename W> static void launch_read(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len)
+/* That heads head0..head0+n_heads-1 of `layer` in sequence seq exist and
+ * each holds at least len entries (what a read of them may cover). */
+static int check_heads_hold(const pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len,
+                            const char *what)
 {
-    const size_t n = (size_t)n_heads * len * s->cfg.head_dim;
-    read_heads_kernel<W><<<dim3((len + 7) / 8, n_heads), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq, layer, head0,
-                                                                              len, s->d_layer, s->d_layer + n);
-}
-
-template <typename W> static void launch_compact(pk_cuda_session *s, int seq, int layer, int stride)
-{
-    const size_t smem = (size_t)PK_CUDA_BLOCK * 2 * s->cfg.head_dim * sizeof(W);
-    compact_layer_kernel<W><<<s->cfg.n_head, 256, smem, s->stream>>>(make_ctx<W>(s, seq, 1), seq, layer, s->d_keep,
-                                                                      s->d_n_keep, stride);
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer || head0 < 0 || n_heads < 1 ||
+        head0 + n_heads > s->cfg.n_head)
+        return pk_fail("CUDA %s: sequence %d, layer %d or heads %d..%d out of range", what, seq, layer, head0,
+                       head0 + n_heads - 1);
+    for (int h = head0; h < head0 + n_heads; h++)
+        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h])
+            return pk_fail("CUDA %s: layer %d head %d holds fewer than %d entries", what, layer, h, len);
+    return 0;
 }
 
 extern "C" int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len, float *k,
                                   float *v)
 {
-    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer || head0 < 0 || n_heads < 1 ||
-        head0 + n_heads > s->cfg.n_head)
-        return pk_fail("CUDA read: sequence %d, layer %d or heads %d..%d out of range", seq, layer, head0,
-                       head0 + n_heads - 1);
-    for (int h = head0; h < head0 + n_heads; h++)
-        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h])
-            return pk_fail("CUDA read: layer %d head %d holds fewer than %d entries", layer, h, len);
+    if (check_heads_hold(s, seq, layer, head0, n_heads, len, "read")) return -1;
     if (len == 0) return 0;
     if (ensure_press_buffers(s)) return -1;
-    switch (s->params.dtype) {
-    case PK_CUDA_BF16: launch_read<__nv_bfloat16>(s, seq, layer, head0, n_heads, len); break;
-    case PK_CUDA_F16: launch_read<__half>(s, seq, layer, head0, n_heads, len); break;
-    default: launch_read<float>(s, seq, layer, head0, n_heads, len); break;
-    }
-    CU(cudaGetLastError(), "reading heads");
     const size_t n = (size_t)n_heads * len * s->cfg.head_dim;
+    with_storage_type(s, [&](auto w) {
+        using W = decltype(w);
+        read_heads_kernel<W><<<dim3((len + 7) / 8, n_heads), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq, layer,
+                                                                                  head0, len, s->d_layer,
+                                                                                  s->d_layer + n);
+    });
+    CU(cudaGetLastError(), "reading heads");
     CU(cudaMemcpyAsync(k, s->d_layer, n * 4, cudaMemcpyDeviceToHost, s->stream), "copying keys");
     CU(cudaMemcpyAsync(v, s->d_layer + n, n * 4, cudaMemcpyDeviceToHost, s->stream), "copying values");
     CU(cudaStreamSynchronize(s->stream), "reading heads");
     return 0;
 }
 
-template <typename W> static void launch_key_norms(pk_cuda_session *s, int seq, int layer, int len)
-{
-    key_norms_kernel<W><<<dim3((len + 255) / 256, s->cfg.n_head), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq,
-                                                                                       layer, len, s->d_layer);
-}
-
 extern "C" int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int len, float *norms)
 {
-    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
-        return pk_fail("CUDA key norms: sequence %d or layer %d out of range", seq, layer);
-    for (int h = 0; h < s->cfg.n_head; h++)
-        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h])
-            return pk_fail("CUDA key norms: layer %d head %d holds fewer than %d entries", layer, h, len);
+    if (check_heads_hold(s, seq, layer, 0, s->cfg.n_head, len, "key norms")) return -1;
     if (len == 0) return 0;
     if (ensure_press_buffers(s)) return -1;
-    switch (s->params.dtype) {
-    case PK_CUDA_BF16: launch_key_norms<__nv_bfloat16>(s, seq, layer, len); break;
-    case PK_CUDA_F16: launch_key_norms<__half>(s, seq, layer, len); break;
-    default: launch_key_norms<float>(s, seq, layer, len); break;
-    }
+    with_storage_type(s, [&](auto w) {
+        using W = decltype(w);
+        key_norms_kernel<W><<<dim3((len + 255) / 256, s->cfg.n_head), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq,
+                                                                                           layer, len, s->d_layer);
+    });
     CU(cudaGetLastError(), "computing key norms");
     CU(cudaMemcpyAsync(norms, s->d_layer, (size_t)s->cfg.n_head * len * 4, cudaMemcpyDeviceToHost, s->stream),
        "copying key norms");
@@ -1014,11 +1011,11 @@ extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cud
                     cudaMemcpyAsync(s->d_n_keep, counts, (size_t)H * 4, cudaMemcpyHostToDevice, s->stream)))
         rc = pk_fail("CUDA keep: copying the kept slots failed");
     if (rc == 0) {
-        switch (s->params.dtype) {
-        case PK_CUDA_BF16: launch_compact<__nv_bfloat16>(s, seq, layer, stride); break;
-        case PK_CUDA_F16: launch_compact<__half>(s, seq, layer, stride); break;
-        default: launch_compact<float>(s, seq, layer, stride); break;
-        }
+        with_storage_type(s, [&](auto w) {
+            using W = decltype(w);
+            compact_layer_kernel<W><<<H, 256, (size_t)PK_CUDA_BLOCK * 2 * s->cfg.head_dim * sizeof(W), s->stream>>>(
+                make_ctx<W>(s, seq, 1), seq, layer, s->d_keep, s->d_n_keep, stride);
+        });
         if (cudaGetLastError() != cudaSuccess) rc = pk_fail("CUDA keep: the compaction did not launch");
     }
     /* The compaction reads the old block table; the blocks past each head's
