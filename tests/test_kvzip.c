@@ -14,30 +14,33 @@
 
 #define MODEL "models/pikv-ref-14m"
 
-/* The recording hook: one layer, one head, head_dim 2, entries at positions
- * 0..3 with keys (a_j, b_j) = (0,2) (1,0) (2,0) (0,1); three query rows at
- * positions 4..6, row 0 being the prompt's (not counted: first_row = 1).
- * Scale 1, so a query (x, y) weighs entry j by exp(x a_j + y b_j):
- *  row 1, q = (ln 2, 0):   1, 2, 4, 1 over 8 -> 1/8, 2/8, 4/8, 1/8
- *  row 2, q = (0, ln 2):   4, 1, 1, 2 over 8 -> 4/8, 1/8, 1/8, 2/8
- * largest per entry: 4/8, 2/8, 4/8, 2/8. Row 0, q = (0, 10), would give entry
- * 0 almost all its weight; it must not count. */
+/* The largest weights the backend's attention records: one layer, one head,
+ * head_dim 2; four cached entries at positions 0..3 with keys (a_j, b_j) =
+ * (0,2) (1,0) (2,0) (0,1), then three new rows at positions 4..6 whose keys
+ * (entries 4..6) are 0, row 0 being the prompt's (not recorded: max_row0 = 1).
+ * Scale 1, so a query (x, y) weighs entry j by exp(x a_j + y b_j), a new
+ * entry by 1:
+ *  row 1, q = (ln 2, 0), sees entries 0..5: 1, 2, 4, 1, 1, 1 over 10
+ *  row 2, q = (0, ln 2), sees entries 0..6: 4, 1, 1, 2, 1, 1, 1 over 11
+ * largest per entry: 4/11, 2/10, 4/10, 2/11, 1/10, 1/10, 1/11. Row 0,
+ * q = (0, 10), would give entry 0 almost all its weight; it must not count. */
 static void test_recording(void)
 {
     test_layer t;
-    if (test_layer_init(&t, 1, 1, 2, 4, 3, 4, 2)) return;
+    if (test_layer_init(&t, 1, 1, 2, 7, 3, 4, 6)) return;
     pk_kv_head *kh = pk_kv_at(&t.kv, 0, 0);
     const float keys[4][2] = {{0, 2}, {1, 0}, {2, 0}, {0, 1}};
     memcpy(kh->k, keys, sizeof keys);
     const float q[3][2] = {{0, 10}, {logf(2), 0}, {0, logf(2)}};
-    memcpy(t.q, q, sizeof q);
-    float row[4] = {0}, *rows[1] = {row}, **layers[1] = {rows};
-    pk_recon_record rec = {.scores = layers, .len = 4, .first_row = 1};
-    CHECK(pk_recon_record_layer(&rec, &t.view) == 0, "recording runs: %s", pikv_last_error());
-    const float want[4] = {0.5f, 0.25f, 0.5f, 0.25f};
-    for (int j = 0; j < 4; j++)
-        CHECK(fabsf(row[j] - want[j]) < 1e-6f, "entry %d scores %g, by hand %g", j, row[j], want[j]);
-    free(rec.weights);
+    for (int r = 0; r < 3; r++) memcpy(t.q + r * 6, q[r], sizeof q[r]); /* row r's query in qkv [3, 3C] */
+    float max[7] = {0}, *maxes[1] = {max}, att[3 * 2], scores[PK_QUERY_BLOCK * 1024];
+    const pk_attention_args a = {.kv = &t.kv, .layer = 0, .T = 3, .pos0 = 4, .qkv = t.q, .att = att, .scale = 1.f,
+                                 .scores = scores, .n_positions = 1024, .n_threads = 1, .max_weights = maxes,
+                                 .max_row0 = 1};
+    pk_backend_cpu.attention(&a);
+    const float want[7] = {4.f / 11, 2.f / 10, 4.f / 10, 2.f / 11, 1.f / 10, 1.f / 10, 1.f / 11};
+    for (int j = 0; j < 7; j++)
+        CHECK(fabsf(max[j] - want[j]) < 1e-6f, "entry %d records %g, by hand %g", j, max[j], want[j]);
     layer_free(&t);
 }
 

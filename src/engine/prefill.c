@@ -16,7 +16,7 @@
 static int session_attention(void *ctx, pk_forward *f, int layer, int T)
 {
     pikv_session *s = ctx;
-    (void)f;
+    if (s->presses.recording) return pk_recon_attention(s->presses.recording, f, layer, T);
     if (s->routing.table) return pk_routed_attention(s, layer, T) ? -1 : 1;
     if (T == 1 && s->workers.workers) return pk_placed_attention(s, layer) ? -1 : 1;
     return 0;
@@ -36,12 +36,12 @@ static int session_after_attention(void *ctx, pk_forward *f, int layer, int T)
 {
     pikv_session *s = ctx;
     pk_session_presses *P = &s->presses;
-    if (!P->compressing && !P->attached && !P->recording) return 0;
+    /* A reconstruction's calls only record (session_attention). */
+    if ((!P->compressing && !P->attached) || P->recording) return 0;
     const pikv_config *c = &s->model->cfg;
     pk_press_view view = {.cfg = c, .layer = layer, .q = f->qkv, .q_stride = 3 * c->n_embd, .n_q = T,
                           .q_pos0 = f->pos, .kv = &f->kv, .backend = f->backend,
                           .scale = pk_attention_scale(c, layer)};
-    if (P->recording) return pk_recon_record_layer(P->recording, &view);
     double t0 = pikv_now();
     size_t before = layer_bytes(&f->kv, layer);
     int rc = 0;

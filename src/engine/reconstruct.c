@@ -2,10 +2,11 @@
  * PK_PRESS_RECONSTRUCTION_SCORES): the context is prefilled with the full
  * cache, then the model is asked to repeat it -- the press's prompt followed
  * by the context again, teacher-forced -- in chunks that continue the copy
- * while it fits after the context; the after_attention hook records, per
- * (layer, head, cached entry), the largest attention weight a query of the
- * repeated copy gives it. Then each layer is compressed with the press, which
- * reads those scores through its view. The press decides; the engine runs. */
+ * while it fits after the context; the attention hook records, per (layer,
+ * head, cached entry), the largest attention weight a query of the repeated
+ * copy gives it, from the softmax the forward pass computes anyway. Then
+ * each layer is compressed with the press, which reads those scores through
+ * its view. The press decides; the engine runs. */
 #include "engine/compress.h"
 #include "engine/session.h"
 #include "util/error.h"
@@ -13,30 +14,26 @@
 
 #include <string.h>
 
-int pk_recon_record_layer(pk_recon_record *rec, const pk_press_view *v)
+int pk_recon_attention(pk_recon_record *rec, pk_forward *f, int layer, int T)
 {
-    const int rows = v->n_q - rec->first_row;
-    if (rows <= 0) return 0;
-    for (int h = 0; h < v->cfg->n_head; h++) {
-        const pk_kv_head *kh = pk_press_head(v, h);
-        const size_t need = (size_t)rows * (size_t)kh->len;
-        if (need > rec->cap_weights) {
-            pk_free(rec->weights);
-            rec->cap_weights = 0;
-            if (!(rec->weights = pk_malloc_array(need, sizeof *rec->weights, "kvzip reconstruction"))) return -1;
-            rec->cap_weights = need;
-        }
-        pk_query_attention(v, h, rec->first_row, rows, rec->weights);
-        float *best = rec->scores[v->layer][h];
-        for (int r = 0; r < rows; r++) {
-            const float *w = rec->weights + (size_t)r * (size_t)kh->len;
-            for (int j = 0; j < kh->len; j++) {
-                const int pos = kh->pos[j];
-                if (pos < rec->len && w[j] > best[pos]) best[pos] = w[j];
-            }
+    if (T <= rec->first_row) return 0;
+    const pk_kvcache *kv = &f->kv;
+    for (int h = 0; h < kv->n_head; h++)
+        memset(rec->slot_max[h], 0, (size_t)pk_kv_head_at(kv, layer, h)->len * sizeof **rec->slot_max);
+    pk_attention_args a = pk_forward_attention_args(f, layer, T);
+    a.max_weights = rec->slot_max;
+    a.max_row0 = rec->first_row;
+    f->backend->attention(&a);
+    for (int h = 0; h < kv->n_head; h++) {
+        const pk_kv_head *kh = pk_kv_head_at(kv, layer, h);
+        const float *max = rec->slot_max[h];
+        float *best = rec->scores[layer][h];
+        for (int j = 0; j < kh->len; j++) {
+            const int pos = kh->pos[j];
+            if (pos < rec->len && max[j] > best[pos]) best[pos] = max[j];
         }
     }
-    return 0;
+    return 1;
 }
 
 /* Free scores[layer][head] of n_layer x n_head. */
@@ -67,11 +64,12 @@ fail:
 }
 
 /* Run the reconstruction of the n context tokens ids, which end at position
- * rec->len: the prompt, then the context again in chunks of recon_chunk
- * tokens, each continuing the copy the chunks before it began, so that the
- * scores do not depend on the chunk size. When the next chunk would pass
- * n_positions, the cache is rewound to the context (snap) and the copy starts
- * again with the prompt. */
+ * rec->len: the prompt once (its queries are not recorded), then the context
+ * again in chunks of recon_chunk tokens, each continuing the copy the chunks
+ * before it began, so that the scores do not depend on the chunk size. When
+ * the next chunk would pass n_positions, the cache is rewound to the end of
+ * the prompt (after_prompt) and the copy starts again there. At the end the
+ * cache is rewound to the context (before_prompt). */
 static int reconstruct(pikv_session *s, const pk_press *part, const int32_t *ids, int n, pk_recon_record *rec)
 {
     const int np = part->n_recon_prompt, room = s->model->cfg.n_positions - rec->len;
@@ -80,32 +78,32 @@ static int reconstruct(pikv_session *s, const pk_press *part, const int32_t *ids
                        "positions (prompt of %d tokens + 1), past the model's %d (n_positions); shorten the "
                        "context",
                        part->name, rec->len, np + 1, np, s->model->cfg.n_positions);
-    int chunk = part->recon_chunk < room - np ? part->recon_chunk : room - np;
+    const int copy_room = room - np; /* positions one copy can hold after the prompt */
+    int chunk = part->recon_chunk < copy_room ? part->recon_chunk : copy_room;
     if (chunk > n) chunk = n;
-    pk_kv_snapshot snap = {0};
-    int32_t *tokens = pk_malloc_array((size_t)(np + chunk), sizeof *tokens, "kvzip reconstruction");
-    int rc = tokens ? pk_kv_snapshot_take(&s->fwd.kv, &snap) : -1;
-    int copied = 0; /* positions the current copy holds after the context */
+    pk_kv_snapshot before_prompt = {0}, after_prompt = {0};
+    rec->first_row = np;
+    s->presses.recording = rec;
+    int rc = pk_kv_snapshot_take(&s->fwd.kv, &before_prompt);
+    if (rc == 0) rc = pikv_forward(s, part->recon_prompt, np, NULL, 0);
+    if (rc == 0) rc = pk_kv_snapshot_take(&s->fwd.kv, &after_prompt);
+    rec->first_row = 0;
+    int copied = 0; /* context tokens the current copy holds */
     for (int done = 0, m; rc == 0 && done < n; done += m) {
         m = n - done < chunk ? n - done : chunk;
-        if (copied > 0 && copied + m > room) {
-            if (pk_kv_snapshot_restore(&s->fwd.kv, &snap)) rc = -1;
-            s->fwd.pos = rec->len;
+        if (copied + m > copy_room) {
+            rc = pk_kv_snapshot_restore(&s->fwd.kv, &after_prompt);
+            s->fwd.pos = rec->len + np;
             copied = 0;
         }
-        const int lead = copied == 0 ? np : 0;
-        memcpy(tokens, part->recon_prompt, (size_t)lead * sizeof *tokens);
-        memcpy(tokens + lead, ids + done, (size_t)m * sizeof *tokens);
-        rec->first_row = lead;
-        s->presses.recording = rec;
-        if (rc == 0) rc = pikv_forward(s, tokens, lead + m, NULL, 0);
-        s->presses.recording = NULL;
-        copied += lead + m;
+        if (rc == 0) rc = pikv_forward(s, ids + done, m, NULL, 0);
+        copied += m;
     }
-    if (tokens && pk_kv_snapshot_restore(&s->fwd.kv, &snap)) rc = -1;
+    s->presses.recording = NULL;
+    if (before_prompt.len && pk_kv_snapshot_restore(&s->fwd.kv, &before_prompt)) rc = -1;
     s->fwd.pos = rec->len;
-    pk_kv_snapshot_free(&snap);
-    pk_free(tokens);
+    pk_kv_snapshot_free(&before_prompt);
+    pk_kv_snapshot_free(&after_prompt);
     return rc;
 }
 
@@ -117,8 +115,13 @@ int pk_prefill_reconstructed(pikv_session *s, const int32_t *ids, int n, pk_pres
     const double t0 = pikv_now();
     pk_recon_record rec = {.len = s->fwd.pos};
     const size_t before = pk_kv_bytes(&s->fwd.kv);
-    int rc = (rec.scores = alloc_scores(c->n_layer, c->n_head, rec.len)) ? 0 : -1;
-    if (rc == 0) rc = reconstruct(s, part, ids, n, &rec);
+    /* one layer's slot-order maxima: a [1][n_head][n_positions] score array */
+    float ***slots = alloc_scores(1, c->n_head, c->n_positions);
+    int rc = slots && (rec.scores = alloc_scores(c->n_layer, c->n_head, rec.len)) ? 0 : -1;
+    if (rc == 0) {
+        rec.slot_max = slots[0];
+        rc = reconstruct(s, part, ids, n, &rec);
+    }
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
         pk_press_view view = {.cfg = c, .layer = l, .kv = &s->fwd.kv, .backend = s->fwd.backend,
                               .q_pos0 = s->fwd.pos, .scale = pk_attention_scale(c, l),
@@ -127,7 +130,7 @@ int pk_prefill_reconstructed(pikv_session *s, const int32_t *ids, int n, pk_pres
             rc = pk_fail_prefix("press '%s' at layer %d", press->name, l);
     }
     free_scores(rec.scores, c->n_layer, c->n_head);
-    pk_free(rec.weights);
+    free_scores(slots, 1, c->n_head);
     if (rc) return -1;
     s->presses.stats.kv_bytes_before += before;
     s->presses.stats.kv_bytes_after += pk_kv_bytes(&s->fwd.kv);

@@ -12,12 +12,12 @@
 
 /* Reconstruction scores being recorded (PK_PRESS_RECONSTRUCTION_SCORES):
  * scores[layer][head][pos] for the first len positions, the largest weight
- * any query from row first_row on of a reconstruction call gave that entry. */
+ * any query from row first_row on of a reconstruction call gave that entry,
+ * taken from the forward pass's own attention (pk_recon_attention). */
 typedef struct {
     float ***scores;
     int len, first_row;
-    float *weights;         /* scratch: one head's query weights [rows, entries] */
-    size_t cap_weights;
+    float **slot_max;       /* scratch [n_head][n_positions]: one layer's largest weights, in slot order */
 } pk_recon_record;
 
 /* Presses acting on the session's calls. */
@@ -79,8 +79,11 @@ int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int re
 int pk_session_claim(pikv_session *s, pk_press *p);
 void pk_session_release(pikv_session *s);
 
-/* Record one layer's reconstruction attention into rec (engine/reconstruct.c). */
-int pk_recon_record_layer(pk_recon_record *rec, const pk_press_view *v);
+/* The attention hook while reconstructing (engine/reconstruct.c): run the
+ * backend's attention of layer's T rows recording the largest weights of the
+ * rows from first_row on into rec; 1 when it ran, 0 when no row is recorded
+ * (the backend's plain attention runs), -1 on error. */
+int pk_recon_attention(pk_recon_record *rec, pk_forward *f, int layer, int T);
 /* Prefill ids with the full cache (logits of the last row as pikv_prefill
  * gives them), score the context by reconstruction, then compress every
  * layer with the press, which has PK_PRESS_RECONSTRUCTION_SCORES. */

@@ -28,6 +28,12 @@ typedef struct {
     float *scores;         /* scratch: [n_threads, PK_QUERY_BLOCK, n_positions] */
     float *kv_rows;        /* scratch: [n_head, 2, n_positions, head_dim] for decoded rows; NULL for an f32 cache */
     int n_positions, n_threads;
+    /* Optional (NULL: off): for every new row from max_row0 on, raise
+     * max_weights[h][j] to the weight the row gives entry j of head h (slot
+     * order, at least the head's length): the largest attention each entry
+     * receives, as the softmax the output is made of computed it. */
+    float *const *max_weights;
+    int max_row0;
 } pk_attention_args;
 
 /* Queries are processed in blocks of this many rows, so the score buffer stays

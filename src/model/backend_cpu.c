@@ -147,62 +147,97 @@ static void decode_layer(const pk_attention_args *a)
     }
 }
 
-/* Work items are (head, block of query rows), shared out dynamically. One
- * query row reads the stored rows directly; a block of rows multiplies f32
- * rows (decoded first when the cache stores another type). */
-static void cpu_attention(const pk_attention_args *a)
+/* Raise max[j] to row[j] for the first n entries. */
+static void raise_to(float *max, const float *row, int n)
+{
+    for (int j = 0; j < n; j++)
+        if (row[j] > max[j]) max[j] = row[j];
+}
+
+/* Head h's attention for the call's rows r0..r0+rows-1, in S (this thread's
+ * scores). One query row reads the stored rows directly; a block of rows
+ * multiplies f32 rows (decoded first when the cache stores another type). */
+static void attend_rows(const pk_attention_args *a, int h, int r0, int rows, float *S)
 {
     const pk_kvcache *kv = a->kv;
-    const int hd = kv->head_dim, n_head = kv->n_head, C = n_head * hd, T = a->T;
+    const int hd = kv->head_dim, C = kv->n_head * hd;
+    const pk_kv_head *kh = pk_kv_head_at(kv, a->layer, h);
+    const int old = kh->len - a->T, width = old + r0 + rows;
+    const float *Q = a->qkv + (size_t)r0 * 3 * (size_t)C + (size_t)h * (size_t)hd;
+    float *out = a->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
+    float *max = a->max_weights ? a->max_weights[h] : NULL;
+    if (rows == 1) {
+        pk_key_scores(kv, kh, 0, width, Q, S);
+        pk_mask_window(kh, S, 0, width, a->pos0 + r0);
+        pk_softmax(S, width, a->scale);
+        if (max && r0 >= a->max_row0) raise_to(max, S, width);
+        pk_weighted_values(kv, kh, 0, width, S, out);
+        return;
+    }
+    /* S[rows, width] = Q[rows, hd] · K[width, hd]^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, hd, 1.f, Q, 3 * C, layer_rows(a, h, 0), hd, 0.f,
+                S, width);
+    for (int i = 0; i < rows; i++) {
+        float *row = S + (size_t)i * (size_t)width;
+        int visible = old + r0 + i + 1;
+        pk_mask_window(kh, row, 0, visible, a->pos0 + r0 + i);
+        pk_softmax(row, visible, a->scale);
+        if (max && r0 + i >= a->max_row0) raise_to(max, row, visible);
+        memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
+    }
+    /* out[rows, hd] = P[rows, width] · V[width, hd] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, layer_rows(a, h, 1), hd,
+                0.f, out, C);
+}
+
+/* Work items are (head, block of query rows), shared out dynamically; when
+ * the largest weights are recorded, a head's blocks stay in one item, since
+ * they raise the same buffer. */
+static void cpu_attention(const pk_attention_args *a)
+{
+    const int n_head = a->kv->n_head, T = a->T;
     const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
+    const int items_per_head = a->max_weights ? 1 : n_blocks, blocks_per_item = n_blocks / items_per_head;
     const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)a->n_positions;
     if (T > 1 && a->kv_rows) decode_layer(a);
 
 #pragma omp parallel for schedule(dynamic) num_threads(a->n_threads)
-    for (int item = 0; item < n_head * n_blocks; item++) {
-        const int h = item / n_blocks, r0 = (item % n_blocks) * PK_QUERY_BLOCK;
-        const int rows = T - r0 < PK_QUERY_BLOCK ? T - r0 : PK_QUERY_BLOCK;
-        const pk_kv_head *kh = pk_kv_head_at(kv, a->layer, h);
-        const int old = kh->len - T, width = old + r0 + rows;
+    for (int item = 0; item < n_head * items_per_head; item++) {
+        const int h = item / items_per_head, b0 = (item % items_per_head) * blocks_per_item;
         float *S = a->scores + (size_t)omp_get_thread_num() * score_stride;
-        const float *Q = a->qkv + (size_t)r0 * 3 * (size_t)C + (size_t)h * (size_t)hd;
-        float *out = a->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
-        if (rows == 1) {
-            pk_key_scores(kv, kh, 0, width, Q, S);
-            pk_mask_window(kh, S, 0, width, a->pos0 + r0);
-            pk_softmax(S, width, a->scale);
-            pk_weighted_values(kv, kh, 0, width, S, out);
-            continue;
+        for (int b = b0; b < b0 + blocks_per_item; b++) {
+            const int r0 = b * PK_QUERY_BLOCK;
+            attend_rows(a, h, r0, T - r0 < PK_QUERY_BLOCK ? T - r0 : PK_QUERY_BLOCK, S);
         }
-        /* S[rows, width] = Q[rows, hd] · K[width, hd]^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, width, hd, 1.f, Q, 3 * C, layer_rows(a, h, 0), hd,
-                    0.f, S, width);
-        for (int i = 0; i < rows; i++) {
-            float *row = S + (size_t)i * (size_t)width;
-            int visible = old + r0 + i + 1;
-            pk_mask_window(kh, row, 0, visible, a->pos0 + r0 + i);
-            pk_softmax(row, visible, a->scale);
-            memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
-        }
-        /* out[rows, hd] = P[rows, width] · V[width, hd] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, width, 1.f, S, width, layer_rows(a, h, 1), hd,
-                    0.f, out, C);
     }
 }
 
-/* The weights of a few query rows: one product over f32 keys, else each row
+/* The weights of a few query rows: one product over f32 keys; keys of
+ * another type decoded a chunk at a time (as head_product does) and each
+ * chunk multiplied by all the rows at once; rows wider than the chunk each
  * against the stored keys. */
 static void cpu_query_weights(const pk_kvcache *kv, const pk_kv_head *kh, const float *Q, int q_stride, int rows,
                               int32_t qpos0, float scale, float *out)
 {
     const int n = kh->len, hd = kv->head_dim;
     /* out[rows, n] = Q[rows, hd] · K[n, hd]^T */
-    if (pk_kv_is_f32(kv, 0))
+    if (pk_kv_is_f32(kv, 0)) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, n, hd, 1.f, Q, q_stride, pk_kv_f32_rows(kh, 0), hd,
                     0.f, out, n);
-    else
+    } else if (hd > CHUNK_FLOATS) {
         for (int r = 0; r < rows; r++)
             pk_key_scores(kv, kh, 0, n, Q + (size_t)r * (size_t)q_stride, out + (size_t)r * (size_t)n);
+    } else {
+        float keys[CHUNK_FLOATS];
+        const int chunk = CHUNK_FLOATS / hd;
+        for (int j = 0; j < n; j += chunk) {
+            const int m = n - j < chunk ? n - j : chunk;
+            pk_kv_read(kv, kh, 0, j, m, keys);
+            /* out[rows, j..j+m) = Q[rows, hd] · keys[m, hd]^T */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, m, hd, 1.f, Q, q_stride, keys, hd, 0.f, out + j,
+                        n);
+        }
+    }
     for (int r = 0; r < rows; r++) {
         float *row = out + (size_t)r * (size_t)n;
         for (int j = 0; j < n; j++)

@@ -106,6 +106,14 @@ static void matmul(const pk_forward *f, float *y, const float *x, const pk_matri
     f->backend->matmul(&a);
 }
 
+pk_attention_args pk_forward_attention_args(const pk_forward *f, int layer, int T)
+{
+    const pikv_config *c = &f->model->cfg;
+    return (pk_attention_args){.kv = &f->kv, .layer = layer, .T = T, .pos0 = f->pos, .qkv = f->qkv, .att = f->att,
+                               .scale = pk_attention_scale(c, layer), .scores = f->scores, .kv_rows = f->kv_rows,
+                               .n_positions = c->n_positions, .n_threads = f->n_threads};
+}
+
 /* One transformer block on the T new rows of the residual stream. */
 static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks *hooks)
 {
@@ -120,9 +128,7 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
     int done = hooks && hooks->attention ? hooks->attention(hooks->ctx, f, layer, T) : 0;      /* att [T, C] */
     if (done < 0) return -1;
     if (!done) {
-        pk_attention_args a = {.kv = &f->kv, .layer = layer, .T = T, .pos0 = f->pos, .qkv = f->qkv, .att = f->att,
-                               .scale = pk_attention_scale(c, layer), .scores = f->scores, .kv_rows = f->kv_rows,
-                               .n_positions = c->n_positions, .n_threads = f->n_threads};
+        const pk_attention_args a = pk_forward_attention_args(f, layer, T);
         be->attention(&a);
     }
     if (hooks && hooks->after_attention && hooks->after_attention(hooks->ctx, f, layer, T)) return -1;

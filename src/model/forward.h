@@ -48,6 +48,11 @@ typedef struct {
     void *ctx;
 } pk_forward_hooks;
 
+/* The backend's attention arguments for layer's T new rows of f (optional
+ * parts off): what the forward pass runs, and what a hook that adds to it
+ * starts from. */
+pk_attention_args pk_forward_attention_args(const pk_forward *f, int layer, int T);
+
 /* A forward state whose cache stores keys and values in the given types. */
 int pk_forward_init(pk_forward *f, const pikv_model *m, int n_threads, pikv_kv_type type_k, pikv_kv_type type_v);
 void pk_forward_free(pk_forward *f);
