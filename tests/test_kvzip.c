@@ -1,7 +1,8 @@
 /* kvzip: the reconstruction scores recorded by the engine's hook against
  * weights worked out by hand, the press's budgets (layerwise 1 and 0) and
- * sinks on hand-made scores, and on the bundled model: chunked reconstruction,
- * the nearly full position window, and composed[duo, kvzip]. */
+ * sinks on hand-made scores, and on the bundled model: the copy's windows in
+ * one call against each window run alone, chunked reconstruction, the nearly
+ * full position window, and composed[duo, kvzip]. */
 #include "check.h"
 #include "engine/session.h"
 #include "press_test.h"
@@ -163,12 +164,92 @@ static int same_kept(int heads, int n, const int32_t *pa, const int *la, const i
     return 1;
 }
 
+/* A session holding the first n ids, recording reconstruction scores into
+ * rec (scores[layer][head][n], slot_max[head][n_positions]). */
+static pikv_session *recording_session(const pikv_model *m, const int32_t *ids, int n, pk_recon_record *rec)
+{
+    const pikv_config *c = pikv_model_config(m);
+    pikv_session *s = pikv_session_new(m, 2);
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    CHECK(s && logits && pikv_prefill(s, ids, n, NULL, logits) == 0, "context prefills: %s", pikv_last_error());
+    free(logits);
+    rec->len = n;
+    rec->first_row = 0;
+    rec->scores = calloc((size_t)c->n_layer, sizeof *rec->scores);
+    rec->slot_max = calloc((size_t)c->n_head, sizeof *rec->slot_max);
+    for (int h = 0; h < c->n_head; h++) rec->slot_max[h] = calloc((size_t)c->n_positions, sizeof(float));
+    for (int l = 0; l < c->n_layer; l++) {
+        rec->scores[l] = calloc((size_t)c->n_head, sizeof **rec->scores);
+        for (int h = 0; h < c->n_head; h++) rec->scores[l][h] = calloc((size_t)n, sizeof(float));
+    }
+    if (s) s->presses.recording = rec;
+    return s;
+}
+
+static void free_record(const pikv_config *c, pk_recon_record *rec)
+{
+    for (int l = 0; l < c->n_layer; l++) {
+        for (int h = 0; h < c->n_head; h++) free(rec->scores[l][h]);
+        free(rec->scores[l]);
+    }
+    for (int h = 0; h < c->n_head; h++) free(rec->slot_max[h]);
+    free(rec->scores);
+    free(rec->slot_max);
+}
+
+/* The copy's windows in one forward call (pk_forward_windows) record what
+ * running each window on its own does -- appended to the cache after the
+ * context, then rewound -- and leave the cache as it was: 300 context tokens,
+ * then the same 300 as windows of 50, in one call and in calls of 150 and of
+ * 100 + 200 rows. */
+static void test_windows(const pikv_model *m)
+{
+    const pikv_config *c = pikv_model_config(m);
+    enum { N = 300, W = 50 };
+    int32_t ids[N];
+    context_ids(ids, N);
+    pk_recon_record want, got;
+    pikv_session *ref = recording_session(m, ids, N, &want);
+    for (int w0 = 0; ref && w0 < N; w0 += W) {
+        pk_kv_snapshot snap = {0};
+        CHECK(pk_kv_snapshot_take(&ref->fwd.kv, &snap) == 0 && pikv_forward(ref, ids + w0, W, NULL, 0) == 0 &&
+                  pk_kv_snapshot_restore(&ref->fwd.kv, &snap) == 0,
+              "window at %d runs on its own: %s", w0, pikv_last_error());
+        ref->fwd.pos = N;
+        pk_kv_snapshot_free(&snap);
+    }
+    const int splits[3][2] = {{N, 0}, {150, 150}, {100, 200}};
+    for (int k = 0; k < 3; k++) {
+        pikv_session *s = recording_session(m, ids, N, &got);
+        int rc = s ? 0 : -1;
+        for (int done = 0, i = 0; rc == 0 && i < 2 && splits[k][i]; done += splits[k][i++])
+            rc = pk_forward_windows(s, ids + done, splits[k][i], W);
+        CHECK(rc == 0, "windows in calls of %d + %d rows run: %s", splits[k][0], splits[k][1], pikv_last_error());
+        double worst = 0;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int h = 0; h < c->n_head; h++)
+                for (int j = 0; j < N; j++) {
+                    double d = fabs((double)got.scores[l][h][j] - want.scores[l][h][j]);
+                    if (d > worst) worst = d;
+                }
+        CHECK(worst < 1e-5, "calls of %d + %d rows: largest weights within %g of each window alone", splits[k][0],
+              splits[k][1], worst);
+        CHECK(s && s->fwd.pos == N && pk_kv_head_at(&s->fwd.kv, 0, 0)->len == N,
+              "the windows leave the cache and position at the context's %d", N);
+        free_record(c, &got);
+        pikv_session_free(s);
+    }
+    free_record(c, &want);
+    pikv_session_free(ref);
+}
+
 static void test_model(void)
 {
     pikv_model *m = pikv_model_load(MODEL);
     CHECK(m != NULL, "bundled model loads: %s", pikv_last_error());
     if (!m) return;
     const pikv_config *c = pikv_model_config(m);
+    test_windows(m);
     const int H = c->n_layer * c->n_head, n = 300;
     int32_t ids[2048];
     context_ids(ids, 2048);
@@ -179,22 +260,18 @@ static void test_model(void)
     if (run_press(m, "kvzip:ratio=0.5,chunk=300", ids, n, pa, la) == 0 &&
         run_press(m, "kvzip:ratio=0.5,chunk=100000", ids, n, pb, lb) == 0)
         CHECK(same_kept(H, n, pa, la, pb, lb), "chunk=300 and chunk=100000 keep the same positions");
-    /* Budget: each layer keeps sum over heads of floor(300 * 0.5) = 150 per head on average. */
+    /* Budget (layerwise=0): the model keeps floor(36 heads * 300 * 0.5) =
+     * 5400 entries, spread over its layers by score. */
+    int kept = 0;
+    for (int i = 0; i < H; i++) kept += la[i];
+    CHECK(kept == H * 150, "the model keeps %d entries, its budget %d", kept, H * 150);
     for (int l = 0; l < c->n_layer; l++) {
-        int total = 0;
-        for (int h = 0; h < c->n_head; h++) total += la[l * c->n_head + h];
-        CHECK(total == 150 * c->n_head, "layer %d keeps %d entries, its budget %d", l, total, 150 * c->n_head);
         for (int h = 0; h < c->n_head; h++) {
             int sinks = 0;
             for (int j = 0; j < la[l * c->n_head + h]; j++) sinks += pa[(size_t)(l * c->n_head + h) * n + j] < 4;
             CHECK(sinks == 4, "layer %d head %d keeps its 4 sinks (%d)", l, h, sinks);
         }
     }
-    /* Chunks of 64 continue the copy (it fits after the context), so they
-     * score as one chunk does: the same positions are kept. */
-    if (run_press(m, "kvzip:ratio=0.5,chunk=64", ids, n, pb, lb) == 0)
-        CHECK(same_kept(H, n, pa, la, pb, lb), "chunk=64 and one chunk keep the same positions");
-
     /* The nearly full window: the prompt plus one token must fit after the context. */
     pikv_press *probe = pikv_press_new("kvzip:0.5", m, MODEL);
     const int np = probe ? probe->n_recon_prompt : 0;
@@ -208,19 +285,20 @@ static void test_model(void)
     CHECK(run_press(m, "kvzip:ratio=0.5,chunk=256", ids, fits, pf, lf) == 0,
           "a context of %d tokens reconstructs in chunks capped to 32: %s", fits, pikv_last_error());
     int total = 0;
-    for (int h = 0; h < c->n_head; h++) total += lf[h];
-    CHECK(total == pk_press_n_kept(fits, 0.5) * c->n_head, "near-full layer 0 keeps %d, budget %d", total,
-          pk_press_n_kept(fits, 0.5) * c->n_head);
+    for (int i = 0; i < H; i++) total += lf[i];
+    CHECK(total == H * fits / 2, "near-full: the model keeps %d, budget %d", total, H * fits / 2);
     free(lf);
     free(pf);
 
     /* composed[duo, kvzip] (duo with a window of 4 + 64, shorter than the
-     * context): duo's streaming heads keep their window, the
-     * full heads share floor(300 * 0.5) per head of kvzip's budget. */
+     * context): duo's streaming heads keep their window; with layerwise=1
+     * the full heads share floor(300 * 0.5) per head of kvzip's budget, with
+     * layerwise=0 each full head keeps exactly what kvzip alone keeps in it
+     * (its entries among the model's highest scores). */
     int *ld = calloc((size_t)H, sizeof *ld);
     int32_t *pd = calloc((size_t)H * (size_t)n, sizeof *pd);
     if (run_press(m, "duo:ratio=0.5,recent=64", ids, n, pd, ld) == 0 &&
-        run_press(m, "composed[duo:ratio=0.5,recent=64,kvzip:0.5]", ids, n, pa, la) == 0) {
+        run_press(m, "composed[duo:ratio=0.5,recent=64,kvzip:ratio=0.5,layerwise=1]", ids, n, pa, la) == 0) {
         for (int l = 0; l < c->n_layer; l++) {
             int full_heads = 0, full_kept = 0, stream_same = 1;
             for (int h = 0; h < c->n_head; h++) {
@@ -236,6 +314,21 @@ static void test_model(void)
             CHECK(full_kept == full_heads * 150, "layer %d: %d full heads keep %d, kvzip's budget %d", l,
                   full_heads, full_kept, full_heads * 150);
         }
+    }
+    if (run_press(m, "kvzip:ratio=0.5,layerwise=0", ids, n, pb, lb) == 0 &&
+        run_press(m, "composed[duo:ratio=0.5,recent=64,kvzip:ratio=0.5]", ids, n, pa, la) == 0) {
+        int full_same = 1, stream_same = 1, full_heads = 0;
+        for (int i = 0; i < H; i++) {
+            if (ld[i] != n) {
+                stream_same &= same_kept(1, n, pa + (size_t)i * n, la + i, pd + (size_t)i * n, ld + i);
+                continue;
+            }
+            full_heads++;
+            full_same &= same_kept(1, n, pa + (size_t)i * n, la + i, pb + (size_t)i * n, lb + i);
+        }
+        CHECK(full_heads > 0 && full_heads < H, "duo leaves %d of %d heads full", full_heads, H);
+        CHECK(stream_same, "layerwise=0: duo's streaming heads keep their window under kvzip");
+        CHECK(full_same, "layerwise=0: each full head keeps what kvzip alone keeps in it");
     }
     free(ld);
     free(pd);

@@ -80,6 +80,12 @@ int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden)
     return 0;
 }
 
+int pk_forward_windows(pikv_session *s, const int32_t *ids, int n, int window)
+{
+    const pk_forward_hooks hooks = {session_attention, session_after_attention, s};
+    return pk_forward_run_windows(&s->fwd, ids, n, window, &hooks);
+}
+
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
 {
     if (!s || !ids) return pk_fail("pikv_forward: session or ids is NULL");

@@ -1,8 +1,8 @@
 /* Prefill with a press that scores the context by reconstruction (kvzip,
  * PK_PRESS_RECONSTRUCTION_SCORES): the context is prefilled with the full
  * cache, then the model is asked to repeat it -- the press's prompt followed
- * by the context again, teacher-forced -- in chunks that continue the copy
- * while it fits after the context; the attention hook records, per (layer,
+ * by the context again, teacher-forced -- as windows that each start the
+ * copy again right after the prompt; the attention hook records, per (layer,
  * head, cached entry), the largest attention weight a query of the repeated
  * copy gives it, from the softmax the forward pass computes anyway. Then
  * each layer is compressed with the press, which reads those scores through
@@ -63,13 +63,17 @@ fail:
     return NULL;
 }
 
+/* Rows per forward call of the copy: whole windows up to this many (at least
+ * one), so that short windows still make products of many rows. */
+enum { RECON_CALL_ROWS = 512 };
+
 /* Run the reconstruction of the n context tokens ids, which end at position
  * rec->len: the prompt once (its queries are not recorded), then the context
- * again in chunks of recon_chunk tokens, each continuing the copy the chunks
- * before it began, so that the scores do not depend on the chunk size. When
- * the next chunk would pass n_positions, the cache is rewound to the end of
- * the prompt (after_prompt) and the copy starts again there. At the end the
- * cache is rewound to the context (before_prompt). */
+ * again as windows of `window` tokens, each a copy that starts right after
+ * the prompt and sees the cache and its own earlier tokens only. A window is
+ * the press's chunk, capped to the positions left after the prompt; the
+ * windows' keys and values never enter the cache, and at the end the cache is
+ * rewound to the context (before_prompt). */
 static int reconstruct(pikv_session *s, const pk_press *part, const int32_t *ids, int n, pk_recon_record *rec)
 {
     const int np = part->n_recon_prompt, room = s->model->cfg.n_positions - rec->len;
@@ -78,32 +82,21 @@ static int reconstruct(pikv_session *s, const pk_press *part, const int32_t *ids
                        "positions (prompt of %d tokens + 1), past the model's %d (n_positions); shorten the "
                        "context",
                        part->name, rec->len, np + 1, np, s->model->cfg.n_positions);
-    const int copy_room = room - np; /* positions one copy can hold after the prompt */
-    int chunk = part->recon_chunk < copy_room ? part->recon_chunk : copy_room;
-    if (chunk > n) chunk = n;
-    pk_kv_snapshot before_prompt = {0}, after_prompt = {0};
+    int window = part->recon_chunk < room - np ? part->recon_chunk : room - np;
+    if (window > n) window = n;
+    const int per_call = RECON_CALL_ROWS / window > 1 ? RECON_CALL_ROWS / window * window : window;
+    pk_kv_snapshot before_prompt = {0};
     rec->first_row = np;
     s->presses.recording = rec;
     int rc = pk_kv_snapshot_take(&s->fwd.kv, &before_prompt);
     if (rc == 0) rc = pikv_forward(s, part->recon_prompt, np, NULL, 0);
-    if (rc == 0) rc = pk_kv_snapshot_take(&s->fwd.kv, &after_prompt);
     rec->first_row = 0;
-    int copied = 0; /* context tokens the current copy holds */
-    for (int done = 0, m; rc == 0 && done < n; done += m) {
-        m = n - done < chunk ? n - done : chunk;
-        if (copied + m > copy_room) {
-            rc = pk_kv_snapshot_restore(&s->fwd.kv, &after_prompt);
-            s->fwd.pos = rec->len + np;
-            copied = 0;
-        }
-        if (rc == 0) rc = pikv_forward(s, ids + done, m, NULL, 0);
-        copied += m;
-    }
+    for (int done = 0; rc == 0 && done < n; done += per_call)
+        rc = pk_forward_windows(s, ids + done, n - done < per_call ? n - done : per_call, window);
     s->presses.recording = NULL;
     if (before_prompt.len && pk_kv_snapshot_restore(&s->fwd.kv, &before_prompt)) rc = -1;
     s->fwd.pos = rec->len;
     pk_kv_snapshot_free(&before_prompt);
-    pk_kv_snapshot_free(&after_prompt);
     return rc;
 }
 

@@ -68,6 +68,10 @@ struct pikv_session {
 /* Like pikv_forward, but write the final hidden states (after ln_f) of every
  * row to hidden [n, C] instead of logits. */
 int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden);
+/* Run n tokens as independent windows of `window` tokens after the cache,
+ * with the session's hooks, leaving the cache as it was
+ * (pk_forward_run_windows). */
+int pk_forward_windows(pikv_session *s, const int32_t *ids, int n, int window);
 
 /* Limit one head's attention to a streaming window without dropping anything
  * (recent = 0 lifts it): what Duo calibration measures a head by. */

@@ -17,21 +17,30 @@
 /* Causal attention of T new query rows over every head of one layer. The new
  * tokens' keys and values are already appended to each head, so new row i sees
  * the head's older entries and new rows 0..i (one row into a full ring sees the
- * whole ring); a streaming head further limits each row to its window. */
+ * whole ring); a streaming head further limits each row to its window.
+ *
+ * With window > 0 the new rows are instead windows of `window` rows (the last
+ * may be shorter) that all start at pos0 and never enter the cache: row i sees
+ * every entry the head holds and the rows of its own window up to itself,
+ * whose keys and values it reads from qkv (f32). Independent continuations of
+ * the same cache run this way in one call (a reconstruction's copies). */
 typedef struct {
     const pk_kvcache *kv;
     int layer, T;
     int32_t pos0;          /* absolute position of new row 0 */
-    const float *qkv;      /* [T, 3C]: row t's query of head h at t * 3C + h * head_dim */
+    const float *qkv;      /* [T, 3C]: row t's query of head h at t * 3C + h * head_dim, its key at
+                              C + ..., its value at 2C + ... */
     float *att;            /* [T, C]: the output, heads side by side */
     float scale;
     float *scores;         /* scratch: [n_threads, PK_QUERY_BLOCK, n_positions] */
     float *kv_rows;        /* scratch: [n_head, 2, n_positions, head_dim] for decoded rows; NULL for an f32 cache */
     int n_positions, n_threads;
+    int window;            /* 0, or rows per window (pos0 + window <= n_positions) */
     /* Optional (NULL: off): for every new row from max_row0 on, raise
      * max_weights[h][j] to the weight the row gives entry j of head h (slot
-     * order, at least the head's length): the largest attention each entry
-     * receives, as the softmax the output is made of computed it. */
+     * order, at least the head's length; with window > 0 only the cache's
+     * entries): the largest attention each entry receives, as the softmax the
+     * output is made of computed it. */
     float *const *max_weights;
     int max_row0;
 } pk_attention_args;

@@ -190,7 +190,55 @@ static void attend_rows(const pk_attention_args *a, int h, int r0, int rows, flo
                 0.f, out, C);
 }
 
-/* Work items are (head, block of query rows), shared out dynamically; when
+/* The same with a->window > 0 for rows r0..r0+rows-1, which may span
+ * several windows: the keys of row r are the head's `held` entries, shared by
+ * every window (one product for the block), followed by its own window's rows
+ * from the window's first row to r, read from qkv (one product per window the
+ * block touches). S's rows are held + window wide. */
+static void attend_window_rows(const pk_attention_args *a, int h, int r0, int rows, float *S)
+{
+    const pk_kvcache *kv = a->kv;
+    const int hd = kv->head_dim, C = kv->n_head * hd, ld = 3 * C, window = a->window;
+    const pk_kv_head *kh = pk_kv_head_at(kv, a->layer, h);
+    const int held = kh->len, width = held + window;
+    const float *Q = a->qkv + (size_t)r0 * (size_t)ld + (size_t)h * (size_t)hd;
+    float *out = a->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
+    float *max = a->max_weights ? a->max_weights[h] : NULL;
+    /* S[rows, 0..held) = Q · K_held^T */
+    if (held)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, held, hd, 1.f, Q, ld, layer_rows(a, h, 0), hd, 0.f,
+                    S, width);
+    for (int s0 = r0; s0 < r0 + rows;) { /* rows s0..s1-1 of the window that starts at row w0 */
+        const int w0 = s0 - s0 % window, end = w0 + window < r0 + rows ? w0 + window : r0 + rows;
+        const float *own = a->qkv + (size_t)w0 * (size_t)ld + (size_t)h * (size_t)hd;
+        /* S[s0..end, held..held + end - w0) = Q_s · K_own^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, end - s0, end - w0, hd, 1.f, Q + (size_t)(s0 - r0) * ld,
+                    ld, own + C, ld, 0.f, S + (size_t)(s0 - r0) * width + held, width);
+        s0 = end;
+    }
+    for (int i = 0; i < rows; i++) {
+        float *row = S + (size_t)i * (size_t)width;
+        const int in_window = (r0 + i) % window, visible = held + in_window + 1;
+        pk_mask_window(kh, row, 0, held, a->pos0 + in_window);
+        pk_softmax(row, visible, a->scale);
+        if (max && r0 + i >= a->max_row0) raise_to(max, row, held);
+        memset(row + visible, 0, (size_t)(width - visible) * sizeof(float));
+    }
+    /* out[rows, hd] = P[rows, 0..held) · V_held, then += P_own · V_own per window */
+    if (held)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, held, 1.f, S, width, layer_rows(a, h, 1), hd,
+                    0.f, out, C);
+    for (int s0 = r0; s0 < r0 + rows;) {
+        const int w0 = s0 - s0 % window, end = w0 + window < r0 + rows ? w0 + window : r0 + rows;
+        const float *own = a->qkv + (size_t)w0 * (size_t)ld + (size_t)h * (size_t)hd;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, end - s0, hd, end - w0, 1.f,
+                    S + (size_t)(s0 - r0) * width + held, width, own + 2 * C, ld, held ? 1.f : 0.f,
+                    out + (size_t)(s0 - r0) * C, C);
+        s0 = end;
+    }
+}
+
+/* Work items are (head, block of query rows), shared out dynamically. When
  * the largest weights are recorded, a head's blocks stay in one item, since
  * they raise the same buffer. */
 static void cpu_attention(const pk_attention_args *a)
@@ -199,15 +247,18 @@ static void cpu_attention(const pk_attention_args *a)
     const int n_blocks = (T + PK_QUERY_BLOCK - 1) / PK_QUERY_BLOCK;
     const int items_per_head = a->max_weights ? 1 : n_blocks, blocks_per_item = n_blocks / items_per_head;
     const size_t score_stride = (size_t)PK_QUERY_BLOCK * (size_t)a->n_positions;
-    if (T > 1 && a->kv_rows) decode_layer(a);
+    if ((T > 1 || a->window) && a->kv_rows) decode_layer(a);
 
 #pragma omp parallel for schedule(dynamic) num_threads(a->n_threads)
     for (int item = 0; item < n_head * items_per_head; item++) {
         const int h = item / items_per_head, b0 = (item % items_per_head) * blocks_per_item;
         float *S = a->scores + (size_t)omp_get_thread_num() * score_stride;
         for (int b = b0; b < b0 + blocks_per_item; b++) {
-            const int r0 = b * PK_QUERY_BLOCK;
-            attend_rows(a, h, r0, T - r0 < PK_QUERY_BLOCK ? T - r0 : PK_QUERY_BLOCK, S);
+            const int r0 = b * PK_QUERY_BLOCK, rows = T - r0 < PK_QUERY_BLOCK ? T - r0 : PK_QUERY_BLOCK;
+            if (a->window)
+                attend_window_rows(a, h, r0, rows, S);
+            else
+                attend_rows(a, h, r0, rows, S);
         }
     }
 }

@@ -111,7 +111,7 @@ pk_attention_args pk_forward_attention_args(const pk_forward *f, int layer, int 
     const pikv_config *c = &f->model->cfg;
     return (pk_attention_args){.kv = &f->kv, .layer = layer, .T = T, .pos0 = f->pos, .qkv = f->qkv, .att = f->att,
                                .scale = pk_attention_scale(c, layer), .scores = f->scores, .kv_rows = f->kv_rows,
-                               .n_positions = c->n_positions, .n_threads = f->n_threads};
+                               .n_positions = c->n_positions, .n_threads = f->n_threads, .window = f->window};
 }
 
 /* One transformer block on the T new rows of the residual stream. */
@@ -124,7 +124,7 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
 
     be->layernorm(f->xn, f->x, L->ln_1_w, L->ln_1_b, T, C, c->layer_norm_epsilon, f->n_threads); /* xn [T, C] */
     matmul(f, f->qkv, f->xn, &L->attn_w, L->attn_b, T, C, 3 * C, 0.f);                          /* qkv [T, 3C] */
-    append_kv(f, layer, T);
+    if (!f->window) append_kv(f, layer, T);
     int done = hooks && hooks->attention ? hooks->attention(hooks->ctx, f, layer, T) : 0;      /* att [T, C] */
     if (done < 0) return -1;
     if (!done) {
@@ -132,6 +132,9 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
         be->attention(&a);
     }
     if (hooks && hooks->after_attention && hooks->after_attention(hooks->ctx, f, layer, T)) return -1;
+    /* Windows are run for what their attention shows the hooks; nothing reads
+     * the last block's output. */
+    if (f->window && layer == c->n_layer - 1) return 0;
     matmul(f, f->x, f->att, &L->attn_proj_w, L->attn_proj_b, T, C, C, 1.f);                     /* x += att · Wo */
 
     be->layernorm(f->xn, f->x, L->ln_2_w, L->ln_2_b, T, C, c->layer_norm_epsilon, f->n_threads);
@@ -141,31 +144,56 @@ static int block_forward(pk_forward *f, int layer, int T, const pk_forward_hooks
     return 0;
 }
 
-int pk_forward_run(pk_forward *f, const int32_t *ids, int n, const pk_forward_hooks *hooks)
+/* Check n token ids against the vocabulary, and that the call's rows, which
+ * reach position f->pos + span - 1, stay inside the model's positions. */
+static int check_input(const pk_forward *f, const int32_t *ids, int n, int span)
+{
+    const pikv_config *c = &f->model->cfg;
+    if (n <= 0) return pk_fail("forward: no tokens to run");
+    if (span > c->n_positions - f->pos)
+        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", span,
+                       f->pos, c->n_positions);
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= c->vocab_size)
+            return pk_fail("token id %d is outside the vocabulary (0..%d)", ids[t], c->vocab_size - 1);
+    return 0;
+}
+
+/* Embed the n rows (x = wte[id] + wpe[pos], row t at f->pos + t % period)
+ * and run every block over them. */
+static int run_rows(pk_forward *f, const int32_t *ids, int n, int period, const pk_forward_hooks *hooks)
 {
     const pikv_model *m = f->model;
-    const pikv_config *c = &m->cfg;
-    const int C = c->n_embd, V = c->vocab_size;
-    if (n <= 0) return pk_fail("forward: no tokens to run");
-    if (n > c->n_positions - f->pos)
-        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n, f->pos,
-                       c->n_positions);
-    for (int t = 0; t < n; t++)
-        if (ids[t] < 0 || ids[t] >= V) return pk_fail("token id %d is outside the vocabulary (0..%d)", ids[t], V - 1);
-    if (ensure_scratch(f, n) || pk_kv_reserve(&f->kv, n, n > 1)) return -1;
+    const int C = m->cfg.n_embd;
     f->backend->set_threads(f->n_threads);
-
-    for (int t = 0; t < n; t++) { /* x = wte[id] + wpe[pos] */
-        const float *pe = m->wpe + (size_t)(f->pos + t) * C;
+    for (int t = 0; t < n; t++) {
+        const float *pe = m->wpe + (size_t)(f->pos + t % period) * C;
         float *x = f->x + (size_t)t * C;
         pk_matrix_to_f32(&m->wte, (size_t)ids[t] * C, (size_t)C, x);
         for (int i = 0; i < C; i++) x[i] += pe[i];
     }
-    for (int l = 0; l < c->n_layer; l++)
+    for (int l = 0; l < m->cfg.n_layer; l++)
         if (block_forward(f, l, n, hooks)) return -1;
+    return 0;
+}
+
+int pk_forward_run(pk_forward *f, const int32_t *ids, int n, const pk_forward_hooks *hooks)
+{
+    if (check_input(f, ids, n, n) || ensure_scratch(f, n) || pk_kv_reserve(&f->kv, n, n > 1)) return -1;
+    if (run_rows(f, ids, n, n, hooks)) return -1;
     if (n > 1 && pk_kv_trim_streaming(&f->kv)) return -1;
     f->pos += n;
     return 0;
+}
+
+int pk_forward_run_windows(pk_forward *f, const int32_t *ids, int n, int window, const pk_forward_hooks *hooks)
+{
+    if (window <= 0) return pk_fail("forward: windows of %d rows", window);
+    if (check_input(f, ids, n, window < n ? window : n) || ensure_scratch(f, n)) return -1;
+    f->window = window;
+    const int rc = run_rows(f, ids, n, window, hooks);
+    f->window = 0;
+    return rc;
 }
 
 void pk_forward_hidden_states(pk_forward *f, int n, float *hidden)

@@ -24,6 +24,7 @@ typedef struct pk_forward {
     const pk_backend *backend;
     pk_kvcache kv;
     int pos;           /* absolute position of the next token */
+    int window;        /* during pk_forward_run_windows: its rows per window; else 0 */
     int n_threads;
     /* Scratch for a call of up to `rows` tokens. */
     int rows;
@@ -62,6 +63,13 @@ void pk_forward_free_scratch(pk_forward *f);
 /* Run n tokens through every block (hooks may be NULL), leaving the final
  * residual stream of each row in f->x and advancing f->pos. */
 int pk_forward_run(pk_forward *f, const int32_t *ids, int n, const pk_forward_hooks *hooks);
+/* Run n tokens as windows of `window` tokens that each continue the cache
+ * from f->pos on their own (row t at position f->pos + t % window): every
+ * window sees the cache and its own earlier rows, never the other windows;
+ * the cache and f->pos are left as they were. The run is for what the hooks
+ * see of its attention: the last block stops there, so f->x holds no hidden
+ * states. */
+int pk_forward_run_windows(pk_forward *f, const int32_t *ids, int n, int window, const pk_forward_hooks *hooks);
 /* After pk_forward_run of n rows: the logits of the last row ([vocab]) or of
  * every row ([n, vocab]). */
 void pk_forward_logits(pk_forward *f, int n, float *logits, int all_rows);

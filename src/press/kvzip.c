@@ -9,20 +9,22 @@
  * (view->recon_scores): the engine runs the reconstruction
  * (PK_PRESS_RECONSTRUCTION_SCORES).
  *
- * Budgets: layerwise=1 (default) gives each layer sum over its heads of
- * floor(len * (1 - ratio)) entries, shared across the heads of the layer (the
- * highest scores of the layer win, no per-head safeguard); layerwise=0 shares
- * floor(N * (1 - ratio)) across all layers, N being every scored entry of the
- * model, as KVzip does. The first `sink` positions are always kept. Streaming
- * heads (a duo press before it in a composition) keep their window and take no
- * share of the budget.
+ * Budgets: layerwise=0 (default, as KVzip does) keeps the model's
+ * floor(N * (1 - ratio)) highest scores, N being every scored entry of every
+ * layer and head, so that layers and heads the copy leans on keep more;
+ * layerwise=1 gives each layer sum over its heads of floor(len * (1 - ratio))
+ * entries, shared across the heads of the layer (the highest scores of the
+ * layer win, no per-head safeguard). The first `sink` positions are always
+ * kept. Streaming heads (a duo press before it in a composition) keep their
+ * window and take no share of the budget: with layerwise=0 a full head keeps
+ * exactly its entries among the model's highest scores, as it would alone.
  *
- * GPT-2's positions are absolute and end at n_positions, so the engine
- * reconstructs in chunks of `chunk` context tokens, each continuing the copy
- * after the context while it fits (then chunked and whole scoring agree);
- * past n_positions the cache is rewound to the context and the copy starts
- * again with the prompt. The chunk is capped to what fits after the context
- * and the prompt; when not even the prompt and one token fit
+ * The engine runs the prompt once, then the copy as windows of `chunk`
+ * context tokens, each starting again right after the prompt and seeing the
+ * cache and its own earlier tokens (KVzip too scores long contexts chunk by
+ * chunk). GPT-2's positions are absolute and end at n_positions, so a window
+ * is capped to what fits after the context and the prompt; when not even the
+ * prompt and one token fit
  * after the context, the prefill fails and says so (no shifting of positions:
  * the scores would no longer come from the positions the cache holds). */
 #include "press/press.h"
@@ -32,6 +34,7 @@
 #include "util/mem.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -91,23 +94,77 @@ static float entry_score(const kvzip_params *kp, const pk_press_view *v, int lay
     return pos < v->recon_len ? v->recon_scores[layer][head][pos] : 0.f;
 }
 
-/* layerwise=0: how many entries of layer v->layer are among the model's
- * floor(N * (1 - ratio)) highest scores, N = n_layer * n_head * recon_len. */
+/* A float's bits as an unsigned key that orders like the value (NaN aside). */
+static uint32_t order_key(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u >> 31 ? ~u : u | 0x80000000u;
+}
+
+/* The key of the k-th highest (1 <= k <= n) of n values, in linear time: a
+ * histogram of the keys' high 16 bits finds the bin that holds it, a second
+ * of the low 16 bits within that bin the key. */
+static int kth_highest_key(const float *x, size_t n, size_t k, uint32_t *key)
+{
+    size_t *count = pk_calloc(1u << 16, sizeof *count, "kvzip selection");
+    if (!count) return -1;
+    size_t above = 0;
+    uint32_t high = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < n; i++) {
+            const uint32_t u = order_key(x[i]);
+            if (pass == 0) count[u >> 16]++;
+            else if (u >> 16 == high) count[u & 0xffffu]++;
+        }
+        uint32_t bin = 0xffffu;
+        while (above + count[bin] < k) above += count[bin--];
+        if (pass == 0) {
+            high = bin;
+            memset(count, 0, (1u << 16) * sizeof *count);
+        } else {
+            *key = high << 16 | bin;
+        }
+    }
+    pk_free(count);
+    return 0;
+}
+
+/* layerwise=0: how many entries of the full heads of layer v->layer are
+ * among the model's floor(N * (1 - ratio)) highest scores, N = n_layer *
+ * n_head * recon_len, ties going to the lower layer, head, then position (the
+ * entries streaming heads win are not handed to the full heads). The k-th
+ * highest score is found in linear time, since every layer asks. */
 static int global_layer_budget(const pk_press *p, const pk_press_view *v, size_t *budget)
 {
     const kvzip_params *kp = p->params;
     const int NL = v->cfg->n_layer, H = v->cfg->n_head, L = v->recon_len;
-    const size_t n = (size_t)NL * (size_t)H * (size_t)L;
-    scored_entry *all = pk_malloc_array(n, sizeof *all, "kvzip selection");
+    const size_t n = (size_t)NL * (size_t)H * (size_t)L, keep = (size_t)((double)n * (1.0 - p->ratio));
+    *budget = 0;
+    if (keep == 0) return 0;
+    float *all = pk_malloc_array(n, sizeof *all, "kvzip selection");
     if (!all) return -1;
-    size_t m = 0;
+    size_t m = 0; /* all[] in place order: layer, head, position */
     for (int l = 0; l < NL; l++)
         for (int h = 0; h < H; h++)
-            for (int j = 0; j < L; j++) all[m++] = (scored_entry){entry_score(kp, v, l, h, j), l, h, j};
-    qsort(all, m, sizeof *all, by_score_then_place);
-    const size_t keep = (size_t)((double)m * (1.0 - p->ratio));
-    *budget = 0;
-    for (size_t i = 0; i < keep; i++) *budget += all[i].layer == v->layer;
+            for (int j = 0; j < L; j++) all[m++] = entry_score(kp, v, l, h, j);
+    uint32_t cut;
+    if (kth_highest_key(all, n, keep, &cut)) {
+        pk_free(all);
+        return -1;
+    }
+    size_t ties = keep; /* the cut's ties that still make the top, in place order */
+    for (size_t i = 0; i < n; i++) ties -= order_key(all[i]) > cut;
+    for (size_t i = 0; i < n; i++) {
+        const uint32_t u = order_key(all[i]);
+        int in_top = u > cut;
+        if (u == cut && ties > 0) {
+            in_top = 1;
+            ties--;
+        }
+        const int layer = (int)(i / ((size_t)H * (size_t)L)), head = (int)(i / (size_t)L % (size_t)H);
+        *budget += in_top && layer == v->layer && !pk_press_head(v, head)->recent;
+    }
     pk_free(all);
     return 0;
 }
@@ -163,7 +220,7 @@ int pk_build_kvzip(const pk_spec *spec, const pk_press_env *env, pk_press **out)
     int chunk, sink, layerwise;
     *out = NULL;
     if (pk_press_scorer_spec(spec, keys, &ratio) || pk_spec_int(spec, "chunk", 256, 1, 1 << 20, &chunk) ||
-        pk_spec_int(spec, "sink", 4, 0, 1 << 20, &sink) || pk_spec_int(spec, "layerwise", 1, 0, 1, &layerwise))
+        pk_spec_int(spec, "sink", 4, 0, 1 << 20, &sink) || pk_spec_int(spec, "layerwise", 0, 0, 1, &layerwise))
         return -1;
     if (!env->model_dir) return pk_fail("press 'kvzip' needs the model directory, to tokenize its prompt");
     int32_t *ids = NULL;
