@@ -84,7 +84,7 @@ static int reconstruct(pikv_session *s, const pk_press *part, const int32_t *ids
                        part->name, rec->len, np + 1, np, s->model->cfg.n_positions);
     int window = part->recon_chunk < room - np ? part->recon_chunk : room - np;
     if (window > n) window = n;
-    const int per_call = RECON_CALL_ROWS / window > 1 ? RECON_CALL_ROWS / window * window : window;
+    const int per_call = (RECON_CALL_ROWS / window > 1 ? RECON_CALL_ROWS / window : 1) * window;
     pk_kv_snapshot before_prompt = {0};
     rec->first_row = np;
     s->presses.recording = rec;

@@ -190,6 +190,31 @@ static void attend_rows(const pk_attention_args *a, int h, int r0, int rows, flo
                 0.f, out, C);
 }
 
+/* The products of rows r0..r0+rows-1 (a->window > 0) with their own
+ * windows' rows, read from qkv, one per window the block touches: for keys
+ * (values == 0) S[i, held + j] = Q_i · K_own[j]; for values out_i += the
+ * weights S[i, held..] times V_own (out_i overwritten when nothing is
+ * held). Row s of a
+ * window that starts at row w0 reaches own rows w0..s. */
+static void own_window_products(const pk_attention_args *a, int h, int r0, int rows, int held, int values, float *S,
+                                int width)
+{
+    const int hd = a->kv->head_dim, C = a->kv->n_head * hd, ld = 3 * C, window = a->window, stop = r0 + rows;
+    for (int s0 = r0, end; s0 < stop; s0 = end) {
+        const int w0 = s0 - s0 % window;
+        end = w0 + window < stop ? w0 + window : stop;
+        const float *own = a->qkv + (size_t)w0 * (size_t)ld + (size_t)(values ? 2 * C : C) + (size_t)h * (size_t)hd;
+        const float *Q = a->qkv + (size_t)s0 * (size_t)ld + (size_t)h * (size_t)hd;
+        float *S_rows = S + (size_t)(s0 - r0) * (size_t)width + held;
+        if (!values)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, end - s0, end - w0, hd, 1.f, Q, ld, own, ld, 0.f,
+                        S_rows, width);
+        else
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, end - s0, hd, end - w0, 1.f, S_rows, width, own, ld,
+                        held ? 1.f : 0.f, a->att + (size_t)s0 * (size_t)C + (size_t)h * (size_t)hd, C);
+    }
+}
+
 /* The same with a->window > 0 for rows r0..r0+rows-1, which may span
  * several windows: the keys of row r are the head's `held` entries, shared by
  * every window (one product for the block), followed by its own window's rows
@@ -204,18 +229,11 @@ static void attend_window_rows(const pk_attention_args *a, int h, int r0, int ro
     const float *Q = a->qkv + (size_t)r0 * (size_t)ld + (size_t)h * (size_t)hd;
     float *out = a->att + (size_t)r0 * (size_t)C + (size_t)h * (size_t)hd;
     float *max = a->max_weights ? a->max_weights[h] : NULL;
-    /* S[rows, 0..held) = Q · K_held^T */
+    /* S[rows, 0..held) = Q · K_held^T, then the own windows' keys */
     if (held)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, held, hd, 1.f, Q, ld, layer_rows(a, h, 0), hd, 0.f,
                     S, width);
-    for (int s0 = r0; s0 < r0 + rows;) { /* rows s0..s1-1 of the window that starts at row w0 */
-        const int w0 = s0 - s0 % window, end = w0 + window < r0 + rows ? w0 + window : r0 + rows;
-        const float *own = a->qkv + (size_t)w0 * (size_t)ld + (size_t)h * (size_t)hd;
-        /* S[s0..end, held..held + end - w0) = Q_s · K_own^T */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, end - s0, end - w0, hd, 1.f, Q + (size_t)(s0 - r0) * ld,
-                    ld, own + C, ld, 0.f, S + (size_t)(s0 - r0) * width + held, width);
-        s0 = end;
-    }
+    own_window_products(a, h, r0, rows, held, 0, S, width);
     for (int i = 0; i < rows; i++) {
         float *row = S + (size_t)i * (size_t)width;
         const int in_window = (r0 + i) % window, visible = held + in_window + 1;
@@ -228,14 +246,7 @@ static void attend_window_rows(const pk_attention_args *a, int h, int r0, int ro
     if (held)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hd, held, 1.f, S, width, layer_rows(a, h, 1), hd,
                     0.f, out, C);
-    for (int s0 = r0; s0 < r0 + rows;) {
-        const int w0 = s0 - s0 % window, end = w0 + window < r0 + rows ? w0 + window : r0 + rows;
-        const float *own = a->qkv + (size_t)w0 * (size_t)ld + (size_t)h * (size_t)hd;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, end - s0, hd, end - w0, 1.f,
-                    S + (size_t)(s0 - r0) * width + held, width, own + 2 * C, ld, held ? 1.f : 0.f,
-                    out + (size_t)(s0 - r0) * C, C);
-        s0 = end;
-    }
+    own_window_products(a, h, r0, rows, held, 1, S, width);
 }
 
 /* Work items are (head, block of query rows), shared out dynamically. When

@@ -102,10 +102,10 @@ static uint32_t order_key(float x)
     return u >> 31 ? ~u : u | 0x80000000u;
 }
 
-/* The key of the k-th highest (1 <= k <= n) of n values, in linear time: a
- * histogram of the keys' high 16 bits finds the bin that holds it, a second
- * of the low 16 bits within that bin the key. */
-static int kth_highest_key(const float *x, size_t n, size_t k, uint32_t *key)
+/* The k-th highest (1 <= k <= n) of n keys, in linear time: a histogram of
+ * their high 16 bits finds the bin that holds it, a second of the low 16 bits
+ * within that bin the key. */
+static int kth_highest_key(const uint32_t *keys, size_t n, size_t k, uint32_t *key)
 {
     size_t *count = pk_calloc(1u << 16, sizeof *count, "kvzip selection");
     if (!count) return -1;
@@ -113,7 +113,7 @@ static int kth_highest_key(const float *x, size_t n, size_t k, uint32_t *key)
     uint32_t high = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; i < n; i++) {
-            const uint32_t u = order_key(x[i]);
+            const uint32_t u = keys[i];
             if (pass == 0) count[u >> 16]++;
             else if (u >> 16 == high) count[u & 0xffffu]++;
         }
@@ -142,30 +142,32 @@ static int global_layer_budget(const pk_press *p, const pk_press_view *v, size_t
     const size_t n = (size_t)NL * (size_t)H * (size_t)L, keep = (size_t)((double)n * (1.0 - p->ratio));
     *budget = 0;
     if (keep == 0) return 0;
-    float *all = pk_malloc_array(n, sizeof *all, "kvzip selection");
-    if (!all) return -1;
-    size_t m = 0; /* all[] in place order: layer, head, position */
+    uint32_t *keys = pk_malloc_array(n, sizeof *keys, "kvzip selection");
+    if (!keys) return -1;
+    size_t m = 0; /* keys[] in place order: layer, head, position */
     for (int l = 0; l < NL; l++)
         for (int h = 0; h < H; h++)
-            for (int j = 0; j < L; j++) all[m++] = entry_score(kp, v, l, h, j);
+            for (int j = 0; j < L; j++) keys[m++] = order_key(entry_score(kp, v, l, h, j));
     uint32_t cut;
-    if (kth_highest_key(all, n, keep, &cut)) {
-        pk_free(all);
+    if (kth_highest_key(keys, n, keep, &cut)) {
+        pk_free(keys);
         return -1;
     }
     size_t ties = keep; /* the cut's ties that still make the top, in place order */
-    for (size_t i = 0; i < n; i++) ties -= order_key(all[i]) > cut;
-    for (size_t i = 0; i < n; i++) {
-        const uint32_t u = order_key(all[i]);
-        int in_top = u > cut;
-        if (u == cut && ties > 0) {
-            in_top = 1;
-            ties--;
-        }
-        const int layer = (int)(i / ((size_t)H * (size_t)L)), head = (int)(i / (size_t)L % (size_t)H);
-        *budget += in_top && layer == v->layer && !pk_press_head(v, head)->recent;
-    }
-    pk_free(all);
+    for (size_t i = 0; i < n; i++) ties -= keys[i] > cut;
+    /* Layers after this one cannot change its count: stop at its end. */
+    m = 0;
+    for (int l = 0; l <= v->layer; l++)
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < L; j++, m++) {
+                int in_top = keys[m] > cut;
+                if (keys[m] == cut && ties > 0) {
+                    in_top = 1;
+                    ties--;
+                }
+                *budget += in_top && l == v->layer && !pk_press_head(v, h)->recent;
+            }
+    pk_free(keys);
     return 0;
 }
 
