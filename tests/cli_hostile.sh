@@ -12,7 +12,7 @@ run() {
   timeout 120 "$PIKV" "$@" >"$dir/out" 2>"$dir/err" </dev/null
   rc=$?
 }
-tiny=../shared/fixtures/tiny-gpt2
+tiny="${PIKV_SHARED:-../shared}/fixtures/tiny-gpt2"
 
 # ---- integer flags at their limits -----------------------------------------
 for v in 2147483647 -1 99999999999; do
