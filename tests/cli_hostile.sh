@@ -12,7 +12,7 @@ run() {
   timeout 120 "$PIKV" "$@" >"$dir/out" 2>"$dir/err" </dev/null
   rc=$?
 }
-tiny="${PIKV_SHARED:-../shared}/fixtures/tiny-gpt2"
+tiny="$(cd "${PIKV_SHARED:-../shared}/fixtures/tiny-gpt2" && pwd)"
 
 # ---- integer flags at their limits -----------------------------------------
 for v in 2147483647 -1 99999999999; do
@@ -55,7 +55,7 @@ check "tokenize </dev/zero stops (exit $rc)" [ "$rc" -eq 1 ] && grep -q "stdin: 
 
 # A model directory whose files are FIFOs or devices, one at a time.
 mkdir "$dir/model"
-for f in config.json model.safetensors vocab.json merges.txt; do ln -s "$(pwd)/$tiny/$f" "$dir/model/$f"; done
+for f in config.json model.safetensors vocab.json merges.txt; do ln -s "$tiny/$f" "$dir/model/$f"; done
 for f in config.json model.safetensors vocab.json merges.txt; do
   rm "$dir/model/$f"
   mkfifo "$dir/model/$f"
@@ -65,7 +65,7 @@ for f in config.json model.safetensors vocab.json merges.txt; do
   expect_error "$f is /dev/zero" 1 "$dir/model/$f: not a regular file (a device)" \
     generate --model "$dir/model" --prompt hi
   rm "$dir/model/$f"
-  ln -s "$(pwd)/$tiny/$f" "$dir/model/$f"
+  ln -s "$tiny/$f" "$dir/model/$f"
 done
 run generate --model "$dir/model" --prompt hi -n 2
 check "the repaired model directory works again" [ "$rc" -eq 0 ]
@@ -86,7 +86,7 @@ expect_error "pattern config a FIFO" 1 "config.json: not a regular file (a FIFO)
 # ---- weights and tokenizers that do not belong together -----------------------
 # The tiny model's vocabulary plus one token with id 60,000: the model has 50,257 rows.
 mkdir "$dir/bigvocab"
-for f in config.json model.safetensors merges.txt; do ln -s "$(pwd)/$tiny/$f" "$dir/bigvocab/$f"; done
+for f in config.json model.safetensors merges.txt; do ln -s "$tiny/$f" "$dir/bigvocab/$f"; done
 sed 's/}[[:space:]]*$/, "zz-extra": 60000}/' "$tiny/vocab.json" >"$dir/bigvocab/vocab.json"
 expect_error "tokenizer larger than the model" 1 "ids up to 60000 but the model's vocab_size is 50257" \
   generate --model "$dir/bigvocab" --prompt hi
