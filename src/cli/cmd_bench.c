@@ -28,7 +28,7 @@ enum { MAX_ROWS = 2 * CLI_LIST_MAX };
 enum { PREFILL_TOK_S, DECODE_TOK_S, LOAD_IMBALANCE, N_MEASURES };
 
 typedef struct {
-    int n_prompt, n_gen, reps, threads, workers, json, batch, no_graphs, kernel_per_phase;
+    int n_prompt, n_gen, reps, threads, workers, json, batch, no_graphs;
     cli_list specs;
     cli_kv_flags kv;
     const char *device;
@@ -265,12 +265,9 @@ static int check_options(const cli_command *cmd, const bench_options *o)
     if (o->workers == 1) return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
     const int gpu = o->device && strcmp(o->device, "cuda") == 0;
     if (gpu && o->n_gen < 1) return cli_error(cmd, "-n: --device cuda times the decode, so at least 1 token"), 2;
-    if (!gpu && (o->batch > 1 || o->no_graphs || o->kv_budget || o->kernel_per_phase))
+    if (!gpu && (o->batch > 1 || o->no_graphs || o->kv_budget))
         return cli_error(cmd, "%s: only with --device cuda",
-                         o->batch > 1       ? "--batch"
-                         : o->no_graphs     ? "--no-graphs"
-                         : o->kv_budget     ? "--kv-budget"
-                                            : "--kernel-per-phase"),
+                         o->batch > 1 ? "--batch" : o->no_graphs ? "--no-graphs" : "--kv-budget"),
                2;
     if (o->kv_budget && o->batch) return cli_error(cmd, "--kv-budget chooses the batch: drop --batch"), 2;
     size_t bytes;
@@ -290,7 +287,7 @@ static int bench_on_gpu(const cli_command *cmd, const bench_options *o, const pi
                         const char *weights)
 {
     cli_cuda_bench_options g = {weights, o->n_prompt, o->n_gen, o->reps, o->batch ? o->batch : 1, !o->no_graphs,
-                                o->kernel_per_phase, NULL, "none", 0};
+                                NULL, "none", 0};
     if (o->kv_budget) parse_bytes(o->kv_budget, &g.kv_budget);
     int rc = 0;
     for (int i = 0; rc == 0 && i < (o->specs.n ? o->specs.n : 1); i++) {
@@ -335,13 +332,10 @@ int cmd_bench(int argc, char **argv)
          NULL},
         {"--no-graphs", NULL, OPT_FLAG, &o.no_graphs, "--device cuda: launch every kernel instead of replaying a graph",
          NULL},
-        {"--kernel-per-phase", NULL, OPT_FLAG, &o.kernel_per_phase,
-         "--device cuda: decode up to 8 sequences with a kernel per phase (five a layer) instead of one launch a step",
-         NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--weights T] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS]\n"
                              "       [-r REPS] [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T]\n"
-                             "       [--json] [--device cpu|cuda [--batch B | --kv-budget BYTES] [--no-graphs] [--kernel-per-phase]]",
+                             "       [--json] [--device cpu|cuda [--batch B | --kv-budget BYTES] [--no-graphs]]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"

@@ -31,11 +31,6 @@ check "bench --device cuda: graph replay and launches" grep -q "kernel launches 
 check "bench --device cuda: the block pool" grep -q "KV pool .* MB (blocks of" "$dir/out"
 run bench --device cuda -p 200 -n 16 -r 1 --no-graphs
 check "bench --device cuda --no-graphs" grep -q "plain launches" "$dir/out"
-run bench --device cuda -p 200 -n 16 -r 1
-check "bench --device cuda: one launch a step" grep -q "kernel launches per step: 1$" "$dir/out"
-run bench --device cuda -p 200 -n 16 -r 1 --kernel-per-phase
-check "bench --device cuda --kernel-per-phase: five launches a layer and three" \
-  grep -q "kernel launches per step: 33$" "$dir/out"
 
 run generate --device cuda --weights f32 --prompt "$prompt" -n 8 --press knorm:0.5
 check "generate --device cuda --press: the press line" grep -q "press knorm:0.5: scored on the GPU" "$dir/err"

@@ -14,7 +14,6 @@
  * step still fill the GPU. */
 #include "backend/cuda/engine.h"
 #include "backend/cuda/kernels.cuh"
-#include "backend/cuda/step_kernel.cuh"
 #include "backend/cuda/weights.cuh"
 
 extern "C" {
@@ -32,7 +31,7 @@ extern "C" {
 
 using namespace pkcuda;
 
-enum { MAX_GEMV_ROWS = 8, CUBLAS_WORKSPACE = 32 << 20, DECODE_WARPS = 4, MAX_SPLIT = 64, STEP_BLOCKS_PER_SM = 2 };
+enum { MAX_GEMV_ROWS = 8, CUBLAS_WORKSPACE = 32 << 20, DECODE_WARPS = 4, MAX_SPLIT = 64 };
 
 /* Activation buffers for up to `rows` rows. att and fc are sized for float32
  * and hold W where they feed cuBLAS. */
@@ -70,8 +69,6 @@ struct pk_cuda_session {
     float *d_part;            /* split decode attention: [max_seq][n_head][split_cap][head_dim + 2] */
     int *d_done;              /* its completion counts [max_seq][n_head], zero between steps */
     int split_cap;
-    int step_blocks;          /* grid of the one-launch decode step (0: it cannot run here) */
-    step_layer *d_step_layers; /* its layers: device [n_layer] */
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
     int32_t *d_next, *h_next; /* greedy choices of a decode step: device [max_seq], pinned [max_seq] */
@@ -314,36 +311,34 @@ static void residual_layernorm(pk_cuda_session *s, void *out, float *x, const fl
 /* KV blocks of the longest head list. */
 static int max_kv_blocks(const pk_cuda_session *s) { return (s->cfg.n_positions + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK; }
 
-/* How decode attention of n_seq sequences is shared out among blocks of
- * `warps` warps, about `blocks` of them in all: *n_split shares per head, and
- * *per_split KV blocks in each (0: a head divides its own context among its
- * shares). About blocks / (heads x sequences) shares per head, and no more
- * than the longest context gives a share's warps KV blocks to read. With
- * several sequences, also enough that a share reads at most 4 KV blocks per
- * warp of the longest possible head, in fixed shares of it: the long heads a
- * press leaves beside short ones are then not the step's tail. */
-static void decode_shares(const pk_cuda_session *s, int n_seq, int warps, int blocks, int *n_split, int *per_split)
+/* Blocks per head of the split decode attention for n_seq sequences: about
+ * two per multiprocessor over all heads, and no more than the longest
+ * context gives its warps KV blocks to read. With several sequences, also
+ * enough that a split reads at most 4 KV blocks per warp of the longest
+ * possible head: the splits then take fixed shares (attention()), so that the
+ * long heads a press leaves beside short ones are not the step's tail. */
+static int decode_splits(const pk_cuda_session *s, int n_seq)
 {
-    int want = (blocks + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
-    const int kv_blocks = max_kv_blocks(s), fixed = (kv_blocks + 4 * warps - 1) / (4 * warps);
+    int want = (2 * s->n_sm + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
+    const int kv_blocks = max_kv_blocks(s), fixed = (kv_blocks + 4 * DECODE_WARPS - 1) / (4 * DECODE_WARPS);
     if (n_seq > 1 && want < fixed) want = fixed;
-    const int most = (kv_blocks + warps - 1) / warps;
-    int n = want < most ? want : most;
+    int n = want < (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS ? want : (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS;
     if (n > MAX_SPLIT) n = MAX_SPLIT;
-    *n_split = n < 1 ? 1 : n;
-    *per_split = n_seq > 1 ? (kv_blocks + *n_split - 1) / *n_split : 0;
+    return n < 1 ? 1 : n;
 }
 
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
  * W on the cuBLAS path. Decode (one row per sequence) splits each head's
- * context over about two blocks per multiprocessor; prompts have a block per
- * row and head, of 4 warps each. */
+ * context over several blocks; prompts have a block per row and head, of 4
+ * warps each. */
 template <typename W, typename OutT>
 static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c)
 {
     const float scale = pk_attention_scale(&s->cfg, layer);
-    int n_split, per_split;
-    decode_shares(s, n_seq, DECODE_WARPS, 2 * s->n_sm, &n_split, &per_split);
+    const int n_split = decode_splits(s, n_seq);
+    /* One sequence: every head divides its own context among all the splits.
+     * Several: fixed shares of the longest possible context. */
+    const int per_split = n_seq > 1 ? (max_kv_blocks(s) + n_split - 1) / n_split : 0;
     OutT *o = (OutT *)out;
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
@@ -362,117 +357,6 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     }
 #undef ATTN_CASE
     return 0;
-}
-
-/* Call f with the step kernel of R rows for the session's head size:
- * decode_step_kernel<W, R, head_dim>. */
-template <typename W, int R, typename F> static void with_step_kernel(const pk_cuda_session *s, F f)
-{
-    switch (s->cfg.head_dim) {
-    case 32: f(decode_step_kernel<W, R, 32>); break;
-    case 64: f(decode_step_kernel<W, R, 64>); break;
-    case 128: f(decode_step_kernel<W, R, 128>); break;
-    default: break;
-    }
-}
-
-/* Call f with the step kernel of the smallest row count that holds n_rows. */
-template <typename W, typename F> static void with_step_kernel_for(const pk_cuda_session *s, int n_rows, F f)
-{
-    if (n_rows <= 1) with_step_kernel<W, 1>(s, f);
-    else if (n_rows <= 2) with_step_kernel<W, 2>(s, f);
-    else if (n_rows <= 4) with_step_kernel<W, 4>(s, f);
-    else with_step_kernel<W, 8>(s, f);
-}
-
-/* Let every step kernel use the shared memory its rows need, and set
- * s->step_blocks to the grid all of them can hold resident at once (at most
- * STEP_BLOCKS_PER_SM a multiprocessor), or 0 when some cannot run (the decode
- * step then takes the kernel-per-phase path). */
-template <typename W> static void prepare_step_kernels(pk_cuda_session *s, size_t widest)
-{
-    int fewest = STEP_BLOCKS_PER_SM;
-    int rc = 0;
-    for (int rows = 1; rows < 2 * s->gemv_rows; rows *= 2)
-        with_step_kernel_for<W>(s, rows, [&](auto kernel) {
-            const size_t smem = (size_t)(rows < s->gemv_rows ? rows : s->gemv_rows) * widest;
-            int per_sm = 0;
-            if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess ||
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, STEP_THREADS, smem) != cudaSuccess)
-                rc = -1;
-            if (per_sm < fewest) fewest = per_sm;
-        });
-    int coop = 0;
-    cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, 0);
-    s->step_blocks = rc == 0 && coop ? fewest * s->n_sm : 0;
-    cudaGetLastError(); /* a refused attribute leaves the kernel-per-phase path, not an error */
-}
-
-/* The layers as the step kernel reads them, in device memory. */
-static int upload_step_layers(pk_cuda_session *s)
-{
-    const int n = s->cfg.n_layer;
-    step_layer *h = (step_layer *)pk_malloc_array((size_t)n, sizeof *h, "step kernel layers");
-    if (!h) return -1;
-    for (int l = 0; l < n; l++) {
-        h[l].w = s->w.layers[l];
-        h[l].attn_scale = pk_attention_scale(&s->cfg, l);
-    }
-    cudaError_t e = cudaMalloc((void **)&s->d_step_layers, (size_t)n * sizeof *h);
-    if (e == cudaSuccess) e = cudaMemcpy(s->d_step_layers, h, (size_t)n * sizeof *h, cudaMemcpyHostToDevice);
-    pk_free(h);
-    return e == cudaSuccess ? 0 : cuda_fail(e, "uploading the step kernel's layers");
-}
-
-/* The decode step of n_seq sequences as one launch of the step kernel; the
- * greedy choices go to d_next. */
-template <typename W> static int launch_step(pk_cuda_session *s, activations *a, int n_seq, const rows_ctx<W> &c)
-{
-    const pikv_config *cf = &s->cfg;
-    step_args<W> args;
-    args.c = c;
-    args.n_seq = n_seq;
-    args.n_layer = cf->n_layer;
-    args.F = cf->n_inner;
-    args.V = cf->vocab_size;
-    args.eps = cf->layer_norm_epsilon;
-    args.layers = s->d_step_layers;
-    args.wte = (const W *)s->w.wte;
-    args.wpe = (const W *)s->w.wpe;
-    args.lm_head = (const W *)s->w.lm_head;
-    args.ln_f_w = s->w.ln_f_w;
-    args.ln_f_b = s->w.ln_f_b;
-    args.tokens = s->d_tokens;
-    args.x = a->x;
-    args.q = a->q;
-    args.att = (float *)a->att;
-    args.fc = (float *)a->fc;
-    args.logits = a->logits;
-    args.next = s->d_next;
-    args.part = s->d_part;
-    args.done = s->d_done;
-    decode_shares(s, n_seq, STEP_WARPS, s->step_blocks, &args.n_split, &args.per_split);
-    const size_t widest = (size_t)(cf->n_embd > cf->n_inner ? cf->n_embd : cf->n_inner) * sizeof(float);
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeCooperative;
-    attr.val.cooperative = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(s->step_blocks);
-    cfg.blockDim = dim3(STEP_THREADS);
-    cfg.dynamicSmemBytes = (size_t)n_seq * widest;
-    cfg.stream = s->stream;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    with_step_kernel_for<W>(s, n_seq, [&](auto kernel) { (void)cudaLaunchKernelEx(&cfg, kernel, args); });
-    s->launches++;
-    CU(cudaGetLastError(), "launching the decode step");
-    return 0;
-}
-
-/* Whether a decode step of n_seq sequences runs as one launch of the step kernel. */
-static int step_in_one_launch(const pk_cuda_session *s, int n_seq)
-{
-    return !s->params.kernel_per_phase && s->step_blocks > 0 && n_seq <= s->gemv_rows;
 }
 
 /* When queries (host [n_layer][R][C]) is not NULL, copy layer l's R query
@@ -498,8 +382,6 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     const int small = R <= s->gemv_rows;
     const rows_ctx<W> c = make_ctx<W>(s, seq0, rows_per_seq);
     s->launches = 0;
-    if (rows_per_seq == 1 && want_logits && !queries && step_in_one_launch(s, n_seq))
-        return launch_step<W>(s, a, n_seq, c);
     embed_kernel<W><<<R, 128, 0, s->stream>>>(a->x, (const W *)s->w.wte, (const W *)s->w.wpe, s->d_tokens, c);
     s->launches++;
     for (int l = 0; l < cf->n_layer; l++) {
@@ -596,7 +478,6 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_tokens);
     cudaFree(s->d_part);
     cudaFree(s->d_done);
-    cudaFree(s->d_step_layers);
     cudaFree(s->d_ring);
     cudaFree(s->d_layer);
     cudaFree(s->d_keep);
@@ -654,6 +535,12 @@ static int session_init(pk_cuda_session *s)
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0), "reading the device's properties");
     s->n_sm = p.multiProcessorCount;
+    /* The most splits any batch uses: one sequence's, or two's (fewer for more sequences). */
+    s->split_cap = decode_splits(s, 1) > decode_splits(s, 2) ? decode_splits(s, 1) : decode_splits(s, 2);
+    const size_t heads = (size_t)max_seq * c->n_head;
+    CU(cudaMalloc((void **)&s->d_part, heads * s->split_cap * (c->head_dim + 2) * 4), "allocating attention partials");
+    CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
+    CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
     /* The matrix-vector path stages its rows in shared memory. */
     const size_t widest = (size_t)(c->n_embd > c->n_inner ? c->n_embd : c->n_inner) * sizeof(float);
     s->gemv_rows = (int)(p.sharedMemPerBlockOptin / widest);
@@ -661,26 +548,8 @@ static int session_init(pk_cuda_session *s)
     if (s->gemv_rows < 1) return pk_fail("CUDA session: n_inner %d is too wide for the decode kernels", c->n_inner);
     const size_t smem = (size_t)s->gemv_rows * widest;
     int rc = -1;
-    with_storage_type(s, [&](auto w) {
-        rc = prepare_kernels<decltype(w)>(smem);
-        if (rc == 0) prepare_step_kernels<decltype(w)>(s, widest);
-    });
+    with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(smem); });
     if (rc) return -1;
-    if (upload_step_layers(s)) return -1;
-    /* The most shares any batch uses, on either path: one sequence's, or two's
-     * (fewer for more sequences). */
-    s->split_cap = 1;
-    for (int n_seq = 1; n_seq <= 2; n_seq++) {
-        int n_split, per_split;
-        decode_shares(s, n_seq, DECODE_WARPS, 2 * s->n_sm, &n_split, &per_split);
-        if (n_split > s->split_cap) s->split_cap = n_split;
-        decode_shares(s, n_seq, STEP_WARPS, s->step_blocks, &n_split, &per_split);
-        if (n_split > s->split_cap) s->split_cap = n_split;
-    }
-    const size_t heads = (size_t)max_seq * c->n_head;
-    CU(cudaMalloc((void **)&s->d_part, heads * s->split_cap * (c->head_dim + 2) * 4), "allocating attention partials");
-    CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
-    CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
     CU(cudaMallocHost((void **)&s->h_tokens, (size_t)max_seq * 4), "allocating pinned tokens");
@@ -868,10 +737,8 @@ static int decode_step(pk_cuda_session *s, const int32_t *ids, int n_seq, float 
     if (logits) {
         CU(cudaMemcpyAsync(s->h_logits, s->small.logits, bytes, cudaMemcpyDeviceToHost, s->stream), "copying logits");
     } else if (next) {
-        if (!step_in_one_launch(s, n_seq)) {
-            argmax_kernel<<<n_seq, 256, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_next);
-            CU(cudaGetLastError(), "launching the greedy choice");
-        }
+        argmax_kernel<<<n_seq, 256, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_next);
+        CU(cudaGetLastError(), "launching the greedy choice");
         CU(cudaMemcpyAsync(s->h_next, s->d_next, (size_t)n_seq * 4, cudaMemcpyDeviceToHost, s->stream),
            "copying the greedy choices");
     }

@@ -27,8 +27,6 @@ typedef struct {
     int max_seq;        /* sequences in the session (batched decode runs up to this many) */
     long pool_blocks;   /* blocks of 16 entries in the pool (0: enough for every sequence at n_positions) */
     int use_graphs;     /* capture the decode step in a CUDA graph and replay it */
-    int kernel_per_phase; /* run a decode step of up to 8 sequences as a kernel per phase (five a layer)
-                             instead of one launch of the step kernel (0, the default) */
 } pk_cuda_params;
 
 typedef struct pk_cuda_session pk_cuda_session;

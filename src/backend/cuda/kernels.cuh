@@ -198,22 +198,14 @@ template <typename W, typename OutT, int EPI> struct epilogue {
     }
 };
 
-/* x[row] = wte[token] + wpe[position], by the calling block. */
-template <typename W>
-__device__ __forceinline__ void embed_row(int row, float *x, const W *wte, const W *wpe, const int32_t *tokens,
-                                          const rows_ctx<W> &c)
-{
-    const int b = c.seq0 + row / c.rows_per_seq;
-    const int pos = c.seq_pos[b] + row % c.rows_per_seq;
-    const W *te = wte + (size_t)tokens[row] * c.C, *pe = wpe + (size_t)pos * c.C;
-    for (int i = threadIdx.x; i < c.C; i += blockDim.x) x[(size_t)row * c.C + i] = to_f<W>(te[i]) + to_f<W>(pe[i]);
-}
-
-/* embed_row as a kernel: one block per row. */
+/* x[row] = wte[token] + wpe[position]. One block per row. */
 template <typename W>
 __global__ void embed_kernel(float *x, const W *wte, const W *wpe, const int32_t *tokens, rows_ctx<W> c)
 {
-    embed_row(blockIdx.x, x, wte, wpe, tokens, c);
+    const int row = blockIdx.x, b = c.seq0 + row / c.rows_per_seq;
+    const int pos = c.seq_pos[b] + row % c.rows_per_seq;
+    const W *te = wte + (size_t)tokens[row] * c.C, *pe = wpe + (size_t)pos * c.C;
+    for (int i = threadIdx.x; i < c.C; i += blockDim.x) x[(size_t)row * c.C + i] = to_f<W>(te[i]) + to_f<W>(pe[i]);
 }
 
 /* Layer norm of one row xr [C] into out [C], by the block; red is shared scratch of 32 floats. */
@@ -290,27 +282,25 @@ __device__ __forceinline__ void dot_chunk(float *acc, uint4 w, const float *xs, 
         }
 }
 
-/* Matrix-vector products for n_rows <= R rows (decode), by block `block` of
- * n_blocks: y[r, j] = epi(xn[r] · Wt[j] + bias[j]) with Wt output-major
- * [out][in], so that one warp reads one output's weights contiguously. A
- * warp's first PF loads of weights are issued before wait_inputs(), which
- * returns once the activations x may be read (the previous kernel has
- * finished, or the whole grid has reached this phase), so that the loads are
- * in flight while the wait lasts. The rows of x are then staged in shared
- * memory xs [n_rows][in], layer-normed there first when LN; red is shared
- * scratch of 32 floats. in must be a multiple of 16 / sizeof(W). */
-/* Layer-norm weights a thread of gemv_block holds in registers (the rest of
+/* Layer-norm weights a thread of gemv_kernel holds in registers (the rest of
  * a row wider than LN_HELD x blockDim is read when used). */
 enum { LN_HELD = 4 };
 
-template <typename W, int R, bool LN, typename OutT, int EPI, typename Wait>
-__device__ __forceinline__ void gemv_block(int block, int n_blocks, const W *Wt, const float *bias, const float *x,
-                                           int n_rows, int in, const float *ln_w, const float *ln_b, float eps,
-                                           const epilogue<W, OutT, EPI> &epi, float *xs, float *red, Wait wait_inputs)
+/* Matrix-vector products for n_rows <= R rows (decode): y[r, j] = epi(xn[r] ·
+ * Wt[j] + bias[j]) with Wt output-major [out][in], so that one warp reads one
+ * output's weights contiguously. A warp's first PF loads of weights are issued
+ * before it waits for the previous kernel, so that they are in flight while
+ * that kernel finishes, and so are its bias and layer-norm weights. The rows of x are then staged in shared memory,
+ * layer-normed there first when LN. in must be a multiple of 16 / sizeof(W). */
+template <typename W, int R, bool LN, typename OutT, int EPI>
+__global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in,
+                                                   const float *ln_w, const float *ln_b, float eps,
+                                                   epilogue<W, OutT, EPI> epi)
 {
     constexpr int VN = vec<W>::n, PF = 4;
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int j0 = block * warps + (threadIdx.x >> 5);
+    const int j0 = blockIdx.x * warps + (threadIdx.x >> 5);
+    allow_next_kernel();
     uint4 first[PF];
 #pragma unroll
     for (int p = 0; p < PF; p++) {
@@ -327,8 +317,10 @@ __device__ __forceinline__ void gemv_block(int block, int n_blocks, const W *Wt,
         lnw[h] = LN && i < in ? ln_w[i] : 0.f;
         lnb[h] = LN && i < in ? ln_b[i] : 0.f;
     }
-    wait_inputs();
+    wait_for_previous_kernel();
 
+    float *xs = dynamic_shared(); /* [n_rows][in] */
+    __shared__ float red[32];
     for (int i = threadIdx.x; i < n_rows * in; i += blockDim.x) xs[i] = x[i];
     if (LN) {
         __syncthreads();
@@ -350,7 +342,7 @@ __device__ __forceinline__ void gemv_block(int block, int n_blocks, const W *Wt,
         }
     }
     __syncthreads();
-    for (int j = j0; j < epi.out; j += n_blocks * warps) {
+    for (int j = j0; j < epi.out; j += gridDim.x * warps) {
         const W *wr = Wt + (size_t)j * in;
         float acc[R];
 #pragma unroll
@@ -368,19 +360,6 @@ __device__ __forceinline__ void gemv_block(int block, int n_blocks, const W *Wt,
             if (lane == r && r < n_rows) epi(r, j, v + (j == j0 ? bias0 : bias ? bias[j] : 0.f));
         }
     }
-}
-
-/* gemv_block as a kernel of its own, one block each, that waits for the
- * previous kernel of the stream (programmatic dependent launch). */
-template <typename W, int R, bool LN, typename OutT, int EPI>
-__global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in,
-                                                   const float *ln_w, const float *ln_b, float eps,
-                                                   epilogue<W, OutT, EPI> epi)
-{
-    __shared__ float red[32];
-    allow_next_kernel();
-    gemv_block<W, R, LN, OutT, EPI>(blockIdx.x, gridDim.x, Wt, bias, x, n_rows, in, ln_w, ln_b, eps, epi,
-                                    dynamic_shared(), red, [] { wait_for_previous_kernel(); });
 }
 
 /* A warp's online-softmax state over the keys it has seen, in log2 units:
@@ -521,32 +500,27 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
     }
 }
 
-/* What a block of NW warps keeps in shared memory for one share of decode attention. */
-template <int HD, int NW> struct decode_shared {
-    float qs[HD];
-    warp_states<HD, NW> ws;
-    int is_last;
-};
-
-/* One share of decode attention (one row per sequence), split over the
- * context so that a few heads still fill the GPU: share `split` of n_split of
- * head h of row `row`, run by the calling block's NW warps. The share takes an
- * equal part of the head's KV blocks (per_split = 0), or KV blocks split *
- * per_split onwards, per_split of them (heads of unequal lengths: a short head
- * leaves its later shares empty instead of making the long heads' shares the
- * tail), its warps one KV block at a time, and writes its merged state
- * (weighted values, max, sum) to part [max_seq][n_head][n_split][HD + 2]. The
- * last share of the head to finish, counted in done [max_seq][n_head], merges
- * the n_split states into out and sets the count back to zero for the next
- * step. wait_inputs() returns once the queries and this step's keys may be
- * read. */
-template <typename W, typename OutT, int HD, int NW, typename Wait>
-__device__ __forceinline__ void decode_attention_share(int split, int n_split, int h, int row, const float *q,
-                                                       OutT *out, int layer, float scale, const rows_ctx<W> &c,
-                                                       float *part, int *done, int per_split,
-                                                       decode_shared<HD, NW> &sh, Wait wait_inputs)
+/* Decode attention (one row per sequence) split over the context, so that a
+ * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
+ * of a head takes an equal share of the head's KV blocks (per_split = 0), or
+ * KV blocks split * per_split onwards, per_split of them (heads of unequal
+ * lengths: a short head leaves its later splits empty instead of making the
+ * long heads' shares the tail), its NW warps one block at a time, and writes
+ * its merged state (weighted values, max, sum) to
+ * part [max_seq][n_head][n_split][HD + 2]. The last block of the head to
+ * finish, counted in done [max_seq][n_head], merges the n_split states into
+ * out and sets the count back to zero for the next step. */
+template <typename W, typename OutT, int HD, int NW>
+__global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
+                                                                   rows_ctx<W> c, float *part, int *done,
+                                                                   int per_split)
 {
+    __shared__ float qs[HD];
+    __shared__ warp_states<HD, NW> ws;
+    __shared__ int is_last;
+    const int split = blockIdx.x, n_split = gridDim.x, h = blockIdx.y, row = blockIdx.z;
     const int b = c.seq0 + row, lh = layer * c.n_head + h;
+    allow_next_kernel();
     /* Lengths before the step and the block table change only between steps.
      * A full ring's new entry replaced one instead of adding one. */
     const int len = c.kv_len[(size_t)b * c.n_lh + lh];
@@ -554,82 +528,62 @@ __device__ __forceinline__ void decode_attention_share(int split, int n_split, i
     const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
     const int per = per_split > 0 ? per_split : (n_blocks + n_split - 1) / n_split;
     const int first = split * per, end = min(n_blocks, first + per);
-    wait_inputs();
-    stage_query<HD>(sh.qs, q, row, h, c.C, scale);
+    wait_for_previous_kernel();
+    stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
     softmax_state<HD> st;
     softmax_init(st);
     for (int blk = first + (threadIdx.x >> 5); blk < end; blk += NW) {
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
         attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD,
-                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), sh.qs);
+                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs);
     }
-    publish_state(sh.ws, st);
+    publish_state(ws, st);
     __syncthreads();
     float *head_parts = part + (size_t)(b * c.n_head + h) * n_split * (HD + 2);
     float *mine = head_parts + (size_t)split * (HD + 2);
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float M, L;
-        mine[d] = merge_states(NW, sh.ws.m, sh.ws.l, [&](int w) { return sh.ws.acc[w][d]; }, M, L);
+        mine[d] = merge_states(NW, ws.m, ws.l, [&](int w) { return ws.acc[w][d]; }, M, L);
         if (d == 0) {
             mine[HD] = M;
             mine[HD + 1] = L;
         }
     }
-    /* Publish this share's state before counting it; the last share reads
+    /* Publish this block's state before counting it; the last block reads
      * every state past the (incoherent) L1. */
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) sh.is_last = atomicAdd(&done[b * c.n_head + h], 1) == n_split - 1;
+    if (threadIdx.x == 0) is_last = atomicAdd(&done[b * c.n_head + h], 1) == n_split - 1;
     __syncthreads();
-    if (sh.is_last) {
-        __threadfence();
-        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-            float M = -INFINITY, L = 0.f, o = 0.f;
-            for (int i = 0; i < n_split; i++) M = fmaxf(M, __ldcg(head_parts + (size_t)i * (HD + 2) + HD));
-            for (int i = 0; i < n_split; i++) {
-                const float *pi = head_parts + (size_t)i * (HD + 2);
-                const float li = __ldcg(pi + HD + 1), f = li > 0.f ? exp2f(__ldcg(pi + HD) - M) : 0.f;
-                L += li * f;
-                o += __ldcg(pi + d) * f;
-            }
-            out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
+    if (!is_last) return;
+    __threadfence();
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float M = -INFINITY, L = 0.f, o = 0.f;
+        for (int i = 0; i < n_split; i++) M = fmaxf(M, __ldcg(head_parts + (size_t)i * (HD + 2) + HD));
+        for (int i = 0; i < n_split; i++) {
+            const float *pi = head_parts + (size_t)i * (HD + 2);
+            const float li = __ldcg(pi + HD + 1), f = li > 0.f ? exp2f(__ldcg(pi + HD) - M) : 0.f;
+            L += li * f;
+            o += __ldcg(pi + d) * f;
         }
-        if (threadIdx.x == 0) done[b * c.n_head + h] = 0;
+        out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
     }
-    /* The block's shared state may be staged again for another share. */
-    __syncthreads();
-}
-
-/* Decode attention as a kernel of its own: grid (n_split, n_head, n_seq),
- * a share per block (decode_attention_share). */
-template <typename W, typename OutT, int HD, int NW>
-__global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
-                                                                   rows_ctx<W> c, float *part, int *done,
-                                                                   int per_split)
-{
-    __shared__ decode_shared<HD, NW> sh;
-    allow_next_kernel();
-    decode_attention_share<W, OutT, HD, NW>(blockIdx.x, gridDim.x, blockIdx.y, blockIdx.z, q, out, layer, scale, c,
-                                            part, done, per_split, sh, [] { wait_for_previous_kernel(); });
+    if (threadIdx.x == 0) done[b * c.n_head + h] = 0;
 }
 
 /* After a call: every head of its sequences holds rows_per_seq more entries
  * (a full ring instead moves on to its next slot) and every sequence is that
- * much further on. Item i of n_seq * n_lh is one head of one sequence. */
-template <typename W> __device__ __forceinline__ void advance_head(const rows_ctx<W> &c, int i)
-{
-    const int b = c.seq0 + i / c.n_lh;
-    const size_t bh = (size_t)b * c.n_lh + i % c.n_lh;
-    ring_advance(c.ring[bh], c.kv_len[bh], c.rows_per_seq);
-    if (i % c.n_lh == 0) c.seq_pos[b] += c.rows_per_seq;
-}
-
+ * much further on. */
 template <typename W> __global__ void advance_kernel(rows_ctx<W> c, int n_seq)
 {
     wait_for_previous_kernel();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n_seq * c.n_lh) advance_head(c, i);
+    if (i >= n_seq * c.n_lh) return;
+    const int b = c.seq0 + i / c.n_lh;
+    const size_t bh = (size_t)b * c.n_lh + i % c.n_lh;
+    ring_advance(c.ring[bh], c.kv_len[bh], c.rows_per_seq);
+    if (i % c.n_lh == 0) c.seq_pos[b] += c.rows_per_seq;
 }
 
 /* Slots 0..len-1 of heads head0.. of one layer of sequence b, as float32:
@@ -694,14 +648,14 @@ __global__ void compact_layer_kernel(rows_ctx<W> c, int b, int layer, const int3
     }
 }
 
-/* The greedy choice of row `row` of logits [rows][V], by the calling block,
- * into out[row]: the index of the largest value, the lowest such index on
- * ties (as the CPU's argmax). blockDim a multiple of 32 up to 1024; best_v
- * and best_i are shared scratch of 32 each. */
-__device__ __forceinline__ void argmax_row(int row, const float *logits, int V, int32_t *out, float *best_v,
-                                           int *best_i)
+/* The greedy choice of each row of logits [rows][V]: the index of the
+ * largest value, the lowest such index on ties (as the CPU's argmax). Grid
+ * rows, blockDim a multiple of 32 up to 1024. */
+__global__ void argmax_kernel(const float *logits, int V, int32_t *out)
 {
-    const float *x = logits + (size_t)row * V;
+    __shared__ float best_v[32];
+    __shared__ int best_i[32];
+    const float *x = logits + (size_t)blockIdx.x * V;
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     for (int i = threadIdx.x; i < V; i += blockDim.x)
@@ -730,17 +684,8 @@ __device__ __forceinline__ void argmax_row(int row, const float *logits, int V, 
                 bv = best_v[w];
                 bi = best_i[w];
             }
-        out[row] = bi;
+        out[blockIdx.x] = bi;
     }
-    __syncthreads();
-}
-
-/* argmax_row as a kernel: grid rows. */
-__global__ void argmax_kernel(const float *logits, int V, int32_t *out)
-{
-    __shared__ float best_v[32];
-    __shared__ int best_i[32];
-    argmax_row(blockIdx.x, logits, V, out, best_v, best_i);
 }
 
 } // namespace pkcuda

@@ -130,7 +130,7 @@ static void print_report(const pk_cuda_session *s, const char *dir, const cli_cu
            o->n_gen, o->n_prompt, dec->median, dec->min, dec->max, o->reps, o->graphs ? "graph replay" : "plain launches",
            dec->median / batch);
     if (replay_us > 0)
-        printf("graph replay: %.1f us per step (%.0f tok/s on the device alone); kernel launches per step: %d\n",
+        printf("graph replay: %.1f us per step (%.0f tok/s on the device alone); %d kernel launches per step\n",
                replay_us, 1e6 * batch / replay_us, st.kernels_per_decode);
     printf("floor: %.1f MB per step (weights %.1f + KV %.1f) / %.2f TB/s = %.0f tok/s; decode reaches %.0f%%\n",
            step_bytes / 1e6, st.weight_bytes / 1e6, kv_step / 1e6, bw / 1e12, floor_tps, 100.0 * dec->median / floor_tps);
@@ -192,8 +192,7 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
         pk_free(prompt);
         return 1;
     }
-    const pk_cuda_params params = {.dtype = t, .max_seq = batch, .pool_blocks = pool_blocks, .use_graphs = o->graphs,
-                                   .kernel_per_phase = o->kernel_per_phase};
+    const pk_cuda_params params = {.dtype = t, .max_seq = batch, .pool_blocks = pool_blocks, .use_graphs = o->graphs};
     pk_cuda_session *s = pk_cuda_session_new(m, &params);
     int32_t *next = pk_malloc_array((size_t)batch, sizeof *next, "next tokens");
     float *logits = pk_malloc_array((size_t)batch * V, sizeof *logits, "logits");

@@ -17,7 +17,6 @@ typedef struct {
     int n_prompt, n_gen, reps;
     int batch;                   /* sequences decoded together */
     int graphs;                  /* replay the decode step from a CUDA graph */
-    int kernel_per_phase;        /* a kernel per phase instead of one launch a step (pk_cuda_params) */
     pikv_press *press;           /* compresses each prompt (NULL: none) */
     const char *press_spec;      /* its spec, for the report */
     size_t kv_budget;            /* capacity mode: admit as many sequences as fit these KV bytes (0: off) */
