@@ -290,8 +290,9 @@ enum { LN_HELD = 4 };
  * Wt[j] + bias[j]) with Wt output-major [out][in], so that one warp reads one
  * output's weights contiguously. A warp's first PF loads of weights are issued
  * before it waits for the previous kernel, so that they are in flight while
- * that kernel finishes, and so are its bias and layer-norm weights. The rows of x are then staged in shared memory,
- * layer-normed there first when LN. in must be a multiple of 16 / sizeof(W). */
+ * that kernel finishes, and so are its bias and layer-norm weights. The rows
+ * of x are then staged in shared memory, layer-normed there first when LN. in
+ * must be a multiple of 16 / sizeof(W). */
 template <typename W, int R, bool LN, typename OutT, int EPI>
 __global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in,
                                                    const float *ln_w, const float *ln_b, float eps,
@@ -332,13 +333,13 @@ __global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *
             float v = 0.f;
             for (int i = threadIdx.x; i < in; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
             const float rstd = rsqrtf(block_sum(v, red) / in + eps);
+            auto normalize = [&](int i, float w, float b) { xr[i] = (xr[i] - mean) * rstd * w + b; };
 #pragma unroll
             for (int h = 0; h < LN_HELD; h++) {
                 const int i = threadIdx.x + h * blockDim.x;
-                if (i < in) xr[i] = (xr[i] - mean) * rstd * lnw[h] + lnb[h];
+                if (i < in) normalize(i, lnw[h], lnb[h]);
             }
-            for (int i = threadIdx.x + LN_HELD * blockDim.x; i < in; i += blockDim.x)
-                xr[i] = (xr[i] - mean) * rstd * ln_w[i] + ln_b[i];
+            for (int i = threadIdx.x + LN_HELD * blockDim.x; i < in; i += blockDim.x) normalize(i, ln_w[i], ln_b[i]);
         }
     }
     __syncthreads();
@@ -354,10 +355,11 @@ __global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *
                 if (k < in) dot_chunk<W, R>(acc, first[p], xs, n_rows, in, k);
 #pragma unroll 2
         for (; k < in; k += 32 * VN) dot_chunk<W, R>(acc, load16(wr + k), xs, n_rows, in, k);
+        const float bias_j = j == j0 ? bias0 : bias ? bias[j] : 0.f;
 #pragma unroll
         for (int r = 0; r < R; r++) {
             const float v = warp_sum(acc[r]);
-            if (lane == r && r < n_rows) epi(r, j, v + (j == j0 ? bias0 : bias ? bias[j] : 0.f));
+            if (lane == r && r < n_rows) epi(r, j, v + bias_j);
         }
     }
 }
