@@ -285,6 +285,19 @@ template <typename W> static void check_gemv(const char *what, double limit)
     double ds = rel(ref, logits.data(), logits.size());
     printf("gemv %s, LN + GELU: rel L2 %.2e; LN + store: %.2e\n", what, dg, ds);
     CHECK(dg < 1e-5 && ds < 1e-5, "gemv %s GELU %.3e, store %.3e", what, dg, ds);
+
+    /* LN over a row wider than the layer-norm weights a thread holds (F inputs, 32
+     * threads: 128 held, the rest read when used). */
+    std::vector<float> ln_wf = random_f(F), ln_bf = random_f(F), wide((size_t)C, NAN);
+    st.y = wide.data();
+    st.out = C;
+    emu_launch(dim3(2), dim3(32), (size_t)F * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wp.data(),
+               (const float *)nullptr, (const float *)h.data(), 1, F, (const float *)ln_wf.data(),
+               (const float *)ln_bf.data(), 1e-5f, st);
+    ref = product_ref(h, 1, F, Wp, C, nullptr, ln_wf.data(), ln_bf.data());
+    double dw = rel(ref, wide.data(), wide.size());
+    printf("gemv %s, LN over %d inputs on 32 threads: rel L2 %.2e\n", what, F, dw);
+    CHECK(dw < 1e-5, "gemv %s LN over a wide row: %.3e", what, dw);
 }
 
 /* The prompt path's pieces: QKV epilogue of 5 rows of sequence 1 into the
