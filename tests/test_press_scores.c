@@ -885,6 +885,76 @@ static void test_entry_free(const pikv_model *model)
     pk_press_destroy(k);
 }
 
+/* A value in [-1, 1) from a xorshift state. */
+static float next_uniform(uint32_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    return (float)(*state >> 8) / (float)(1u << 23) - 1.f;
+}
+
+/* PK_PRESS_MEASURED is a promise that a press reads keys, values and queries
+ * only through the view's measures: each press that makes it decides on a
+ * layer whose entries and queries are all NaN, but whose view takes its
+ * measures from a copy holding real values, exactly what it decides on that
+ * copy. Presses that read rows themselves (keydiff) or draw their choice
+ * (random) must not make it. 2 x 6 heads of 8 dimensions, 300 entries, 80 query rows at the end. */
+static void test_measured(void)
+{
+    static const char *const specs[] = {"knorm:0.5", "snapkv:0.5", "snapkv:ratio=0.6,window=8,kernel=3", "tova:0.5",
+                                        "observed_attention:0.5", "expected_attention:0.5", "pyramidkv:0.5",
+                                        "adakv(snapkv):0.5", "chunkkv(knorm):0.5",
+                                        "moe_router:0.5", "moe_router:ratio=0.5,router=pikv,window=16"};
+    enum { LAYERS = 2, HEADS = 6, DIM = 8, LEN = 300, ROWS = 80 };
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        pk_press *a = press_from(specs[i], NULL), *b = press_from(specs[i], NULL);
+        test_layer real, nans;
+        if (!a || !b || test_layer_init(&real, LAYERS, HEADS, DIM, LEN, ROWS, LEN - ROWS, HEADS * DIM) ||
+            test_layer_init(&nans, LAYERS, HEADS, DIM, LEN, ROWS, LEN - ROWS, HEADS * DIM)) {
+            CHECK(0, "%s: setup: %s", specs[i], pikv_last_error());
+            pk_press_destroy(a);
+            pk_press_destroy(b);
+            return;
+        }
+        uint32_t state = 12345u + (uint32_t)i;
+        for (int h = 0; h < LAYERS * HEADS; h++)
+            for (int j = 0; j < LEN * DIM; j++) {
+                ((float *)(void *)real.kv.heads[h].k)[j] = next_uniform(&state);
+                ((float *)(void *)real.kv.heads[h].v)[j] = next_uniform(&state);
+                ((float *)(void *)nans.kv.heads[h].k)[j] = ((float *)(void *)nans.kv.heads[h].v)[j] = NAN;
+            }
+        for (int j = 0; j < ROWS * HEADS * DIM; j++) {
+            real.q[j] = 2.f * next_uniform(&state);
+            nans.q[j] = NAN;
+        }
+        pk_press_measures from_real = pk_press_host_measures;
+        from_real.ctx = &real.view;
+        nans.view.measures = &from_real;
+        /* The NaN layer first: its measures read the real layer before that is compressed. */
+        int same = layer_compress(b, &nans) == 0 && layer_compress(a, &real) == 0, dropped = 0;
+        for (int h = 0; same && h < HEADS; h++) {
+            const pk_kv_head *x = pk_kv_head_at(&real.kv, 0, h), *y = pk_kv_head_at(&nans.kv, 0, h);
+            same = x->len == y->len && x->recent == y->recent && memcmp(x->pos, y->pos, (size_t)x->len * 4) == 0;
+            dropped += LEN - x->len;
+        }
+        CHECK(same && dropped > 0 && (a->caps & PK_PRESS_MEASURED),
+              "%s: declared measured, but decides differently when its rows are NaN and its measures real (or "
+              "is not declared, or dropped nothing)",
+              specs[i]);
+        layer_free(&real);
+        layer_free(&nans);
+        pk_press_destroy(a);
+        pk_press_destroy(b);
+    }
+    static const char *const readers[] = {"keydiff:0.5", "random:0.5"};
+    for (size_t i = 0; i < sizeof readers / sizeof *readers; i++) {
+        pk_press *p = press_from(readers[i], NULL);
+        CHECK(p && !(p->caps & PK_PRESS_MEASURED), "%s must not be declared measured", readers[i]);
+        pk_press_destroy(p);
+    }
+}
+
 int main(void)
 {
     test_knorm();
@@ -901,6 +971,7 @@ int main(void)
     test_chunkkv();
     test_composed();
     test_memory_accounting();
+    test_measured();
 
     pikv_model *model = pikv_model_load(model_dir);
     CHECK(model != NULL, "load %s: %s", model_dir, pikv_last_error());

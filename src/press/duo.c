@@ -77,7 +77,7 @@ int pk_build_duo(const pk_spec *spec, const pk_press_env *env, pk_press **out)
         pk_spec_int(spec, "prefill_chunk", 0, 0, c->n_positions, &chunk))
         goto done;
     if (pk_press_new("duo", &duo_ops, ratio, sizeof(duo_params), out)) goto done;
-    (*out)->caps = PK_PRESS_QUERY_FREE | PK_PRESS_ENTRY_FREE | (chunk ? PK_PRESS_CHUNKED_PREFILL : 0);
+    (*out)->caps = PK_PRESS_QUERY_FREE | PK_PRESS_ENTRY_FREE | PK_PRESS_MEASURED | (chunk ? PK_PRESS_CHUNKED_PREFILL : 0);
     (*out)->prefill_chunk = chunk;
     duo_params *dp = (*out)->params;
     *dp = (duo_params){c->n_layer, c->n_head, sink, recent, NULL};

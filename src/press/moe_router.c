@@ -45,9 +45,10 @@ typedef struct {
 
 /* Scratch for one layer, sized for its longest head. */
 typedef struct {
-    float *attention;     /* [window rows][len]: the window's attention weights */
+    double *attention;    /* [len]: the window's attention weights summed over its rows */
     float *mean;          /* [len]: mean window attention of each entry */
-    float *keys;          /* [len][head_dim]: the routable keys */
+    float *keys;          /* [len][head_dim]: the head's keys, then the routable ones first */
+    float *window_q;      /* [window rows][head_dim]: the head's window queries */
     float *routed_mean;   /* [len]: mean window attention of each routable key */
     float *key_norm;      /* [len] */
     int *routable;        /* [len]: storage index of each routable key */
@@ -63,6 +64,7 @@ static void scratch_free(layer_scratch *s)
     pk_free(s->attention);
     pk_free(s->mean);
     pk_free(s->keys);
+    pk_free(s->window_q);
     pk_free(s->routed_mean);
     pk_free(s->key_norm);
     pk_free(s->routable);
@@ -78,9 +80,10 @@ static int scratch_alloc(layer_scratch *s, int rows, int len, int head_dim)
 {
     const size_t n = (size_t)(len > 0 ? len : 1);
     memset(s, 0, sizeof *s);
-    s->attention = pk_malloc_array((size_t)rows * n, sizeof(float), "moe_router window attention");
+    s->attention = pk_malloc_array(n, sizeof(double), "moe_router window attention");
     s->mean = pk_malloc_array(n, sizeof(float), "moe_router scores");
     s->keys = pk_malloc_array(n * (size_t)head_dim, sizeof(float), "moe_router keys");
+    s->window_q = pk_malloc_array((size_t)(rows > 0 ? rows : 1) * (size_t)head_dim, sizeof(float), "moe_router queries");
     s->routed_mean = pk_malloc_array(n, sizeof(float), "moe_router scores");
     s->key_norm = pk_malloc_array(n, sizeof(float), "moe_router scores");
     s->routable = pk_malloc_array(n, sizeof(int), "moe_router selection");
@@ -88,7 +91,7 @@ static int scratch_alloc(layer_scratch *s, int rows, int len, int head_dim)
     s->source = pk_malloc_array(n, sizeof(int), "moe_router selection");
     s->fixed = pk_malloc_array(n, 1, "moe_router selection");
     s->keep = pk_malloc_array(n, 1, "moe_router selection");
-    if (s->attention && s->mean && s->keys && s->routed_mean && s->key_norm && s->routable && s->keep_list &&
+    if (s->attention && s->mean && s->keys && s->window_q && s->routed_mean && s->key_norm && s->routable && s->keep_list &&
         s->source && s->fixed && s->keep)
         return 0;
     scratch_free(s);
@@ -104,13 +107,15 @@ static int select_head(moe_router_params *mp, const pk_press_view *v, int head, 
     const pk_kv_head *kh = pk_press_head(v, head);
     const int len = kh->len, dim = v->cfg->head_dim, E = mp->router.experts, K = mp->router.top_k;
     int n_fixed = 0, n = 0;
+    if (pk_press_keys(v, head, s->keys)) return -1;
     for (int j = 0; j < len; j++) {
         if (s->fixed[j]) {
             n_fixed++;
             continue;
         }
+        /* Routable keys move to the front; n <= j, so none is overwritten before it moves. */
         float *key = s->keys + (size_t)n * (size_t)dim;
-        pk_kv_read(v->kv, kh, 0, j, 1, key);
+        if (n != j) memmove(key, s->keys + (size_t)j * (size_t)dim, (size_t)dim * sizeof *key);
         double sq = 0;
         for (int d = 0; d < dim; d++) sq += (double)key[d] * key[d];
         s->key_norm[n] = (float)sqrt(sq);
@@ -129,9 +134,12 @@ static int select_head(moe_router_params *mp, const pk_press_view *v, int head, 
     if (n > 0) {
         if (pk_router_route(&mp->router, s->keys, n, dim, &routing)) return -1;
         int experts_of_query[PK_ROUTER_MAX_EXPERTS];
-        for (int r = v->n_q - rows; r < v->n_q; r++) {
-            pk_router_route_vector(&routing, v->q + (size_t)r * (size_t)v->q_stride + (size_t)head * (size_t)dim,
-                                   experts_of_query);
+        if (pk_press_queries(v, head, v->n_q - rows, rows, s->window_q)) {
+            pk_routing_free(&routing);
+            return -1;
+        }
+        for (int r = 0; r < rows; r++) {
+            pk_router_route_vector(&routing, s->window_q + (size_t)r * (size_t)dim, experts_of_query);
             for (int i = 0; i < K; i++) selected[experts_of_query[i]]++;
         }
         for (size_t i = 0; i < (size_t)n * (size_t)K; i++)
@@ -195,11 +203,12 @@ static int moe_router_select(pk_press *p, const pk_press_view *v, pk_keep_set *o
     for (int h = 0; h < H; h++) {
         const pk_kv_head *kh = pk_press_head(v, h);
         const int len = kh->len;
-        pk_query_attention(v, h, v->n_q - rows, rows, s.attention);
+        if (pk_press_attention_sums(v, h, v->n_q - rows, rows, s.attention)) {
+            scratch_free(&s);
+            return -1;
+        }
         for (int j = 0; j < len; j++) {
-            double sum = 0;
-            for (int r = 0; r < rows; r++) sum += s.attention[(size_t)r * (size_t)len + (size_t)j];
-            s.mean[j] = (float)(sum / rows);
+            s.mean[j] = (float)(s.attention[j] / rows);
             s.fixed[j] = j < mp->sink || kh->pos[j] >= window_start;
         }
         if (select_head(mp, v, h, pk_press_n_kept(len, p->ratio), rows, &s, &mp->stats, out)) {
@@ -290,7 +299,7 @@ int pk_build_moe_router(const pk_spec *spec, const pk_press_env *env, pk_press *
     mp->window = window;
     mp->workers = workers;
     mp->route = route;
-    (*out)->caps = PK_PRESS_PER_RUN_STATE | (route ? PK_PRESS_ROUTES_QUERIES : 0);
+    (*out)->caps = PK_PRESS_PER_RUN_STATE | PK_PRESS_MEASURED | (route ? PK_PRESS_ROUTES_QUERIES : 0);
     mp->sample = sample;
     return 0;
 }

@@ -18,6 +18,6 @@ int pk_build_none(const pk_spec *spec, const pk_press_env *env, pk_press **out)
     (void)env;
     if (spec->n_children || spec->n_params) return pk_fail("press 'none' takes no parameters");
     if (pk_press_new("none", &none_ops, 0.0, 0, out)) return -1;
-    (*out)->caps = PK_PRESS_QUERY_FREE | PK_PRESS_ENTRY_FREE;
+    (*out)->caps = PK_PRESS_QUERY_FREE | PK_PRESS_ENTRY_FREE | PK_PRESS_MEASURED;
     return 0;
 }

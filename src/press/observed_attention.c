@@ -6,28 +6,18 @@
 #include "press/spec.h"
 #include "util/mem.h"
 
-enum { ROW_BLOCK = 64 };
-
 static int observed_score(const pk_press *p, const pk_press_view *v, float **scores)
 {
     (void)p;
     const int max_len = pk_kv_max_len(v->kv, v->layer);
-    float *att = pk_malloc_array((size_t)ROW_BLOCK * (size_t)max_len, sizeof(float), "observed attention");
-    double *total = pk_malloc_array((size_t)max_len, sizeof(double), "observed attention");
-    if (!att || !total) {
-        pk_free(att);
-        pk_free(total);
-        return -1;
-    }
+    double *total = pk_malloc_array((size_t)(max_len > 0 ? max_len : 1), sizeof(double), "observed attention");
+    if (!total) return -1;
     for (int h = 0; h < v->cfg->n_head; h++) {
         const pk_kv_head *kh = pk_press_head(v, h);
         const int n = kh->len;
-        for (int j = 0; j < n; j++) total[j] = 0;
-        for (int row0 = 0; row0 < v->n_q; row0 += ROW_BLOCK) {
-            int rows = v->n_q - row0 < ROW_BLOCK ? v->n_q - row0 : ROW_BLOCK;
-            pk_query_attention(v, h, row0, rows, att);
-            for (int r = 0; r < rows; r++)
-                for (int j = 0; j < n; j++) total[j] += att[(size_t)r * (size_t)n + (size_t)j];
+        if (pk_press_attention_sums(v, h, 0, v->n_q, total)) {
+            pk_free(total);
+            return -1;
         }
         for (int j = 0; j < n; j++) {
             int seen_by = v->q_pos0 + v->n_q - kh->pos[j];
@@ -35,7 +25,6 @@ static int observed_score(const pk_press *p, const pk_press_view *v, float **sco
             scores[h][j] = seen_by > 0 ? (float)(total[j] / seen_by) : 0.f;
         }
     }
-    pk_free(att);
     pk_free(total);
     return 0;
 }
@@ -48,5 +37,7 @@ int pk_build_observed_attention(const pk_spec *spec, const pk_press_env *env, pk
     static const char *const keys[] = {"ratio", NULL};
     double ratio;
     if (pk_press_scorer_spec(spec, keys, &ratio)) return -1;
-    return pk_press_new("observed_attention", &observed_ops, ratio, 0, out);
+    if (pk_press_new("observed_attention", &observed_ops, ratio, 0, out)) return -1;
+    (*out)->caps = PK_PRESS_MEASURED;
+    return 0;
 }

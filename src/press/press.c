@@ -80,6 +80,7 @@ int pk_press_wrap(const char *name, const pk_press_ops *ops, double ratio, size_
     }
     (*out)->inner[0] = inner;
     (*out)->n_inner = 1;
+    (*out)->caps = inner->caps & PK_PRESS_MEASURED; /* a wrapper reads only its inner scorer's scores */
     return 0;
 }
 
@@ -206,14 +207,6 @@ int pk_press_select_top(const pk_press *scorer, const pk_press_view *v, double r
 int pk_press_select(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     return p->ops->select ? p->ops->select(p, v, out) : pk_press_select_top(p, v, p->ratio, out);
-}
-
-void pk_query_attention(const pk_press_view *v, int head, int row0, int rows, float *out)
-{
-    const int hd = v->cfg->head_dim;
-    v->backend->query_weights(v->kv, pk_press_head(v, head),
-                              v->q + (size_t)row0 * (size_t)v->q_stride + (size_t)head * (size_t)hd, v->q_stride,
-                              rows, v->q_pos0 + row0, v->scale, out);
 }
 
 /* The capabilities that cannot run inside a composition, and why. */

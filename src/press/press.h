@@ -26,6 +26,7 @@
 
 struct pk_spec;
 struct pk_route_table;
+typedef struct pk_press_measures pk_press_measures;
 
 /* What a press sees of one layer, read-only. The queries are the rows of the
  * forward call that triggered the compression (the context, or context +
@@ -48,7 +49,47 @@ typedef struct {
      * of that head gave the entry at position pos (NULL for other presses). */
     const float *const *const *recon_scores;
     int recon_len;
+    /* Where the measures a press scores from are computed (below): NULL for
+     * the host, from kv and q; an engine whose cache lives on a device sets
+     * its own, so that a PK_PRESS_MEASURED press needs no copy of the cache. */
+    const pk_press_measures *measures;
 } pk_press_view;
+
+/* The quantities presses score from, for head `head` of the asking view v
+ * (its layer, its entries' positions, its queries' positions and scale),
+ * computed by whoever holds the entries; ctx is the table's own. Each writes
+ * one value per entry of the head, in storage order, and returns 0 or -1
+ * with pk_fail. */
+struct pk_press_measures {
+    void *ctx;
+    /* out[j] = the sum, over query rows row0..row0+rows-1, of the attention
+     * weight the row gives entry j (its softmax over the head's entries that
+     * it can see), summed in double. */
+    int (*attention_sums)(void *ctx, const pk_press_view *v, int head, int row0, int rows, double *out);
+    /* out[j] = ||k_j||, summed in double. */
+    int (*key_norms)(void *ctx, const pk_press_view *v, int head, float *out);
+    /* Expected attention's logits: with mu and S the mean and covariance of
+     * the query rows from first_row on, logit[j] = k_j.mu / sqrt(d) +
+     * k_j'S k_j / (2d), and value_sq[j] = ||v_j||^2, all in double. */
+    int (*expected_logits)(void *ctx, const pk_press_view *v, int head, int first_row, double *logit,
+                           double *value_sq);
+    /* out[j][d]: the keys themselves as float32, for a press that clusters
+     * them (moe_router); a device copies head_dim values an entry. */
+    int (*keys)(void *ctx, const pk_press_view *v, int head, float *out);
+    /* out[r][d]: the head's query rows row0..row0+rows-1. */
+    int (*queries)(void *ctx, const pk_press_view *v, int head, int row0, int rows, float *out);
+};
+
+/* The host's measures, computed from the rows and queries of the view passed
+ * as ctx (what a view without measures uses). */
+extern const pk_press_measures pk_press_host_measures;
+
+/* The measures of head h of v, from v's measures or the host's. */
+int pk_press_attention_sums(const pk_press_view *v, int head, int row0, int rows, double *out);
+int pk_press_key_norms(const pk_press_view *v, int head, float *out);
+int pk_press_expected_logits(const pk_press_view *v, int head, int first_row, double *logit, double *value_sq);
+int pk_press_keys(const pk_press_view *v, int head, float *out);
+int pk_press_queries(const pk_press_view *v, int head, int row0, int rows, float *out);
 
 typedef struct pk_press pk_press;
 
@@ -64,9 +105,12 @@ enum {
     PK_PRESS_RECONSTRUCTION_SCORES = 1 << 5, /* the engine scores the context by reconstruction first (kvzip) */
     PK_PRESS_QUERY_FREE = 1 << 6,      /* decides without the call's queries (so it composes with kvzip,
                                           which decides after the prefill, when they are gone) */
-    PK_PRESS_ENTRY_FREE = 1 << 7       /* decides from the heads' lengths and positions alone, reading no
+    PK_PRESS_ENTRY_FREE = 1 << 7,      /* decides from the heads' lengths and positions alone, reading no
                                           key, value or query (so an engine whose cache lives elsewhere
                                           need not copy it out for the press) */
+    PK_PRESS_MEASURED = 1 << 8         /* reads keys, values and queries only through the view's measures
+                                          (pk_press_attention_sums, ...), which such an engine computes
+                                          where the cache is; an entry-free press is measured too */
 };
 
 typedef struct {
@@ -155,10 +199,6 @@ float *pk_press_alloc_rows(const pk_press_view *v);
 
 /* n_kept for a head of len entries at compression ratio r. */
 static inline int pk_press_n_kept(int len, double ratio) { return (int)((double)len * (1.0 - ratio)); }
-
-/* Attention weights of query rows row0..row0+rows-1 over every entry of head h:
- * out[r][j] for r < rows, j < len (0 where an entry is not visible to the row). */
-void pk_query_attention(const pk_press_view *v, int head, int row0, int rows, float *out);
 
 /* Allocate a press with zeroed parameters of params_size bytes (none when 0). */
 int pk_press_new(const char *name, const pk_press_ops *ops, double ratio, size_t params_size, pk_press **out);

@@ -60,6 +60,7 @@ int pk_build_pyramidkv(const pk_spec *spec, const pk_press_env *env, pk_press **
         pk_spec_double(spec, "beta", 20.0, 1.0, 1e6, &beta))
         return -1;
     if (pk_press_new("pyramidkv", &pyramid_ops, ratio, sizeof(pyramid_params), out)) return -1;
+    (*out)->caps = PK_PRESS_MEASURED;
     pyramid_params *pp = (*out)->params;
     pp->window = window;
     pp->kernel = kernel;

@@ -18,25 +18,18 @@ int pk_snapkv_scores(const pk_press_view *v, int window, int kernel, float **sco
     const int w = window < v->n_q ? window : v->n_q;
     const int32_t window_start = v->q_pos0 + v->n_q - w; /* first position inside the window */
     const int max_len = pk_kv_max_len(v->kv, v->layer);
-    float *att = pk_malloc_array((size_t)w * (size_t)max_len, sizeof(float), "snapkv window attention");
+    double *window_sum =
+        pk_malloc_array((size_t)(max_len > 0 ? max_len : 1), sizeof *window_sum, "snapkv window attention");
     float *mean = pk_malloc_array((size_t)max_len, sizeof(float), "snapkv scores");
-    if (!att || !mean) {
-        pk_free(att);
-        pk_free(mean);
-        return -1;
-    }
-    for (int h = 0; h < v->cfg->n_head; h++) {
+    int rc = window_sum && mean ? 0 : -1;
+    for (int h = 0; rc == 0 && h < v->cfg->n_head; h++) {
         const pk_kv_head *kh = pk_press_head(v, h);
         const int n = kh->len;
-        pk_query_attention(v, h, v->n_q - w, w, att);
+        if ((rc = pk_press_attention_sums(v, h, v->n_q - w, w, window_sum))) break;
         /* Mean over the window's queries, for the entries before the window. */
         int m = 0;
-        for (int j = 0; j < n; j++) {
-            if (kh->pos[j] >= window_start) continue;
-            double sum = 0;
-            for (int r = 0; r < w; r++) sum += att[(size_t)r * (size_t)n + (size_t)j];
-            mean[m++] = (float)(sum / w);
-        }
+        for (int j = 0; j < n; j++)
+            if (kh->pos[j] < window_start) mean[m++] = (float)(window_sum[j] / w);
         /* Average pooling over neighbours, zero padding counted in the mean. */
         const int half = kernel / 2;
         for (int j = 0, i = 0; j < n; j++) {
@@ -51,9 +44,9 @@ int pk_snapkv_scores(const pk_press_view *v, int window, int kernel, float **sco
             i++;
         }
     }
-    pk_free(att);
+    pk_free(window_sum);
     pk_free(mean);
-    return 0;
+    return rc;
 }
 
 int pk_snapkv_params(const pk_spec *spec, int *window, int *kernel)
@@ -80,6 +73,7 @@ int pk_build_snapkv(const pk_spec *spec, const pk_press_env *env, pk_press **out
     int window, kernel;
     if (pk_press_scorer_spec(spec, keys, &ratio) || pk_snapkv_params(spec, &window, &kernel)) return -1;
     if (pk_press_new("snapkv", &snapkv_ops, ratio, sizeof(snapkv_params), out)) return -1;
+    (*out)->caps = PK_PRESS_MEASURED;
     snapkv_params *sp = (*out)->params;
     sp->window = window;
     sp->kernel = kernel;

@@ -32,7 +32,7 @@ int pk_build_streaming_llm(const pk_spec *spec, const pk_press_env *env, pk_pres
     int n_sink;
     if (pk_press_scorer_spec(spec, keys, &ratio) || pk_spec_int(spec, "sink", 4, 0, 1 << 20, &n_sink)) return -1;
     if (pk_press_new("streaming_llm", &streaming_ops, ratio, sizeof(streaming_params), out)) return -1;
-    (*out)->caps = PK_PRESS_QUERY_FREE | PK_PRESS_ENTRY_FREE;
+    (*out)->caps = PK_PRESS_QUERY_FREE | PK_PRESS_ENTRY_FREE | PK_PRESS_MEASURED;
     ((streaming_params *)(*out)->params)->n_sink = n_sink;
     return 0;
 }

@@ -21,12 +21,15 @@ static int tova_score(const pk_press *p, const pk_press_view *v, float **scores)
             return pk_fail("press 'tova': the heads of layer %d hold different positions (tova scores positions, "
                            "not heads: put it before head-wise presses)", v->layer);
     }
-    float *att = pk_malloc_array((size_t)n, sizeof(float), "tova attention");
+    double *att = pk_malloc_array((size_t)(n > 0 ? n : 1), sizeof *att, "tova attention");
     if (!att) return -1;
     for (int j = 0; j < n; j++) scores[0][j] = 0.f;
     for (int h = 0; h < H; h++) {
-        pk_query_attention(v, h, v->n_q - 1, 1, att);
-        for (int j = 0; j < n; j++) scores[0][j] += att[j] / (float)H;
+        if (pk_press_attention_sums(v, h, v->n_q - 1, 1, att)) {
+            pk_free(att);
+            return -1;
+        }
+        for (int j = 0; j < n; j++) scores[0][j] += (float)att[j] / (float)H;
     }
     const int32_t last = v->q_pos0 + v->n_q - 1;
     for (int j = 0; j < n; j++)
@@ -45,5 +48,7 @@ int pk_build_tova(const pk_spec *spec, const pk_press_env *env, pk_press **out)
     static const char *const keys[] = {"ratio", NULL};
     double ratio;
     if (pk_press_scorer_spec(spec, keys, &ratio)) return -1;
-    return pk_press_new("tova", &tova_ops, ratio, 0, out);
+    if (pk_press_new("tova", &tova_ops, ratio, 0, out)) return -1;
+    (*out)->caps = PK_PRESS_MEASURED;
+    return 0;
 }
