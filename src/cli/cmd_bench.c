@@ -344,9 +344,12 @@ int cmd_bench(int argc, char **argv)
                              "runs on W workers twice per press: heads placed by DeepSeek's EPLB (heavy heads split\n"
                              "into replicas) and by an equal count of heads per worker; the mean max/mean worker load\n"
                              "is shown beside the speed. With --device cuda each press runs in turn on the GPU:\n"
-                             "decided from positions (none, streaming_llm, duo), scored on the GPU (knorm) or scored\n"
-                             "on the host from a copy of the GPU's cache (the others), and applied on the GPU (blocks\n"
-                             "freed per head; Duo's streaming heads become rings); --kv-budget measures capacity.",
+                             "decided from positions (none, streaming_llm, duo), scored from measures the GPU computes\n"
+                             "(knorm, snapkv, tova, observed_attention, expected_attention, pyramidkv; moe_router and\n"
+                             "eplb_duo, which also copy their keys, and adakv, chunkkv and per_layer around them) or\n"
+                             "scored on the host from a copy of the GPU's cache (keydiff, random), and applied on the\n"
+                             "GPU (blocks freed per head; Duo's streaming heads become rings); --kv-budget measures\n"
+                             "capacity.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;

@@ -33,7 +33,7 @@ run bench --device cuda -p 200 -n 16 -r 1 --no-graphs
 check "bench --device cuda --no-graphs" grep -q "plain launches" "$dir/out"
 
 run generate --device cuda --weights f32 --prompt "$prompt" -n 8 --press knorm:0.5
-check "generate --device cuda --press: the press line" grep -q "press knorm:0.5: scored on the GPU" "$dir/err"
+check "generate --device cuda --press: the press line" grep -q "press knorm:0.5: scored from measures computed on the GPU" "$dir/err"
 run bench --device cuda -p 600 -n 16 -r 1 --press none --press duo:0.75 --batch 2
 check "bench --device cuda --press: each press" test "$(grep -c "decided from positions alone" "$dir/out")" = 2
 run bench --device cuda -p 1000 -n 32 -r 1 --press duo:0.75 --kv-budget 64MiB

@@ -57,10 +57,11 @@ static int decide_on_device_values(const pikv_model *m, const char *spec, const 
     pk_keep_set keep;
     int rc = pk_kv_init(ref, cf->n_layer, cf->n_head, cf->head_dim, PIKV_KV_F32, PIKV_KV_F32);
     if (rc == 0) rc = p && g && pk_keep_set_init(&keep, cf->n_head) == 0 ? 0 : -1;
-    if (rc == 0) rc = pk_kv_reserve(ref, n, 1) || pk_cuda_forward_queries(g, 0, prompt, n, NULL, q);
+    if (rc == 0) rc = pk_kv_reserve(ref, n, 1) || pk_cuda_forward_queries(g, 0, prompt, n, NULL);
     const size_t rows = (size_t)n * cf->head_dim;
     for (int l = 0; rc == 0 && l < cf->n_layer; l++) {
-        rc = pk_cuda_read_heads(g, 0, l, 0, cf->n_head, n, k, v);
+        rc = pk_cuda_read_heads(g, 0, l, 0, cf->n_head, n, k, v) ||
+             pk_cuda_read_queries(g, l, q + (size_t)l * n * cf->n_embd);
         for (int h = 0; rc == 0 && h < cf->n_head; h++) {
             pk_kv_head *kh = pk_kv_at(ref, l, h);
             memcpy(kh->k, k + h * rows, rows * sizeof *k);
@@ -137,18 +138,35 @@ static void check_press(const pikv_model *m, const char *spec, int n_decode, int
     if (rc == 0) rc = pk_cuda_prefill_press(g, m, 0, prompt, N_PROMPT, pg, NULL, &st);
     CHECK(rc == 0, "%s: prefill: %s", spec, pikv_last_error());
     /* What the press needed from the device: nothing for a decision from
-     * positions, the key norms for knorm, keys, values and queries for snapkv. */
+     * positions, a float an entry for knorm (its key norms), a double an
+     * entry for snapkv and tova (the window's attention sums; tova asks for
+     * every head's), two for expected_attention (logits and value norms);
+     * keys, values and queries for keydiff, scored on the host. */
     const size_t per_layer = (size_t)cf->n_head * N_PROMPT * sizeof(float);
     size_t want_bytes = (size_t)-1;
     if (strcmp(spec, "duo:0.5") == 0 || strcmp(spec, "none") == 0 || strcmp(spec, "streaming_llm:0.5") == 0)
         want_bytes = 0;
     else if (strcmp(spec, "knorm:0.5") == 0)
         want_bytes = cf->n_layer * per_layer;
-    else if (strcmp(spec, "snapkv:0.5") == 0)
+    else if (strcmp(spec, "snapkv:0.5") == 0 || strcmp(spec, "tova:0.5") == 0)
+        want_bytes = cf->n_layer * 2 * per_layer;
+    else if (strcmp(spec, "expected_attention:0.5") == 0)
+        want_bytes = cf->n_layer * 4 * per_layer;
+    else if (strcmp(spec, "keydiff:0.5") == 0)
         want_bytes = cf->n_layer * (2 * per_layer * cf->head_dim + (size_t)N_PROMPT * cf->n_embd * sizeof(float));
     CHECK(rc != 0 || want_bytes == (size_t)-1 || st.bytes_to_host == want_bytes,
           "%s: %zu bytes copied from the GPU, expected %zu (%s)", spec, st.bytes_to_host, want_bytes,
           pk_cuda_press_how(st.mode));
+    /* Which presses the device measures for: every one declared measured and
+     * not entry-free (moe_router's measures include its keys and window
+     * queries); the rest are decided from positions or from a copy. */
+    static const char *const measured[] = {"knorm:0.5", "snapkv:0.5", "expected_attention:0.5", "tova:0.5",
+                                           "observed_attention:0.5", "adakv(snapkv):0.5", "pyramidkv:0.5",
+                                           "chunkkv(knorm):0.5", "composed[knorm:0.3,duo:0.5]", "eplb_duo"};
+    int want_measured = strncmp(spec, "moe_router:", 11) == 0; /* every router */
+    for (size_t i = 0; i < sizeof measured / sizeof *measured; i++) want_measured |= strcmp(spec, measured[i]) == 0;
+    CHECK(rc != 0 || want_measured == (st.mode == PK_CUDA_SCORED_ON_DEVICE),
+          "%s: %s", spec, pk_cuda_press_how(st.mode));
     CHECK(rc != 0 || (st.mode == PK_CUDA_FROM_POSITIONS) == (st.bytes_to_host == 0),
           "%s: %s, yet %zu bytes copied", spec, pk_cuda_press_how(st.mode), st.bytes_to_host);
     if (rc == 0) printf("%-36s %s: %.2f MB copied from the GPU\n", spec, pk_cuda_press_how(st.mode), st.bytes_to_host / 1e6);

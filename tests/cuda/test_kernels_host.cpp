@@ -7,10 +7,12 @@
  * smaller than the output so that the kernels stride; the cuBLAS path's
  * epilogue and layer norm; embedding and the advance of positions; streaming
  * rings (where a decoded entry goes, what attention sees, how the ring
- * moves); compaction of kept entries in place and their read-back. */
+ * moves); compaction of kept entries in place and their read-back; the press
+ * measures over a list of slots with gaps. */
 #include "emulation.h"
 
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/measure_kernels.cuh"
 
 extern "C" {
 #include "../check.h"
@@ -487,6 +489,106 @@ static void check_argmax()
           got[2], V - 1);
 }
 
+/* The press measures over one head's listed slots (gaps, block boundaries,
+ * entries later than some rows, NaN in every slot not listed), against
+ * float64: the attention sums of 6 query rows at positions 38..43 (softmax
+ * over the listed entries each row sees), the key norms, and expected
+ * attention's logits and value norms from the statistics of rows 2..5, and
+ * the keys gathered as float32. */
+template <typename W> static void check_measures(const char *what)
+{
+    const int HD = 64, n_head = 2, layer = 1, head = 1, lh = layer * n_head + head, C = n_head * HD;
+    const int rows = 6, qpos0 = 38, first = 2;
+    paged_cache<W> kv(1, 2, n_head, HD, 3);
+    const std::vector<int32_t> slots = {0, 1, 2, 5, 7, 8, 15, 16, 17, 20, 30, 31, 32, 40, 44};
+    const int n = (int)slots.size();
+    for (int j : slots)
+        for (int d = 0; d < HD; d++) {
+            kv.at(0, lh, j, 0, d) = from_f<W>(uniform());
+            kv.at(0, lh, j, 1, d) = from_f<W>(uniform());
+        }
+    const std::vector<float> q = random_f((size_t)rows * C);
+    const float *qh = q.data() + head * HD;
+    const float scale = 0.125f;
+    auto key = [&](int j, int d) { return (double)to_f<W>(kv.at(0, lh, slots[j], 0, d)); };
+    auto value = [&](int j, int d) { return (double)to_f<W>(kv.at(0, lh, slots[j], 1, d)); };
+    std::vector<double> want_sums(n, 0.0), want_norms(n), want_logit(n), want_sq(n);
+    for (int r = 0; r < rows; r++) {
+        std::vector<double> x(n, -INFINITY);
+        double m = -INFINITY, sum = 0;
+        for (int j = 0; j < n; j++) {
+            if (slots[j] > qpos0 + r) continue;
+            double dot = 0;
+            for (int d = 0; d < HD; d++) dot += qh[(size_t)r * C + d] * key(j, d);
+            x[j] = scale * dot;
+            m = std::max(m, x[j]);
+        }
+        for (int j = 0; j < n; j++) sum += std::isinf(x[j]) ? 0 : std::exp(x[j] - m);
+        for (int j = 0; j < n; j++) want_sums[j] += std::isinf(x[j]) ? 0 : std::exp(x[j] - m) / sum;
+    }
+    std::vector<double> mu(HD, 0.0), cov((size_t)HD * HD, 0.0);
+    for (int a = 0; a < HD; a++) {
+        for (int t = first; t < rows; t++) mu[a] += qh[(size_t)t * C + a];
+        mu[a] /= rows - first;
+    }
+    for (int a = 0; a < HD; a++)
+        for (int b = 0; b < HD; b++) {
+            for (int t = first; t < rows; t++)
+                cov[(size_t)a * HD + b] += (qh[(size_t)t * C + a] - mu[a]) * (qh[(size_t)t * C + b] - mu[b]);
+            cov[(size_t)a * HD + b] /= rows - first;
+        }
+    for (int j = 0; j < n; j++) {
+        double sq = 0, lin = 0, quad = 0, vsq = 0;
+        for (int a = 0; a < HD; a++) {
+            sq += key(j, a) * key(j, a);
+            lin += key(j, a) * mu[a];
+            for (int b = 0; b < HD; b++) quad += key(j, a) * cov[(size_t)a * HD + b] * key(j, b);
+            vsq += value(j, a) * value(j, a);
+        }
+        want_norms[j] = std::sqrt(sq);
+        want_logit[j] = lin / std::sqrt((double)HD) + quad / (2.0 * HD);
+        want_sq[j] = vsq;
+    }
+    std::vector<float> lse(rows), norms(n);
+    std::vector<double> sums(n), logit(n), value_sq(n), stats((size_t)HD + HD * HD);
+    const rows_ctx<W> c = kv.ctx(0, 1);
+    emu_launch(dim3(rows), dim3(LSE_WARPS * 32), 0, row_logsumexp_kernel<W>, c, 0, lh, slots.data(), n, qh, C,
+               qpos0, scale, lse.data());
+    emu_launch(dim3((n + MEASURE_WARPS - 1) / MEASURE_WARPS), dim3(MEASURE_WARPS * 32), 0, attention_sums_kernel<W>,
+               c, 0, lh, slots.data(), n, qh, C, qpos0, rows, scale, (const float *)lse.data(), sums.data());
+    emu_launch(dim3(1), dim3(64), 0, key_norms_kernel<W>, c, 0, lh, slots.data(), n, norms.data());
+    emu_launch(dim3((HD * HD + 255) / 256), dim3(256), 0, query_statistics_kernel, qh, C, first, rows, HD, stats.data(),
+               stats.data() + HD);
+    emu_launch(dim3(1), dim3(32), 0, expected_logits_kernel<W>, c, 0, lh, slots.data(), n,
+               (const double *)stats.data(), (const double *)stats.data() + HD, logit.data(), value_sq.data());
+    std::vector<float> keys((size_t)n * HD);
+    emu_launch(dim3((n + MEASURE_WARPS - 1) / MEASURE_WARPS), dim3(MEASURE_WARPS * 32), 0, gather_keys_kernel<W>, c,
+               0, lh, slots.data(), n, keys.data());
+    int keys_equal = 1;
+    for (int j = 0; j < n; j++)
+        for (int d = 0; d < HD; d++) keys_equal &= keys[(size_t)j * HD + d] == (float)key(j, d);
+    CHECK(keys_equal, "%s: gathered keys differ from the listed slots' keys", what);
+    auto rel_d = [](const std::vector<double> &ref, const std::vector<double> &got) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < ref.size(); i++) {
+            num += (got[i] - ref[i]) * (got[i] - ref[i]);
+            den += ref[i] * ref[i];
+        }
+        return std::isnan(num) ? INFINITY : std::sqrt(num / den);
+    };
+    const double e_sums = rel_d(want_sums, sums), e_norms = rel(want_norms, norms.data(), (size_t)n);
+    const double e_logit = rel_d(want_logit, logit), e_sq = rel_d(want_sq, value_sq);
+    double row_total = 0;
+    for (double x : sums) row_total += x;
+    CHECK(e_sums < 1e-6 && std::fabs(row_total - rows) < 1e-5, "%s: attention sums rel L2 %.2e, total %.6f (want %d)",
+          what, e_sums, row_total, rows);
+    CHECK(e_norms < 1e-7, "%s: key norms rel L2 %.2e", what, e_norms);
+    CHECK(e_logit < 1e-12 && e_sq < 1e-12, "%s: expected logits rel L2 %.2e, value norms %.2e", what, e_logit, e_sq);
+    printf("%s measures over %d listed slots: attention sums %.1e, key norms %.1e, expected logits %.1e, value "
+           "norms %.1e\n",
+           what, n, e_sums, e_norms, e_logit, e_sq);
+}
+
 int main()
 {
     check_attention<float, 32, 32>(1, "f32, decode (32 warps per head)");
@@ -505,5 +607,7 @@ int main()
     check_residual_layernorm();
     check_compaction<float>("f32");
     check_compaction<__nv_bfloat16>("bf16");
+    check_measures<float>("f32");
+    check_measures<__nv_bfloat16>("bf16");
     return check_done("test_kernels_host");
 }

@@ -14,6 +14,7 @@
  * step still fill the GPU. */
 #include "backend/cuda/engine.h"
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/measure_kernels.cuh"
 #include "backend/cuda/weights.cuh"
 
 extern "C" {
@@ -63,6 +64,14 @@ struct pk_cuda_session {
      * and kept slots [n_head][n_positions] with their counts [n_head]. */
     float *d_layer;
     int32_t *d_keep, *d_n_keep;
+    /* For the press measures: the queries of the last prompt that kept them,
+     * [n_layer][query_rows][C] (room for query_cap rows), and scratch: a row's
+     * log-sum-exp [n_positions], two per-entry results [2][n_positions] and
+     * the query statistics [head_dim + head_dim^2]. */
+    float *d_queries;
+    int query_rows, query_cap;
+    float *d_lse;
+    double *d_measure, *d_stats;
 
     int gemv_rows;            /* most rows the matrix-vector path takes */
     int n_sm;                 /* the device's multiprocessors */
@@ -359,13 +368,13 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     return 0;
 }
 
-/* When queries (host [n_layer][R][C]) is not NULL, copy layer l's R query
+/* When queries (device [n_layer][R][C]) is not NULL, copy layer l's R query
  * rows q into it, in stream order, before the next layer overwrites them. */
 static int copy_queries(pk_cuda_session *s, float *queries, const float *q, int l, int R)
 {
     if (!queries) return 0;
     const size_t n = (size_t)R * s->cfg.n_embd;
-    CU(cudaMemcpyAsync(queries + (size_t)l * n, q, n * 4, cudaMemcpyDeviceToHost, s->stream), "copying queries");
+    CU(cudaMemcpyAsync(queries + (size_t)l * n, q, n * 4, cudaMemcpyDeviceToDevice, s->stream), "keeping queries");
     return 0;
 }
 
@@ -447,7 +456,7 @@ template <typename F> static void with_storage_type(const pk_cuda_session *s, F 
     }
 }
 
-/* enqueue_forward for the session's storage type; queries (host [n_layer][R][C]) may be NULL. */
+/* enqueue_forward for the session's storage type; queries (device [n_layer][R][C]) may be NULL. */
 static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
                    int all_logits, float *queries = nullptr)
 {
@@ -482,6 +491,10 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_layer);
     cudaFree(s->d_keep);
     cudaFree(s->d_n_keep);
+    cudaFree(s->d_queries);
+    cudaFree(s->d_lse);
+    cudaFree(s->d_measure);
+    cudaFree(s->d_stats);
     pk_free(s->h_pos);
     pk_free(s->h_len);
     pk_free(s->h_ring);
@@ -640,9 +653,21 @@ static int reserve_step(pk_cuda_session *s, int seq)
     return pk_block_pool_reserve_heads(&s->pool, seq, s->h_need, 0);
 }
 
-/* pk_cuda_forward, also copying each layer's queries to the host when queries is not NULL. */
+/* Room for every layer's queries of n rows. */
+static int ensure_queries(pk_cuda_session *s, int n)
+{
+    if (n <= s->query_cap) return 0;
+    cudaFree(s->d_queries);
+    s->d_queries = NULL;
+    s->query_cap = s->query_rows = 0;
+    CU(cudaMalloc((void **)&s->d_queries, (size_t)s->cfg.n_layer * n * s->cfg.n_embd * 4), "allocating the queries");
+    s->query_cap = n;
+    return 0;
+}
+
+/* pk_cuda_forward, also keeping each layer's queries on the device when keep_queries. */
 static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits,
-                   float *queries)
+                   int keep_queries)
 {
     if (seq < 0 || seq >= s->params.max_seq)
         return pk_fail("CUDA forward: sequence %d outside 0..%d", seq, s->params.max_seq - 1);
@@ -663,25 +688,38 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
         a = &s->large;
     }
     CU(cudaMemcpyAsync(s->d_tokens, ids, (size_t)n * 4, cudaMemcpyHostToDevice, s->stream), "copying tokens");
-    if (enqueue(s, a, seq, 1, n, logits != NULL, all_logits, queries)) return -1;
+    if (keep_queries) {
+        s->query_rows = 0;
+        if (ensure_queries(s, n)) return -1;
+    }
+    if (enqueue(s, a, seq, 1, n, logits != NULL, all_logits, keep_queries ? s->d_queries : nullptr)) return -1;
     if (logits)
         CU(cudaMemcpyAsync(logits, a->logits, (size_t)(all_logits ? n : 1) * s->cfg.vocab_size * 4,
                            cudaMemcpyDeviceToHost, s->stream),
            "copying logits");
     CU(cudaStreamSynchronize(s->stream), "running the forward pass");
     advance_host(s, seq, 1, n);
+    if (keep_queries) s->query_rows = n;
     return 0;
 }
 
 extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits)
 {
-    return forward(s, seq, ids, n, logits, all_logits, nullptr);
+    return forward(s, seq, ids, n, logits, all_logits, 0);
 }
 
-extern "C" int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits,
-                                       float *queries)
+extern "C" int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits)
 {
-    return forward(s, seq, ids, n, logits, 0, queries);
+    return forward(s, seq, ids, n, logits, 0, 1);
+}
+
+extern "C" int pk_cuda_read_queries(pk_cuda_session *s, int layer, float *queries)
+{
+    if (layer < 0 || layer >= s->cfg.n_layer || !s->query_rows)
+        return pk_fail("CUDA queries: no queries kept for layer %d", layer);
+    const size_t n = (size_t)s->query_rows * s->cfg.n_embd;
+    CU(cudaMemcpy(queries, s->d_queries + (size_t)layer * n, n * 4, cudaMemcpyDeviceToHost), "copying queries");
+    return 0;
 }
 
 /* Capture the decode step of n_seq sequences once; later steps replay it. */
@@ -920,6 +958,10 @@ static int ensure_press_buffers(pk_cuda_session *s)
     CU(cudaMalloc((void **)&s->d_layer, 2 * entries * s->cfg.head_dim * 4), "allocating the press buffer");
     CU(cudaMalloc((void **)&s->d_keep, entries * 4), "allocating the kept slots");
     CU(cudaMalloc((void **)&s->d_n_keep, (size_t)s->cfg.n_head * 4), "allocating the kept counts");
+    const size_t P = (size_t)s->cfg.n_positions, hd = (size_t)s->cfg.head_dim;
+    CU(cudaMalloc((void **)&s->d_lse, P * 4), "allocating the measures' scratch");
+    CU(cudaMalloc((void **)&s->d_measure, 2 * P * 8), "allocating the measures' scratch");
+    CU(cudaMalloc((void **)&s->d_stats, (hd + hd * hd) * 8), "allocating the measures' scratch");
     return 0;
 }
 
@@ -958,20 +1000,120 @@ extern "C" int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int he
     return 0;
 }
 
-extern "C" int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int len, float *norms)
+/* Check a measure's request, make the press buffers and send the slots; the
+ * kernels then read them from d_keep. */
+static int measure_slots(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                         const char *what)
 {
-    if (check_heads_hold(s, seq, layer, 0, s->cfg.n_head, len, "key norms")) return -1;
-    if (len == 0) return 0;
+    if (check_heads_hold(s, seq, layer, head, 1, 0, what)) return -1;
+    const int len = s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + head];
+    if (n < 0 || n > len || (n > 0 && !slots)) return pk_fail("CUDA %s: %d of %d entries", what, n, len);
+    for (int j = 0; j < n; j++)
+        if (slots[j] < 0 || slots[j] >= len || (j > 0 && slots[j] <= slots[j - 1]))
+            return pk_fail("CUDA %s: layer %d head %d: slots must ascend within 0..%d", what, layer, head, len - 1);
+    if (s->h_ring[(size_t)seq * s->n_lh + layer * s->cfg.n_head + head].recent > 0)
+        return pk_fail("CUDA %s: layer %d head %d streams already", what, layer, head);
     if (ensure_press_buffers(s)) return -1;
+    if (n) CU(cudaMemcpyAsync(s->d_keep, slots, (size_t)n * 4, cudaMemcpyHostToDevice, s->stream), "sending slots");
+    return 0;
+}
+
+/* Layer `layer`'s kept queries of one head (rows n_embd apart). */
+static const float *head_queries(const pk_cuda_session *s, int layer, int head)
+{
+    return s->d_queries + (size_t)layer * s->query_rows * s->cfg.n_embd + (size_t)head * s->cfg.head_dim;
+}
+
+/* Copy `bytes` of a measure's result to the host and wait for it. */
+static int measure_result(pk_cuda_session *s, void *out, const void *d_out, size_t bytes, const char *what)
+{
+    CU(cudaGetLastError(), what);
+    if (bytes) CU(cudaMemcpyAsync(out, d_out, bytes, cudaMemcpyDeviceToHost, s->stream), what);
+    CU(cudaStreamSynchronize(s->stream), what);
+    return 0;
+}
+
+extern "C" int pk_cuda_attention_sums(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                                      int row0, int rows, float scale, double *out)
+{
+    if (row0 < 0 || rows < 1 || row0 + rows > s->query_rows)
+        return pk_fail("CUDA attention sums: rows %d..%d outside the %d kept queries", row0, row0 + rows - 1,
+                       s->query_rows);
+    if (measure_slots(s, seq, layer, head, slots, n, "attention sums")) return -1;
+    if (n == 0) return 0;
+    const int lh = layer * s->cfg.n_head + head, C = s->cfg.n_embd;
+    const float *q = head_queries(s, layer, head) + (size_t)row0 * C;
     with_storage_type(s, [&](auto w) {
         using W = decltype(w);
-        key_norms_kernel<W><<<dim3((len + 255) / 256, s->cfg.n_head), 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq,
-                                                                                           layer, len, s->d_layer);
+        const rows_ctx<W> c = make_ctx<W>(s, seq, 1);
+        row_logsumexp_kernel<W><<<rows, LSE_WARPS * 32, 0, s->stream>>>(c, seq, lh, s->d_keep, n, q, C, row0,
+                                                                             scale, s->d_lse);
+        attention_sums_kernel<W><<<(n + MEASURE_WARPS - 1) / MEASURE_WARPS, MEASURE_WARPS * 32, 0, s->stream>>>(
+            c, seq, lh, s->d_keep, n, q, C, row0, rows, scale, s->d_lse, s->d_measure);
     });
-    CU(cudaGetLastError(), "computing key norms");
-    CU(cudaMemcpyAsync(norms, s->d_layer, (size_t)s->cfg.n_head * len * 4, cudaMemcpyDeviceToHost, s->stream),
-       "copying key norms");
-    CU(cudaStreamSynchronize(s->stream), "computing key norms");
+    return measure_result(s, out, s->d_measure, (size_t)n * 8, "computing attention sums");
+}
+
+extern "C" int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                                 float *norms)
+{
+    if (measure_slots(s, seq, layer, head, slots, n, "key norms")) return -1;
+    if (n == 0) return 0;
+    const int lh = layer * s->cfg.n_head + head;
+    with_storage_type(s, [&](auto w) {
+        using W = decltype(w);
+        key_norms_kernel<W><<<(n + 255) / 256, 256, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq, lh, s->d_keep, n,
+                                                                    s->d_lse);
+    });
+    return measure_result(s, norms, s->d_lse, (size_t)n * 4, "computing key norms");
+}
+
+extern "C" int pk_cuda_expected_logits(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                                       int first_row, double *logit, double *value_sq)
+{
+    if (first_row < 0 || first_row >= s->query_rows)
+        return pk_fail("CUDA expected logits: row %d outside the %d kept queries", first_row, s->query_rows);
+    if (measure_slots(s, seq, layer, head, slots, n, "expected logits")) return -1;
+    if (n == 0) return 0;
+    const int lh = layer * s->cfg.n_head + head, hd = s->cfg.head_dim;
+    const size_t P = (size_t)s->cfg.n_positions;
+    double *mu = s->d_stats, *cov = s->d_stats + hd;
+    query_statistics_kernel<<<(hd * hd + 255) / 256, 256, 0, s->stream>>>(
+        head_queries(s, layer, head), s->cfg.n_embd, first_row, s->query_rows, hd, mu, cov);
+    with_storage_type(s, [&](auto w) {
+        using W = decltype(w);
+        expected_logits_kernel<W><<<(n + 127) / 128, 128, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq, lh, s->d_keep,
+                                                                          n, mu, cov, s->d_measure, s->d_measure + P);
+    });
+    if (measure_result(s, logit, s->d_measure, (size_t)n * 8, "computing expected logits")) return -1;
+    return measure_result(s, value_sq, s->d_measure + P, (size_t)n * 8, "computing expected logits");
+}
+
+extern "C" int pk_cuda_gather_keys(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                                   float *keys)
+{
+    if (measure_slots(s, seq, layer, head, slots, n, "keys")) return -1;
+    if (n == 0) return 0;
+    const int lh = layer * s->cfg.n_head + head;
+    with_storage_type(s, [&](auto w) {
+        using W = decltype(w);
+        gather_keys_kernel<W><<<(n + MEASURE_WARPS - 1) / MEASURE_WARPS, MEASURE_WARPS * 32, 0, s->stream>>>(
+            make_ctx<W>(s, seq, 1), seq, lh, s->d_keep, n, s->d_layer);
+    });
+    return measure_result(s, keys, s->d_layer, (size_t)n * s->cfg.head_dim * 4, "gathering keys");
+}
+
+extern "C" int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int row0, int rows, float *queries)
+{
+    if (layer < 0 || layer >= s->cfg.n_layer || head < 0 || head >= s->cfg.n_head || row0 < 0 || rows < 0 ||
+        row0 + rows > s->query_rows)
+        return pk_fail("CUDA queries: layer %d head %d rows %d..%d outside the %d kept", layer, head, row0,
+                       row0 + rows - 1, s->query_rows);
+    const size_t hd = (size_t)s->cfg.head_dim, C = (size_t)s->cfg.n_embd;
+    if (rows)
+        CU(cudaMemcpy2D(queries, hd * 4, head_queries(s, layer, head) + (size_t)row0 * C, C * 4, hd * 4, (size_t)rows,
+                        cudaMemcpyDeviceToHost),
+           "copying queries");
     return 0;
 }
 

@@ -62,20 +62,41 @@ int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, floa
  * session uses graphs. */
 int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits);
 
-/* pk_cuda_forward of a prompt that also copies every layer's queries of the
- * call's rows to the host: queries [n_layer][n][n_embd], float32, what a press
- * that reads queries sees. logits (last row) may be NULL. */
-int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, float *queries);
+/* pk_cuda_forward of a prompt that keeps every layer's queries of the call's
+ * rows on the device, for the press measures below and pk_cuda_read_queries,
+ * until the next such call. logits (last row) may be NULL. */
+int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits);
+
+/* Layer `layer`'s queries of the last pk_cuda_forward_queries call, as
+ * float32 [n][n_embd] (what a press that reads queries sees). */
+int pk_cuda_read_queries(pk_cuda_session *s, int layer, float *queries);
 
 /* Slots 0..len-1 of heads head0..head0+n_heads-1 of one layer of sequence
  * seq, widened to float32: keys to k and values to v, each [n_heads][len]
  * [head_dim]. Every head read must hold at least len entries. */
 int pk_cuda_read_heads(pk_cuda_session *s, int seq, int layer, int head0, int n_heads, int len, float *k, float *v);
 
-/* The L2 norm of the key in slots 0..len-1 of every head of one layer of
- * sequence seq, computed on the device: norms [n_head][len] (knorm's score,
- * without copying the keys out). */
-int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int len, float *norms);
+/* The press measures (press/press.h) of one head of `layer` of sequence seq,
+ * computed on the device over n of its entries: slots[0..n-1], ascending,
+ * which are also the entries' positions (a press runs right after the
+ * prompt). Queries are those the last pk_cuda_forward_queries call kept on
+ * the device, row r at position r.
+ * Attention sums: out[j] = the sum over query rows row0..row0+rows-1 of the
+ * softmax weight (logits scale * q.k, over the listed entries the row can
+ * see) the row gives entry j, in double. */
+int pk_cuda_attention_sums(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n, int row0,
+                           int rows, float scale, double *out);
+/* norms[j] = ||k_j||, summed in double (knorm's score). */
+int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n, float *norms);
+/* Expected attention's logits of the entries, with the mean and covariance
+ * of query rows first_row.. of the kept queries, and the values' squared
+ * norms, all in double. */
+int pk_cuda_expected_logits(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                            int first_row, double *logit, double *value_sq);
+/* The entries' keys widened to float32, keys [n][head_dim]. */
+int pk_cuda_gather_keys(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n, float *keys);
+/* Query rows row0..row0+rows-1 of one head of the kept queries, [rows][head_dim]. */
+int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int row0, int rows, float *queries);
 
 /* What one head keeps after a press: the slots that stay (ascending), and
  * for a streaming head (recent > 0) the ring it becomes, with `next` the

@@ -605,23 +605,6 @@ __global__ void read_heads_kernel(rows_ctx<W> c, int b, int layer, int head0, in
     }
 }
 
-/* The L2 norm of the key in each of slots 0..len-1 of every head of one layer
- * of sequence b, into norms [n_head][len]: summed in double, dimension after
- * dimension, as the CPU's knorm press sums it, so that the same key gives the
- * same float. Grid (len / 256 rounded up, n_head), 256 threads. */
-template <typename W> __global__ void key_norms_kernel(rows_ctx<W> c, int b, int layer, int len, float *norms)
-{
-    const int h = blockIdx.y, slot = blockIdx.x * blockDim.x + threadIdx.x;
-    if (slot >= len) return;
-    const W *k = kv_entry(c, b, layer * c.n_head + h, slot, 0);
-    double sq = 0;
-    for (int d = 0; d < c.head_dim; d++) {
-        const double x = to_f<W>(k[d]);
-        sq += x * x;
-    }
-    norms[(size_t)h * len + slot] = (float)sqrt(sq);
-}
-
 /* Keep entries keep[h][0..n_keep[h]-1] (ascending slots) of every head of one
  * layer of sequence b, moved to slots 0..n_keep[h]-1 in place. Grid n_head,
  * one block per head; each round reads PK_CUDA_BLOCK kept entries, waits,

@@ -1,5 +1,5 @@
 /* Presses on the CUDA engine: decided on the host, from positions alone, from
- * scores computed on the device, or from a copy of the device's cache, and
+ * measures computed on the device, or from a copy of the device's cache, and
  * applied on the device (see press_cuda.h). */
 #include "engine/cuda/press_cuda.h"
 #include "engine/compress.h"
@@ -27,14 +27,11 @@ static int lacks(const pk_press *p, unsigned cap)
     return 0;
 }
 
-/* knorm on its own: the one scorer whose scores the device computes so far. */
-static int scored_on_device(const pk_press *p) { return strcmp(p->name, "knorm") == 0 && !p->ops->select; }
-
 const char *pk_cuda_press_how(pk_cuda_press_mode mode)
 {
     switch (mode) {
     case PK_CUDA_FROM_POSITIONS: return "decided from positions alone, nothing copied";
-    case PK_CUDA_SCORED_ON_DEVICE: return "scored on the GPU, scores copied to the host for the choice";
+    case PK_CUDA_SCORED_ON_DEVICE: return "scored from measures computed on the GPU";
     default: return "scored on the host from a copy of the GPU's cache";
     }
 }
@@ -42,7 +39,7 @@ const char *pk_cuda_press_how(pk_cuda_press_mode mode)
 pk_cuda_press_mode pk_cuda_press_mode_of(const pk_press *p)
 {
     if (!lacks(p, PK_PRESS_ENTRY_FREE)) return PK_CUDA_FROM_POSITIONS;
-    return scored_on_device(p) ? PK_CUDA_SCORED_ON_DEVICE : PK_CUDA_SCORED_ON_HOST;
+    return lacks(p, PK_PRESS_MEASURED) ? PK_CUDA_SCORED_ON_HOST : PK_CUDA_SCORED_ON_DEVICE;
 }
 
 /* Give every head of the host cache's layer entries 0..n-1 at positions
@@ -65,20 +62,52 @@ static int copy_layer_to_host(pk_cuda_session *s, int seq, int layer, int n, pk_
     return 0;
 }
 
-/* knorm's decision from key norms computed on the device: score -||k||,
- * chosen by the CPU's default selection, applied by the host cache. norms is
- * scratch [n_head][n]. */
-static int select_by_device_norms(pk_cuda_session *s, int seq, const pk_press *press, const pk_press_view *v, int n,
-                                  float *norms, pk_kvcache *kv, pk_keep_set *keep)
+/* The press measures of a view over a host cache of positions, computed on
+ * the device from sequence seq's own entries; each counts what it copies. */
+typedef struct {
+    pk_cuda_session *s;
+    int seq;
+    size_t *bytes_to_host;
+} device_measures;
+
+static int device_attention_sums(void *ctx, const pk_press_view *v, int head, int row0, int rows, double *out)
 {
-    float **scores = pk_press_alloc_scores(v);
-    int rc = scores ? pk_cuda_key_norms(s, seq, v->layer, n, norms) : -1;
-    for (int h = 0; rc == 0 && h < v->cfg->n_head; h++)
-        for (int j = 0; j < n; j++) scores[h][j] = -norms[(size_t)h * n + j];
-    if (rc == 0) rc = pk_keep_set_reset(keep, n) || pk_press_keep_top_at_ratio(v, scores, press->ratio, keep);
-    if (rc == 0) rc = pk_kv_apply(kv, v->layer, keep);
-    if (scores) pk_press_free_scores(v, scores);
-    return rc;
+    device_measures *d = ctx;
+    const pk_kv_head *kh = pk_press_head(v, head);
+    *d->bytes_to_host += (size_t)kh->len * sizeof *out;
+    return pk_cuda_attention_sums(d->s, d->seq, v->layer, head, kh->pos, kh->len, row0, rows, v->scale, out);
+}
+
+static int device_key_norms(void *ctx, const pk_press_view *v, int head, float *out)
+{
+    device_measures *d = ctx;
+    const pk_kv_head *kh = pk_press_head(v, head);
+    *d->bytes_to_host += (size_t)kh->len * sizeof *out;
+    return pk_cuda_key_norms(d->s, d->seq, v->layer, head, kh->pos, kh->len, out);
+}
+
+static int device_expected_logits(void *ctx, const pk_press_view *v, int head, int first_row, double *logit,
+                                  double *value_sq)
+{
+    device_measures *d = ctx;
+    const pk_kv_head *kh = pk_press_head(v, head);
+    *d->bytes_to_host += 2 * (size_t)kh->len * sizeof *logit;
+    return pk_cuda_expected_logits(d->s, d->seq, v->layer, head, kh->pos, kh->len, first_row, logit, value_sq);
+}
+
+static int device_keys(void *ctx, const pk_press_view *v, int head, float *out)
+{
+    device_measures *d = ctx;
+    const pk_kv_head *kh = pk_press_head(v, head);
+    *d->bytes_to_host += (size_t)kh->len * (size_t)v->cfg->head_dim * sizeof *out;
+    return pk_cuda_gather_keys(d->s, d->seq, v->layer, head, kh->pos, kh->len, out);
+}
+
+static int device_queries(void *ctx, const pk_press_view *v, int head, int row0, int rows, float *out)
+{
+    device_measures *d = ctx;
+    *d->bytes_to_host += (size_t)rows * (size_t)v->cfg->head_dim * sizeof *out;
+    return pk_cuda_head_queries(d->s, v->layer, head, row0, rows, out);
 }
 
 /* Send what the host cache's layer kept to the device: the kept entries'
@@ -96,9 +125,12 @@ static int apply_on_device(pk_cuda_session *s, int seq, int layer, const pk_kvca
 }
 
 /* Decide layer by layer on the host and apply each decision on the device.
- * Only a press scored on the host gets the cache's rows; the others see a
- * host cache of positions (rows of one float, never read). */
-static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk_press *press, const float *queries,
+ * Only a press scored on the host gets the cache's rows (and the prompt's
+ * queries when it reads them); the others see a host cache of positions
+ * (rows of one float, never read), a measured press through measures the
+ * device computes. The view's query rows are the prompt's, which the device
+ * kept when the press reads queries. */
+static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk_press *press, int reads_queries,
                     pk_cuda_press_stats *st)
 {
     pk_kvcache kv;
@@ -106,26 +138,34 @@ static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk
     memset(&keep, 0, sizeof keep);
     const int copies = st->mode == PK_CUDA_SCORED_ON_HOST;
     if (pk_kv_init(&kv, c->n_layer, c->n_head, copies ? c->head_dim : 1, PIKV_KV_F32, PIKV_KV_F32)) return -1;
-    const size_t layer_floats = (size_t)c->n_head * (size_t)n * (size_t)(copies ? c->head_dim : 1);
-    float *k = st->mode != PK_CUDA_FROM_POSITIONS ? pk_malloc_array(layer_floats, sizeof *k, "keys from the GPU") : NULL;
+    const size_t layer_floats = (size_t)c->n_head * (size_t)n * (size_t)c->head_dim;
+    const size_t query_floats = (size_t)n * (size_t)c->n_embd;
+    float *k = copies ? pk_malloc_array(layer_floats, sizeof *k, "keys from the GPU") : NULL;
     float *v = copies ? pk_malloc_array(layer_floats, sizeof *v, "values from the GPU") : NULL;
+    float *q = copies && reads_queries ? pk_malloc_array(query_floats, sizeof *q, "queries from the GPU") : NULL;
     pk_cuda_head_keep *heads = pk_calloc((size_t)c->n_head, sizeof *heads, "kept heads");
-    int rc = (k || st->mode == PK_CUDA_FROM_POSITIONS) && (v || !copies) && heads &&
-                     pk_keep_set_init(&keep, c->n_head) == 0 && pk_kv_reserve(&kv, n, 1) == 0
+    device_measures on_device = {.s = s, .seq = seq, .bytes_to_host = &st->bytes_to_host};
+    const pk_press_measures measures = {.ctx = &on_device,
+                                        .attention_sums = device_attention_sums,
+                                        .key_norms = device_key_norms,
+                                        .expected_logits = device_expected_logits,
+                                        .keys = device_keys,
+                                        .queries = device_queries};
+    int rc = (!copies || (k && v && (q || !reads_queries))) && heads && pk_keep_set_init(&keep, c->n_head) == 0 &&
+                     pk_kv_reserve(&kv, n, 1) == 0
                  ? 0
                  : -1;
     for (int l = 0; rc == 0 && l < c->n_layer; l++) {
-        const pk_press_view view = {.cfg = c, .layer = l, .q = queries ? queries + (size_t)l * n * c->n_embd : NULL,
-                                    .q_stride = c->n_embd, .n_q = n, .q_pos0 = 0, .kv = &kv,
-                                    .backend = &pk_backend_cpu, .scale = pk_attention_scale(c, l)};
-        rc = copy_layer_to_host(s, seq, l, n, &kv, copies ? k : NULL, v);
-        if (rc == 0 && st->mode == PK_CUDA_SCORED_ON_DEVICE) {
-            rc = select_by_device_norms(s, seq, press, &view, n, k, &kv, &keep);
-            st->bytes_to_host += (size_t)c->n_head * n * sizeof(float);
-        } else if (rc == 0) {
-            rc = pk_compress_layer(press, &view, &kv, &keep);
-            if (copies) st->bytes_to_host += 2 * layer_floats * sizeof(float);
+        const pk_press_view view = {.cfg = c, .layer = l, .q = q, .q_stride = c->n_embd, .n_q = n, .q_pos0 = 0,
+                                    .kv = &kv, .backend = &pk_backend_cpu, .scale = pk_attention_scale(c, l),
+                                    .measures = st->mode == PK_CUDA_SCORED_ON_DEVICE ? &measures : NULL};
+        rc = copy_layer_to_host(s, seq, l, n, &kv, k, v);
+        if (rc == 0 && copies) st->bytes_to_host += 2 * layer_floats * sizeof(float);
+        if (rc == 0 && q) {
+            rc = pk_cuda_read_queries(s, l, q);
+            st->bytes_to_host += query_floats * sizeof *q;
         }
+        if (rc == 0) rc = pk_compress_layer(press, &view, &kv, &keep);
         if (rc) rc = pk_fail_prefix("press '%s' at layer %d", press->name, l);
         if (rc == 0) rc = apply_on_device(s, seq, l, &kv, heads);
         for (int h = 0; h < c->n_head; h++) pk_kv_keep(&kv, l, h, NULL, 0); /* the layer's host copy is done with */
@@ -134,6 +174,7 @@ static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk
     pk_kv_free(&kv);
     pk_free(k);
     pk_free(v);
+    pk_free(q);
     pk_free(heads);
     return rc;
 }
@@ -156,25 +197,18 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
             return pk_fail("press '%s' was made for a model of %d layers x %d heads, this one has %d x %d",
                            press->name, press->n_layer, press->n_head, c->n_layer, c->n_head);
     }
-    float *queries = NULL;
-    const size_t query_floats = (size_t)c->n_layer * (size_t)n * (size_t)c->n_embd;
     if (press) st->mode = pk_cuda_press_mode_of(press);
-    if (press && st->mode == PK_CUDA_SCORED_ON_HOST && lacks(press, PK_PRESS_QUERY_FREE)) {
-        if (!(queries = pk_malloc_array(query_floats, sizeof *queries, "queries"))) return -1;
-        st->bytes_to_host += query_floats * sizeof *queries;
-    }
+    const int reads_queries = press && st->mode != PK_CUDA_FROM_POSITIONS && lacks(press, PK_PRESS_QUERY_FREE);
     double t0 = pikv_now();
-    int rc = queries ? pk_cuda_forward_queries(s, seq, ids, n, logits, queries)
-                     : pk_cuda_forward(s, seq, ids, n, logits, 0);
+    int rc = reads_queries ? pk_cuda_forward_queries(s, seq, ids, n, logits) : pk_cuda_forward(s, seq, ids, n, logits, 0);
     double t1 = pikv_now();
     st->prefill_s = t1 - t0;
     st->kv_bytes_before = st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
     if (rc == 0 && press) {
-        rc = compress(s, c, seq, n, press, queries, st);
+        rc = compress(s, c, seq, n, press, reads_queries, st);
         st->compression_s = pikv_now() - t1;
         st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
     }
-    pk_free(queries);
     return rc;
 }
 

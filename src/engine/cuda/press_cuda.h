@@ -13,12 +13,18 @@
  * Two kinds of press need less than a copy of the cache. One that decides
  * from positions alone (PK_PRESS_ENTRY_FREE: none, streaming_llm, duo, and
  * compositions of them) gets a host cache of positions and nothing is
- * copied. knorm's scores (key norms) are computed on the device and only
- * they are copied, for the host to choose the top entries as the CPU does.
- * Every other press is scored on the host from the copy: its decisions are
- * the CPU code's on the device's own values, and the price is one copy of the
- * cache over PCIe per compression, which the report counts as compression
- * time. */
+ * copied. One that reads the layer only through the press measures
+ * (PK_PRESS_MEASURED: knorm, snapkv, tova, observed_attention,
+ * expected_attention, pyramidkv, moe_router, eplb_duo and the wrappers around
+ * them) gets that cache of positions too, with measures the device computes
+ * from its own entries and the prompt's queries it kept: attention sums of
+ * the observation window, key norms and expected-attention logits, one value
+ * an entry each; moe_router's clustering also takes the keys and the window's
+ * queries themselves, which the device widens and sends (no values, no other
+ * queries). The host chooses by the CPU's code. Every other press (keydiff,
+ * random, ...) is scored on the host from a copy: its decisions are the CPU
+ * code's on the device's own values, and the price is one copy of the cache
+ * over PCIe per compression, which the report counts as compression time. */
 #ifndef PIKV_ENGINE_CUDA_PRESS_CUDA_H
 #define PIKV_ENGINE_CUDA_PRESS_CUDA_H
 
