@@ -7,7 +7,7 @@
  * blocks freed by truncation reused (the pool's high-water mark stays put over
  * 100 generate calls) and a truncated sequence continuing as a fresh one; a batch of sequences of different lengths giving each
  * the logits it gets alone; greedy choices taken on the device equal the
- * host's. Without a GPU it prints a "skipped" line and
+ * host's, also when several steps run in one call. Without a GPU it prints a "skipped" line and
  * passes nothing and fails nothing. */
 #include "backend/cuda/engine.h"
 #include "../check.h"
@@ -222,33 +222,48 @@ static void check_batch(const char *name, const pikv_model *m, int B, double lim
 }
 
 /* Greedy choices taken on the device equal the host's argmax of the same
- * step's logits, for a batch of 4 over 6 steps. */
+ * step's logits, for a batch of 4 over 6 steps; the same 6 steps run as one
+ * call (each choice fed to the next step on the device) choose the same
+ * tokens and leave the sequences where the step-by-step run leaves them: the
+ * next step's logits are equal. */
 static void check_greedy_on_device(const char *name, const pikv_model *m)
 {
-    const int V = pikv_model_config(m)->vocab_size, B = 4, steps = 6;
+    enum { B = 4, STEPS = 6 };
+    const int V = pikv_model_config(m)->vocab_size;
     pk_cuda_session *a = open_session(m, PK_CUDA_BF16, B, 1), *b = open_session(m, PK_CUDA_BF16, B, 1);
-    float *logits = malloc((size_t)B * V * sizeof *logits);
-    int32_t prompt[40], host[4], device[4];
-    int rc = a && b ? 0 : -1, same = 1;
+    pk_cuda_session *c = open_session(m, PK_CUDA_BF16, B, 1);
+    float *logits = malloc((size_t)B * V * sizeof *logits), *after = malloc((size_t)B * V * sizeof *after);
+    int32_t prompt[40], host[B], device[B], first[B], chosen[STEPS * B];
+    int rc = a && b && c && logits && after ? 0 : -1, same = 1, same_steps = 1;
     for (int i = 0; rc == 0 && i < B; i++) {
         fill_tokens(prompt, 10 + 7 * i, V, 300 + (uint64_t)i);
-        rc = pk_cuda_forward(a, i, prompt, 10 + 7 * i, logits, 0) || pk_cuda_forward(b, i, prompt, 10 + 7 * i, NULL, 0);
-        host[i] = device[i] = argmax(logits, V);
+        rc = pk_cuda_forward(a, i, prompt, 10 + 7 * i, logits, 0) || pk_cuda_forward(b, i, prompt, 10 + 7 * i, NULL, 0) ||
+             pk_cuda_forward(c, i, prompt, 10 + 7 * i, NULL, 0);
+        host[i] = device[i] = first[i] = argmax(logits, V);
     }
-    for (int t = 0; rc == 0 && t < steps; t++) {
+    if (rc == 0) rc = pk_cuda_decode_greedy_steps(c, first, B, STEPS, chosen);
+    for (int t = 0; rc == 0 && t < STEPS; t++) {
         rc = pk_cuda_decode(a, host, B, logits) || pk_cuda_decode_greedy(b, device, B, device);
         for (int i = 0; rc == 0 && i < B; i++) {
             host[i] = argmax(logits + (size_t)i * V, V);
             same &= host[i] == device[i];
+            same_steps &= chosen[t * B + i] == device[i];
         }
     }
+    if (rc == 0) rc = pk_cuda_decode(b, device, B, logits) || pk_cuda_decode(c, chosen + (STEPS - 1) * B, B, after);
+    const double d = rc == 0 ? rel_l2(after, logits, (size_t)B * V) : 1;
     CHECK(rc == 0 && same, "%s: greedy choices on the device differ from the host's argmax: %s", name,
           rc ? pikv_last_error() : "");
-    printf("%s bf16, batch of %d: %d greedy steps chosen on the device %s the host's argmax\n", name, B, steps,
-           same ? "equal" : "DIFFER from");
+    CHECK(rc == 0 && same_steps && d == 0, "%s: %d greedy steps in one call: same choices %d, next logits rel L2 %.2e",
+          name, STEPS, same_steps, d);
+    printf("%s bf16, batch of %d: %d greedy steps chosen on the device %s the host's argmax; in one call: %s "
+           "choices, next logits rel L2 %.1e\n",
+           name, B, STEPS, same ? "equal" : "DIFFER from", same_steps ? "the same" : "OTHER", d);
     pk_cuda_session_free(a);
     pk_cuda_session_free(b);
+    pk_cuda_session_free(c);
     free(logits);
+    free(after);
 }
 
 int main(void)

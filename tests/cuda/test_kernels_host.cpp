@@ -483,10 +483,15 @@ static void check_argmax()
     x[(size_t)0 * V + 700] = x[(size_t)0 * V + 300] = 5.f;  /* tie: 300 wins */
     x[(size_t)1 * V + V - 1] = 7.f;
     x[(size_t)2 * V + 0] = 9.f;
-    std::vector<int32_t> got(rows, -1);
-    emu_launch(dim3(rows), dim3(256), 0, argmax_kernel, (const float *)x.data(), V, got.data());
+    std::vector<int32_t> got(rows, -1), pos = {4, 0, 9}, by_position((size_t)rows * 10, -1);
+    emu_launch(dim3(rows), dim3(256), 0, argmax_kernel, (const float *)x.data(), V, got.data(),
+               (const int32_t *)pos.data(), by_position.data(), 10);
     CHECK(got[0] == 300 && got[1] == V - 1 && got[2] == 0, "argmax: %d %d %d, expected 300 %d 0", got[0], got[1],
           got[2], V - 1);
+    int placed = 0;
+    for (int i = 0; i < rows * 10; i++) placed += by_position[i] != -1;
+    CHECK(placed == rows && by_position[4] == 300 && by_position[10] == V - 1 && by_position[29] == 0,
+          "argmax: the choices by position are not each at its sequence's position (%d written)", placed);
 }
 
 /* The press measures over one head's listed slots (gaps, block boundaries,

@@ -80,9 +80,12 @@ struct pk_cuda_session {
     int split_cap;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
-    int32_t *d_next, *h_next; /* greedy choices of a decode step: device [max_seq], pinned [max_seq] */
+    /* Greedy choices by position: device [max_seq][n_positions + 1] (the
+     * token chosen to sit at each position), and pinned staging as large. */
+    int32_t *d_chosen, *h_chosen;
     float *h_logits;          /* pinned [small.rows][V] */
     cudaGraphExec_t *graphs;  /* [max_seq + 1]: the decode step of n sequences */
+    cudaGraphExec_t *greedy_graphs; /* [max_seq + 1]: the same with each greedy choice fed to the next step */
     int launches;             /* kernel launches enqueued by the last call */
     int kernels_per_decode;
 };
@@ -470,15 +473,17 @@ static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int 
 extern "C" void pk_cuda_session_free(pk_cuda_session *s)
 {
     if (!s) return;
-    if (s->graphs)
-        for (int i = 0; i <= s->params.max_seq; i++)
-            if (s->graphs[i]) cudaGraphExecDestroy(s->graphs[i]);
+    for (int i = 0; i <= s->params.max_seq; i++) {
+        if (s->graphs && s->graphs[i]) cudaGraphExecDestroy(s->graphs[i]);
+        if (s->greedy_graphs && s->greedy_graphs[i]) cudaGraphExecDestroy(s->greedy_graphs[i]);
+    }
     pk_free(s->graphs);
+    pk_free(s->greedy_graphs);
     free_activations(&s->small);
     free_activations(&s->large);
     cudaFreeHost(s->h_tokens);
-    cudaFreeHost(s->h_next);
-    cudaFree(s->d_next);
+    cudaFreeHost(s->h_chosen);
+    cudaFree(s->d_chosen);
     cudaFreeHost(s->h_logits);
     cudaFree(s->d_pool);
     cudaFree(s->d_table);
@@ -543,7 +548,8 @@ static int session_init(pk_cuda_session *s)
     s->h_ring = (ring_state *)pk_calloc((size_t)max_seq * s->n_lh, sizeof(ring_state), "CUDA rings");
     s->h_need = (int32_t *)pk_calloc((size_t)s->n_lh, 4, "CUDA head needs");
     s->graphs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->graphs, "CUDA graphs");
-    if (!s->h_pos || !s->h_len || !s->h_ring || !s->h_need || !s->graphs) return -1;
+    s->greedy_graphs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->greedy_graphs, "CUDA graphs");
+    if (!s->h_pos || !s->h_len || !s->h_ring || !s->h_need || !s->graphs || !s->greedy_graphs) return -1;
 
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0), "reading the device's properties");
@@ -566,8 +572,9 @@ static int session_init(pk_cuda_session *s)
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
     CU(cudaMallocHost((void **)&s->h_tokens, (size_t)max_seq * 4), "allocating pinned tokens");
-    CU(cudaMallocHost((void **)&s->h_next, (size_t)max_seq * 4), "allocating pinned choices");
-    CU(cudaMalloc((void **)&s->d_next, (size_t)max_seq * 4), "allocating the choices");
+    const size_t chosen = (size_t)max_seq * (c->n_positions + 1) * 4;
+    CU(cudaMallocHost((void **)&s->h_chosen, chosen), "allocating pinned choices");
+    CU(cudaMalloc((void **)&s->d_chosen, chosen), "allocating the choices");
     CU(cudaMallocHost((void **)&s->h_logits, (size_t)small_rows * c->vocab_size * 4), "allocating pinned logits");
     return 0;
 }
@@ -643,14 +650,21 @@ static int is_whole(const pk_cuda_session *s, int seq)
     return !has_rings(s, seq);
 }
 
-/* Give every head of sequence seq the blocks for one more token: a full ring needs none. */
-static int reserve_step(pk_cuda_session *s, int seq)
+/* Give every head of sequences seq0..seq0+n_seq-1 the blocks for `steps`
+ * more tokens (a ring grows only up to its window). */
+static int reserve_steps(pk_cuda_session *s, int seq0, int n_seq, int steps)
 {
-    for (int i = 0; i < s->n_lh; i++) {
-        const size_t bh = (size_t)seq * s->n_lh + i;
-        s->h_need[i] = entries_after(s->h_ring[bh], s->h_len[bh], 1);
+    for (int b = seq0; b < seq0 + n_seq; b++) {
+        if (s->h_pos[b] + steps > s->cfg.n_positions)
+            return pk_fail("sequence %d: %d more tokens from position %d pass the model's %d positions (n_positions)",
+                           b, steps, s->h_pos[b], s->cfg.n_positions);
+        for (int i = 0; i < s->n_lh; i++) {
+            const size_t bh = (size_t)b * s->n_lh + i;
+            s->h_need[i] = entries_after(s->h_ring[bh], s->h_len[bh], steps);
+        }
+        if (pk_block_pool_reserve_heads(&s->pool, b, s->h_need, 0)) return -1;
     }
-    return pk_block_pool_reserve_heads(&s->pool, seq, s->h_need, 0);
+    return 0;
 }
 
 /* Room for every layer's queries of n rows. */
@@ -679,7 +693,8 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
         return pk_fail("CUDA forward: sequence %d has streaming heads, which take one token per call on the GPU "
                        "(got %d)", seq, n);
     if (check_tokens(s, ids, n)) return -1;
-    if (n == 1 ? reserve_step(s, seq) : pk_block_pool_reserve_heads(&s->pool, seq, s->h_len + (size_t)seq * s->n_lh, n))
+    if (n == 1 ? reserve_steps(s, seq, 1, 1)
+               : pk_block_pool_reserve_heads(&s->pool, seq, s->h_len + (size_t)seq * s->n_lh, n))
         return -1;
     if (upload_table(s)) return -1;
     activations *a = &s->small;
@@ -722,80 +737,95 @@ extern "C" int pk_cuda_read_queries(pk_cuda_session *s, int layer, float *querie
     return 0;
 }
 
-/* Capture the decode step of n_seq sequences once; later steps replay it. */
-static int decode_graph(pk_cuda_session *s, int n_seq, cudaGraphExec_t *exec)
+/* Enqueue one decode step of sequences 0..n_seq-1; a greedy one then writes
+ * each sequence's choice as its next input token and at the position it will
+ * take in d_chosen, so that steps follow each other on the device. */
+static int enqueue_step(pk_cuda_session *s, int n_seq, int greedy)
 {
-    if (s->graphs[n_seq]) {
-        *exec = s->graphs[n_seq];
+    if (enqueue(s, &s->small, 0, n_seq, 1, 1, 0)) return -1;
+    s->kernels_per_decode = s->launches;
+    if (!greedy) return 0;
+    argmax_kernel<<<n_seq, 256, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_tokens, s->d_pos,
+                                                s->d_chosen, s->cfg.n_positions + 1);
+    CU(cudaGetLastError(), "launching the greedy choice");
+    return 0;
+}
+
+/* Capture the decode step of n_seq sequences once (greedy or not); later
+ * steps replay it. */
+static int decode_graph(pk_cuda_session *s, int n_seq, int greedy, cudaGraphExec_t *exec)
+{
+    cudaGraphExec_t *slot = (greedy ? s->greedy_graphs : s->graphs) + n_seq;
+    if (*slot) {
+        *exec = *slot;
         return 0;
     }
     cudaGraph_t g;
     CU(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal), "starting graph capture");
-    int rc = enqueue(s, &s->small, 0, n_seq, 1, 1, 0);
+    int rc = enqueue_step(s, n_seq, greedy);
     cudaError_t e = cudaStreamEndCapture(s->stream, &g);
     if (rc) {
         if (e == cudaSuccess) cudaGraphDestroy(g);
         return -1;
     }
-    s->kernels_per_decode = s->launches;
     if (e != cudaSuccess) return cuda_fail(e, "capturing the decode step");
-    e = cudaGraphInstantiate(&s->graphs[n_seq], g, 0);
+    e = cudaGraphInstantiate(slot, g, 0);
     cudaGraphDestroy(g);
     if (e != cudaSuccess) return cuda_fail(e, "instantiating the decode graph");
-    *exec = s->graphs[n_seq];
+    *exec = *slot;
     return 0;
 }
 
-/* One decode step; logits [n_seq][V] to the host, or else (when next is not
- * NULL) only each sequence's greedy choice, taken on the device. */
-static int decode_step(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits, int32_t *next)
+/* Run `steps` decode steps of sequences 0..n_seq-1 from tokens ids, replayed
+ * or launched, with one synchronisation at the end: one step with logits
+ * [n_seq][V] to the host, or greedy steps whose choices feed the next step on
+ * the device, each sequence's steps choices going to chosen [steps][n_seq]. */
+static int decode_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int steps, float *logits, int32_t *chosen)
 {
     if (n_seq < 1 || n_seq > s->params.max_seq)
         return pk_fail("CUDA decode: %d sequences, the session holds 1..%d", n_seq, s->params.max_seq);
-    if (check_tokens(s, ids, n_seq)) return -1;
-    for (int b = 0; b < n_seq; b++) {
-        if (s->h_pos[b] + 1 > s->cfg.n_positions)
-            return pk_fail("sequence %d: position %d reaches the model's %d positions (n_positions)", b, s->h_pos[b],
-                           s->cfg.n_positions);
-        if (reserve_step(s, b)) return -1;
-    }
-    if (upload_table(s)) return -1;
+    if (steps < 1 || (logits && steps != 1)) return pk_fail("CUDA decode: %d steps", steps);
+    if (check_tokens(s, ids, n_seq) || reserve_steps(s, 0, n_seq, steps) || upload_table(s)) return -1;
+    const int greedy = chosen != NULL;
     memcpy(s->h_tokens, ids, (size_t)n_seq * 4);
     CU(cudaMemcpyAsync(s->d_tokens, s->h_tokens, (size_t)n_seq * 4, cudaMemcpyHostToDevice, s->stream),
        "copying tokens");
-    if (s->params.use_graphs) {
-        cudaGraphExec_t exec = nullptr;
-        if (decode_graph(s, n_seq, &exec)) return -1;
-        CU(cudaGraphLaunch(exec, s->stream), "replaying the decode graph");
-    } else {
-        if (enqueue(s, &s->small, 0, n_seq, 1, 1, 0)) return -1;
-        s->kernels_per_decode = s->launches;
+    cudaGraphExec_t exec = nullptr;
+    if (s->params.use_graphs && decode_graph(s, n_seq, greedy, &exec)) return -1;
+    for (int i = 0; i < steps; i++) {
+        if (exec) CU(cudaGraphLaunch(exec, s->stream), "replaying the decode graph");
+        else if (enqueue_step(s, n_seq, greedy)) return -1;
     }
-    const size_t bytes = (size_t)n_seq * s->cfg.vocab_size * 4;
-    if (logits) {
+    const size_t bytes = (size_t)n_seq * s->cfg.vocab_size * 4, row = (size_t)s->cfg.n_positions + 1;
+    if (logits)
         CU(cudaMemcpyAsync(s->h_logits, s->small.logits, bytes, cudaMemcpyDeviceToHost, s->stream), "copying logits");
-    } else if (next) {
-        argmax_kernel<<<n_seq, 256, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_next);
-        CU(cudaGetLastError(), "launching the greedy choice");
-        CU(cudaMemcpyAsync(s->h_next, s->d_next, (size_t)n_seq * 4, cudaMemcpyDeviceToHost, s->stream),
+    for (int b = 0; greedy && b < n_seq; b++) /* positions h_pos + 1 .. h_pos + steps */
+        CU(cudaMemcpyAsync(s->h_chosen + (size_t)b * steps, s->d_chosen + b * row + s->h_pos[b] + 1, (size_t)steps * 4,
+                           cudaMemcpyDeviceToHost, s->stream),
            "copying the greedy choices");
-    }
-    CU(cudaStreamSynchronize(s->stream), "running the decode step");
+    CU(cudaStreamSynchronize(s->stream), "running the decode steps");
     if (logits) memcpy(logits, s->h_logits, bytes);
-    else if (next) memcpy(next, s->h_next, (size_t)n_seq * 4);
-    advance_host(s, 0, n_seq, 1);
+    for (int b = 0; greedy && b < n_seq; b++)
+        for (int i = 0; i < steps; i++) chosen[(size_t)i * n_seq + b] = s->h_chosen[(size_t)b * steps + i];
+    advance_host(s, 0, n_seq, steps);
     return 0;
 }
 
 extern "C" int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits)
 {
-    return decode_step(s, ids, n_seq, logits, nullptr);
+    return decode_steps(s, ids, n_seq, 1, logits, nullptr);
 }
 
 extern "C" int pk_cuda_decode_greedy(pk_cuda_session *s, const int32_t *ids, int n_seq, int32_t *next)
 {
-    if (!next) return pk_fail("CUDA greedy decode: no room for the choices");
-    return decode_step(s, ids, n_seq, nullptr, next);
+    return pk_cuda_decode_greedy_steps(s, ids, n_seq, 1, next);
+}
+
+extern "C" int pk_cuda_decode_greedy_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int steps,
+                                           int32_t *chosen)
+{
+    if (!chosen) return pk_fail("CUDA greedy decode: no room for the choices");
+    return decode_steps(s, ids, n_seq, steps, nullptr, chosen);
 }
 
 /* Put sequence seq at position pos with head i holding its first len[i]
@@ -911,19 +941,10 @@ extern "C" int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, dou
         memcpy(ring, s->h_ring, heads * sizeof *ring);
         memcpy(pos, s->h_pos, (size_t)n_seq * 4);
     }
-    /* Blocks for `steps` more tokens: a ring grows only up to its window. */
-    for (int b = 0; rc == 0 && b < n_seq; b++) {
-        if (s->h_pos[b] + steps > s->cfg.n_positions) {
-            rc = pk_fail("CUDA replay timing: %d steps from position %d pass n_positions", steps, s->h_pos[b]);
-            break;
-        }
-        for (int i = 0; i < s->n_lh; i++)
-            s->h_need[i] = entries_after(ring[(size_t)b * s->n_lh + i], len[(size_t)b * s->n_lh + i], steps);
-        rc = pk_block_pool_reserve_heads(&s->pool, b, s->h_need, 0);
-    }
+    if (rc == 0) rc = reserve_steps(s, 0, n_seq, steps);
     cudaGraphExec_t exec = nullptr;
     if (rc == 0) rc = upload_table(s);
-    if (rc == 0) rc = decode_graph(s, n_seq, &exec);
+    if (rc == 0) rc = decode_graph(s, n_seq, 0, &exec);
     cudaEvent_t t0 = nullptr, t1 = nullptr;
     if (rc == 0 && (cudaEventCreate(&t0) != cudaSuccess || cudaEventCreate(&t1) != cudaSuccess))
         rc = pk_fail("CUDA replay timing: cannot create events");

@@ -127,6 +127,12 @@ size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int n_more);
  * instead of copying n_seq * V logits to the host. */
 int pk_cuda_decode_greedy(pk_cuda_session *s, const int32_t *ids, int n_seq, int32_t *next);
 
+/* `steps` greedy decode steps of sequences 0..n_seq-1 from tokens ids, each
+ * step's choices (taken as in pk_cuda_decode_greedy) fed to the next on the
+ * device, with one synchronisation for them all: chosen [steps][n_seq]. The
+ * blocks for every step are reserved before the first. */
+int pk_cuda_decode_greedy_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int steps, int32_t *chosen);
+
 /* Cut sequence seq back to its first len tokens, freeing the blocks past
  * them; a compressed sequence only back to 0. */
 int pk_cuda_truncate(pk_cuda_session *s, int seq, int len);

@@ -634,9 +634,12 @@ __global__ void compact_layer_kernel(rows_ctx<W> c, int b, int layer, const int3
 }
 
 /* The greedy choice of each row of logits [rows][V]: the index of the
- * largest value, the lowest such index on ties (as the CPU's argmax). Grid
+ * largest value, the lowest such index on ties (as the CPU's argmax), to
+ * out[row]; with by_position, also to by_position[row * stride +
+ * seq_pos[row]], the position the choice will take in sequence `row`. Grid
  * rows, blockDim a multiple of 32 up to 1024. */
-__global__ void argmax_kernel(const float *logits, int V, int32_t *out)
+__global__ void argmax_kernel(const float *logits, int V, int32_t *out, const int32_t *seq_pos, int32_t *by_position,
+                              int stride)
 {
     __shared__ float best_v[32];
     __shared__ int best_i[32];
@@ -670,6 +673,7 @@ __global__ void argmax_kernel(const float *logits, int V, int32_t *out)
                 bi = best_i[w];
             }
         out[blockIdx.x] = bi;
+        if (by_position) by_position[(size_t)blockIdx.x * stride + seq_pos[blockIdx.x]] = bi;
     }
 }
 

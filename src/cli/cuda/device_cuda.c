@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Greedy steps generate runs on the device before it looks for the stop token. */
+enum { GREEDY_CHUNK = 32 };
+
 /* The device type of a --weights value: f32 and f16 as named, bf16 for
  * "stored" or none. */
 static int device_type(const cli_command *cmd, const char *weights, pk_cuda_dtype *out)
@@ -53,11 +56,13 @@ int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *w
     if (rc == 0 && max_new > 0) rc = pk_cuda_prefill_press(s, m, 0, prompt, n_prompt, press, logits, &pst);
     double t1 = pikv_now();
     if (rc == 0 && max_new > 0 && press) print_press_line(stderr, press_spec, &pst);
-    int32_t id = rc == 0 && max_new > 0 ? greedy_id(logits, V) : 0;
-    for (int i = 0; rc == 0 && i < max_new; i++) {
-        out->ids[out->n_ids++] = id;
-        if (id == stop_id || i + 1 == max_new) break;
-        rc = pk_cuda_decode_greedy(s, &id, 1, &id);
+    /* Greedy steps run GREEDY_CHUNK at a time on the device; a chunk may run
+     * past the stop token, whose followers are dropped. */
+    if (rc == 0 && max_new > 0) out->ids[out->n_ids++] = greedy_id(logits, V);
+    while (rc == 0 && out->n_ids < max_new && out->ids[out->n_ids - 1] != stop_id) {
+        const int left = max_new - out->n_ids, steps = left < GREEDY_CHUNK ? left : GREEDY_CHUNK;
+        rc = pk_cuda_decode_greedy_steps(s, &out->ids[out->n_ids - 1], 1, steps, &out->ids[out->n_ids]);
+        for (int i = 0; rc == 0 && i < steps && out->ids[out->n_ids - 1] != stop_id; i++) out->n_ids++;
     }
     out->prefill_s = t1 - t0;
     out->decode_s = pikv_now() - t1;
@@ -85,9 +90,9 @@ typedef struct {
 } bench_result;
 
 /* One repetition: every sequence cut back to empty, prefilled and
- * compressed, then n_gen greedy decode steps of all of them (the choices
- * taken on the device, as a server would); tokens/s of each phase (the
- * prefill's without the compression). */
+ * compressed, then n_gen greedy decode steps of all of them in one call (the
+ * choices taken on the device and fed to the next step there, as a server
+ * would); tokens/s of each phase (the prefill's without the compression). */
 static int bench_once(pk_cuda_session *s, const pikv_model *m, const cli_cuda_bench_options *o, int batch,
                       const int32_t *prompt, int V, float *logits, int32_t *next, bench_result *r)
 {
@@ -99,11 +104,15 @@ static int bench_once(pk_cuda_session *s, const pikv_model *m, const cli_cuda_be
         t_pre += r->press.prefill_s;
         next[b] = greedy_id(logits + (size_t)b * V, V);
     }
+    int32_t *chosen = pk_malloc_array((size_t)o->n_gen * batch, sizeof *chosen, "greedy choices");
+    if (!chosen) return -1;
     double t0 = pikv_now();
-    for (int i = 0; i < o->n_gen; i++)
-        if (pk_cuda_decode_greedy(s, next, batch, next)) return -1;
+    const int rc = o->n_gen > 0 ? pk_cuda_decode_greedy_steps(s, next, batch, o->n_gen, chosen) : 0;
+    const double t1 = pikv_now();
+    pk_free(chosen);
+    if (rc) return -1;
     r->prefill_tok_s = (double)batch * o->n_prompt / t_pre;
-    r->decode_tok_s = (double)batch * o->n_gen / (pikv_now() - t0);
+    r->decode_tok_s = (double)batch * o->n_gen / (t1 - t0);
     pk_cuda_stats st;
     pk_cuda_get_stats(s, &st);
     r->kv_in_use = st.kv_bytes_in_use;
