@@ -156,6 +156,15 @@ typedef struct pikv_session_params {
     int balanced_workers;  /* 1: place heads by DeepSeek's EPLB (default); 0: an equal count each */
     pikv_kv_type kv_type_k; /* how keys are stored (default PIKV_KV_F32) */
     pikv_kv_type kv_type_v; /* how values are stored (default PIKV_KV_F32) */
+    /* Where the session's calls run: NULL or "cpu" (default), or "cuda" for
+     * the GPU engine in a library built with it (make cuda); elsewhere
+     * "cuda" fails with a message that says so. On the GPU the model's
+     * weights and the KV cache are stored in device_weights' type (f32, f16,
+     * or bf16 for PIKV_WEIGHTS_AS_STORED and BF16), which replaces kv_type_k
+     * and kv_type_v; n_threads is what the host's part (a press's decision)
+     * may use; workers and mark/rewind are not on the GPU. */
+    const char *device;
+    pikv_weight_type device_weights; /* default PIKV_WEIGHTS_AS_STORED: bf16 on the GPU */
 } pikv_session_params;
 pikv_session_params pikv_session_default_params(void);
 pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_session_params *p);
@@ -179,6 +188,8 @@ const pikv_model *pikv_session_model(const pikv_session *s);
 int pikv_session_set_workers(pikv_session *s, int workers, int balanced);
 /* Mean over placed decode steps and layers of max/mean worker load (1 = even). */
 double pikv_session_worker_imbalance(const pikv_session *s);
+/* Where the session runs: "cpu", or the device it was made for ("cuda"). */
+const char *pikv_session_device(const pikv_session *s);
 /* Threads the session's forward pass uses. */
 int pikv_session_threads(const pikv_session *s);
 /* Absolute position of the next token (tokens seen so far). */

@@ -1,5 +1,6 @@
 #include "bench/compare.h"
 #include "bench/timing.h"
+#include "engine/session.h"
 #include "kv/kv_type.h"
 #include "util/error.h"
 #include "util/mem.h"
@@ -425,6 +426,9 @@ static int plan_kv_groups(compare_run *run, int *kv_groups, double *kv_x, int *n
 {
     const pk_compare_config *c = run->c;
     pk_compare_report *r = run->r;
+    *n_settings = 0;
+    /* A device keeps the KV cache in its weights' type: the sweep is the CPU's. */
+    if (strcmp(r->device, "cpu") != 0) return 0;
     const int head_dim = pikv_model_config(pikv_session_model(c->session))->head_dim;
     pikv_kv_type main_k, main_v;
     if (pikv_session_kv_types(c->session, &main_k, &main_v)) return -1;
@@ -443,7 +447,6 @@ static int plan_kv_groups(compare_run *run, int *kv_groups, double *kv_x, int *n
         settings[n][1] = main_v;
         n++;
     }
-    *n_settings = 0;
     for (int i = 0; i < n; i++) { /* f32 comes first, so that the reference group opens first */
         int group = 0;
         if (!(i == 0 && main_is_f32)) {
@@ -596,6 +599,7 @@ static int time_row(int i, int rep, double *measure, void *ctx)
     measure[DECODE_SPEED] = res.decode_s > 0 ? res.decode_tokens / res.decode_s : 0;
     w->kv_bytes = res.kv_bytes_after;
     w->kv_bytes_full = res.kv_bytes_before;
+    snprintf(w->press_note, sizeof w->press_note, "%s", pk_session_press_note(t->g->session));
     const int rc = rep == 0 ? keep_answer(t->run, t->g, w, res.answers[0], res.n_answer[0]) : 0;
     pikv_qa_result_free(&res);
     return rc;
@@ -710,6 +714,7 @@ static int start_report(const pk_compare_config *c, pk_compare_report *r)
     snprintf(r->context_source, sizeof r->context_source, "%s", c->context_source ? c->context_source : "");
     if (!(r->question = pk_strdup(c->question_text ? c->question_text : "", "question"))) return -1;
     r->threads = pikv_session_threads(c->session);
+    snprintf(r->device, sizeof r->device, "%s", pikv_session_device(c->session));
     r->context_tokens = c->n_context;
     r->question_tokens = c->n_question;
     r->max_new_tokens = c->max_new_tokens;

@@ -110,6 +110,7 @@ typedef struct {
     int n_answer_ids;
     char *answer;                  /* ... as text */
     int answer_correct;            /* 1 or 0 on a needle task, -1 when unknown */
+    char press_note[192];          /* on a device: how its press ran there ("" on the CPU) */
 } pk_compare_row;
 
 typedef enum { PK_SWEEP_RATIO, PK_SWEEP_EXPERTS, PK_SWEEP_CONTEXT, PK_SWEEP_KV_TYPE, PK_SWEEP_COUNT } pk_sweep;
@@ -152,6 +153,7 @@ typedef struct {
 
 typedef struct {
     char model[256], machine[320], context_source[320];
+    char device[16];         /* where the sessions ran: "cpu" or "cuda" */
     char *question;
     int threads, context_tokens, question_tokens, max_new_tokens, reps, query_aware, detailed;
     /* the main inputs' quality measurement (pk_compare_quality_config) */

@@ -71,7 +71,11 @@ static void text_header(FILE *out, const pk_compare_report *r)
     fprintf(out, "pikv compare: KV-cache compression methods on one model\n");
     rule(out, 60);
     fprintf(out, "Model:        %s\n", r->model);
-    fprintf(out, "Device:       %s; %d thread%s\n", r->machine, r->threads, r->threads == 1 ? "" : "s");
+    if (strcmp(r->device, "cpu") == 0)
+        fprintf(out, "Device:       %s; %d thread%s\n", r->machine, r->threads, r->threads == 1 ? "" : "s");
+    else
+        fprintf(out, "Device:       %s (--device %s; the host's part of a press on %d thread%s)\n", r->machine,
+                r->device, r->threads, r->threads == 1 ? "" : "s");
     fprintf(out, "Ratio:        %g (experts %d, top-k %d, EPLB share %g)\n", r->params.ratio, r->params.experts,
             r->params.top_k, r->params.eplb_share);
     fprintf(out, "Context:      %d tokens (%s)\n", r->context_tokens, r->context_source);
@@ -99,6 +103,7 @@ static void text_method(FILE *out, const pk_compare_report *r, const pk_compare_
     else fprintf(out, "Testing %s (%s)...\n", row_name(r, w), w->spec);
     fprintf(out, "   Memory:   %.2f MiB of KV cache held after compression (%.2f MiB before)\n", w->kv_bytes / MiB,
             w->kv_bytes_full / MiB);
+    if (w->press_note[0]) fprintf(out, "   Press:    %s\n", w->press_note);
     fprintf(out, "   Time:     prefill %s s, compression %s s, decode %s s; total %s s\n",
             spread(a, sizeof a, &w->prefill_s, 3), spread(b, sizeof b, &w->compression_s, 3),
             spread(c, sizeof c, &w->decode_s, 3), spread(d, sizeof d, &w->total_s, 3));
@@ -325,6 +330,7 @@ static cJSON *row_json(const pk_compare_report *r, const pk_compare_row *w)
     cJSON_AddNumberToObject(o, "context_tokens", w->context_tokens);
     cJSON_AddNumberToObject(o, "kv_bytes", (double)w->kv_bytes);
     cJSON_AddNumberToObject(o, "kv_bytes_full", (double)w->kv_bytes_full);
+    if (w->press_note[0]) cJSON_AddStringToObject(o, "press_note", w->press_note);
     pk_json_summary(o, "prefill_s", &w->prefill_s, PK_SUMMARY_FLAT);
     pk_json_summary(o, "compression_s", &w->compression_s, PK_SUMMARY_FLAT);
     pk_json_summary(o, "decode_s", &w->decode_s, PK_SUMMARY_FLAT);
@@ -349,6 +355,7 @@ cJSON *pk_report_json(const pk_compare_report *r)
     if (!o) return NULL;
     cJSON_AddStringToObject(o, "model", r->model);
     cJSON_AddStringToObject(o, "machine", r->machine);
+    cJSON_AddStringToObject(o, "device", r->device);
     cJSON_AddNumberToObject(o, "threads", r->threads);
     cJSON_AddNumberToObject(o, "context_tokens", r->context_tokens);
     cJSON_AddStringToObject(o, "context_source", r->context_source);

@@ -66,6 +66,26 @@ int pikv_sample(float *logits, int vocab, const pikv_sampling *p, uint64_t *rng)
     return id;
 }
 
+/* Greedy steps a device engine takes before the host looks for stop_id: a
+ * chunk may run past it, and its followers are dropped. */
+enum { DEVICE_GREEDY_CHUNK = 32 };
+
+/* pikv_generate_from's greedy loop on a device engine: the first token from
+ * logits, the rest chosen and fed to the next step on the device. */
+static int device_greedy(pikv_session *s, float *logits, int max_new, int stop_id, pikv_generation *out)
+{
+    static const pikv_sampling greedy = {.greedy = 1};
+    if (max_new == 0) return 0;
+    out->ids[out->n_ids++] = pikv_sample(logits, s->model->cfg.vocab_size, &greedy, NULL);
+    while (out->n_ids < max_new && out->ids[out->n_ids - 1] != stop_id) {
+        const int left = max_new - out->n_ids, steps = left < DEVICE_GREEDY_CHUNK ? left : DEVICE_GREEDY_CHUNK;
+        if (s->device.ops->greedy(s->device.engine, out->ids[out->n_ids - 1], steps, out->ids + out->n_ids))
+            return -1;
+        for (int i = 0; i < steps && out->ids[out->n_ids - 1] != stop_id; i++) out->n_ids++;
+    }
+    return 0;
+}
+
 int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const pikv_sampling *p, int stop_id,
                        pikv_generation *out)
 {
@@ -78,13 +98,18 @@ int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const
     out->n_ids = 0;
     out->prefill_s = out->decode_s = 0;
     if (max_new_tokens < 0) return pk_fail("max_new_tokens must be >= 0");
-    int limit = s->model->cfg.n_positions;
-    if (s->fwd.pos + max_new_tokens - 1 > limit)
-        return pk_fail("%d tokens + %d new tokens exceed the model's %d positions (n_positions)", s->fwd.pos,
+    int limit = s->model->cfg.n_positions, pos = pikv_session_position(s);
+    if (pos + max_new_tokens - 1 > limit)
+        return pk_fail("%d tokens + %d new tokens exceed the model's %d positions (n_positions)", pos,
                        max_new_tokens, limit);
     if (!(out->ids = pk_malloc_array((size_t)max_new_tokens + 1, sizeof(int32_t), "generated ids"))) return -1;
     uint64_t rng = p->seed;
     double t0 = pikv_now();
+    if (s->device.ops && p->greedy) {
+        if (device_greedy(s, logits, max_new_tokens, stop_id, out)) goto fail;
+        out->decode_s = pikv_now() - t0;
+        return 0;
+    }
     for (int i = 0; i < max_new_tokens; i++) {
         int id = pikv_sample(logits, V, p, &rng);
         if (id < 0) goto fail;
@@ -111,9 +136,10 @@ int pikv_generate(pikv_session *s, const int32_t *prompt, int n_prompt, int max_
                        max_new_tokens, s->model->cfg.n_positions);
     out->ids = NULL;
     out->n_ids = 0;
-    if (s->fwd.pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)
+    const int pos = pikv_session_position(s);
+    if (pos + n_prompt + max_new_tokens - 1 > s->model->cfg.n_positions)
         return pk_fail("%d prompt tokens + %d new tokens exceed the model's %d positions (n_positions)",
-                       s->fwd.pos + n_prompt, max_new_tokens, s->model->cfg.n_positions);
+                       pos + n_prompt, max_new_tokens, s->model->cfg.n_positions);
     float *logits = pk_malloc_array((size_t)s->model->cfg.vocab_size, sizeof(float), "logits");
     if (!logits) return -1;
     double t0 = pikv_now();

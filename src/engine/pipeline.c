@@ -69,9 +69,11 @@ int pikv_answer(pikv_session *s, pikv_press *press, const pikv_qa_request *rq, p
     const pikv_config *c = pikv_model_config(pikv_session_model(s));
     const int slots = rq->n_questions > 0 ? rq->n_questions : 1;
     const pikv_sampling greedy = {.greedy = 1};
-    /* A decoding press changes the cache while answering, so every question
-     * starts from a freshly compressed context instead of a rewound one. */
-    const int rewind = !rq->query_aware && !(press && pikv_press_acts_while_generating(press));
+    /* A decoding press changes the cache while answering, and a device
+     * engine keeps no marks, so then every question starts from a freshly
+     * compressed context instead of a rewound one (the same cache either way). */
+    const int rewind = !rq->query_aware && !(press && pikv_press_acts_while_generating(press)) &&
+                       strcmp(pikv_session_device(s), "cpu") == 0;
     float *logits = pk_malloc_array((size_t)c->vocab_size, sizeof *logits, "logits");
     int32_t *joined = NULL;
     out->answers = pk_calloc((size_t)slots, sizeof *out->answers, "answers");

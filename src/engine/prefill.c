@@ -75,13 +75,14 @@ static int session_run(pikv_session *s, const int32_t *ids, int n)
 
 int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden)
 {
-    if (session_run(s, ids, n)) return -1;
+    if (pk_session_cpu_only(s, "reading hidden states") || session_run(s, ids, n)) return -1;
     pk_forward_hidden_states(&s->fwd, n, hidden);
     return 0;
 }
 
 int pk_forward_windows(pikv_session *s, const int32_t *ids, int n, int window)
 {
+    if (pk_session_cpu_only(s, "a windowed forward pass (KVzip's reconstruction)")) return -1;
     const pk_forward_hooks hooks = {session_attention, session_after_attention, s};
     return pk_forward_run_windows(&s->fwd, ids, n, window, &hooks);
 }
@@ -89,6 +90,7 @@ int pk_forward_windows(pikv_session *s, const int32_t *ids, int n, int window)
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
 {
     if (!s || !ids) return pk_fail("pikv_forward: session or ids is NULL");
+    if (s->device.ops) return s->device.ops->forward(s->device.engine, ids, n, logits, all_logits);
     if (session_run(s, ids, n)) return -1;
     if (logits) pk_forward_logits(&s->fwd, n, logits, all_logits);
     return 0;
@@ -124,13 +126,15 @@ static int shape_empty_cache(pikv_session *s, pk_press *press)
 int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, float *logits)
 {
     if (!s || !ids) return pk_fail("pikv_prefill: session or ids is NULL");
-    if (n > s->model->cfg.n_positions - s->fwd.pos)
-        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
-                       s->fwd.pos, s->model->cfg.n_positions);
+    const int pos = pikv_session_position(s);
+    if (n > s->model->cfg.n_positions - pos)
+        return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n, pos,
+                       s->model->cfg.n_positions);
     if (press && press->n_layer &&
         (press->n_layer != s->model->cfg.n_layer || press->n_head != s->model->cfg.n_head))
         return pk_fail("press '%s' was made for a model of %d layers x %d heads, the session's has %d x %d",
                        press->name, press->n_layer, press->n_head, s->model->cfg.n_layer, s->model->cfg.n_head);
+    if (s->device.ops) return s->device.ops->prefill(s->device.engine, ids, n, press, logits, &s->presses.stats);
     if (press && pk_session_claim(s, press)) return -1;
     if (press) s->routing.table = NULL; /* the press changes the cache; it routes it or nobody does */
     if (press && (press->caps & PK_PRESS_WHILE_DECODING)) {

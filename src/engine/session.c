@@ -10,7 +10,8 @@
 pikv_session_params pikv_session_default_params(void)
 {
     return (pikv_session_params){.n_threads = 0, .workers = 0, .balanced_workers = 1, .kv_type_k = PIKV_KV_F32,
-                                 .kv_type_v = PIKV_KV_F32};
+                                 .kv_type_v = PIKV_KV_F32, .device = NULL,
+                                 .device_weights = PIKV_WEIGHTS_AS_STORED};
 }
 
 /* A session whose cache stores keys and values in the given types; `caller`
@@ -43,12 +44,43 @@ pikv_session *pikv_session_new_with_params(const pikv_model *m, const pikv_sessi
         pk_fail("pikv_session_new_with_params: params is NULL");
         return NULL;
     }
-    pikv_session *s = session_new(m, p->n_threads, p->kv_type_k, p->kv_type_v, "pikv_session_new_with_params");
+    const int on_device = p->device && strcmp(p->device, "cpu") != 0;
+    const pk_device_ops *ops = on_device ? pk_device_find(p->device) : NULL;
+    if (on_device && !ops) return NULL;
+    if (on_device && p->workers > 1) {
+        pk_fail("pikv_session_new_with_params: placed workers (%d) are not on the %s engine", p->workers, ops->name);
+        return NULL;
+    }
+    /* A device session keeps an empty CPU cache: nothing reads it, since
+     * every call that would goes to the device or is refused. */
+    pikv_session *s = session_new(m, p->n_threads, on_device ? PIKV_KV_F32 : p->kv_type_k,
+                                  on_device ? PIKV_KV_F32 : p->kv_type_v, "pikv_session_new_with_params");
+    if (s && ops && !(s->device.engine = ops->open(m, p))) {
+        pikv_session_free(s);
+        return NULL;
+    }
+    if (s) s->device.ops = ops;
     if (s && p->workers > 1 && pikv_session_set_workers(s, p->workers, p->balanced_workers)) {
         pikv_session_free(s);
         return NULL;
     }
     return s;
+}
+
+int pk_session_cpu_only(const pikv_session *s, const char *what)
+{
+    return s->device.ops ? pk_fail("%s is not on the %s engine", what, s->device.ops->name) : 0;
+}
+
+const char *pk_session_press_note(const pikv_session *s)
+{
+    return s->device.ops ? s->device.ops->press_note(s->device.engine) : "";
+}
+
+const char *pikv_session_device(const pikv_session *s)
+{
+    if (!s) pk_fail("pikv_session_device: session is NULL");
+    return !s ? NULL : s->device.ops ? s->device.ops->name : "cpu";
 }
 
 pikv_session *pikv_session_new(const pikv_model *m, int n_threads)
@@ -60,6 +92,7 @@ void pikv_session_free(pikv_session *s)
 {
     if (!s) return;
     pk_session_release(s);
+    if (s->device.engine) s->device.ops->close(s->device.engine);
     pk_forward_free(&s->fwd);
     pk_keep_set_free(&s->presses.keep);
     pk_kv_snapshot_free(&s->mark.snapshot);
@@ -83,6 +116,7 @@ void pikv_session_reset(pikv_session *s)
     s->presses.attached = NULL;
     s->routing.table = NULL;
     pk_session_release(s);
+    if (s->device.ops) s->device.ops->reset(s->device.engine);
 }
 
 /* The claimed press is being destroyed before the session let go of it:
@@ -130,7 +164,8 @@ int pikv_session_threads(const pikv_session *s)
 
 int pikv_session_position(const pikv_session *s)
 {
-    return s ? s->fwd.pos : pk_fail("pikv_session_position: session is NULL");
+    if (!s) return pk_fail("pikv_session_position: session is NULL");
+    return s->device.ops ? s->device.ops->position(s->device.engine) : s->fwd.pos;
 }
 
 size_t pikv_session_kv_bytes(const pikv_session *s)
@@ -139,7 +174,7 @@ size_t pikv_session_kv_bytes(const pikv_session *s)
         pk_fail("pikv_session_kv_bytes: session is NULL");
         return 0;
     }
-    return pk_kv_bytes(&s->fwd.kv);
+    return s->device.ops ? s->device.ops->kv_bytes(s->device.engine) : pk_kv_bytes(&s->fwd.kv);
 }
 
 /* The storage types the cache was made with, for callers that build sessions
@@ -147,8 +182,10 @@ size_t pikv_session_kv_bytes(const pikv_session *s)
 int pikv_session_kv_types(const pikv_session *s, pikv_kv_type *type_k, pikv_kv_type *type_v)
 {
     if (!s) return pk_fail("pikv_session_kv_types: session is NULL");
-    if (type_k) *type_k = s->fwd.kv.type_k;
-    if (type_v) *type_v = s->fwd.kv.type_v;
+    const pikv_kv_type k = s->device.ops ? s->device.ops->kv_type(s->device.engine) : s->fwd.kv.type_k;
+    const pikv_kv_type v = s->device.ops ? k : s->fwd.kv.type_v;
+    if (type_k) *type_k = k;
+    if (type_v) *type_v = v;
     return 0;
 }
 
@@ -158,12 +195,14 @@ int pikv_session_kv_len(const pikv_session *s, int layer, int head)
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
+    if (s->device.ops) return s->device.ops->kv_len(s->device.engine, layer, head);
     return pk_kv_head_at(&s->fwd.kv, layer, head)->len;
 }
 
 int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values, float *out, int cap_rows)
 {
     if (!s || (!out && cap_rows > 0)) return pk_fail("pikv_session_kv_read: session or output is NULL");
+    if (pk_session_cpu_only(s, "pikv_session_kv_read")) return -1;
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
@@ -176,6 +215,7 @@ int pikv_session_kv_read(const pikv_session *s, int layer, int head, int values,
 int pikv_session_kv_positions(const pikv_session *s, int layer, int head, int32_t *out, int cap)
 {
     if (!s || (!out && cap > 0)) return pk_fail("pikv_session_kv_positions: session or output is NULL");
+    if (pk_session_cpu_only(s, "pikv_session_kv_positions")) return -1;
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
@@ -199,6 +239,7 @@ void pikv_session_press_stats(const pikv_session *s, pikv_press_stats *st)
 int pikv_session_mark(pikv_session *s)
 {
     if (!s) return pk_fail("pikv_session_mark: session is NULL");
+    if (pk_session_cpu_only(s, "a session mark (pikv_session_mark)")) return -1;
     if (pk_kv_snapshot_take(&s->fwd.kv, &s->mark.snapshot)) return -1;
     s->mark.pos = s->fwd.pos;
     s->mark.epoch = s->fwd.kv.epoch;
@@ -209,6 +250,7 @@ int pikv_session_mark(pikv_session *s)
 int pikv_session_rewind(pikv_session *s)
 {
     if (!s) return pk_fail("pikv_session_rewind: session is NULL");
+    if (pk_session_cpu_only(s, "rewinding a session (pikv_session_rewind)")) return -1;
     if (!s->mark.marked) return pk_fail("session: rewind without a mark");
     if (s->fwd.kv.epoch != s->mark.epoch)
         return pk_fail("session: the cache was compressed after the mark, so it cannot be rewound");
@@ -219,6 +261,7 @@ int pikv_session_rewind(pikv_session *s)
 
 int pk_session_set_window(pikv_session *s, int layer, int head, int sink, int recent)
 {
+    if (pk_session_cpu_only(s, "a streaming window over a full cache (Duo calibration)")) return -1;
     const pikv_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return pk_fail("KV cache: no layer %d head %d", layer, head);
@@ -229,6 +272,7 @@ int pikv_session_set_workers(pikv_session *s, int workers, int balanced)
 {
     if (!s) return pk_fail("pikv_session_set_workers: session is NULL");
     if (workers < 0 || workers > 1024) return pk_fail("workers: %d is out of range 0..1024", workers);
+    if (workers > 1 && pk_session_cpu_only(s, "decode attention on placed workers")) return -1;
     pk_session_workers *w = &s->workers;
     pk_free(w->scores);
     pk_free(w->head_len);

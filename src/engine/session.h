@@ -6,6 +6,7 @@
 #ifndef PIKV_ENGINE_SESSION_H
 #define PIKV_ENGINE_SESSION_H
 
+#include "engine/device.h"
 #include "model/forward.h"
 #include "press/press.h"
 #include "router/placement.h"
@@ -56,14 +57,30 @@ typedef struct {
     unsigned epoch;
 } pk_session_mark;
 
+/* The device engine the session's calls go to instead of the CPU forward
+ * pass (pikv_session_params.device). */
+typedef struct {
+    const pk_device_ops *ops;  /* NULL: the CPU engine */
+    void *engine;
+} pk_session_device;
+
 struct pikv_session {
     const pikv_model *model;
+    pk_session_device device;
     pk_forward fwd;
     pk_session_presses presses;
     pk_session_routing routing;
     pk_session_workers workers;
     pk_session_mark mark;
 };
+
+/* 0 for a session on the CPU; for one on a device, the error "<what> is
+ * not on the <device> engine" and -1. */
+int pk_session_cpu_only(const pikv_session *s, const char *what);
+
+/* How the last prefill's press ran on the session's device engine (what it
+ * copied to the host, where it was applied); "" on the CPU or without one. */
+const char *pk_session_press_note(const pikv_session *s);
 
 /* Like pikv_forward, but write the final hidden states (after ln_f) of every
  * row to hidden [n, C] instead of logits. */

@@ -689,10 +689,19 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
     if (s->h_pos[seq] + n > s->cfg.n_positions)
         return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
                        s->h_pos[seq], s->cfg.n_positions);
-    if (n > 1 && has_rings(s, seq))
-        return pk_fail("CUDA forward: sequence %d has streaming heads, which take one token per call on the GPU "
-                       "(got %d)", seq, n);
     if (check_tokens(s, ids, n)) return -1;
+    if (n > 1 && has_rings(s, seq)) {
+        /* A streaming head's ring holds exactly its window, so tokens go in
+         * one at a time, each seeing the window as it stands at its own
+         * position: what the CPU's window mask gives a multi-token call. */
+        if (keep_queries) return pk_fail("CUDA forward: queries are kept for a prompt, not after a press");
+        const size_t V = (size_t)s->cfg.vocab_size;
+        for (int i = 0; i < n; i++) {
+            float *row_logits = logits && (all_logits || i == n - 1) ? logits + (all_logits ? i * V : 0) : nullptr;
+            if (forward(s, seq, ids + i, 1, row_logits, 0, 0)) return -1;
+        }
+        return 0;
+    }
     if (n == 1 ? reserve_steps(s, seq, 1, 1)
                : pk_block_pool_reserve_heads(&s->pool, seq, s->h_len + (size_t)seq * s->n_lh, n))
         return -1;

@@ -22,6 +22,11 @@ extern "C" {
  * always accumulates in float32. */
 typedef enum { PK_CUDA_BF16 = 0, PK_CUDA_F16, PK_CUDA_F32 } pk_cuda_dtype;
 
+/* The storage type for a weights setting: f32 and f16 as named, bf16 for
+ * AS_STORED and BF16 (16-bit halves what a decode step reads, and bf16 keeps
+ * float32's range). */
+pk_cuda_dtype pk_cuda_dtype_for(pikv_weight_type t);
+
 typedef struct {
     pk_cuda_dtype dtype;
     int max_seq;        /* sequences in the session (batched decode runs up to this many) */

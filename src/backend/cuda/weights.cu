@@ -15,6 +15,11 @@ extern "C" {
 
 size_t pk_cuda_dtype_size(pk_cuda_dtype t) { return t == PK_CUDA_F32 ? 4 : 2; }
 
+extern "C" pk_cuda_dtype pk_cuda_dtype_for(pikv_weight_type t)
+{
+    return t == PIKV_WEIGHTS_F32 ? PK_CUDA_F32 : t == PIKV_WEIGHTS_F16 ? PK_CUDA_F16 : PK_CUDA_BF16;
+}
+
 /* Carves consecutive 256-byte aligned pieces out of the device allocation and
  * fills them from host weights (of the model's type, widened to float32 in
  * `wide`) through a staging buffer. */

@@ -1,0 +1,121 @@
+/* A session's calls on the CUDA engine (see session_cuda.h): one sequence of
+ * a pk_cuda_session, prefilled and compressed by press_cuda.c, greedy steps
+ * chosen on the device. */
+#include "engine/cuda/session_cuda.h"
+#include "engine/cuda/press_cuda.h"
+#include "engine/device.h"
+#include "util/error.h"
+#include "util/mem.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    pk_cuda_session *s;
+    const pikv_model *m;
+    pk_cuda_dtype dtype;
+    char press_note[192];   /* how the last prefill's press ran */
+} cuda_engine;
+
+static void *cuda_open(const pikv_model *m, const pikv_session_params *p)
+{
+    if (!pk_cuda_available()) return NULL;
+    cuda_engine *e = pk_calloc(1, sizeof *e, "CUDA session");
+    if (!e) return NULL;
+    e->m = m;
+    e->dtype = pk_cuda_dtype_for(p->device_weights);
+    const pk_cuda_params params = {.dtype = e->dtype, .max_seq = 1, .use_graphs = 1};
+    if (!(e->s = pk_cuda_session_new(m, &params))) {
+        pk_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+static void cuda_close(void *engine)
+{
+    cuda_engine *e = engine;
+    pk_cuda_session_free(e->s);
+    pk_free(e);
+}
+
+static int cuda_reset(void *engine)
+{
+    cuda_engine *e = engine;
+    e->press_note[0] = 0;
+    return pk_cuda_truncate(e->s, 0, 0);
+}
+
+static int cuda_prefill(void *engine, const int32_t *ids, int n, pk_press *press, float *logits, pikv_press_stats *st)
+{
+    cuda_engine *e = engine;
+    e->press_note[0] = 0;
+    if (!press) return pk_cuda_forward(e->s, 0, ids, n, logits, 0);
+    pk_cuda_press_stats ps;
+    if (pk_cuda_prefill_press(e->s, e->m, 0, ids, n, press, logits, &ps)) return -1;
+    st->kv_bytes_before += ps.kv_bytes_before;
+    st->kv_bytes_after += ps.kv_bytes_after;
+    st->compression_s += ps.compression_s;
+    snprintf(e->press_note, sizeof e->press_note, "%s (%.2f MB to the host), applied on the GPU",
+             pk_cuda_press_how(ps.mode), ps.bytes_to_host / 1e6);
+    return 0;
+}
+
+static int cuda_forward(void *engine, const int32_t *ids, int n, float *logits, int all_logits)
+{
+    cuda_engine *e = engine;
+    return pk_cuda_forward(e->s, 0, ids, n, logits, all_logits);
+}
+
+static int cuda_greedy(void *engine, int32_t first, int steps, int32_t *chosen)
+{
+    cuda_engine *e = engine;
+    return pk_cuda_decode_greedy_steps(e->s, &first, 1, steps, chosen);
+}
+
+static int cuda_position(const void *engine)
+{
+    const cuda_engine *e = engine;
+    return pk_cuda_position(e->s, 0);
+}
+
+static size_t cuda_kv_bytes(const void *engine)
+{
+    const cuda_engine *e = engine;
+    return pk_cuda_sequence_bytes(e->s, 0, 0);
+}
+
+static int cuda_kv_len(const void *engine, int layer, int head)
+{
+    const cuda_engine *e = engine;
+    return pk_cuda_head_length(e->s, 0, layer, head, NULL);
+}
+
+static pikv_kv_type cuda_kv_type(const void *engine)
+{
+    const cuda_engine *e = engine;
+    return e->dtype == PK_CUDA_F32 ? PIKV_KV_F32 : e->dtype == PK_CUDA_F16 ? PIKV_KV_F16 : PIKV_KV_BF16;
+}
+
+static const char *cuda_press_note(const void *engine)
+{
+    const cuda_engine *e = engine;
+    return e->press_note;
+}
+
+static const pk_device_ops cuda_ops = {
+    .name = "cuda",
+    .open = cuda_open,
+    .close = cuda_close,
+    .reset = cuda_reset,
+    .prefill = cuda_prefill,
+    .forward = cuda_forward,
+    .greedy = cuda_greedy,
+    .position = cuda_position,
+    .kv_bytes = cuda_kv_bytes,
+    .kv_len = cuda_kv_len,
+    .kv_type = cuda_kv_type,
+    .press_note = cuda_press_note,
+};
+
+int pk_cuda_device_register(void) { return pk_device_register(&cuda_ops); }

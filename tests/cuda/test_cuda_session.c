@@ -1,0 +1,228 @@
+/* Sessions on the CUDA engine (pikv_session_params.device = "cuda") against
+ * CPU sessions, float32 weights and cache on both, bundled model (make
+ * test-cuda, on a GPU machine).
+ *
+ * The library's own calls, unchanged, run on the GPU: pikv_answer on needle
+ * tasks with none, duo, knorm, snapkv and eplb_duo gives the CPU's greedy
+ * answers; after a DuoAttention prefill, a 64-token call with every row's
+ * logits (the GPU's rings take the tokens one by one, the CPU masks a
+ * multi-token call) gives the CPU's logits within 1e-4 relative L2 per row;
+ * pikv compare's quality measurement (retrieval and perplexity) gives the
+ * CPU's figures; greedy generation (chosen on the device) and sampled
+ * generation (logits to the host) give the CPU's tokens. What a device does
+ * not do is refused by name. Without a GPU it prints "skipped". */
+#include "backend/cuda/engine.h"
+#include "bench/compare.h"
+#include "engine/cuda/session_cuda.h"
+#include "eval/quality.h"
+#include "../check.h"
+#include "tokens.h"
+#include "pikv.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const MODEL = "models/pikv-ref-14m";
+
+static pikv_session *open_session(const pikv_model *m, const char *device)
+{
+    pikv_session_params p = pikv_session_default_params();
+    p.n_threads = 2;
+    p.device = device;
+    p.device_weights = PIKV_WEIGHTS_F32;
+    pikv_session *s = pikv_session_new_with_params(m, &p);
+    if (!s) fprintf(stderr, "%s session: %s\n", device, pikv_last_error());
+    return s;
+}
+
+/* Each press answers the same needle tasks on both engines. */
+static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *gpu, const pk_haystack *h)
+{
+    static const char *const specs[] = {"none", "duo:0.75", "knorm:0.5", "snapkv:0.5", "eplb_duo"};
+    const pk_retrieval_config rc = {.n_tasks = 4, .min_tokens = 1000, .max_tokens = 1800, .seed = 3};
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        pikv_press *p = pikv_press_new(specs[i], m, MODEL);
+        for (int t = 0; p && t < rc.n_tasks; t++) {
+            pk_task task;
+            if (pk_retrieval_task(h, &rc, t, &task)) break;
+            const int32_t *q = task.question;
+            const pikv_qa_request rq = {.context = task.context, .n_context = task.n_context, .questions = &q,
+                                        .n_question = &task.n_question, .n_questions = 1, .max_new_tokens = 16,
+                                        .stop_id = -1};
+            pikv_qa_result a, b;
+            const int ra = pikv_answer(cpu, p, &rq, &a), rb = pikv_answer(gpu, p, &rq, &b);
+            CHECK(ra == 0 && rb == 0, "%s task %d: answer: %s", specs[i], t, pikv_last_error());
+            if (ra == 0 && rb == 0) {
+                CHECK(a.n_answer[0] == b.n_answer[0] &&
+                          memcmp(a.answers[0], b.answers[0], (size_t)a.n_answer[0] * sizeof(int32_t)) == 0,
+                      "%s task %d: the GPU's answer differs from the CPU's", specs[i], t);
+                CHECK(b.kv_bytes_after > 0 && b.kv_bytes_after <= b.kv_bytes_before,
+                      "%s task %d: GPU KV bytes %zu after, %zu before", specs[i], t, b.kv_bytes_after,
+                      b.kv_bytes_before);
+            }
+            if (ra == 0) pikv_qa_result_free(&a);
+            if (rb == 0) pikv_qa_result_free(&b);
+            pk_task_free(&task);
+        }
+        pikv_press_free(p);
+    }
+}
+
+/* A continuation through a DuoAttention cache, every row's logits. */
+static void check_ring_continuation(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
+{
+    enum { N_CONTEXT = 1500, N_CONT = 64 };
+    const int V = pikv_model_config(m)->vocab_size;
+    int32_t ids[N_CONTEXT + N_CONT];
+    fill_tokens(ids, N_CONTEXT + N_CONT, V, 11);
+    float *la = malloc((size_t)N_CONT * V * sizeof *la), *lb = malloc((size_t)N_CONT * V * sizeof *lb);
+    pikv_press *p = pikv_press_new("duo:0.75", m, MODEL);
+    pikv_session_reset(cpu);
+    pikv_session_reset(gpu);
+    int rc = la && lb && p ? 0 : -1;
+    if (rc == 0) rc = pikv_prefill(cpu, ids, N_CONTEXT, p, NULL) || pikv_prefill(gpu, ids, N_CONTEXT, p, NULL);
+    if (rc == 0) rc = pikv_forward(cpu, ids + N_CONTEXT, N_CONT, la, 1) || pikv_forward(gpu, ids + N_CONTEXT, N_CONT, lb, 1);
+    CHECK(rc == 0, "duo:0.75 continuation: %s", pikv_last_error());
+    double worst = 0;
+    for (int r = 0; rc == 0 && r < N_CONT; r++) {
+        const double e = rel_l2(lb + (size_t)r * V, la + (size_t)r * V, (size_t)V);
+        worst = e > worst ? e : worst;
+    }
+    CHECK(rc == 0 && worst < 1e-4, "duo:0.75 continuation: worst row %.3g relative L2 from the CPU's", worst);
+    CHECK(pikv_session_position(gpu) == N_CONTEXT + N_CONT, "GPU position %d after the continuation",
+          pikv_session_position(gpu));
+    /* A streaming head holds sink + recent entries, a retrieval head all of them. */
+    int ring = 0, full = 0;
+    for (int l = 0; l < pikv_model_config(m)->n_layer; l++)
+        for (int h = 0; h < pikv_model_config(m)->n_head; h++) {
+            const int n = pikv_session_kv_len(gpu, l, h);
+            ring += n == 64 + 256;
+            full += n == N_CONTEXT + N_CONT;
+            CHECK(n == pikv_session_kv_len(cpu, l, h), "layer %d head %d: %d entries on the GPU, %d on the CPU", l,
+                  h, n, pikv_session_kv_len(cpu, l, h));
+        }
+    CHECK(ring == 27 && full == 9, "%d ring heads and %d full heads", ring, full);
+    printf("duo:0.75 continuation of %d tokens: worst row %.2e relative L2\n", N_CONT, worst);
+    pikv_press_free(p);
+    free(la);
+    free(lb);
+}
+
+/* pikv compare's quality measure on both engines. */
+static void check_quality(const pikv_model *m, pikv_session *cpu, pikv_session *gpu, const pk_haystack *h)
+{
+    const pk_quality_config qc = pk_compare_quality_config(h, pikv_model_config(m)->n_positions, 1500, 4, 0, 1);
+    static const char *const specs[] = {"duo:0.75", "snapkv:0.5"};
+    pk_quality_reference ra = {0}, rb = {0};
+    pk_quality base_a, base_b;
+    int rc = pk_quality_measure(cpu, NULL, &qc, &ra, NULL, NULL, &base_a) ||
+             pk_quality_measure(gpu, NULL, &qc, &rb, NULL, NULL, &base_b);
+    CHECK(rc == 0, "quality of none: %s", pikv_last_error());
+    for (size_t i = 0; rc == 0 && i < sizeof specs / sizeof *specs; i++) {
+        pikv_press *p = pikv_press_new(specs[i], m, MODEL);
+        pk_quality a, b;
+        const int r = pk_quality_measure(cpu, p, &qc, &ra, NULL, NULL, &a) ||
+                      pk_quality_measure(gpu, p, &qc, &rb, NULL, NULL, &b);
+        CHECK(r == 0, "quality of %s: %s", specs[i], pikv_last_error());
+        if (r == 0) {
+            CHECK(a.retrieval_acc == b.retrieval_acc, "%s: retrieval %.2f on the CPU, %.2f on the GPU", specs[i],
+                  a.retrieval_acc, b.retrieval_acc);
+            CHECK(fabs(b.ppl / a.ppl - 1) < 1e-5 && fabs(b.kl - a.kl) < 1e-5, "%s: ppl %.6f / %.6f, KL %.3g / %.3g",
+                  specs[i], a.ppl, b.ppl, a.kl, b.kl);
+            printf("%s: retrieval %.2f / %.2f, ppl %.5f / %.5f (CPU / GPU)\n", specs[i], a.retrieval_acc,
+                   b.retrieval_acc, a.ppl, b.ppl);
+        }
+        pikv_press_free(p);
+    }
+    pk_quality_reference_free(&ra);
+    pk_quality_reference_free(&rb);
+}
+
+/* Greedy (chosen on the device) and sampled (logits to the host) generation. */
+static void check_generation(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
+{
+    int32_t prompt[40];
+    fill_tokens(prompt, 40, pikv_model_config(m)->vocab_size, 21);
+    const pikv_sampling modes[] = {{.greedy = 1}, {.temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 9}};
+    for (int i = 0; i < 2; i++) {
+        pikv_generation a, b;
+        pikv_session_reset(cpu);
+        pikv_session_reset(gpu);
+        const int ra = pikv_generate(cpu, prompt, 40, 50, &modes[i], -1, &a);
+        const int rb = pikv_generate(gpu, prompt, 40, 50, &modes[i], -1, &b);
+        CHECK(ra == 0 && rb == 0, "%s generation: %s", i ? "sampled" : "greedy", pikv_last_error());
+        if (ra == 0 && rb == 0)
+            CHECK(a.n_ids == 50 && b.n_ids == 50 && memcmp(a.ids, b.ids, 50 * sizeof *a.ids) == 0,
+                  "%s generation: the GPU's tokens differ from the CPU's", i ? "sampled" : "greedy");
+        CHECK(rb != 0 || pikv_session_position(gpu) == 40 + 49, "GPU position %d after 50 generated tokens",
+              pikv_session_position(gpu));
+        if (ra == 0) pikv_free(a.ids);
+        if (rb == 0) pikv_free(b.ids);
+    }
+}
+
+/* What a device session does not do, refused with a message naming it. */
+static void check_refusals(const pikv_model *m, pikv_session *gpu)
+{
+    int32_t ids[8];
+    fill_tokens(ids, 8, pikv_model_config(m)->vocab_size, 2);
+    float rows[64 * 64];
+    int32_t pos[64];
+    pikv_session_reset(gpu);
+    CHECK(pikv_forward(gpu, ids, 8, NULL, 0) == 0, "forward: %s", pikv_last_error());
+    CHECK(pikv_session_mark(gpu) == -1 && strstr(pikv_last_error(), "not on the cuda engine"), "mark: %s",
+          pikv_last_error());
+    CHECK(pikv_session_rewind(gpu) == -1 && strstr(pikv_last_error(), "not on the cuda engine"), "rewind: %s",
+          pikv_last_error());
+    CHECK(pikv_session_kv_read(gpu, 0, 0, 0, rows, 64) == -1 && strstr(pikv_last_error(), "pikv_session_kv_read"),
+          "kv_read: %s", pikv_last_error());
+    CHECK(pikv_session_kv_positions(gpu, 0, 0, pos, 64) == -1, "kv_positions: %s", pikv_last_error());
+    CHECK(pikv_session_set_workers(gpu, 2, 1) == -1 && strstr(pikv_last_error(), "placed workers"), "workers: %s",
+          pikv_last_error());
+    CHECK(strcmp(pikv_session_device(gpu), "cuda") == 0, "device %s", pikv_session_device(gpu));
+    pikv_kv_type k, v;
+    CHECK(pikv_session_kv_types(gpu, &k, &v) == 0 && k == PIKV_KV_F32 && v == PIKV_KV_F32, "kv types %d/%d", k, v);
+    pikv_press *p = pikv_press_new("kvzip:0.5", m, MODEL);
+    pikv_session_reset(gpu);
+    CHECK(p && pikv_prefill(gpu, ids, 8, p, NULL) == -1 && strstr(pikv_last_error(), "does not run on the GPU"),
+          "kvzip: %s", pikv_last_error());
+    pikv_press_free(p);
+    pikv_session_params params = pikv_session_default_params();
+    params.device = "cuda";
+    params.workers = 2;
+    CHECK(pikv_session_new_with_params(m, &params) == NULL && strstr(pikv_last_error(), "placed workers"),
+          "workers in params: %s", pikv_last_error());
+    params.workers = 0;
+    params.device = "tpu";
+    CHECK(pikv_session_new_with_params(m, &params) == NULL && strstr(pikv_last_error(), "device 'tpu': unknown"),
+          "device tpu: %s", pikv_last_error());
+}
+
+int main(void)
+{
+    if (!pk_cuda_available()) {
+        printf("test_cuda_session: skipped (%s)\n", pikv_last_error());
+        return check_done("test_cuda_session");
+    }
+    CHECK(pk_cuda_device_register() == 0, "register: %s", pikv_last_error());
+    pikv_model *m = pikv_model_load(MODEL);
+    pikv_tokenizer *tok = pikv_tokenizer_load(MODEL);
+    pk_haystack h = {0};
+    CHECK(m && tok && pk_haystack_load(&h, tok, "data/haystack.txt") == 0, "%s: %s", MODEL, pikv_last_error());
+    pikv_session *cpu = m ? open_session(m, "cpu") : NULL, *gpu = m ? open_session(m, "cuda") : NULL;
+    CHECK(cpu && gpu, "sessions");
+    if (cpu && gpu && h.ids) {
+        check_answers(m, cpu, gpu, &h);
+        check_ring_continuation(m, cpu, gpu);
+        check_quality(m, cpu, gpu, &h);
+        check_generation(m, cpu, gpu);
+        check_refusals(m, gpu);
+    }
+    pikv_session_free(cpu);
+    pikv_session_free(gpu);
+    pk_haystack_free(&h);
+    pikv_tokenizer_free(tok);
+    pikv_model_free(m);
+    return check_done("test_cuda_session");
+}
