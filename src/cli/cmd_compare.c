@@ -294,7 +294,7 @@ int cmd_compare(int argc, char **argv)
         "compare [--model DIR] [--weights T] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
         "       [--eplb-share S] [--scenario NAME] [--context-tokens N | --context-file F --question Q]\n"
         "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]\n"
-        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu]",
+        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu|cuda]",
         "Compares KV-cache compression methods on one context: the KV bytes each holds after\n"
         "compression, prefill / compression / decode time (medians of --reps repetitions, methods in\n"
         "rotated order), decode and prefill speed, and quality against No Compression (retrieval accuracy\n"
@@ -328,9 +328,9 @@ int cmd_compare(int argc, char **argv)
     if (rc) return rc == 1 ? 0 : rc;
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
-    if ((rc = cli_device_cpu_only(&cmd, device_flag, "its presses run on the CPU only so far (the GPU runs generate "
-                                                       "and bench without a press)")))
-        return rc;
+    cli_device device;
+    const char *load_weights;
+    if ((rc = cli_device_session(&cmd, device_flag, o.weights, &o.kv, &params, &load_weights, &device))) return rc;
     if (o.scenario) {
         const char *known;
         const pk_scenario *sc = pk_scenario_find(o.scenario, &known);
@@ -356,7 +356,7 @@ int cmd_compare(int argc, char **argv)
     pk_compare_config c;
     const char *dir = cli_model_dir(o.model_flag);
     rc = 1;
-    if (cli_load(&cmd, dir, o.weights, &r.model, &r.tok)) goto done;
+    if (cli_load(&cmd, dir, load_weights, &r.model, &r.tok)) goto done;
     if (pk_haystack_load(&r.haystack, r.tok, cli_haystack_path(o.haystack))) {
         cli_error(&cmd, "--haystack: %s", pikv_last_error());
         goto done;
@@ -372,7 +372,7 @@ int cmd_compare(int argc, char **argv)
     char model_name[300], machine[300];
     const char *base = strrchr(info.dir, '/') ? strrchr(info.dir, '/') + 1 : info.dir;
     snprintf(model_name, sizeof model_name, "%.200s (%.2f M parameters)", base, info.n_params / 1e6);
-    cli_machine(machine, sizeof machine);
+    cli_device_describe(device, machine, sizeof machine);
     status_line status = {cmd.name, 0};
     c.haystack = &r.haystack;
     c.model_dir = dir;

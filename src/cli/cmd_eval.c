@@ -32,7 +32,7 @@ int cmd_eval(int argc, char **argv)
         CLI_DEVICE_OPT(&device_flag),
     };
     const cli_command cmd = {"eval", "eval [--weights T] [--press SPEC]... [--tasks N] [--min-tokens A --max-tokens B]\n"
-                             "       [--query-aware | --both-modes] [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu]",
+                             "       [--query-aware | --both-modes] [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu|cuda]",
                              "Answers N seeded retrieval tasks (a pass key, or 1-4 special magic numbers hidden in\n"
                              "held-out text) with each press and prints the accuracy and the KV cache kept; for a\n"
                              "press that routes queries (moe_router route=1), also the share of the kept cache the\n"
@@ -45,14 +45,14 @@ int cmd_eval(int argc, char **argv)
     if (presses.n == 0) presses.items[presses.n++] = "none";
     pikv_session_params params;
     if (cli_session_params(&cmd, threads, &kv_flags, &params)) return 2;
-    if ((rc = cli_device_cpu_only(&cmd, device_flag, "its presses run on the CPU only so far (the GPU runs generate "
-                                                       "and bench without a press)")))
-        return rc;
+    cli_device device;
+    const char *load_weights;
+    if ((rc = cli_device_session(&cmd, device_flag, weights, &kv_flags, &params, &load_weights, &device))) return rc;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
     pikv_tokenizer *tok;
-    if (cli_load(&cmd, dir, weights, &m, &tok)) return 1;
+    if (cli_load(&cmd, dir, load_weights, &m, &tok)) return 1;
     pk_haystack h;
     pikv_session *s = NULL;
     rc = 1;

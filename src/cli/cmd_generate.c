@@ -4,9 +4,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/device.h"
-#ifdef PIKV_CUDA
-#include "cli/cuda/device_cuda.h"
-#endif
+#include "engine/session.h"
 #include "pikv.h"
 #include "util/mem.h"
 
@@ -129,20 +127,6 @@ static int run_plain(const cli_command *cmd, const generate_options *o, generate
     return rc;
 }
 
-#ifdef PIKV_CUDA
-/* Greedy generation on the GPU, reported as on the CPU. */
-static int run_on_gpu(const cli_command *cmd, const generate_options *o, generate_run *r)
-{
-    cli_cuda_generation gen;
-    if (cli_cuda_generate(cmd, r->model, o->weights, r->press, o->press_spec, r->context, r->n_context, o->max_new,
-                          pikv_model_config(r->model)->eos_token_id, &gen))
-        return 1;
-    int rc = report_plain(cmd, o, r, gen.ids, gen.n_ids, gen.prefill_s, gen.decode_s, gen.kv_bytes);
-    pikv_free(gen.ids);
-    return rc;
-}
-#endif
-
 /* For a press that routes queries (moe_router route=1): what the queries read
  * of the kept cache and the attention mass they missed, into the JSON object
  * or as a line on stderr. */
@@ -213,6 +197,7 @@ static int run_pipeline(const cli_command *cmd, const generate_options *o, gener
                 press, mode, res.kv_bytes_before / 1048576.0, res.kv_bytes_after / 1048576.0, 100 * kept,
                 res.prefill_s, res.compression_s, res.decode_tokens, res.decode_s, tok_s);
         report_routing(r->press, NULL);
+        if (*pk_session_press_note(r->session)) fprintf(stderr, "press %s: %s\n", press, pk_session_press_note(r->session));
     }
     pikv_qa_result_free(&res);
     return rc;
@@ -260,10 +245,9 @@ int cmd_generate(int argc, char **argv)
         "With --press or --question, the prompt is a context: it is compressed once by the press and each\n"
         "question is answered greedily against the compressed cache (the cache is rewound between\n"
         "questions). --query-aware compresses context + question together, once per question.\n"
-        "Prints the generated text; timings and KV bytes go to stderr. --device cuda generates greedily\n"
-        "on the GPU, the prompt compressed by --press (applied on the GPU; a line on stderr says how the\n"
-        "press decided: from positions, scored on the GPU, or on the host from a copy); no questions,\n"
-        "sampling or workers there yet.",
+        "Prints the generated text; timings and KV bytes go to stderr. --device cuda runs it on the GPU,\n"
+        "each press applied there (a line on stderr says how it decided: from positions, scored on the\n"
+        "GPU, or on the host from a copy); workers and --kv-type stay on the CPU.",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -279,13 +263,11 @@ int cmd_generate(int argc, char **argv)
     if (!(o.top_p > 0 && o.top_p <= 1)) return cli_error(&cmd, "--top-p: must be in (0, 1], got %g", o.top_p), 2;
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
-    if (o.device && strcmp(o.device, "cuda") == 0 &&
-        (o.questions.n || o.query_aware || o.sampling_given || o.workers || o.kv.both || o.kv.k || o.kv.v))
-        return cli_error(&cmd, "--device cuda: generates greedily from a prompt (compressed by --press), without "
-                               "--question, sampling, --workers or --kv-type (not on the GPU yet)"),
-               2;
     cli_device device;
-    if ((rc = cli_device_parse(&cmd, o.device, &device))) return rc;
+    const char *load_weights;
+    if ((rc = cli_device_session(&cmd, o.device, o.weights, &o.kv, &params, &load_weights, &device))) return rc;
+    if (device == CLI_DEVICE_CUDA && o.workers > 1)
+        return cli_error(&cmd, "--workers: decode attention on placed workers is not on the GPU"), 2;
 
     generate_run r = {0};
     rc = 1;
@@ -298,20 +280,13 @@ int cmd_generate(int argc, char **argv)
         text = r.file_text;
     }
     const char *dir = cli_model_dir(o.model_flag);
-    /* The GPU takes float32 weights from the host and stores them in its own type. */
-    if (cli_load(&cmd, dir, device == CLI_DEVICE_CUDA ? "f32" : o.weights, &r.model, &r.tok) ||
+    if (cli_load(&cmd, dir, load_weights, &r.model, &r.tok) ||
         tokenize_input(&cmd, r.tok, source, text, len, &r.context, &r.n_context))
         goto done;
     if (o.press_spec && !(r.press = pikv_press_new(o.press_spec, r.model, dir))) {
         cli_error(&cmd, "--press: %s", pikv_last_error());
         goto done;
     }
-#ifdef PIKV_CUDA
-    if (device == CLI_DEVICE_CUDA) {
-        rc = run_on_gpu(&cmd, &o, &r);
-        goto done;
-    }
-#endif
     for (int i = 0; i < o.questions.n; i++)
         if (tokenize_input(&cmd, r.tok, "--question", o.questions.items[i], strlen(o.questions.items[i]),
                            &r.questions[i], &r.n_question[i]))

@@ -3,7 +3,8 @@
 # CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
 # cuda reports graph replay, launches and the block pool, and runs without
 # graphs too; presses on the GPU say how they ran, --kv-budget plans the
-# batch, and a press the GPU cannot run is one line. Without a GPU it prints "skipped" and passes nothing. Run from the
+# batch, and a press the GPU cannot run is one line; generate with questions,
+# compare and eval run their sessions on the GPU. Without a GPU it prints "skipped" and passes nothing. Run from the
 # repository root; ends with "cli_cuda: N passed, M failed".
 : "${PIKV:=build-cuda/pikv}"
 . tests/lib/cli.sh
@@ -38,6 +39,17 @@ run bench --device cuda -p 600 -n 16 -r 1 --press none --press duo:0.75 --batch 
 check "bench --device cuda --press: each press" test "$(grep -c "decided from positions alone" "$dir/out")" = 2
 run bench --device cuda -p 1000 -n 32 -r 1 --press duo:0.75 --kv-budget 64MiB
 check "bench --kv-budget: the capacity plan" grep -q "sequences admitted = floor(budget / per sequence)" "$dir/out"
+run generate --device cuda --weights f32 --context-file data/README.md --press duo:0.75 -q "What is it?" -n 8
+check "generate --device cuda with a question: an answer and the press line" \
+  grep -q "press duo:0.75: decided from positions alone" "$dir/err"
+expect_error "generate --device cuda --kv-type" 2 "the GPU stores the KV cache in the --weights type" \
+  generate --device cuda --prompt hi --kv-type q8_0
+run compare --device cuda --tasks 2 --reps 1 --context-tokens 600 -n 4
+check "compare --device cuda: the GPU named in the header" grep -q "^Device: .*(--device cuda;" "$dir/out"
+check "compare --device cuda: how each press ran" grep -q "Press:    decided from positions alone" "$dir/out"
+check "compare --device cuda: the KV type is the GPU's" grep -q "bf16" "$dir/out"
+run eval --device cuda --tasks 2 --press duo:0.75 --min-tokens 500 --max-tokens 600
+check "eval --device cuda: an accuracy row" grep -q "| duo:0.75 .*query-agnostic" "$dir/out"
 expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it acts while decoding" \
   bench --device cuda -p 100 -n 4 -r 1 --press "decoding(knorm):every=16,target=64"
 finish cli_cuda

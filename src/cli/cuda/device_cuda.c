@@ -7,16 +7,12 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Greedy steps generate runs on the device before it looks for the stop token. */
-enum { GREEDY_CHUNK = 32 };
-
-/* The device type of a --weights value: f32 and f16 as named, bf16 for
- * "stored" or none. */
+/* The device type of a --weights value (pk_cuda_dtype_for). */
 static int device_type(const cli_command *cmd, const char *weights, pk_cuda_dtype *out)
 {
     pikv_weight_type t = PIKV_WEIGHTS_AS_STORED;
     if (weights && cli_parse_weights(cmd, weights, &t)) return 1;
-    *out = t == PIKV_WEIGHTS_F32 ? PK_CUDA_F32 : t == PIKV_WEIGHTS_F16 ? PK_CUDA_F16 : PK_CUDA_BF16;
+    *out = pk_cuda_dtype_for(t);
     return 0;
 }
 
@@ -37,49 +33,6 @@ static void print_press_line(FILE *f, const char *spec, const pk_cuda_press_stat
     fprintf(f, "press %s: %s (%.2f MB), applied on the GPU; KV %.2f -> %.2f MB, compression %.1f ms\n", spec,
             pk_cuda_press_how(st->mode), st->bytes_to_host / 1e6, st->kv_bytes_before / 1e6, st->kv_bytes_after / 1e6,
             1e3 * st->compression_s);
-}
-
-int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, pikv_press *press,
-                      const char *press_spec, const int32_t *prompt, int n_prompt, int max_new, int stop_id,
-                      cli_cuda_generation *out)
-{
-    memset(out, 0, sizeof *out);
-    const int V = pikv_model_config(m)->vocab_size;
-    pk_cuda_params params = {.max_seq = 1, .use_graphs = 1};
-    if (device_type(cmd, weights, &params.dtype)) return 1;
-    pk_cuda_session *s = pk_cuda_session_new(m, &params);
-    float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
-    out->ids = pk_malloc_array((size_t)(max_new > 0 ? max_new : 1), sizeof *out->ids, "generated ids");
-    int rc = s && logits && out->ids ? 0 : -1;
-    pk_cuda_press_stats pst;
-    double t0 = pikv_now();
-    if (rc == 0 && max_new > 0) rc = pk_cuda_prefill_press(s, m, 0, prompt, n_prompt, press, logits, &pst);
-    double t1 = pikv_now();
-    if (rc == 0 && max_new > 0 && press) print_press_line(stderr, press_spec, &pst);
-    /* Greedy steps run GREEDY_CHUNK at a time on the device; a chunk may run
-     * past the stop token, whose followers are dropped. */
-    if (rc == 0 && max_new > 0) out->ids[out->n_ids++] = greedy_id(logits, V);
-    while (rc == 0 && out->n_ids < max_new && out->ids[out->n_ids - 1] != stop_id) {
-        const int left = max_new - out->n_ids, steps = left < GREEDY_CHUNK ? left : GREEDY_CHUNK;
-        rc = pk_cuda_decode_greedy_steps(s, &out->ids[out->n_ids - 1], 1, steps, &out->ids[out->n_ids]);
-        for (int i = 0; rc == 0 && i < steps && out->ids[out->n_ids - 1] != stop_id; i++) out->n_ids++;
-    }
-    out->prefill_s = t1 - t0;
-    out->decode_s = pikv_now() - t1;
-    if (s) {
-        pk_cuda_stats st;
-        pk_cuda_get_stats(s, &st);
-        out->kv_bytes = st.kv_bytes_in_use;
-    }
-    if (rc) {
-        cli_fail(cmd);
-        pikv_free(out->ids);
-        out->ids = NULL;
-        out->n_ids = 0;
-    }
-    pk_free(logits);
-    pk_cuda_session_free(s);
-    return rc ? 1 : 0;
 }
 
 /* What one repetition measured. */

@@ -30,19 +30,4 @@ typedef struct {
  * press lets fit in that many bytes of KV blocks (pk_cuda_plan_capacity). */
 int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir, const cli_cuda_bench_options *o);
 
-/* Greedy generation on the GPU: up to max_new tokens after the prompt,
- * stopping after stop_id (-1: never). *ids is freed with pikv_free. */
-typedef struct {
-    int32_t *ids;
-    int n_ids;
-    double prefill_s, decode_s;
-    size_t kv_bytes;             /* KV blocks held at the end */
-} cli_cuda_generation;
-
-/* press (may be NULL) compresses the prompt's cache, named press_spec in
- * the line it prints to stderr. */
-int cli_cuda_generate(const cli_command *cmd, const pikv_model *m, const char *weights, pikv_press *press,
-                      const char *press_spec, const int32_t *prompt, int n_prompt, int max_new, int stop_id,
-                      cli_cuda_generation *out);
-
 #endif
