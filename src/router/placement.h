@@ -27,7 +27,9 @@ typedef struct {
     int cap_items;
 } pk_placement;
 
-/* Place the heads of one layer (head_len[h] entries each) on `workers`. */
+/* Place the heads of one layer (head_len[h] entries each) on `workers`. A
+ * "head" is any cache read by one query: the heads of a batch's sequences go
+ * in together as one list (router/shard_plan.h). */
 int pk_place_heads(const int *head_len, int n_head, int workers, pk_place_policy policy, pk_placement *out);
 void pk_placement_free(pk_placement *p);
 /* max / mean of the workers' loads (1 = perfect balance). */

@@ -1,0 +1,76 @@
+#include "bench/gpu_cost.h"
+#include "util/error.h"
+
+#include <math.h>
+#include <string.h>
+
+size_t pk_partial_state_bytes(int head_dim) { return (size_t)(2 + head_dim) * sizeof(float); }
+
+static int check_links(const pk_gpu_links *k)
+{
+    const struct {
+        const char *name;
+        double v;
+    } rates[] = {{"HBM bandwidth", k->hbm_gbs}, {"NVLink bandwidth", k->nvlink_gbs}, {"InfiniBand bandwidth", k->ib_gbs}};
+    for (size_t i = 0; i < sizeof rates / sizeof *rates; i++)
+        if (!(rates[i].v > 0) || !isfinite(rates[i].v))
+            return pk_fail("GPU cost: %s must be a positive number of GB/s, got %g", rates[i].name, rates[i].v);
+    if (!(k->nvlink_us >= 0) || !(k->ib_us >= 0) || !isfinite(k->nvlink_us) || !isfinite(k->ib_us))
+        return pk_fail("GPU cost: an all-gather's fixed cost must be >= 0 us, got %g and %g", k->nvlink_us, k->ib_us);
+    if (k->gpus_per_node < 1) return pk_fail("GPU cost: %d GPUs a node", k->gpus_per_node);
+    return 0;
+}
+
+int pk_gpu_cost_model(const pk_shard_plan *p, size_t entry_bytes, int head_dim, size_t weight_bytes,
+                      const pk_gpu_links *links, pk_gpu_cost *out)
+{
+    memset(out, 0, sizeof *out);
+    if (check_links(links)) return -1;
+    if (head_dim < 1) return pk_fail("GPU cost: head_dim %d", head_dim);
+    const int G = p->gpus;
+    const double hbm = links->hbm_gbs * 1e3; /* bytes per microsecond */
+    const int one_node = G <= links->gpus_per_node;
+    const double link = (one_node ? links->nvlink_gbs : links->ib_gbs) * 1e3;
+    const double fixed = G == 1 ? 0 : one_node ? links->nvlink_us : links->ib_us;
+    const double state = (double)pk_partial_state_bytes(head_dim);
+    double total = 0;
+    for (int g = 0; g < G; g++) {
+        const double bytes = (double)pk_shard_plan_gpu_entries(p, g) * (double)entry_bytes;
+        total += bytes;
+        out->kv_bytes_max = fmax(out->kv_bytes_max, bytes);
+    }
+    out->kv_bytes_mean = total / G;
+    double busiest_in = 0;
+    for (int l = 0; l < p->n_layer; l++) {
+        const long *entries = p->entries + (size_t)l * G, *partials = p->partials + (size_t)l * G;
+        long states = 0, max_entries = 0, min_own = -1;
+        for (int g = 0; g < G; g++) {
+            states += partials[g];
+            max_entries = entries[g] > max_entries ? entries[g] : max_entries;
+            min_own = min_own < 0 || partials[g] < min_own ? partials[g] : min_own;
+        }
+        /* An all-gather brings each GPU every state but its own. */
+        const double in = G == 1 ? 0 : (double)(states - min_own) * state;
+        out->kv_read_us += (double)max_entries * (double)entry_bytes / hbm;
+        out->exchange_us += fixed + in / link;
+        busiest_in += in;
+    }
+    out->exchange_bytes = busiest_in;
+    out->weights_us = (double)weight_bytes / hbm;
+    out->step_us = out->weights_us + out->kv_read_us + out->exchange_us;
+    return 0;
+}
+
+int pk_gpu_simulate(const int *len, int n_layer, int n_shard, int gpus, pk_place_policy policy, size_t entry_bytes,
+                    int head_dim, size_t weight_bytes, const pk_gpu_links *links, pk_gpu_result *out)
+{
+    pk_shard_plan p;
+    memset(out, 0, sizeof *out);
+    if (pk_shard_plan_make(len, n_layer, n_shard, gpus, policy, &p)) return -1;
+    const int rc = pk_gpu_cost_model(&p, entry_bytes, head_dim, weight_bytes, links, &out->cost);
+    out->imbalance = pk_shard_plan_imbalance(&p);
+    out->slices = p.slices;
+    out->split = p.split;
+    pk_shard_plan_free(&p);
+    return rc;
+}
