@@ -11,5 +11,6 @@ int cmd_eplb(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_duo_calibrate(int argc, char **argv);
+int cmd_placement(int argc, char **argv);
 
 #endif

@@ -26,6 +26,7 @@ static const struct {
     {"eval", cmd_eval, "retrieval accuracy of presses on seeded needle tasks"},
     {"eplb", cmd_eplb, "DeepSeek's expert-parallel load balancer on a load matrix (JSON)"},
     {"compare", cmd_compare, "compare KV-cache compression methods: memory, time, speed, quality"},
+    {"placement", cmd_placement, "simulate a batch's KV shards placed on GPUs by EPLB, from measured loads"},
 };
 
 static void usage(FILE *out)
