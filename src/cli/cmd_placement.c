@@ -57,7 +57,7 @@ static int check_links(const cli_command *cmd, const pk_gpu_links *k)
     const struct {
         const char *flag;
         double v, min;
-    } given[] = {{"--hbm-gbs", k->hbm_gbs, 0},  {"--nvlink-gbs", k->nvlink_gbs, 0}, {"--ib-gbs", k->ib_gbs, 0},
+    } given[] = {{"--hbm-gbs", k->hbm_gbs, 0}, {"--nvlink-gbs", k->nvlink_gbs, 0}, {"--ib-gbs", k->ib_gbs, 0},
                  {"--nvlink-us", k->nvlink_us, -1}, {"--ib-us", k->ib_us, -1}};
     for (size_t i = 0; i < sizeof given / sizeof *given; i++) {
         const int ok = given[i].min < 0 ? given[i].v >= 0 : given[i].v > 0;
