@@ -23,6 +23,8 @@ else
 fi
 expect_error "bench --batch on the CPU" 2 "pikv bench: --batch: only with --device cuda" bench --batch 4
 expect_error "bench --no-graphs on the CPU" 2 "pikv bench: --no-graphs: only with --device cuda" bench --no-graphs
+expect_error "compare --kv-budget on the CPU" 2 "pikv compare: --kv-budget: only with --device cuda" \
+  compare --kv-budget 1GiB
 expect_error "bench --kv-budget on the CPU" 2 "pikv bench: --kv-budget: only with --device cuda" bench --kv-budget 1GiB
 expect_error "bench --kv-budget that is not a size" 2 \
   "pikv bench: --kv-budget: '2XB' is not a size (say 2GiB, 512MiB or 1500000000)" bench --device cuda --kv-budget 2XB

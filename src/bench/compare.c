@@ -691,6 +691,26 @@ static int make_presses(compare_run *run)
     return 0;
 }
 
+/* On a device, each method's capacity at the KV budget: sequences of the
+ * main context compressed by its press at the main settings, each then
+ * decoding the answer's tokens. */
+static int measure_capacity(compare_run *run)
+{
+    const pk_compare_config *c = run->c;
+    pk_compare_report *r = run->r;
+    for (int m = 0; m < r->n_methods; m++) {
+        const int row = r->main_rows[m];
+        char label[PK_COMPARE_SPEC_MAX + 128];
+        row_label(r, &r->rows[row], label, sizeof label);
+        status(c, "%s: capacity at the KV budget", label);
+        if (pk_session_capacity(c->session, c->context, c->n_context, run->presses[row], c->max_new_tokens,
+                                c->kv_budget, &r->capacity[m]))
+            return pk_fail_prefix("%s", label);
+    }
+    r->n_capacity = r->n_methods;
+    return 0;
+}
+
 /* Page in the weights, start the threads and size a session's buffers
  * before the first timing in it. */
 static int warm_up(const pk_compare_config *c, pikv_session *s)
@@ -763,6 +783,7 @@ int pk_compare_run(const pk_compare_config *c, pk_compare_report *out)
         if ((run.groups[g].owned_session && warm_up(c, run.groups[g].owned_session)) ||
             time_group(&run, &run.groups[g]) || judge_group(&run, g))
             goto done;
+    if (c->kv_budget && measure_capacity(&run)) goto done;
     rc = 0;
 done:
     if (c->progress) c->progress(NULL, c->progress_ctx);

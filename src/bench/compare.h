@@ -11,6 +11,7 @@
 
 #include "bench/noise.h"
 #include "bench/stats.h"
+#include "engine/device.h"
 #include "eval/quality.h"
 
 #include <stddef.h>
@@ -146,6 +147,9 @@ typedef struct {
     pk_method_params params;
     int max_new_tokens, reps, n_tasks, query_aware, detailed;
     uint64_t seed;
+    /* on a device: also the capacity of this many KV bytes for each method
+     * (sequences of the main context, each decoding max_new_tokens); 0: none */
+    size_t kv_budget;
     /* a one-line status while it runs (may be NULL); NULL line = finished */
     void (*progress)(const char *line, void *ctx);
     void *progress_ctx;
@@ -168,6 +172,8 @@ typedef struct {
     int n_points;
     int f32_row, f16_row;    /* --detailed: No Compression in an f32 and in an f16 cache on the main inputs; else -1 */
     pk_machine_load load;    /* measured by the caller around the run; cores 0 = not measured */
+    pk_device_capacity capacity[PK_COMPARE_MAX_METHODS]; /* each method's, at its main row; n_capacity 0: none */
+    int n_capacity;
 } pk_compare_report;
 
 /* The needle task a context of that length is built from when no context

@@ -295,6 +295,30 @@ static void text_sweeps(FILE *out, const pk_compare_report *r)
     text_kv_sweep(out, r);
 }
 
+/* On a device: each method's sequences at the KV budget and their decode
+ * speed together, against No Compression's. */
+static void text_capacity(FILE *out, const pk_compare_report *r)
+{
+    if (r->n_capacity == 0) return;
+    const int nw = name_width(r);
+    const pk_device_capacity *base = &r->capacity[0];
+    fprintf(out, "CAPACITY AT A %.2f GiB KV BUDGET (sequences of the context, each decoding %d tokens, decoded "
+                 "together on the %s device)\n",
+            base->budget_bytes / (MiB * 1024), r->max_new_tokens, r->device);
+    rule(out, nw + 74);
+    fprintf(out, "%-*s  %12s  %9s  %14s  %12s  %9s\n", nw, "Method", "KV/seq MiB", "Sequences", "Decode tok/s",
+            "per sequence", "vs none");
+    rule(out, nw + 74);
+    for (int m = 0; m < r->n_capacity; m++) {
+        const pk_device_capacity *k = &r->capacity[m];
+        fprintf(out, "%-*s  %12.3f  %9d  %14.0f  %12.1f  %8.2fx%s\n", nw, row_name(r, &r->rows[r->main_rows[m]]),
+                k->per_seq_bytes / MiB, k->admitted, k->decode_tok_s, k->ran ? k->decode_tok_s / k->ran : 0,
+                base->decode_tok_s > 0 ? k->decode_tok_s / base->decode_tok_s : 0,
+                k->ran < k->admitted ? " (speed of the first sequences that ran)" : "");
+    }
+    fputc('\n', out);
+}
+
 /* The whole text report, in the order of PiKVpress's comparison. */
 void pk_report_text(FILE *out, const pk_compare_report *r)
 {
@@ -303,6 +327,7 @@ void pk_report_text(FILE *out, const pk_compare_report *r)
     text_summary(out, r);
     text_improvements(out, r);
     text_answers(out, r);
+    text_capacity(out, r);
     if (r->detailed) text_sweeps(out, r);
     text_recommendation(out, r);
 }
@@ -425,6 +450,20 @@ cJSON *pk_report_json(const pk_compare_report *r)
                 pk_json_number(nr, "retrieval_retained", x->retained.retrieval_acc);
                 pk_json_number(nr, "ppl_retained", x->retained.ppl);
             }
+        }
+    }
+    if (r->n_capacity) {
+        cJSON *cap = cJSON_AddArrayToObject(o, "capacity");
+        for (int m = 0; m < r->n_capacity; m++) {
+            const pk_device_capacity *k = &r->capacity[m];
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddStringToObject(e, "name", row_name(r, &r->rows[r->main_rows[m]]));
+            cJSON_AddNumberToObject(e, "kv_budget_bytes", (double)k->budget_bytes);
+            cJSON_AddNumberToObject(e, "kv_bytes_per_sequence", (double)k->per_seq_bytes);
+            cJSON_AddNumberToObject(e, "sequences", k->admitted);
+            cJSON_AddNumberToObject(e, "sequences_decoded", k->ran);
+            cJSON_AddNumberToObject(e, "decode_tok_s", k->decode_tok_s);
+            cJSON_AddItemToArray(cap, e);
         }
     }
     cJSON_AddStringToObject(o, "recommendation_rule",

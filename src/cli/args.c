@@ -207,3 +207,23 @@ void cli_progress(int done, int total, void *ctx)
     fprintf(stderr, "\r%s %d/%d", (const char *)ctx, done, total);
     if (done == total) fputc('\n', stderr);
 }
+
+int cli_parse_bytes(const char *text, size_t *out)
+{
+    static const struct {
+        const char *unit;
+        double scale;
+    } units[] = {{"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"KiB", 1024.0},
+                 {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
+    char *end;
+    const double v = strtod(text, &end);
+    if (end == text || !(v > 0) || text[0] == '-' || text[0] == '+') return -1;
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (strcmp(end, units[i].unit) == 0) {
+            const double bytes = v * units[i].scale;
+            if (!(bytes >= 1 && bytes < 1e15)) return -1;
+            *out = (size_t)bytes;
+            return 0;
+        }
+    return -1;
+}

@@ -116,6 +116,10 @@ int cli_load(const cli_command *cmd, const char *dir, const char *weights, struc
  * ending the line at the last step; ctx is the label (a string). */
 void cli_progress(int done, int total, void *ctx);
 
+/* A byte count: digits with an optional fraction and unit (B; KB, MB, GB
+ * of 1000; KiB, MiB, GiB of 1024). 0 on success, -1 for anything else. */
+int cli_parse_bytes(const char *text, size_t *out);
+
 /* Machine description for reports: CPU model, cores. */
 void cli_machine(char *out, int cap);
 

@@ -237,28 +237,6 @@ static int bench_report(const cli_command *cmd, const bench_run *b, pikv_model *
     return 0;
 }
 
-/* A byte count: digits with an optional fraction and unit (B; KB, MB, GB
- * of 1000; KiB, MiB, GiB of 1024). 0 on success. */
-static int parse_bytes(const char *text, size_t *out)
-{
-    static const struct {
-        const char *unit;
-        double scale;
-    } units[] = {{"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"KiB", 1024.0},
-                 {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
-    char *end;
-    const double v = strtod(text, &end);
-    if (end == text || !(v > 0) || text[0] == '-' || text[0] == '+') return -1;
-    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
-        if (strcmp(end, units[i].unit) == 0) {
-            const double bytes = v * units[i].scale;
-            if (!(bytes >= 1 && bytes < 1e15)) return -1;
-            *out = (size_t)bytes;
-            return 0;
-        }
-    return -1;
-}
-
 /* What the per-flag ranges cannot say; the message names the flag. Returns 0 or 2. */
 static int check_options(const cli_command *cmd, const bench_options *o)
 {
@@ -271,7 +249,7 @@ static int check_options(const cli_command *cmd, const bench_options *o)
                2;
     if (o->kv_budget && o->batch) return cli_error(cmd, "--kv-budget chooses the batch: drop --batch"), 2;
     size_t bytes;
-    if (o->kv_budget && parse_bytes(o->kv_budget, &bytes))
+    if (o->kv_budget && cli_parse_bytes(o->kv_budget, &bytes))
         return cli_error(cmd, "--kv-budget: '%s' is not a size (say 2GiB, 512MiB or 1500000000)", o->kv_budget), 2;
     /* What the GPU path does not do yet: say so rather than measure something else. */
     if (gpu && (o->workers || o->json || o->kv.both || o->kv.k || o->kv.v))
@@ -288,7 +266,7 @@ static int bench_on_gpu(const cli_command *cmd, const bench_options *o, const pi
 {
     cli_cuda_bench_options g = {weights, o->n_prompt, o->n_gen, o->reps, o->batch ? o->batch : 1, !o->no_graphs,
                                 NULL, "none", 0};
-    if (o->kv_budget) parse_bytes(o->kv_budget, &g.kv_budget);
+    if (o->kv_budget) cli_parse_bytes(o->kv_budget, &g.kv_budget);
     int rc = 0;
     for (int i = 0; rc == 0 && i < (o->specs.n ? o->specs.n : 1); i++) {
         g.press_spec = o->specs.n ? o->specs.items[i] : "none";

@@ -24,7 +24,7 @@
 enum { MAX_REPS = 100, QUICK_TASKS = 10, DETAILED_TASKS = 50 };
 
 typedef struct {
-    const char *model_flag, *weights, *context_file, *question, *methods, *scenario, *csv, *out, *haystack;
+    const char *model_flag, *weights, *context_file, *question, *methods, *scenario, *csv, *out, *haystack, *kv_budget;
     double ratio, eplb_share;
     int experts, top_k, context_tokens, max_new, reps, threads, tasks, seed, query_aware, json, detailed;
     int ratio_seen, experts_seen, context_seen, tasks_seen;
@@ -288,13 +288,15 @@ int cmd_compare(int argc, char **argv)
         {"--threads", "-t", OPT_INT, &(cli_int){&o.threads, 0, CLI_MAX_THREADS}, "threads (default: all cores)", NULL},
         CLI_KV_TYPE_OPTS(o.kv),
         CLI_DEVICE_OPT(&device_flag),
+        {"--kv-budget", NULL, OPT_STRING, &o.kv_budget,
+         "--device cuda: the KV budget of the capacity table (default 2GiB; 2GiB, 512MiB, ...)", NULL},
     };
     const cli_command cmd = {
         "compare",
         "compare [--model DIR] [--weights T] [--methods 'SPEC;NAME=SPEC;...'] [--ratio R] [--experts E] [--top-k K]\n"
         "       [--eplb-share S] [--scenario NAME] [--context-tokens N | --context-file F --question Q]\n"
         "       [--query-aware] [--reps N] [--tasks N] [--detailed] [--out DIR] [--json] [--csv FILE]\n"
-        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu|cuda]",
+        "       [--kv-type T] [--kv-type-k T] [--kv-type-v T] [--device cpu|cuda [--kv-budget BYTES]]",
         "Compares KV-cache compression methods on one context: the KV bytes each holds after\n"
         "compression, prefill / compression / decode time (medians of --reps repetitions, methods in\n"
         "rotated order), decode and prefill speed, and quality against No Compression (retrieval accuracy\n"
@@ -322,7 +324,12 @@ int cmd_compare(int argc, char **argv)
         "names the type, the bytes, and the nearest setting that would have saved more but kept too\n"
         "little. 50 tasks per point unless --tasks says otherwise; --out DIR then receives\n"
         "compare.json, compare.csv and SVG plots of memory, decode speed and retrieval accuracy for\n"
-        "each sweep.",
+        "each sweep.\n\n"
+        "--device cuda runs every session on the GPU (weights and KV in the --weights type, bf16 unless f32\n"
+        "or f16; each method's block says how its press ran there: decided from positions, scored from\n"
+        "measures computed on the GPU, or scored on the host from a copy of the GPU's cache) and adds a\n"
+        "capacity table: how many sequences of the context each method fits in --kv-budget bytes of KV,\n"
+        "and their decode speed together. The KV-type sweep of --detailed stays on the CPU.",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
@@ -331,6 +338,10 @@ int cmd_compare(int argc, char **argv)
     cli_device device;
     const char *load_weights;
     if ((rc = cli_device_session(&cmd, device_flag, o.weights, &o.kv, &params, &load_weights, &device))) return rc;
+    size_t kv_budget = (size_t)2 << 30;
+    if (o.kv_budget && device != CLI_DEVICE_CUDA) return cli_error(&cmd, "--kv-budget: only with --device cuda"), 2;
+    if (o.kv_budget && cli_parse_bytes(o.kv_budget, &kv_budget))
+        return cli_error(&cmd, "--kv-budget: '%s' is not a size (say 2GiB, 512MiB or 1500000000)", o.kv_budget), 2;
     if (o.scenario) {
         const char *known;
         const pk_scenario *sc = pk_scenario_find(o.scenario, &known);
@@ -388,6 +399,7 @@ int cmd_compare(int argc, char **argv)
     c.query_aware = o.query_aware;
     c.detailed = o.detailed;
     c.seed = (uint64_t)o.seed;
+    c.kv_budget = device == CLI_DEVICE_CUDA ? kv_budget : 0;
     c.progress = show_status;
     c.progress_ctx = &status;
     const double load_before = pk_load_average();

@@ -16,6 +16,15 @@
 
 #include "press/press.h"
 
+/* Sequences of one prompt that a KV budget holds on a device, and their
+ * decode speed all together (pk_session_capacity). */
+typedef struct {
+    int admitted;            /* floor(budget / per_seq_bytes) */
+    int ran;                 /* how many of them were decoded together (at most the device's limit) */
+    size_t budget_bytes, per_seq_bytes;
+    double decode_tok_s;     /* tokens per second of all `ran` sequences together */
+} pk_device_capacity;
+
 typedef struct pk_device_ops {
     const char *name;   /* what pikv_session_params.device calls it: "cuda" */
     /* An engine for one sequence of model m; NULL with the error recorded. */
@@ -39,6 +48,11 @@ typedef struct pk_device_ops {
     /* One line on how the last prefill's press ran (e.g. what it copied to
      * the host), "" when there was none. */
     const char *(*press_note)(const void *engine);
+    /* Capacity of `budget` KV bytes for sequences of the prompt compressed
+     * by press, each then decoding n_gen tokens; leaves the engine's own
+     * sequence empty. */
+    int (*capacity)(void *engine, const int32_t *ids, int n, pk_press *press, int n_gen, size_t budget,
+                    pk_device_capacity *out);
 } pk_device_ops;
 
 /* Make a device engine available by its name (the build that has it calls

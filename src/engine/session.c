@@ -77,6 +77,14 @@ const char *pk_session_press_note(const pikv_session *s)
     return s->device.ops ? s->device.ops->press_note(s->device.engine) : "";
 }
 
+int pk_session_capacity(pikv_session *s, const int32_t *ids, int n, pk_press *press, int n_gen, size_t budget,
+                        pk_device_capacity *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s->device.ops) return pk_fail("capacity at a KV budget is measured on a device (--device cuda)");
+    return s->device.ops->capacity(s->device.engine, ids, n, press, n_gen, budget, out);
+}
+
 const char *pikv_session_device(const pikv_session *s)
 {
     if (!s) pk_fail("pikv_session_device: session is NULL");

@@ -82,6 +82,13 @@ int pk_session_cpu_only(const pikv_session *s, const char *what);
  * copied to the host, where it was applied); "" on the CPU or without one. */
 const char *pk_session_press_note(const pikv_session *s);
 
+/* On a device: how many sequences of the prompt, compressed by press and
+ * then decoding n_gen tokens each, fit `budget` bytes of its KV memory, and
+ * their decode speed together (pk_device_ops.capacity). The session's own
+ * sequence is emptied. On the CPU, -1 with an error saying so. */
+int pk_session_capacity(pikv_session *s, const int32_t *ids, int n, pk_press *press, int n_gen, size_t budget,
+                        pk_device_capacity *out);
+
 /* Like pikv_forward, but write the final hidden states (after ln_f) of every
  * row to hidden [n, C] instead of logits. */
 int pk_forward_hidden(pikv_session *s, const int32_t *ids, int n, float *hidden);

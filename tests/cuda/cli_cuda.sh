@@ -4,7 +4,8 @@
 # cuda reports graph replay, launches and the block pool, and runs without
 # graphs too; presses on the GPU say how they ran, --kv-budget plans the
 # batch, and a press the GPU cannot run is one line; generate with questions,
-# compare and eval run their sessions on the GPU. Without a GPU it prints "skipped" and passes nothing. Run from the
+# compare (with its capacity table) and eval run their sessions on the GPU.
+# Without a GPU it prints "skipped" and passes nothing. Run from the
 # repository root; ends with "cli_cuda: N passed, M failed".
 : "${PIKV:=build-cuda/pikv}"
 . tests/lib/cli.sh
@@ -44,10 +45,12 @@ check "generate --device cuda with a question: an answer and the press line" \
   grep -q "press duo:0.75: decided from positions alone" "$dir/err"
 expect_error "generate --device cuda --kv-type" 2 "the GPU stores the KV cache in the --weights type" \
   generate --device cuda --prompt hi --kv-type q8_0
-run compare --device cuda --tasks 2 --reps 1 --context-tokens 600 -n 4
+run compare --device cuda --tasks 2 --reps 1 --context-tokens 600 -n 4 --kv-budget 64MiB
 check "compare --device cuda: the GPU named in the header" grep -q "^Device: .*(--device cuda;" "$dir/out"
 check "compare --device cuda: how each press ran" grep -q "Press:    decided from positions alone" "$dir/out"
-check "compare --device cuda: the KV type is the GPU's" grep -q "bf16" "$dir/out"
+check "compare --device cuda: the capacity table" grep -q "^CAPACITY AT A 0.06 GiB KV BUDGET" "$dir/out"
+check "compare --device cuda: Duo fits more sequences than none" \
+  awk '/^CAPACITY/ {t = 1} t && /^No Compression/ {n = $(NF-3)} t && /^Duo Attention/ {d = $(NF-3)} END {exit !(d > n && n > 0)}' "$dir/out"
 run eval --device cuda --tasks 2 --press duo:0.75 --min-tokens 500 --max-tokens 600
 check "eval --device cuda: an accuracy row" grep -q "| duo:0.75 .*query-agnostic" "$dir/out"
 expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it acts while decoding" \

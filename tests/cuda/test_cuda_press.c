@@ -18,7 +18,7 @@
  * prints "skipped". */
 #include "backend/cuda/engine.h"
 #include "engine/compress.h"
-#include "engine/cuda/press_cuda.h"
+#include "engine/cuda/capacity_cuda.h"
 #include "engine/session.h"
 #include "../check.h"
 #include "tokens.h"

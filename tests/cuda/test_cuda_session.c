@@ -14,6 +14,7 @@
 #include "backend/cuda/engine.h"
 #include "bench/compare.h"
 #include "engine/cuda/session_cuda.h"
+#include "engine/session.h"
 #include "eval/quality.h"
 #include "../check.h"
 #include "tokens.h"
@@ -162,6 +163,29 @@ static void check_generation(const pikv_model *m, pikv_session *cpu, pikv_sessio
     }
 }
 
+/* Capacity at a budget: floor(budget / bytes per sequence) admitted and
+ * decoded together; a CPU session refuses. */
+static void check_capacity(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
+{
+    int32_t prompt[600];
+    fill_tokens(prompt, 600, pikv_model_config(m)->vocab_size, 4);
+    pikv_press *p = pikv_press_new("duo:0.75", m, MODEL);
+    const size_t budget = (size_t)64 << 20;
+    pk_device_capacity k;
+    const int rc = pk_session_capacity(gpu, prompt, 600, p, 16, budget, &k);
+    CHECK(rc == 0 && k.per_seq_bytes > 0 && k.admitted == (int)(budget / k.per_seq_bytes) && k.ran == k.admitted &&
+              k.decode_tok_s > 0,
+          "capacity: %d admitted of %zu bytes each, %d ran, %.0f tok/s: %s", k.admitted, k.per_seq_bytes, k.ran,
+          k.decode_tok_s, rc ? pikv_last_error() : "");
+    printf("capacity of 64 MiB, duo:0.75, 600 + 16 tokens: %d sequences of %.2f MB, %.0f tok/s together\n",
+           k.admitted, k.per_seq_bytes / 1e6, k.decode_tok_s);
+    CHECK(pikv_session_position(gpu) == 0, "capacity leaves the session's sequence empty (position %d)",
+          pikv_session_position(gpu));
+    CHECK(pk_session_capacity(cpu, prompt, 600, p, 16, budget, &k) == -1 && strstr(pikv_last_error(), "on a device"),
+          "capacity on the CPU: %s", pikv_last_error());
+    pikv_press_free(p);
+}
+
 /* What a device session does not do, refused with a message naming it. */
 static void check_refusals(const pikv_model *m, pikv_session *gpu)
 {
@@ -217,6 +241,7 @@ int main(void)
         check_ring_continuation(m, cpu, gpu);
         check_quality(m, cpu, gpu, &h);
         check_generation(m, cpu, gpu);
+        check_capacity(m, cpu, gpu);
         check_refusals(m, gpu);
     }
     pikv_session_free(cpu);

@@ -1,7 +1,7 @@
 #include "cli/cuda/device_cuda.h"
 #include "backend/cuda/engine.h"
 #include "bench/stats.h"
-#include "engine/cuda/press_cuda.h"
+#include "engine/cuda/capacity_cuda.h"
 #include "util/mem.h"
 
 #include <stdio.h>
@@ -21,12 +21,6 @@ static const char *device_type_name(pk_cuda_dtype t)
     return t == PK_CUDA_F32 ? "f32" : t == PK_CUDA_F16 ? "f16" : "bf16";
 }
 
-static int greedy_id(float *logits, int n)
-{
-    static const pikv_sampling greedy = {.greedy = 1};
-    return pikv_sample(logits, n, &greedy, NULL);
-}
-
 /* The line that says how a press ran on the GPU. */
 static void print_press_line(FILE *f, const char *spec, const pk_cuda_press_stats *st)
 {
@@ -42,33 +36,17 @@ typedef struct {
     size_t kv_in_use;            /* KV bytes held after the last decode step */
 } bench_result;
 
-/* One repetition: every sequence cut back to empty, prefilled and
- * compressed, then n_gen greedy decode steps of all of them in one call (the
- * choices taken on the device and fed to the next step there, as a server
- * would); tokens/s of each phase (the prefill's without the compression). */
+/* One repetition (pk_cuda_run_batch): tokens/s of each phase, the
+ * prefill's without the compression. */
 static int bench_once(pk_cuda_session *s, const pikv_model *m, const cli_cuda_bench_options *o, int batch,
-                      const int32_t *prompt, int V, float *logits, int32_t *next, bench_result *r)
+                      const int32_t *prompt, bench_result *r)
 {
-    double t_pre = 0;
-    for (int b = 0; b < batch; b++) {
-        if (pk_cuda_truncate(s, b, 0) ||
-            pk_cuda_prefill_press(s, m, b, prompt, o->n_prompt, o->press, logits + (size_t)b * V, &r->press))
-            return -1;
-        t_pre += r->press.prefill_s;
-        next[b] = greedy_id(logits + (size_t)b * V, V);
-    }
-    int32_t *chosen = pk_malloc_array((size_t)o->n_gen * batch, sizeof *chosen, "greedy choices");
-    if (!chosen) return -1;
-    double t0 = pikv_now();
-    const int rc = o->n_gen > 0 ? pk_cuda_decode_greedy_steps(s, next, batch, o->n_gen, chosen) : 0;
-    const double t1 = pikv_now();
-    pk_free(chosen);
-    if (rc) return -1;
-    r->prefill_tok_s = (double)batch * o->n_prompt / t_pre;
-    r->decode_tok_s = (double)batch * o->n_gen / (t1 - t0);
-    pk_cuda_stats st;
-    pk_cuda_get_stats(s, &st);
-    r->kv_in_use = st.kv_bytes_in_use;
+    pk_cuda_batch_run run;
+    if (pk_cuda_run_batch(s, m, prompt, o->n_prompt, o->press, batch, o->n_gen, &run)) return -1;
+    r->press = run.press;
+    r->prefill_tok_s = (double)batch * o->n_prompt / run.prefill_s;
+    r->decode_tok_s = o->n_gen > 0 ? (double)batch * o->n_gen / run.decode_s : 0;
+    r->kv_in_use = run.kv_in_use;
     return 0;
 }
 
@@ -156,16 +134,14 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
     }
     const pk_cuda_params params = {.dtype = t, .max_seq = batch, .pool_blocks = pool_blocks, .use_graphs = o->graphs};
     pk_cuda_session *s = pk_cuda_session_new(m, &params);
-    int32_t *next = pk_malloc_array((size_t)batch, sizeof *next, "next tokens");
-    float *logits = pk_malloc_array((size_t)batch * V, sizeof *logits, "logits");
     double *pre = pk_malloc_array((size_t)o->reps, sizeof *pre, "timings");
     double *dec = pk_malloc_array((size_t)o->reps, sizeof *dec, "timings");
-    int rc = s && next && logits && pre && dec ? 0 : -1;
+    int rc = s && pre && dec ? 0 : -1;
     /* One warm-up repetition (module load, graph capture, cuBLAS heuristics), then the timed ones. */
     bench_result r;
-    if (rc == 0) rc = bench_once(s, m, o, batch, prompt, V, logits, next, &r);
+    if (rc == 0) rc = bench_once(s, m, o, batch, prompt, &r);
     for (int i = 0; rc == 0 && i < o->reps; i++) {
-        rc = bench_once(s, m, o, batch, prompt, V, logits, next, &r);
+        rc = bench_once(s, m, o, batch, prompt, &r);
         pre[i] = r.prefill_tok_s;
         dec[i] = r.decode_tok_s;
     }
@@ -174,7 +150,7 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
     if (rc == 0 && o->graphs) {
         const cli_cuda_bench_options replay = {.n_prompt = o->n_prompt, .n_gen = 0, .press = o->press};
         bench_result ignored;
-        rc = bench_once(s, m, &replay, batch, prompt, V, logits, next, &ignored);
+        rc = bench_once(s, m, &replay, batch, prompt, &ignored);
         if (rc == 0) rc = pk_cuda_time_replay(s, batch, REPLAY_STEPS, &replay_us);
     }
     if (rc == 0) {
@@ -184,8 +160,6 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
         cli_fail(cmd);
     }
     pk_free(prompt);
-    pk_free(next);
-    pk_free(logits);
     pk_free(pre);
     pk_free(dec);
     pk_cuda_session_free(s);

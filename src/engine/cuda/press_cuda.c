@@ -211,24 +211,3 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
     }
     return rc;
 }
-
-int pk_cuda_plan_capacity(pk_cuda_session *probe, const pikv_model *m, const int32_t *ids, int n, pk_press *press,
-                          int n_gen, size_t budget, pk_cuda_capacity *out)
-{
-    memset(out, 0, sizeof *out);
-    if (n_gen < 0) return pk_fail("capacity: %d tokens to decode", n_gen);
-    pk_cuda_press_stats st;
-    if (pk_cuda_truncate(probe, 0, 0) || pk_cuda_prefill_press(probe, m, 0, ids, n, press, NULL, &st)) return -1;
-    if (n + n_gen > m->cfg.n_positions)
-        return pk_fail("capacity: %d prompt tokens and %d to decode pass the model's %d positions", n, n_gen,
-                       m->cfg.n_positions);
-    pk_cuda_stats ps;
-    pk_cuda_get_stats(probe, &ps);
-    out->budget_bytes = budget;
-    out->block_bytes = ps.block_bytes;
-    out->per_seq_bytes = pk_cuda_sequence_bytes(probe, 0, n_gen);
-    out->headroom_bytes = st.kv_bytes_before > out->per_seq_bytes ? st.kv_bytes_before - out->per_seq_bytes : 0;
-    const size_t admitted = out->per_seq_bytes ? budget / out->per_seq_bytes : 0;
-    out->admitted = admitted > 0x7fffffff ? 0x7fffffff : (int)admitted;
-    return pk_cuda_truncate(probe, 0, 0);
-}

@@ -55,22 +55,4 @@ const char *pk_cuda_press_unsupported(const pk_press *p);
 int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n, pk_press *press,
                           float *logits, pk_cuda_press_stats *st);
 
-/* Capacity at a KV budget: how many sequences of one prompt, compressed by a
- * press and then decoded n_gen tokens, fit in `budget` bytes of blocks. The
- * bytes per sequence are the pool's own accounting for one sequence run on a
- * probe session (its blocks after the press, grown by n_gen tokens, a ring
- * stopping at its window), so admitted = floor(budget / per_seq_bytes). A
- * press acts after its prompt has been prefilled whole, so the pool also
- * needs headroom for one uncompressed prompt beyond what a compressed
- * sequence holds: a pool of budget + headroom bytes runs the admitted
- * sequences, and once they are all prefilled they hold at most `budget`. */
-typedef struct {
-    int admitted;
-    size_t budget_bytes, per_seq_bytes, headroom_bytes, block_bytes;
-} pk_cuda_capacity;
-
-/* Plan on sequence 0 of probe (emptied before and after). */
-int pk_cuda_plan_capacity(pk_cuda_session *probe, const pikv_model *m, const int32_t *ids, int n, pk_press *press,
-                          int n_gen, size_t budget, pk_cuda_capacity *out);
-
 #endif

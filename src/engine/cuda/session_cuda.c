@@ -2,7 +2,7 @@
  * a pk_cuda_session, prefilled and compressed by press_cuda.c, greedy steps
  * chosen on the device. */
 #include "engine/cuda/session_cuda.h"
-#include "engine/cuda/press_cuda.h"
+#include "engine/cuda/capacity_cuda.h"
 #include "engine/device.h"
 #include "util/error.h"
 #include "util/mem.h"
@@ -103,6 +103,26 @@ static const char *cuda_press_note(const void *engine)
     return e->press_note;
 }
 
+/* Sequences decoded together at most in a capacity run. */
+enum { MAX_CAPACITY_SEQ = 4096 };
+
+static int cuda_capacity(void *engine, const int32_t *ids, int n, pk_press *press, int n_gen, size_t budget,
+                         pk_device_capacity *out)
+{
+    cuda_engine *e = engine;
+    pk_cuda_capacity plan;
+    pk_cuda_batch_run run;
+    e->press_note[0] = 0;
+    if (pk_cuda_measure_capacity(e->s, e->m, e->dtype, ids, n, press, n_gen, budget, MAX_CAPACITY_SEQ, &plan, &run))
+        return -1;
+    out->admitted = plan.admitted;
+    out->ran = plan.admitted < MAX_CAPACITY_SEQ ? plan.admitted : MAX_CAPACITY_SEQ;
+    out->budget_bytes = budget;
+    out->per_seq_bytes = plan.per_seq_bytes;
+    out->decode_tok_s = run.decode_s > 0 ? (double)out->ran * n_gen / run.decode_s : 0;
+    return 0;
+}
+
 static const pk_device_ops cuda_ops = {
     .name = "cuda",
     .open = cuda_open,
@@ -116,6 +136,7 @@ static const pk_device_ops cuda_ops = {
     .kv_len = cuda_kv_len,
     .kv_type = cuda_kv_type,
     .press_note = cuda_press_note,
+    .capacity = cuda_capacity,
 };
 
 int pk_cuda_device_register(void) { return pk_device_register(&cuda_ops); }
