@@ -168,6 +168,49 @@ static void check_dot_axpy(void)
     }
 }
 
+/* The products over a run of rows stored one after another, for every
+ * type, against each row decoded: dims where the vector loops run (64, and
+ * 48 for the 16-bit types) and where they do not (40). */
+static void check_row_runs(void)
+{
+    enum { N = 5 };
+    static const int dims[] = {64, 48, 40};
+    for (size_t d = 0; d < sizeof dims / sizeof *dims; d++)
+        for (int t = 0; t < PIKV_KV_N_TYPES; t++) {
+            const int dim = dims[d];
+            if (pk_kv_type_check((pikv_kv_type)t, dim, "test rows")) continue;
+            const size_t stride = pk_kv_row_bytes((pikv_kv_type)t, dim);
+            unsigned char rows[N * 256];
+            float x[64], q[64], a[N], decoded[N][64], dot[N], acc[64] = {0};
+            uint64_t rng = 11 + (uint64_t)t;
+            for (int j = 0; j < N; j++) {
+                for (int i = 0; i < dim; i++) {
+                    rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                    x[i] = (float)((int)(rng >> 40) % 2001 - 1000) / 250;
+                }
+                pk_kv_quantize_row((pikv_kv_type)t, x, rows + j * stride, dim);
+                pk_kv_dequantize_row((pikv_kv_type)t, rows + j * stride, decoded[j], dim);
+                a[j] = 0.25f * (float)(j + 1);
+            }
+            for (int i = 0; i < dim; i++) q[i] = (float)(i % 5) - 2;
+            pk_kv_rows_dot((pikv_kv_type)t, rows, N, q, dim, dot);
+            pk_kv_rows_axpy((pikv_kv_type)t, rows, N, a, dim, acc);
+            double dot_err = 0, axpy_err = 0;
+            for (int j = 0; j < N; j++) {
+                double ref = 0;
+                for (int i = 0; i < dim; i++) ref += (double)q[i] * decoded[j][i];
+                dot_err = fmax(dot_err, fabs(dot[j] - ref));
+            }
+            for (int i = 0; i < dim; i++) {
+                double ref = 0;
+                for (int j = 0; j < N; j++) ref += (double)a[j] * decoded[j][i];
+                axpy_err = fmax(axpy_err, fabs(acc[i] - ref));
+            }
+            CHECK(dot_err < 1e-4 && axpy_err < 1e-4, "%s, dim %d: %d rows' dot off by %.3g, axpy by %.3g",
+                  pikv_kv_type_name((pikv_kv_type)t), dim, N, dot_err, axpy_err);
+        }
+}
+
 /* Bytes of a cache of every type: head_dim 64 is two blocks, so a q8_0 row
  * takes 2 x (2 + 32) = 68 bytes and a q4_0 row 2 x (2 + 16) = 36; f16 and
  * bf16 rows 64 x 2 = 128, f32 rows 256; each entry adds a 4-byte position. */
@@ -506,6 +549,7 @@ int main(void)
     check_q4_0_block();
     check_half_values();
     check_dot_axpy();
+    check_row_runs();
     check_bytes();
     check_refused();
     for (int type = 0; type < PIKV_KV_N_TYPES; type++)

@@ -104,7 +104,7 @@ static void check_range_widening(void)
     static float wide[0x10000 + 5];
     for (uint32_t h = 0; h < 0x10000; h++) codes[h + 5] = (uint16_t)h;
     for (int type = 0; type < 2; type++) {
-        const pk_matrix w = {codes, type ? PK_DT_BF16 : PK_DT_F16};
+        const pk_matrix w = {.data = codes, .type = type ? PK_DT_BF16 : PK_DT_F16};
         pk_matrix_to_f32(&w, 5, 0x10000, wide); /* from an odd offset */
         int bad = 0;
         for (uint32_t h = 0; h < 0x10000; h++) {
@@ -122,11 +122,11 @@ static float noise(uint64_t *state)
     return (float)((double)(*state >> 40) / (double)(1ull << 23) - 1.0);
 }
 
-/* One product through pk_matmul_half against a double-precision reference of
- * the weights as converted: |y - ref| within 1e-5 of the sum of the terms'
- * magnitudes, element by element. */
-static void check_product(pk_dtype type, pk_matrix_layout layout, int T, int in, int out, int with_bias, float beta,
-                          int n_threads)
+/* One product through pk_matmul_half (W [out, in], the layout 16-bit
+ * matrices are kept in) against a double-precision reference of the weights
+ * as converted: |y - ref| within 1e-5 of the sum of the terms' magnitudes,
+ * element by element. */
+static void check_product(pk_dtype type, int T, int in, int out, int with_bias, float beta, int n_threads)
 {
     uint64_t state = (uint64_t)(T * 7919 + in * 131 + out) ^ (uint64_t)type;
     const size_t nw = (size_t)in * (size_t)out;
@@ -143,16 +143,16 @@ static void check_product(pk_dtype type, pk_matrix_layout layout, int T, int in,
     for (int i = 0; i < out; i++) bias[i] = noise(&state);
     for (int i = 0; i < T * out; i++) y0[i] = beta != 0 ? noise(&state) : NAN; /* beta 0 must not read y */
     memcpy(y, y0, (size_t)T * out * sizeof *y);
-    const pk_matrix W = {w16, type};
+    const pk_matrix W = {w16, type, PK_OUT_MAJOR};
     const pk_matmul_args a = {.y = y, .x = x, .W = &W, .bias = with_bias ? bias : NULL, .T = T, .in = in,
                               .out = out, .beta = beta, .panels = panels, .n_threads = n_threads};
-    pk_matmul_half(&a, layout);
+    pk_matmul_half(&a);
     double worst = 0;
     for (int t = 0; t < T; t++)
         for (int o = 0; o < out; o++) {
             double ref = (beta != 0 ? y0[(size_t)t * out + o] : 0) + (with_bias ? bias[o] : 0), mag = fabs(ref);
             for (int i = 0; i < in; i++) {
-                const size_t at = layout == PK_IN_MAJOR ? (size_t)i * out + o : (size_t)o * in + i;
+                const size_t at = (size_t)o * in + i;
                 const double w = type == PK_DT_F16 ? pk_f16_to_f32(w16[at]) : pk_bf16_to_f32(w16[at]);
                 ref += (double)x[(size_t)t * in + i] * w;
                 mag += fabs((double)x[(size_t)t * in + i] * w);
@@ -160,9 +160,8 @@ static void check_product(pk_dtype type, pk_matrix_layout layout, int T, int in,
             const double err = fabs(y[(size_t)t * out + o] - ref) / (mag > 0 ? mag : 1);
             worst = err > worst || isnan(err) ? err : worst;
         }
-    CHECK(worst < 1e-5, "%s %s T=%d in=%d out=%d bias=%d beta=%g threads=%d: error %.3g of the magnitude",
-          type == PK_DT_F16 ? "F16" : "BF16", layout == PK_IN_MAJOR ? "[in, out]" : "[out, in]", T, in, out,
-          with_bias, beta, n_threads, worst);
+    CHECK(worst < 1e-5, "%s T=%d in=%d out=%d bias=%d beta=%g threads=%d: error %.3g of the magnitude",
+          type == PK_DT_F16 ? "F16" : "BF16", T, in, out, with_bias, beta, n_threads, worst);
     free(w16), free(x), free(y), free(y0), free(bias), free(panels);
 }
 
@@ -176,14 +175,32 @@ static void check_products(void)
         {4, 7, 5},   {5, 45, 83}, {9, 300, 270}, {20, 513, 77}, {64, 384, 1152},
     };
     for (int type = 0; type < 2; type++)
-        for (int layout = 0; layout < 2; layout++)
-            for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
-                const pk_dtype dt = type ? PK_DT_BF16 : PK_DT_F16;
-                const pk_matrix_layout lay = layout ? PK_OUT_MAJOR : PK_IN_MAJOR;
-                check_product(dt, lay, shapes[s][0], shapes[s][1], shapes[s][2], 1, 0.f, 2);
-                check_product(dt, lay, shapes[s][0], shapes[s][1], shapes[s][2], 0, 1.f, 3);
-            }
-    check_product(PK_DT_F16, PK_IN_MAJOR, 7, 50, 91, 1, 1.f, 1);
+        for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+            const pk_dtype dt = type ? PK_DT_BF16 : PK_DT_F16;
+            check_product(dt, shapes[s][0], shapes[s][1], shapes[s][2], 1, 0.f, 2);
+            check_product(dt, shapes[s][0], shapes[s][1], shapes[s][2], 0, 1.f, 3);
+        }
+    check_product(PK_DT_F16, 7, 50, 91, 1, 1.f, 1);
+}
+
+/* The loader's transpose of a 16-bit Conv1D matrix into [out, in], on shapes
+ * that tiles of 64 do and do not divide: every element lands where it
+ * should. */
+static void check_transpose(void)
+{
+    static const size_t shapes[][2] = {{1, 1}, {64, 64}, {70, 130}, {129, 3}};
+    for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
+        const size_t rows = shapes[s][0], cols = shapes[s][1];
+        uint16_t *m = malloc(rows * cols * sizeof *m), *scratch = malloc(rows * cols * sizeof *scratch);
+        for (size_t i = 0; i < rows * cols; i++) m[i] = (uint16_t)(i * 7919 % 65521);
+        pk_matrix_transpose_half(m, rows, cols, scratch);
+        size_t bad = 0;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < cols; c++) bad += m[c * rows + r] != (uint16_t)((r * cols + c) * 7919 % 65521);
+        CHECK(bad == 0, "transpose of %zu x %zu: %zu elements misplaced", rows, cols, bad);
+        free(m);
+        free(scratch);
+    }
 }
 
 static pikv_model *load_as(const char *dir, pikv_weight_type type)
@@ -424,6 +441,7 @@ int main(void)
     check_bf16_values();
     check_range_widening();
     check_products();
+    check_transpose();
     check_types_and_bytes();
     check_stored_types();
     check_decode_matches_prefill();

@@ -6,6 +6,13 @@
 #include <math.h>
 #include <string.h>
 
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#define KV_SIMD 1
+#else
+#define KV_SIMD 0
+#endif
+
 _Static_assert(sizeof(pk_block_q8_0) == 34, "q8_0 block: 2-byte scale + 32 bytes");
 _Static_assert(sizeof(pk_block_q4_0) == 18, "q4_0 block: 2-byte scale + 16 bytes");
 
@@ -76,15 +83,34 @@ static void quantize_q4_0(const float *x, pk_block_q4_0 *b)
     }
 }
 
+/* A block's f16 scale: F16C's conversion where there is one, which is exact
+ * like pk_f16_to_f32 (decoding is on every attention's path). */
+static inline float block_scale(uint16_t d)
+{
+#if KV_SIMD
+    return _cvtsh_ss(d);
+#else
+    return pk_f16_to_f32(d);
+#endif
+}
+
 static void dequantize_q8_0(const pk_block_q8_0 *b, float *x)
 {
-    const float d = pk_f16_to_f32(b->d);
+    const float d = block_scale(b->d);
+#if KV_SIMD
+    const __m256 scale = _mm256_set1_ps(d);
+    for (int i = 0; i < PK_KV_BLOCK; i += 8) {
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + i)));
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_cvtepi32_ps(q), scale));
+    }
+#else
     for (int i = 0; i < PK_KV_BLOCK; i++) x[i] = (float)b->q[i] * d;
+#endif
 }
 
 static void dequantize_q4_0(const pk_block_q4_0 *b, float *x)
 {
-    const float d = pk_f16_to_f32(b->d);
+    const float d = block_scale(b->d);
     for (int i = 0; i < PK_KV_BLOCK / 2; i++) {
         x[i] = (float)((b->q[i] & 0x0f) - 8) * d;
         x[PK_KV_BLOCK / 2 + i] = (float)((b->q[i] >> 4) - 8) * d;
@@ -129,10 +155,10 @@ void pk_kv_dequantize_row(pikv_kv_type t, const void *row, float *x, int dim)
     }
 }
 
-/* dot and axpy decode a row a block (32 values) at a time into a small buffer
- * and work on the decoded floats, so that they see exactly what
- * pk_kv_dequantize_row gives. */
-float pk_kv_row_dot(pikv_kv_type t, const void *row, const float *q, int dim)
+/* The portable dot and axpy decode a row a block (32 values) at a time into
+ * a small buffer and work on the decoded floats, so that they see exactly
+ * what pk_kv_dequantize_row gives. */
+static float row_dot_decoded(pikv_kv_type t, const void *row, const float *q, int dim)
 {
     float decoded[PK_KV_BLOCK], sum = 0;
     for (int i = 0; i < dim; i += PK_KV_BLOCK) {
@@ -143,7 +169,7 @@ float pk_kv_row_dot(pikv_kv_type t, const void *row, const float *q, int dim)
     return sum;
 }
 
-void pk_kv_row_axpy(pikv_kv_type t, const void *row, float a, float *acc, int dim)
+static void row_axpy_decoded(pikv_kv_type t, const void *row, float a, float *acc, int dim)
 {
     float decoded[PK_KV_BLOCK];
     for (int i = 0; i < dim; i += PK_KV_BLOCK) {
@@ -151,4 +177,109 @@ void pk_kv_row_axpy(pikv_kv_type t, const void *row, float a, float *acc, int di
         pk_kv_dequantize_row(t, (const uint8_t *)row + pk_kv_row_bytes(t, i), decoded, n);
         for (int j = 0; j < n; j++) acc[i + j] += a * decoded[j];
     }
+}
+
+#if KV_SIMD
+/* Eight stored values from element i of a row of type t (not f32), widened
+ * exactly: F16C for f16, a shift for bf16, sign extension and the block's
+ * scale for the block types (i a multiple of 8). */
+static inline __attribute__((always_inline)) __m256 load8(pikv_kv_type t, const void *row, int i)
+{
+    if (t == PIKV_KV_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    if (t == PIKV_KV_BF16) {
+        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    }
+    if (t == PIKV_KV_Q8_0) {
+        const pk_block_q8_0 *b = (const pk_block_q8_0 *)row + i / PK_KV_BLOCK;
+        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + i % PK_KV_BLOCK)));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(block_scale(b->d)));
+    }
+    /* q4_0: elements 0..15 of a block in the low nibbles of its bytes, 16..31 in the high ones */
+    const pk_block_q4_0 *b = (const pk_block_q4_0 *)row + i / PK_KV_BLOCK;
+    const int k = i % PK_KV_BLOCK, byte = k % (PK_KV_BLOCK / 2);
+    __m128i v = _mm_loadl_epi64((const __m128i *)(b->q + byte));
+    if (k >= PK_KV_BLOCK / 2) v = _mm_srli_epi16(v, 4);
+    v = _mm_sub_epi8(_mm_and_si128(v, _mm_set1_epi8(0x0f)), _mm_set1_epi8(8));
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), _mm256_set1_ps(block_scale(b->d)));
+}
+
+static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* The SIMD loops, for dim a multiple of 16; t a constant where inlined. */
+static inline __attribute__((always_inline)) void rows_dot_simd(pikv_kv_type t, const uint8_t *rows, size_t stride,
+                                                                int n, const float *q, int dim, float *out)
+{
+    for (int j = 0; j < n; j++) {
+        const void *row = rows + (size_t)j * stride;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        for (int i = 0; i < dim; i += 16) {
+            s0 = _mm256_fmadd_ps(load8(t, row, i), _mm256_loadu_ps(q + i), s0);
+            s1 = _mm256_fmadd_ps(load8(t, row, i + 8), _mm256_loadu_ps(q + i + 8), s1);
+        }
+        out[j] = hsum8(_mm256_add_ps(s0, s1));
+    }
+}
+
+static inline __attribute__((always_inline)) void rows_axpy_simd(pikv_kv_type t, const uint8_t *rows, size_t stride,
+                                                                 int n, const float *a, int dim, float *acc)
+{
+    for (int j = 0; j < n; j++) {
+        const void *row = rows + (size_t)j * stride;
+        const __m256 w = _mm256_set1_ps(a[j]);
+        for (int i = 0; i < dim; i += 8)
+            _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(load8(t, row, i), w, _mm256_loadu_ps(acc + i)));
+    }
+}
+#endif
+
+void pk_kv_rows_dot(pikv_kv_type t, const void *rows, int n, const float *q, int dim, float *out)
+{
+    const size_t stride = pk_kv_row_bytes(t, dim);
+#if KV_SIMD
+    if (dim % 16 == 0) {
+        switch (t) {
+        case PIKV_KV_F16: rows_dot_simd(PIKV_KV_F16, rows, stride, n, q, dim, out); return;
+        case PIKV_KV_BF16: rows_dot_simd(PIKV_KV_BF16, rows, stride, n, q, dim, out); return;
+        case PIKV_KV_Q8_0: rows_dot_simd(PIKV_KV_Q8_0, rows, stride, n, q, dim, out); return;
+        case PIKV_KV_Q4_0: rows_dot_simd(PIKV_KV_Q4_0, rows, stride, n, q, dim, out); return;
+        default: break;
+        }
+    }
+#endif
+    for (int j = 0; j < n; j++) out[j] = row_dot_decoded(t, (const uint8_t *)rows + (size_t)j * stride, q, dim);
+}
+
+void pk_kv_rows_axpy(pikv_kv_type t, const void *rows, int n, const float *a, int dim, float *acc)
+{
+    const size_t stride = pk_kv_row_bytes(t, dim);
+#if KV_SIMD
+    if (dim % 16 == 0) {
+        switch (t) {
+        case PIKV_KV_F16: rows_axpy_simd(PIKV_KV_F16, rows, stride, n, a, dim, acc); return;
+        case PIKV_KV_BF16: rows_axpy_simd(PIKV_KV_BF16, rows, stride, n, a, dim, acc); return;
+        case PIKV_KV_Q8_0: rows_axpy_simd(PIKV_KV_Q8_0, rows, stride, n, a, dim, acc); return;
+        case PIKV_KV_Q4_0: rows_axpy_simd(PIKV_KV_Q4_0, rows, stride, n, a, dim, acc); return;
+        default: break;
+        }
+    }
+#endif
+    for (int j = 0; j < n; j++) row_axpy_decoded(t, (const uint8_t *)rows + (size_t)j * stride, a[j], acc, dim);
+}
+
+float pk_kv_row_dot(pikv_kv_type t, const void *row, const float *q, int dim)
+{
+    float s;
+    pk_kv_rows_dot(t, row, 1, q, dim, &s);
+    return s;
+}
+
+void pk_kv_row_axpy(pikv_kv_type t, const void *row, float a, float *acc, int dim)
+{
+    pk_kv_rows_axpy(t, row, 1, &a, dim, acc);
 }

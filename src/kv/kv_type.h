@@ -50,5 +50,12 @@ void pk_kv_dequantize_row(pikv_kv_type t, const void *row, float *x, int dim);
 float pk_kv_row_dot(pikv_kv_type t, const void *row, const float *q, int dim);
 /* acc += a * decoded(row). */
 void pk_kv_row_axpy(pikv_kv_type t, const void *row, float a, float *acc, int dim);
+/* The same over n rows stored one after another (a head's entries):
+ * out[j] = q · decoded(row j), and acc += sum over j of a[j] * decoded(row
+ * j). Decoding one query's attention runs through these: each stored value
+ * is widened in registers (AVX2, F16C) and used at once, never written out
+ * as a float. */
+void pk_kv_rows_dot(pikv_kv_type t, const void *rows, int n, const float *q, int dim, float *out);
+void pk_kv_rows_axpy(pikv_kv_type t, const void *rows, int n, const float *a, int dim, float *acc);
 
 #endif

@@ -106,10 +106,10 @@ int pk_kv_append_slot(pk_kv_head *h, int n_new)
 
 void pk_kv_read(const pk_kvcache *kv, const pk_kv_head *h, int values, int start, int n, float *out)
 {
-    const pikv_kv_type t = values ? kv->type_v : kv->type_k;
-    const size_t d = (size_t)kv->head_dim;
-    for (int j = 0; j < n; j++)
-        pk_kv_dequantize_row(t, pk_kv_row(kv, h, values, start + j), out + (size_t)j * d, kv->head_dim);
+    /* A head's rows lie one after another, and a row of a block type is whole
+     * blocks, so n rows decode as one row n times as long. */
+    if (n > 0) pk_kv_dequantize_row(values ? kv->type_v : kv->type_k, pk_kv_row(kv, h, values, start), out,
+                                    n * kv->head_dim);
 }
 
 void pk_kv_store(const pk_kvcache *kv, pk_kv_head *h, int slot, const float *key, const float *value)

@@ -5,7 +5,9 @@
  * supplies the same table and leaves the forward pass, the presses, the
  * pipeline and the reports untouched.
  *
- * Shapes follow Hugging Face's Conv1D layout: W is [in, out], input-major. */
+ * A product's matrix says its own layout (model/matrix.h): Hugging Face's
+ * Conv1D [in, out] for float32 layer weights, [out, in] for 16-bit ones and
+ * the LM head. */
 #ifndef PIKV_MODEL_BACKEND_H
 #define PIKV_MODEL_BACKEND_H
 
@@ -53,12 +55,10 @@ typedef struct pk_backend {
     const char *name;
     /* Before a forward call: how many threads its products may use. */
     void (*set_threads)(int n_threads);
-    /* y[T, out] = beta·y + x[T, in] · W[in, out] + bias, W in its own type:
+    /* y[T, out] = beta·y + x[T, in] · W + bias, W in its own type and
+     * layout (model/matrix.h; the LM head is wte [V, C], output-major):
      * beta = 1 accumulates (the residual stream), beta = 0 overwrites. */
     void (*matmul)(const pk_matmul_args *a);
-    /* y[T, out] = x[T, in] · W[out, in]^T: the LM head, stored as [V, C]
-     * (no bias, beta 0). */
-    void (*matmul_t)(const pk_matmul_args *a);
     /* out[t] = layernorm(x[t]) * w + b for rows t < T of width C. */
     void (*layernorm)(float *out, const float *x, const float *w, const float *b, int T, int C, float eps,
                       int n_threads);

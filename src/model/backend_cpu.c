@@ -11,37 +11,27 @@
 
 static void cpu_set_threads(int n_threads) { openblas_set_num_threads(n_threads); }
 
-/* Float32 weights go to OpenBLAS (sgemv for one row, sgemm for more), the
- * bias added where it always was: into the residual before accumulating,
- * after the product when overwriting. 16-bit weights go to model/matrix.c. */
+/* Float32 weights go to OpenBLAS (sgemv for one row, sgemm for more, W in
+ * either layout), the bias added where it always was: into the residual
+ * before accumulating, after the product when overwriting. 16-bit weights go
+ * to model/matrix.c. */
 static void cpu_matmul(const pk_matmul_args *a)
 {
     if (a->W->type != PK_DT_F32) {
-        pk_matmul_half(a, PK_IN_MAJOR);
+        pk_matmul_half(a);
         return;
     }
     const float *W = a->W->data;
+    const int in_major = a->W->layout == PK_IN_MAJOR;
     if (a->bias && a->beta != 0) pk_add_bias(a->y, a->bias, a->T, a->out);
-    if (a->T == 1)
+    if (a->T == 1 && in_major)
         cblas_sgemv(CblasRowMajor, CblasTrans, a->in, a->out, 1.f, W, a->out, a->x, 1, a->beta, a->y, 1);
+    else if (a->T == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, a->out, a->in, 1.f, W, a->in, a->x, 1, a->beta, a->y, 1);
     else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, a->T, a->out, a->in, 1.f, a->x, a->in, W, a->out,
-                    a->beta, a->y, a->out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, in_major ? CblasNoTrans : CblasTrans, a->T, a->out, a->in, 1.f, a->x,
+                    a->in, W, in_major ? a->out : a->in, a->beta, a->y, a->out);
     if (a->bias && a->beta == 0) pk_add_bias(a->y, a->bias, a->T, a->out);
-}
-
-static void cpu_matmul_t(const pk_matmul_args *a)
-{
-    if (a->W->type != PK_DT_F32) {
-        pk_matmul_half(a, PK_OUT_MAJOR);
-        return;
-    }
-    const float *W = a->W->data;
-    if (a->T == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, a->out, a->in, 1.f, W, a->in, a->x, 1, 0.f, a->y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, a->T, a->out, a->in, 1.f, a->x, a->in, W, a->in, 0.f,
-                    a->y, a->out);
 }
 
 static void cpu_layernorm(float *out, const float *x, const float *w, const float *b, int T, int C, float eps,
@@ -71,11 +61,12 @@ void pk_mask_window(const pk_kv_head *kh, float *row, int start, int width, int3
         if (!pk_kv_in_window(kh, start + j, qpos)) row[j] = MASKED_SCORE;
 }
 
-/* Rows of another type are decoded a chunk at a time into a buffer on the
- * stack (16 KiB, in the first-level cache) and multiplied like f32 rows, so
- * that decoding costs a pass over the stored bytes and the products stay
- * BLAS's. A row wider than the buffer goes through the codec's own dot product
- * and axpy. */
+/* Rows of another type than f32 are decoded a chunk at a time into a buffer
+ * on the stack (16 KiB, in the first-level cache) and multiplied like f32
+ * rows, so that decoding is one pass over the stored bytes and the products
+ * stay BLAS's. (Widening each value in registers inside a dot product per
+ * row, the codec's pk_kv_rows_dot, measured slower at head_dim 64: a
+ * horizontal sum per row of 64 values costs more than the buffer.) */
 enum { CHUNK_FLOATS = 4096 };
 
 /* Entries start..start+count-1 of a head times a vector: for keys
@@ -85,20 +76,17 @@ static void head_product(const pk_kvcache *kv, const pk_kv_head *kh, int values,
                          float *out)
 {
     const int hd = kv->head_dim;
-    const CBLAS_TRANSPOSE how = values ? CblasTrans : CblasNoTrans;
     if (pk_kv_is_f32(kv, values)) {
-        cblas_sgemv(CblasRowMajor, how, count, hd, 1.f, pk_kv_f32_rows(kh, values) + (size_t)start * hd, hd, in, 1,
-                    0.f, out, 1);
+        cblas_sgemv(CblasRowMajor, values ? CblasTrans : CblasNoTrans, count, hd, 1.f,
+                    pk_kv_f32_rows(kh, values) + (size_t)start * hd, hd, in, 1, 0.f, out, 1);
         return;
     }
     if (values) memset(out, 0, (size_t)hd * sizeof *out);
     const pikv_kv_type type = values ? kv->type_v : kv->type_k;
-    if (hd > CHUNK_FLOATS) {
-        for (int j = 0; j < count; j++) {
-            const void *row = pk_kv_row(kv, kh, values, start + j);
-            if (values) pk_kv_row_axpy(type, row, in[j], out, hd);
-            else out[j] = pk_kv_row_dot(type, row, in, hd);
-        }
+    const void *stored = pk_kv_row(kv, kh, values, start);
+    if (hd > CHUNK_FLOATS) { /* a row wider than the buffer: the codec's own products */
+        if (values) pk_kv_rows_axpy(type, stored, count, in, hd, out);
+        else pk_kv_rows_dot(type, stored, count, in, hd, out);
         return;
     }
     float rows[CHUNK_FLOATS];
@@ -106,8 +94,8 @@ static void head_product(const pk_kvcache *kv, const pk_kv_head *kh, int values,
     for (int j = 0; j < count; j += chunk) {
         const int n = count - j < chunk ? count - j : chunk;
         pk_kv_read(kv, kh, values, start + j, n, rows);
-        cblas_sgemv(CblasRowMajor, how, n, hd, 1.f, rows, hd, values ? in + j : in, 1, values ? 1.f : 0.f,
-                    values ? out : out + j, 1);
+        cblas_sgemv(CblasRowMajor, values ? CblasTrans : CblasNoTrans, n, hd, 1.f, rows, hd, values ? in + j : in, 1,
+                    values ? 1.f : 0.f, values ? out : out + j, 1);
     }
 }
 
@@ -275,9 +263,8 @@ static void cpu_attention(const pk_attention_args *a)
 }
 
 /* The weights of a few query rows: one product over f32 keys; keys of
- * another type decoded a chunk at a time (as head_product does) and each
- * chunk multiplied by all the rows at once; rows wider than the chunk each
- * against the stored keys. */
+ * another type decoded a chunk at a time, each chunk multiplied by all the
+ * rows; rows wider than the chunk each against the stored keys. */
 static void cpu_query_weights(const pk_kvcache *kv, const pk_kv_head *kh, const float *Q, int q_stride, int rows,
                               int32_t qpos0, float scale, float *out)
 {
@@ -312,7 +299,6 @@ const pk_backend pk_backend_cpu = {
     .name = "cpu",
     .set_threads = cpu_set_threads,
     .matmul = cpu_matmul,
-    .matmul_t = cpu_matmul_t,
     .layernorm = cpu_layernorm,
     .gelu = cpu_gelu,
     .attention = cpu_attention,

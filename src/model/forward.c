@@ -214,5 +214,5 @@ void pk_forward_logits(pk_forward *f, int n, float *logits, int all_rows)
                           f->n_threads);
     const pk_matmul_args head = {.y = logits, .x = f->xn, .W = &m->lm_head, .T = rows, .in = C, .out = c->vocab_size,
                                  .panels = f->panels, .n_threads = f->n_threads};
-    f->backend->matmul_t(&head);                                                               /* [rows, V] */
+    f->backend->matmul(&head);                                                                 /* [rows, V] */
 }

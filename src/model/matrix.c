@@ -14,10 +14,6 @@
 #define HALF_SIMD 0
 #endif
 
-/* The in-major matrix-vector kernel gives each thread tiles of this many
- * output columns: eight AVX registers of accumulators. */
-enum { TILE = 64 };
-
 size_t pk_matrix_elem_size(pk_dtype type) { return type == PK_DT_F32 ? 4 : 2; }
 
 static float half_to_f32(uint16_t h, pk_dtype type) { return type == PK_DT_F16 ? pk_f16_to_f32(h) : pk_bf16_to_f32(h); }
@@ -60,75 +56,6 @@ static void start_outputs(const pk_matmul_args *a, int t, int c0, int w, float *
     for (int j = 0; j < w; j++) dst[j] = (a->beta != 0 ? a->beta * y[j] : 0.f) + (a->bias ? a->bias[c0 + j] : 0.f);
 }
 
-/* Columns c0..c0+w-1 (w <= TILE) of row t of y = x · W[in, out], in plain C:
- * one row of W widened at a time and added in. */
-static void tile_plain(const pk_matmul_args *a, int t, int c0, int w)
-{
-    float acc[TILE], row[TILE];
-    const float *x = a->x + (size_t)t * (size_t)a->in;
-    start_outputs(a, t, c0, w, acc);
-    for (int i = 0; i < a->in; i++) {
-        pk_matrix_to_f32(a->W, (size_t)i * (size_t)a->out + (size_t)c0, (size_t)w, row);
-        for (int j = 0; j < w; j++) acc[j] += x[i] * row[j];
-    }
-    memcpy(a->y + (size_t)t * (size_t)a->out + c0, acc, (size_t)w * sizeof(float));
-}
-
-#if HALF_SIMD
-/* The same for 8·n_acc columns (n_acc 1 or 8, a constant where it is
- * inlined), the accumulators held in registers for the whole pass down W. */
-static inline __attribute__((always_inline)) void tile_simd(const pk_matmul_args *a, int t, int c0, int n_acc,
-                                                            pk_dtype type)
-{
-    float start[TILE];
-    __m256 acc[TILE / 8];
-    const float *x = a->x + (size_t)t * (size_t)a->in;
-    const uint16_t *W = (const uint16_t *)a->W->data + c0;
-    start_outputs(a, t, c0, 8 * n_acc, start);
-    for (int j = 0; j < n_acc; j++) acc[j] = _mm256_loadu_ps(start + 8 * j);
-    for (int i = 0; i < a->in; i++) {
-        const __m256 xi = _mm256_set1_ps(x[i]);
-        const uint16_t *row = W + (size_t)i * (size_t)a->out;
-        for (int j = 0; j < n_acc; j++) acc[j] = _mm256_fmadd_ps(load8(row + 8 * j, type), xi, acc[j]);
-    }
-    float *y = a->y + (size_t)t * (size_t)a->out + c0;
-    for (int j = 0; j < n_acc; j++) _mm256_storeu_ps(y + 8 * j, acc[j]);
-}
-
-/* One tile: all TILE columns in registers, or for the last, narrower tile
- * eight columns at a time and what is left over in plain C. */
-static void tile(const pk_matmul_args *a, int t, int c0, int w)
-{
-    const pk_dtype type = a->W->type;
-    if (w == TILE) {
-        if (type == PK_DT_F16) tile_simd(a, t, c0, TILE / 8, PK_DT_F16);
-        else tile_simd(a, t, c0, TILE / 8, PK_DT_BF16);
-        return;
-    }
-    int done = 0;
-    for (; done + 8 <= w; done += 8) {
-        if (type == PK_DT_F16) tile_simd(a, t, c0 + done, 1, PK_DT_F16);
-        else tile_simd(a, t, c0 + done, 1, PK_DT_BF16);
-    }
-    if (done < w) tile_plain(a, t, c0 + done, w - done);
-}
-#else
-static void tile(const pk_matmul_args *a, int t, int c0, int w) { tile_plain(a, t, c0, w); }
-#endif
-
-/* y = x · W for W[in, out] and a few rows: threads share out tiles of output
- * columns; each tile walks down W once per row, which for the second row
- * onwards is still in cache. */
-static void matvec_in_major(const pk_matmul_args *a)
-{
-    const int n_tiles = (a->out + TILE - 1) / TILE;
-#pragma omp parallel for schedule(static) num_threads(a->n_threads) if (n_tiles > 1)
-    for (int k = 0; k < n_tiles; k++) {
-        const int c0 = k * TILE, w = a->out - c0 < TILE ? a->out - c0 : TILE;
-        for (int t = 0; t < a->T; t++) tile(a, t, c0, w);
-    }
-}
-
 #if HALF_SIMD
 /* x[0..n) · row[0..n) for n a multiple of 8, four accumulators deep (type a
  * constant where it is inlined). */
@@ -162,8 +89,9 @@ static float dot_row(const pk_matmul_args *a, const float *x, int r)
     return sum;
 }
 
-/* y = x · W^T for W[out, in] and a few rows (the LM head while decoding):
- * threads share out the rows of W, each a dot product per row of x. */
+/* y = x · W^T for W[out, in] and a few rows (decoding): threads share out
+ * the rows of W in contiguous runs, each a dot product per row of x, so that
+ * every thread streams through its part of the matrix once, in order. */
 static void matvec_out_major(const pk_matmul_args *a)
 {
 #pragma omp parallel for schedule(static) num_threads(a->n_threads)
@@ -175,14 +103,14 @@ static void matvec_out_major(const pk_matmul_args *a)
         }
 }
 
-/* Many rows: panels of output columns shared out among the threads; each
- * thread widens its panel PK_PANEL_DEPTH rows of the inner dimension at a time
- * into its own scratch and adds that block's product in with a one-thread
- * sgemm (OpenBLAS's OpenMP build does not spawn threads inside ours). A
- * widened element is used by all T rows, so widening costs 1/T of the
- * multiply-adds. The panels are as many as a multiple of the threads, so that
- * each thread gets the same share. */
-static void matmul_panels(const pk_matmul_args *a, pk_matrix_layout layout)
+/* Many rows: panels of outputs shared out among the threads; each thread
+ * widens its panel PK_PANEL_DEPTH elements of the inner dimension at a time
+ * (block [w, d] of W[out, in]) into its own scratch and adds that block's
+ * product in with a one-thread sgemm (OpenBLAS's OpenMP build does not spawn
+ * threads inside ours). A widened element is used by all T rows, so widening
+ * costs 1/T of the multiply-adds. The panels are as many as a multiple of the
+ * threads, so that each thread gets the same share. */
+static void matmul_panels(const pk_matmul_args *a)
 {
     const int T = a->T, in = a->in, out = a->out;
     int n_panels = (out + PK_PANEL_WIDTH - 1) / PK_PANEL_WIDTH;
@@ -196,26 +124,31 @@ static void matmul_panels(const pk_matmul_args *a, pk_matrix_layout layout)
         for (int t = 0; t < T; t++) start_outputs(a, t, c0, w, a->y + (size_t)t * (size_t)out + c0);
         for (int k0 = 0; k0 < in; k0 += PK_PANEL_DEPTH) {
             const int d = in - k0 < PK_PANEL_DEPTH ? in - k0 : PK_PANEL_DEPTH;
-            if (layout == PK_IN_MAJOR) { /* block [d, w] of W[in, out] */
-                for (int k = 0; k < d; k++)
-                    pk_matrix_to_f32(a->W, (size_t)(k0 + k) * (size_t)out + (size_t)c0, (size_t)w,
-                                     block + (size_t)k * (size_t)w);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, w, d, 1.f, a->x + k0, in, block, w, 1.f,
-                            a->y + c0, out);
-            } else { /* block [w, d] of W[out, in] */
-                for (int j = 0; j < w; j++)
-                    pk_matrix_to_f32(a->W, (size_t)(c0 + j) * (size_t)in + (size_t)k0, (size_t)d,
-                                     block + (size_t)j * (size_t)d);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, w, d, 1.f, a->x + k0, in, block, d, 1.f,
-                            a->y + c0, out);
-            }
+            for (int j = 0; j < w; j++)
+                pk_matrix_to_f32(a->W, (size_t)(c0 + j) * (size_t)in + (size_t)k0, (size_t)d,
+                                 block + (size_t)j * (size_t)d);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, w, d, 1.f, a->x + k0, in, block, d, 1.f,
+                        a->y + c0, out);
         }
     }
 }
 
-void pk_matmul_half(const pk_matmul_args *a, pk_matrix_layout layout)
+void pk_matmul_half(const pk_matmul_args *a)
 {
-    if (a->T > PK_MATVEC_MAX_ROWS) matmul_panels(a, layout);
-    else if (layout == PK_IN_MAJOR) matvec_in_major(a);
+    if (a->T > PK_MATVEC_MAX_ROWS) matmul_panels(a);
     else matvec_out_major(a);
+}
+
+/* In tiles of 64 x 64, so that both the rows read and the rows written stay
+ * in cache while a tile is moved. */
+void pk_matrix_transpose_half(uint16_t *m, size_t rows, size_t cols, uint16_t *scratch)
+{
+    enum { TILE = 64 };
+    memcpy(scratch, m, rows * cols * sizeof *m);
+    for (size_t r0 = 0; r0 < rows; r0 += TILE)
+        for (size_t c0 = 0; c0 < cols; c0 += TILE) {
+            const size_t r1 = r0 + TILE < rows ? r0 + TILE : rows, c1 = c0 + TILE < cols ? c0 + TILE : cols;
+            for (size_t r = r0; r < r1; r++)
+                for (size_t c = c0; c < c1; c++) m[c * rows + r] = scratch[r * cols + c];
+        }
 }

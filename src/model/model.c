@@ -127,6 +127,7 @@ typedef struct {
     int64_t d0, d1;      /* d1 = 0: one dimension */
     float **vector;      /* the float32 destination, or NULL for a matrix */
     pk_matrix *matrix;
+    int conv1d;          /* a layer's matrix, stored [in, out] (Hugging Face's Conv1D); else [out, in] */
     const pk_st_tensor *t;
     const pk_safetensors *st;
 } part;
@@ -202,7 +203,7 @@ static void add_part(part *parts, int *n, int layer, const char *name, int64_t d
                      pk_matrix *matrix)
 {
     part *p = &parts[(*n)++];
-    *p = (part){.d0 = d0, .d1 = d1, .vector = vector, .matrix = matrix};
+    *p = (part){.d0 = d0, .d1 = d1, .vector = vector, .matrix = matrix, .conv1d = matrix && layer >= 0};
     if (layer >= 0) snprintf(p->name, sizeof p->name, "h.%d.%s", layer, name);
     else snprintf(p->name, sizeof p->name, "%s", name);
 }
@@ -276,6 +277,7 @@ static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir, pi
     m->layers = pk_calloc((size_t)c->n_layer, sizeof *m->layers, "model layers");
     if (!m->layers) return -1;
     int n_parts = 0, rc = -1;
+    uint16_t *scratch = NULL; /* a 16-bit layer matrix is transposed through this on its way in */
     part *parts = list_parts(m, untied, &n_parts);
     if (!parts) return -1;
     pikv_model_info *info = &m->info;
@@ -286,6 +288,11 @@ static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir, pi
     m->vectors = pk_malloc_array(n_vectors, sizeof(float), "model weights");
     m->matrices = pk_malloc_array(n_matrix, elem, "model weight matrices");
     if (!m->vectors || !m->matrices) goto done;
+    size_t widest = 0;
+    for (int i = 0; i < n_parts; i++)
+        if (parts[i].conv1d && parts[i].t->numel > widest) widest = parts[i].t->numel;
+    if (m->weights != PK_DT_F32 && !(scratch = pk_malloc_array(widest, sizeof *scratch, "weight transpose")))
+        goto done;
     float *vec = m->vectors;
     char *mat = m->matrices;
     for (int i = 0; i < n_parts; i++) {
@@ -293,14 +300,21 @@ static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir, pi
         const size_t n = p->t->numel;
         pk_matrix loaded;
         if (p->vector) {
-            loaded = (pk_matrix){vec, PK_DT_F32};
+            loaded = (pk_matrix){.data = vec, .type = PK_DT_F32};
             *p->vector = vec;
             if (pk_st_to_f32(p->st, p->t, vec)) goto done;
             vec += n;
         } else {
-            loaded = (pk_matrix){mat, m->weights};
-            *p->matrix = loaded;
+            loaded = (pk_matrix){mat, m->weights, p->conv1d ? PK_IN_MAJOR : PK_OUT_MAJOR};
             if (pk_st_convert(p->st, p->t, m->weights, mat)) goto done;
+            /* 16-bit products read each output's weights contiguously
+             * (model/matrix.h); float32 ones are OpenBLAS's, on the
+             * checkpoint's order as always. */
+            if (scratch && p->conv1d) {
+                pk_matrix_transpose_half((uint16_t *)(void *)mat, (size_t)p->d0, (size_t)p->d1, scratch);
+                loaded.layout = PK_OUT_MAJOR;
+            }
+            *p->matrix = loaded;
             mat += n * elem;
         }
         count_nonfinite(&loaded, n, p->t->name, info);
@@ -310,6 +324,7 @@ static int load_weights(pikv_model *m, const checkpoint *ck, const char *dir, pi
     info->weight_bytes = n_vectors * sizeof(float) + n_matrix * elem;
     rc = 0;
 done:
+    pk_free(scratch);
     pk_free(parts);
     return rc;
 }

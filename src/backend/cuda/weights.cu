@@ -133,11 +133,17 @@ int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtyp
     for (int l = 0; l < c->n_layer && ok; l++) {
         const pk_layer *h = &m->layers[l];
         pk_cuda_layer *d = &w->layers[l];
-        /* Conv1D weights are [in][out] on the host: transposed here. */
-        PUT(d->attn_w, h->attn_w, C, 3 * C, 1, 0);
-        PUT(d->attn_proj_w, h->attn_proj_w, C, C, 1, 0);
-        PUT(d->fc_w, h->fc_w, C, F, 1, 0);
-        PUT(d->fc_proj_w, h->fc_proj_w, F, C, 1, 0);
+        /* Layer matrices go to the device output-major: float32 host ones
+         * are Conv1D's [in][out] and transposed here, 16-bit ones already
+         * [out][in] (model/matrix.h). */
+#define PUT_OUT_MAJOR(dst, src, in, out)                                           \
+    if ((src).layout == PK_IN_MAJOR) PUT(dst, src, in, out, 1, 0);                  \
+    else PUT(dst, src, out, in, 0, 0)
+        PUT_OUT_MAJOR(d->attn_w, h->attn_w, C, 3 * C);
+        PUT_OUT_MAJOR(d->attn_proj_w, h->attn_proj_w, C, C);
+        PUT_OUT_MAJOR(d->fc_w, h->fc_w, C, F);
+        PUT_OUT_MAJOR(d->fc_proj_w, h->fc_proj_w, F, C);
+#undef PUT_OUT_MAJOR
         PUT(d->ln_1_w, f32_array(h->ln_1_w), 1, C, 0, 1);
         PUT(d->ln_1_b, f32_array(h->ln_1_b), 1, C, 0, 1);
         PUT(d->attn_b, f32_array(h->attn_b), 1, 3 * C, 0, 1);
