@@ -54,7 +54,7 @@ static void convert(void *out, const float *src, size_t rows, size_t cols, int t
 /* A float32 host array seen as a matrix. */
 static pk_matrix f32_array(const float *p)
 {
-    pk_matrix m;
+    pk_matrix m = {};
     m.data = p;
     m.type = PK_DT_F32;
     return m;
