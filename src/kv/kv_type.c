@@ -211,11 +211,29 @@ static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-/* The SIMD loops, for dim a multiple of 16; t a constant where inlined. */
+/* The SIMD loops, for dim a multiple of 16; t a constant where inlined.
+ * Dot products go four rows at a time, their four sums reduced together,
+ * so that the horizontal sums do not cost a row of 64 values as much as its
+ * products. */
 static inline __attribute__((always_inline)) void rows_dot_simd(pikv_kv_type t, const uint8_t *rows, size_t stride,
                                                                 int n, const float *q, int dim, float *out)
 {
-    for (int j = 0; j < n; j++) {
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const uint8_t *r = rows + (size_t)j * stride;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int i = 0; i < dim; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + i);
+            s0 = _mm256_fmadd_ps(load8(t, r, i), qv, s0);
+            s1 = _mm256_fmadd_ps(load8(t, r + stride, i), qv, s1);
+            s2 = _mm256_fmadd_ps(load8(t, r + 2 * stride, i), qv, s2);
+            s3 = _mm256_fmadd_ps(load8(t, r + 3 * stride, i), qv, s3);
+        }
+        /* [s0 s1 s2 s3] -> one vector of their four sums */
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+        _mm_storeu_ps(out + j, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
+    for (; j < n; j++) {
         const void *row = rows + (size_t)j * stride;
         __m256 s0 = _mm256_setzero_ps(), s1 = s0;
         for (int i = 0; i < dim; i += 16) {
@@ -226,14 +244,27 @@ static inline __attribute__((always_inline)) void rows_dot_simd(pikv_kv_type t, 
     }
 }
 
+/* acc += the weighted rows, 64 values of acc at a time held in registers
+ * over every row, so that acc is loaded and stored once per 64 values. */
 static inline __attribute__((always_inline)) void rows_axpy_simd(pikv_kv_type t, const uint8_t *rows, size_t stride,
                                                                  int n, const float *a, int dim, float *acc)
 {
-    for (int j = 0; j < n; j++) {
-        const void *row = rows + (size_t)j * stride;
-        const __m256 w = _mm256_set1_ps(a[j]);
-        for (int i = 0; i < dim; i += 8)
-            _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(load8(t, row, i), w, _mm256_loadu_ps(acc + i)));
+    enum { STRIP = 64 };
+    for (int c0 = 0; c0 < dim; c0 += STRIP) {
+        const int w = dim - c0 < STRIP ? dim - c0 : STRIP; /* a multiple of 16 */
+        __m256 v[STRIP / 8];
+        for (int k = 0; k < w / 8; k++) v[k] = _mm256_loadu_ps(acc + c0 + 8 * k);
+        for (int j = 0; j < n; j++) {
+            const void *row = rows + (size_t)j * stride;
+            const __m256 wj = _mm256_set1_ps(a[j]);
+            if (w == STRIP) {
+#pragma GCC unroll 8
+                for (int k = 0; k < STRIP / 8; k++) v[k] = _mm256_fmadd_ps(load8(t, row, c0 + 8 * k), wj, v[k]);
+            } else {
+                for (int k = 0; k < w / 8; k++) v[k] = _mm256_fmadd_ps(load8(t, row, c0 + 8 * k), wj, v[k]);
+            }
+        }
+        for (int k = 0; k < w / 8; k++) _mm256_storeu_ps(acc + c0 + 8 * k, v[k]);
     }
 }
 #endif
