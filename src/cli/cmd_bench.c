@@ -252,10 +252,8 @@ static int check_options(const cli_command *cmd, const bench_options *o)
     if (o->kv_budget && cli_parse_bytes(o->kv_budget, &bytes))
         return cli_error(cmd, "--kv-budget: '%s' is not a size (say 2GiB, 512MiB or 1500000000)", o->kv_budget), 2;
     /* What the GPU path does not do yet: say so rather than measure something else. */
-    if (gpu && (o->workers || o->json || o->kv.both || o->kv.k || o->kv.v))
-        return cli_error(cmd, "--device cuda: %s is not on the GPU yet (its KV blocks are in the --weights type)",
-                         o->workers ? "--workers" : o->json ? "--json" : "--kv-type"),
-               2;
+    if (gpu && (o->workers || o->json))
+        return cli_error(cmd, "--device cuda: %s is not on the GPU yet", o->workers ? "--workers" : "--json"), 2;
     return 0;
 }
 
@@ -335,12 +333,12 @@ int cmd_bench(int argc, char **argv)
     pikv_session_params params;
     if (cli_session_params(&cmd, o.threads, &o.kv, &params)) return 2;
     cli_device device;
-    if ((rc = cli_device_parse(&cmd, o.device, &device))) return rc;
+    const char *load_weights;
+    if ((rc = cli_device_session(&cmd, o.device, weights, &o.kv, &params, &load_weights, &device))) return rc;
 
     const char *dir = cli_model_dir(model_flag);
     pikv_model *m;
-    /* The GPU takes float32 weights from the host and stores them in its own type. */
-    if (cli_load(&cmd, dir, device == CLI_DEVICE_CUDA ? "f32" : weights, &m, NULL)) return 1;
+    if (cli_load(&cmd, dir, load_weights, &m, NULL)) return 1;
     const pikv_config *c = pikv_model_config(m);
     if (o.n_prompt + o.n_gen > c->n_positions) {
         cli_error(&cmd, "-p %d + -n %d exceed the model's %d positions", o.n_prompt, o.n_gen, c->n_positions);
