@@ -905,7 +905,8 @@ static void test_measured(void)
     static const char *const specs[] = {"knorm:0.5", "snapkv:0.5", "snapkv:ratio=0.6,window=8,kernel=3", "tova:0.5",
                                         "observed_attention:0.5", "expected_attention:0.5", "pyramidkv:0.5",
                                         "adakv(snapkv):0.5", "chunkkv(knorm):0.5",
-                                        "moe_router:0.5", "moe_router:ratio=0.5,router=pikv,window=16"};
+                                        "moe_router:0.5", "moe_router:ratio=0.5,router=pikv,window=16",
+                                        "moe_router:ratio=0.5,router=hierarchical,experts=8,top_k=1"};
     enum { LAYERS = 2, HEADS = 6, DIM = 8, LEN = 300, ROWS = 80 };
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         pk_press *a = press_from(specs[i], NULL), *b = press_from(specs[i], NULL);

@@ -7,6 +7,7 @@
  * order the presses summed before they were split out, so that a host decision
  * stays bit for bit what it was. */
 #include "press/press.h"
+#include "router/kmeans.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -121,12 +122,39 @@ static int host_expected_logits(void *ctx, const pk_press_view *asking, int head
     return rc;
 }
 
-static int host_keys(void *ctx, const pk_press_view *asking, int head, float *out)
+/* The keys of entries[0..m-1] of head h, scaled to unit length, into a new
+ * array [m][head_dim]; NULL when out of memory. */
+static float *unit_keys(const pk_press_view *v, int head, const int *entries, int m)
+{
+    const int hd = v->cfg->head_dim;
+    const pk_kv_head *kh = pk_press_head(v, head);
+    float *unit = pk_malloc_array((size_t)(m > 0 ? m : 1) * (size_t)hd, sizeof *unit, "unit keys");
+    if (!unit) return NULL;
+    for (int i = 0; i < m; i++) pk_kv_read(v->kv, kh, 0, entries[i], 1, unit + (size_t)i * (size_t)hd);
+    pk_unit_rows(unit, m, hd);
+    return unit;
+}
+
+static int host_kmeans(void *ctx, const pk_press_view *asking, int head, const int *entries, int m, int k,
+                       int iterations, float *centroids, int *assign)
 {
     (void)asking;
     const pk_press_view *v = ctx;
-    const pk_kv_head *kh = pk_press_head(v, head);
-    pk_kv_read(v->kv, kh, 0, 0, kh->len, out);
+    float *unit = unit_keys(v, head, entries, m);
+    const int rc = unit ? pk_kmeans_balanced(unit, m, v->cfg->head_dim, k, iterations, centroids, assign) : -1;
+    pk_free(unit);
+    return rc;
+}
+
+static int host_key_cosines(void *ctx, const pk_press_view *asking, int head, const int *entries, int m,
+                            const float *centroids, int count, float *out)
+{
+    (void)asking;
+    const pk_press_view *v = ctx;
+    float *unit = unit_keys(v, head, entries, m);
+    if (!unit) return -1;
+    pk_dot_rows(unit, m, centroids, count, v->cfg->head_dim, out);
+    pk_free(unit);
     return 0;
 }
 
@@ -144,7 +172,8 @@ static int host_queries(void *ctx, const pk_press_view *asking, int head, int ro
 const pk_press_measures pk_press_host_measures = {.attention_sums = host_attention_sums,
                                                   .key_norms = host_key_norms,
                                                   .expected_logits = host_expected_logits,
-                                                  .keys = host_keys,
+                                                  .kmeans = host_kmeans,
+                                                  .key_cosines = host_key_cosines,
                                                   .queries = host_queries};
 
 /* The table a view's measures come from, and the context to give it. */
@@ -178,12 +207,22 @@ int pk_press_expected_logits(const pk_press_view *v, int head, int first_row, do
     return m->expected_logits(ctx, v, head, first_row, logit, value_sq);
 }
 
-int pk_press_keys(const pk_press_view *v, int head, float *out)
+int pk_press_kmeans(const pk_press_view *v, int head, const int *entries, int n, int k, int iterations,
+                    float *centroids, int *assign)
 {
     void *ctx;
     const pk_press_measures *m = measures_of(v, &ctx);
-    if (!m->keys) return pk_fail("press view: its measures lack keys");
-    return m->keys(ctx, v, head, out);
+    if (!m->kmeans) return pk_fail("press view: its measures lack k-means");
+    return m->kmeans(ctx, v, head, entries, n, k, iterations, centroids, assign);
+}
+
+int pk_press_key_cosines(const pk_press_view *v, int head, const int *entries, int n, const float *centroids,
+                         int count, float *out)
+{
+    void *ctx;
+    const pk_press_measures *m = measures_of(v, &ctx);
+    if (!m->key_cosines) return pk_fail("press view: its measures lack key cosines");
+    return m->key_cosines(ctx, v, head, entries, n, centroids, count, out);
 }
 
 int pk_press_queries(const pk_press_view *v, int head, int row0, int rows, float *out)

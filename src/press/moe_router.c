@@ -47,11 +47,12 @@ typedef struct {
 typedef struct {
     double *attention;    /* [len]: the window's attention weights summed over its rows */
     float *mean;          /* [len]: mean window attention of each entry */
-    float *keys;          /* [len][head_dim]: the head's keys, then the routable ones first */
     float *window_q;      /* [window rows][head_dim]: the head's window queries */
     float *routed_mean;   /* [len]: mean window attention of each routable key */
-    float *key_norm;      /* [len] */
+    float *norm;          /* [len]: key norm of each entry */
+    float *key_norm;      /* [len]: key norm of each routable key */
     int *routable;        /* [len]: storage index of each routable key */
+    int *subset;          /* [len]: storage indices of some routable keys (a k-means of a group) */
     int *keep_list;       /* [len] */
     int *source;          /* [len]: routable index of each kept entry, -1 for sinks and window */
     unsigned char *fixed; /* [len]: sink or window entry */
@@ -63,11 +64,12 @@ static void scratch_free(layer_scratch *s)
 {
     pk_free(s->attention);
     pk_free(s->mean);
-    pk_free(s->keys);
     pk_free(s->window_q);
     pk_free(s->routed_mean);
+    pk_free(s->norm);
     pk_free(s->key_norm);
     pk_free(s->routable);
+    pk_free(s->subset);
     pk_free(s->keep_list);
     pk_free(s->source);
     pk_free(s->fixed);
@@ -82,20 +84,48 @@ static int scratch_alloc(layer_scratch *s, int rows, int len, int head_dim)
     memset(s, 0, sizeof *s);
     s->attention = pk_malloc_array(n, sizeof(double), "moe_router window attention");
     s->mean = pk_malloc_array(n, sizeof(float), "moe_router scores");
-    s->keys = pk_malloc_array(n * (size_t)head_dim, sizeof(float), "moe_router keys");
     s->window_q = pk_malloc_array((size_t)(rows > 0 ? rows : 1) * (size_t)head_dim, sizeof(float), "moe_router queries");
     s->routed_mean = pk_malloc_array(n, sizeof(float), "moe_router scores");
+    s->norm = pk_malloc_array(n, sizeof(float), "moe_router scores");
     s->key_norm = pk_malloc_array(n, sizeof(float), "moe_router scores");
     s->routable = pk_malloc_array(n, sizeof(int), "moe_router selection");
+    s->subset = pk_malloc_array(n, sizeof(int), "moe_router selection");
     s->keep_list = pk_malloc_array(n, sizeof(int), "moe_router selection");
     s->source = pk_malloc_array(n, sizeof(int), "moe_router selection");
     s->fixed = pk_malloc_array(n, 1, "moe_router selection");
     s->keep = pk_malloc_array(n, 1, "moe_router selection");
-    if (s->attention && s->mean && s->keys && s->window_q && s->routed_mean && s->key_norm && s->routable && s->keep_list &&
-        s->source && s->fixed && s->keep)
+    if (s->attention && s->mean && s->window_q && s->routed_mean && s->norm && s->key_norm && s->routable &&
+        s->subset && s->keep_list && s->source && s->fixed && s->keep)
         return 0;
     scratch_free(s);
     return -1;
+}
+
+/* One head's routable entries as the router's keys (key i is entry
+ * routable[i]), clustered and compared through the view's measures, so that
+ * they are computed where the cache is. */
+typedef struct {
+    const pk_press_view *v;
+    int head;
+    layer_scratch *s;
+    int n;
+} head_keys;
+
+static int head_kmeans(void *ctx, const int *which, int m, int k, int iterations, float *centroids, int *assign)
+{
+    head_keys *hk = ctx;
+    const int *entries = hk->s->routable;
+    if (which) {
+        for (int i = 0; i < m; i++) hk->s->subset[i] = hk->s->routable[which[i]];
+        entries = hk->s->subset;
+    }
+    return pk_press_kmeans(hk->v, hk->head, entries, m, k, iterations, centroids, assign);
+}
+
+static int head_cosines(void *ctx, const float *centroids, int count, float *out)
+{
+    head_keys *hk = ctx;
+    return pk_press_key_cosines(hk->v, hk->head, hk->s->routable, hk->n, centroids, count, out);
 }
 
 /* Route, budget and select the routable entries of one head (its fixed ones
@@ -107,18 +137,13 @@ static int select_head(moe_router_params *mp, const pk_press_view *v, int head, 
     const pk_kv_head *kh = pk_press_head(v, head);
     const int len = kh->len, dim = v->cfg->head_dim, E = mp->router.experts, K = mp->router.top_k;
     int n_fixed = 0, n = 0;
-    if (pk_press_keys(v, head, s->keys)) return -1;
+    if (pk_press_key_norms(v, head, s->norm)) return -1;
     for (int j = 0; j < len; j++) {
         if (s->fixed[j]) {
             n_fixed++;
             continue;
         }
-        /* Routable keys move to the front; n <= j, so none is overwritten before it moves. */
-        float *key = s->keys + (size_t)n * (size_t)dim;
-        if (n != j) memmove(key, s->keys + (size_t)j * (size_t)dim, (size_t)dim * sizeof *key);
-        double sq = 0;
-        for (int d = 0; d < dim; d++) sq += (double)key[d] * key[d];
-        s->key_norm[n] = (float)sqrt(sq);
+        s->key_norm[n] = s->norm[j];
         s->routed_mean[n] = s->mean[j];
         s->routable[n++] = j;
     }
@@ -132,7 +157,9 @@ static int select_head(moe_router_params *mp, const pk_press_view *v, int head, 
     memset(s->keep, 0, (size_t)n);
     pk_routing routing = {0};
     if (n > 0) {
-        if (pk_router_route(&mp->router, s->keys, n, dim, &routing)) return -1;
+        head_keys hk = {.v = v, .head = head, .s = s, .n = n};
+        const pk_router_keys keys = {.ctx = &hk, .n = n, .dim = dim, .kmeans = head_kmeans, .cosines = head_cosines};
+        if (pk_router_route(&mp->router, &keys, &routing)) return -1;
         int experts_of_query[PK_ROUTER_MAX_EXPERTS];
         if (pk_press_queries(v, head, v->n_q - rows, rows, s->window_q)) {
             pk_routing_free(&routing);

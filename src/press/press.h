@@ -73,9 +73,18 @@ struct pk_press_measures {
      * k_j'S k_j / (2d), and value_sq[j] = ||v_j||^2, all in double. */
     int (*expected_logits)(void *ctx, const pk_press_view *v, int head, int first_row, double *logit,
                            double *value_sq);
-    /* out[j][d]: the keys themselves as float32, for a press that clusters
-     * them (moe_router); a device copies head_dim values an entry. */
-    int (*keys)(void *ctx, const pk_press_view *v, int head, float *out);
+    /* For a press that clusters keys (moe_router): balanced spherical
+     * k-means (router/kmeans.h) of the unit keys of the head's entries
+     * entries[0..m-1] (ascending storage indices) into k clusters, bit for
+     * bit as pk_kmeans_balanced computes it: centroids [k][head_dim] and
+     * assign [m]. */
+    int (*kmeans)(void *ctx, const pk_press_view *v, int head, const int *entries, int m, int k, int iterations,
+                  float *centroids, int *assign);
+    /* out[i][c] = the cosine of the key of entry entries[i] to unit centroid
+     * c, for c < count: the unit key's dot product with it, as pk_dot_rows
+     * computes it. */
+    int (*key_cosines)(void *ctx, const pk_press_view *v, int head, const int *entries, int m,
+                       const float *centroids, int count, float *out);
     /* out[r][d]: the head's query rows row0..row0+rows-1. */
     int (*queries)(void *ctx, const pk_press_view *v, int head, int row0, int rows, float *out);
 };
@@ -88,7 +97,10 @@ extern const pk_press_measures pk_press_host_measures;
 int pk_press_attention_sums(const pk_press_view *v, int head, int row0, int rows, double *out);
 int pk_press_key_norms(const pk_press_view *v, int head, float *out);
 int pk_press_expected_logits(const pk_press_view *v, int head, int first_row, double *logit, double *value_sq);
-int pk_press_keys(const pk_press_view *v, int head, float *out);
+int pk_press_kmeans(const pk_press_view *v, int head, const int *entries, int m, int k, int iterations,
+                    float *centroids, int *assign);
+int pk_press_key_cosines(const pk_press_view *v, int head, const int *entries, int m, const float *centroids,
+                         int count, float *out);
 int pk_press_queries(const pk_press_view *v, int head, int row0, int rows, float *out);
 
 typedef struct pk_press pk_press;

@@ -172,26 +172,25 @@ static int assign_with_capacity(pk_routing *r, int capacity)
 /* The centroids of the hierarchical router: k-means into groups over all
  * keys, then each group's members into experts / groups experts. A group with
  * no members (fewer keys than groups) lends its centroid to its experts. */
-static int hierarchical_centroids(pk_routing *r, const float *unit, int *assign)
+static int hierarchical_centroids(pk_routing *r, const pk_router_keys *keys, int *assign)
 {
     const int n = r->n, dim = r->dim, G = r->cfg.groups, per_group = r->cfg.experts / G;
-    float *members = pk_malloc_array((size_t)n * (size_t)dim, sizeof *members, "router group members");
+    int *members = pk_malloc_array((size_t)n, sizeof *members, "router group members");
     int *member_assign = pk_malloc_array((size_t)n, sizeof *member_assign, "router group members");
     int rc = -1;
     if (!members || !member_assign ||
-        pk_kmeans_balanced(unit, n, dim, G, PK_KMEANS_ITERATIONS, r->group_centroids, assign))
+        keys->kmeans(keys->ctx, NULL, n, G, PK_KMEANS_ITERATIONS, r->group_centroids, assign))
         goto done;
     for (int g = 0; g < G; g++) {
         float *centroids = r->centroids + (size_t)g * (size_t)per_group * (size_t)dim;
         int m = 0;
         for (int t = 0; t < n; t++)
-            if (assign[t] == g)
-                memcpy(members + (size_t)m++ * (size_t)dim, unit + (size_t)t * (size_t)dim, (size_t)dim * sizeof *unit);
+            if (assign[t] == g) members[m++] = t;
         if (m == 0) {
             for (int e = 0; e < per_group; e++)
                 memcpy(centroids + (size_t)e * (size_t)dim, r->group_centroids + (size_t)g * (size_t)dim,
                        (size_t)dim * sizeof *centroids);
-        } else if (pk_kmeans_balanced(members, m, dim, per_group, PK_KMEANS_ITERATIONS, centroids, member_assign)) {
+        } else if (keys->kmeans(keys->ctx, members, m, per_group, PK_KMEANS_ITERATIONS, centroids, member_assign)) {
             goto done;
         }
     }
@@ -202,14 +201,13 @@ done:
     return rc;
 }
 
-int pk_router_route(const pk_router_config *cfg, const float *keys, int n, int dim, pk_routing *out)
+int pk_router_route(const pk_router_config *cfg, const pk_router_keys *keys, pk_routing *out)
 {
-    const int E = cfg->experts, G = cfg->kind == PK_ROUTER_HIERARCHICAL ? cfg->groups : 0;
+    const int n = keys->n, dim = keys->dim, E = cfg->experts, G = cfg->kind == PK_ROUTER_HIERARCHICAL ? cfg->groups : 0;
     memset(out, 0, sizeof *out);
     out->cfg = *cfg;
     out->n = n;
     out->dim = dim;
-    float *unit = pk_malloc_array((size_t)n * (size_t)dim, sizeof *unit, "router keys");
     float *cos_expert = pk_malloc_array((size_t)n * (size_t)E, sizeof *cos_expert, "router cosines");
     float *cos_group = G ? pk_malloc_array((size_t)n * (size_t)G, sizeof *cos_group, "router cosines") : NULL;
     int *assign = pk_malloc_array((size_t)n, sizeof *assign, "router clusters");
@@ -218,17 +216,15 @@ int pk_router_route(const pk_router_config *cfg, const float *keys, int n, int d
     out->prob = pk_malloc_array((size_t)n * (size_t)E, sizeof *out->prob, "router probabilities");
     out->slot = pk_malloc_array((size_t)n * (size_t)cfg->top_k, sizeof *out->slot, "router slots");
     int rc = -1;
-    if (!unit || !cos_expert || (G && (!cos_group || !out->group_centroids)) || !assign || !out->centroids ||
-        !out->prob || !out->slot)
+    if (!cos_expert || (G && (!cos_group || !out->group_centroids)) || !assign || !out->centroids || !out->prob ||
+        !out->slot)
         goto done;
-    memcpy(unit, keys, (size_t)n * (size_t)dim * sizeof *unit);
-    pk_unit_rows(unit, n, dim);
-    if (G ? hierarchical_centroids(out, unit, assign)
-          : pk_kmeans_balanced(unit, n, dim, E, PK_KMEANS_ITERATIONS, out->centroids, assign))
+    if (G ? hierarchical_centroids(out, keys, assign)
+          : keys->kmeans(keys->ctx, NULL, n, E, PK_KMEANS_ITERATIONS, out->centroids, assign))
         goto done;
-
-    pk_dot_rows(unit, n, out->centroids, E, dim, cos_expert);
-    if (G) pk_dot_rows(unit, n, out->group_centroids, G, dim, cos_group);
+    if (keys->cosines(keys->ctx, out->centroids, E, cos_expert) ||
+        (G && keys->cosines(keys->ctx, out->group_centroids, G, cos_group)))
+        goto done;
     for (int t = 0; t < n; t++)
         probabilities(cfg, cos_expert + (size_t)t * (size_t)E, G ? cos_group + (size_t)t * (size_t)G : NULL,
                       out->prob + (size_t)t * (size_t)E);
@@ -240,7 +236,6 @@ int pk_router_route(const pk_router_config *cfg, const float *keys, int n, int d
     }
     rc = 0;
 done:
-    pk_free(unit);
     pk_free(cos_expert);
     pk_free(cos_group);
     pk_free(assign);

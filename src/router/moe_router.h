@@ -72,9 +72,26 @@ typedef struct {
                                 for a slot a balanced router could not fill */
 } pk_routing;
 
-/* Cluster n >= 1 keys (rows of dim floats, any length) into the router's
- * experts and route every key. Returns 0, or -1 when out of memory. */
-int pk_router_route(const pk_router_config *cfg, const float *keys, int n, int dim, pk_routing *out);
+/* The n keys (rows of dim floats, any length) a router clusters, reached
+ * through the two computations routing needs rather than read, so that they
+ * can stay where they are (a GPU's cache) and only centroids, clusters and
+ * cosines travel. Both see the keys scaled to unit length as pk_unit_rows
+ * scales them, and both return 0 or -1 with pk_fail. */
+typedef struct {
+    void *ctx;
+    int n, dim;
+    /* pk_kmeans_balanced of keys which[0..m-1] (ascending; every key when
+     * which is NULL, m = n): centroids [k][dim], assign [m]. */
+    int (*kmeans)(void *ctx, const int *which, int m, int k, int iterations, float *centroids, int *assign);
+    /* out[i][c] = unit key i . centroids[c] for every key, as pk_dot_rows
+     * computes it. */
+    int (*cosines)(void *ctx, const float *centroids, int count, float *out);
+} pk_router_keys;
+
+/* Cluster the n >= 1 keys into the router's experts and route every key.
+ * Returns 0, or -1 (pk_fail) when out of memory or when the keys' own
+ * computations fail. */
+int pk_router_route(const pk_router_config *cfg, const pk_router_keys *keys, pk_routing *out);
 void pk_routing_free(pk_routing *r);
 
 /* The top_k experts (best first) that vector x, e.g. a query, is routed to:

@@ -124,6 +124,21 @@ static inline uint4 __ldg(const uint4 *p) { return *p; }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline void __threadfence() {}
 template <typename T> static inline T __ldcg(const T *p) { return *p; }
+/* The device's explicitly rounded operations are the host's own, compiled
+ * without contraction into fused multiply-adds (-ffp-contract=off). */
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline double __dadd_rn(double a, double b) { return a + b; }
+static inline double __dmul_rn(double a, double b) { return a * b; }
+static inline double __ddiv_rn(double a, double b) { return a / b; }
+static inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+static inline float __double2float_rn(double a) { return (float)a; }
+static inline unsigned __float_as_uint(float f)
+{
+    unsigned u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
 /* Blocks run one at a time, their threads one at a time, so a plain add is atomic here. */
 static inline int atomicAdd(int *p, int v)
 {

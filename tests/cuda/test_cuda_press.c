@@ -141,6 +141,10 @@ static void check_press(const pikv_model *m, const char *spec, int n_decode, int
      * positions, a float an entry for knorm (its key norms), a double an
      * entry for snapkv and tova (the window's attention sums; tova asks for
      * every head's), two for expected_attention (logits and value norms);
+     * for moe_router (4 experts, sink 4, window 64) per head the window's
+     * attention sums and the key norms of every entry, the window's 64
+     * queries, the centroids and a cluster an entry from the k-means of the
+     * 232 routable keys, and their cosines to the 4 centroids -- not the keys;
      * keys, values and queries for keydiff, scored on the host. */
     const size_t per_layer = (size_t)cf->n_head * N_PROMPT * sizeof(float);
     size_t want_bytes = (size_t)-1;
@@ -152,14 +156,19 @@ static void check_press(const pikv_model *m, const char *spec, int n_decode, int
         want_bytes = cf->n_layer * 2 * per_layer;
     else if (strcmp(spec, "expected_attention:0.5") == 0)
         want_bytes = cf->n_layer * 4 * per_layer;
-    else if (strcmp(spec, "keydiff:0.5") == 0)
+    else if (strcmp(spec, "moe_router:0.5") == 0) {
+        const size_t routable = N_PROMPT - 4 - 64, hd = (size_t)cf->head_dim;
+        want_bytes = (size_t)cf->n_layer * cf->n_head *
+                     (N_PROMPT * (sizeof(double) + sizeof(float)) + 64 * hd * sizeof(float) +
+                      (4 * hd + routable) * sizeof(float) + routable * 4 * sizeof(float));
+    } else if (strcmp(spec, "keydiff:0.5") == 0)
         want_bytes = cf->n_layer * (2 * per_layer * cf->head_dim + (size_t)N_PROMPT * cf->n_embd * sizeof(float));
     CHECK(rc != 0 || want_bytes == (size_t)-1 || st.bytes_to_host == want_bytes,
           "%s: %zu bytes copied from the GPU, expected %zu (%s)", spec, st.bytes_to_host, want_bytes,
           pk_cuda_press_how(st.mode));
     /* Which presses the device measures for: every one declared measured and
-     * not entry-free (moe_router's measures include its keys and window
-     * queries); the rest are decided from positions or from a copy. */
+     * not entry-free (moe_router's measures include its clustering and its
+     * window queries); the rest are decided from positions or from a copy. */
     static const char *const measured[] = {"knorm:0.5", "snapkv:0.5", "expected_attention:0.5", "tova:0.5",
                                            "observed_attention:0.5", "adakv(snapkv):0.5", "pyramidkv:0.5",
                                            "chunkkv(knorm):0.5", "composed[knorm:0.3,duo:0.5]", "eplb_duo"};

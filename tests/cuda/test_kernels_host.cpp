@@ -16,6 +16,7 @@
 
 extern "C" {
 #include "../check.h"
+#include "router/kmeans.h"
 }
 
 #include <algorithm>
@@ -498,8 +499,7 @@ static void check_argmax()
  * entries later than some rows, NaN in every slot not listed), against
  * float64: the attention sums of 6 query rows at positions 38..43 (softmax
  * over the listed entries each row sees), the key norms, and expected
- * attention's logits and value norms from the statistics of rows 2..5, and
- * the keys gathered as float32. */
+ * attention's logits and value norms from the statistics of rows 2..5. */
 template <typename W> static void check_measures(const char *what)
 {
     const int HD = 64, n_head = 2, layer = 1, head = 1, lh = layer * n_head + head, C = n_head * HD;
@@ -566,13 +566,6 @@ template <typename W> static void check_measures(const char *what)
                stats.data() + HD);
     emu_launch(dim3(1), dim3(32), 0, expected_logits_kernel<W>, c, 0, lh, slots.data(), n,
                (const double *)stats.data(), (const double *)stats.data() + HD, logit.data(), value_sq.data());
-    std::vector<float> keys((size_t)n * HD);
-    emu_launch(dim3((n + MEASURE_WARPS - 1) / MEASURE_WARPS), dim3(MEASURE_WARPS * 32), 0, gather_keys_kernel<W>, c,
-               0, lh, slots.data(), n, keys.data());
-    int keys_equal = 1;
-    for (int j = 0; j < n; j++)
-        for (int d = 0; d < HD; d++) keys_equal &= keys[(size_t)j * HD + d] == (float)key(j, d);
-    CHECK(keys_equal, "%s: gathered keys differ from the listed slots' keys", what);
     auto rel_d = [](const std::vector<double> &ref, const std::vector<double> &got) {
         double num = 0, den = 0;
         for (size_t i = 0; i < ref.size(); i++) {
@@ -592,6 +585,55 @@ template <typename W> static void check_measures(const char *what)
     printf("%s measures over %d listed slots: attention sums %.1e, key norms %.1e, expected logits %.1e, value "
            "norms %.1e\n",
            what, n, e_sums, e_norms, e_logit, e_sq);
+}
+
+/* moe_router's clustering on the device against router/kmeans.c on the same
+ * keys, bit for bit: n keys around a few directions (one of them zero) in
+ * listed slots with gaps, k-means into k clusters on a block of `threads`,
+ * then the cosines of every unit key to the centroids. The first iteration's
+ * assignment must differ from the last, so that the loop is tested and not
+ * just its start. */
+template <typename W> static void check_kmeans(const char *what, int n, int k, int threads)
+{
+    const int HD = 64, len = n + n / 2 + 3, iterations = PK_KMEANS_ITERATIONS;
+    paged_cache<W> kv(1, 1, 1, HD, (len + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK);
+    std::vector<int32_t> slots;
+    for (int j = 0; j < len && (int)slots.size() < n; j++)
+        if (j % 3 != 1 || len - j <= n - (int)slots.size()) slots.push_back(j);
+    const std::vector<float> centres = random_f((size_t)5 * HD);
+    std::vector<float> keys((size_t)n * HD);
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < HD; d++) {
+            W &e = kv.at(0, 0, slots[i], 0, d);
+            e = from_f<W>(i == n / 2 ? 0.f : centres[(size_t)(i % 5) * HD + d] + 0.6f * uniform());
+            keys[(size_t)i * HD + d] = to_f<W>(e);
+        }
+    pk_unit_rows(keys.data(), n, HD);
+    std::vector<float> want((size_t)k * HD), first((size_t)k * HD), want_cos((size_t)n * k);
+    std::vector<int> want_assign(n), first_assign(n);
+    pk_kmeans_balanced(keys.data(), n, HD, k, iterations, want.data(), want_assign.data());
+    pk_kmeans_balanced(keys.data(), n, HD, k, 1, first.data(), first_assign.data());
+    pk_dot_rows(keys.data(), n, want.data(), k, HD, want_cos.data());
+
+    unsigned pow2 = 1;
+    while (pow2 < (unsigned)(n * k)) pow2 <<= 1;
+    std::vector<float> unit((size_t)n * HD), centroids((size_t)k * HD), cosines((size_t)n * k);
+    std::vector<unsigned long long> order(pow2);
+    std::vector<double> sum((size_t)k * HD);
+    std::vector<int> next(n), assign(n);
+    const kmeans_scratch sc = {unit.data(), order.data(), sum.data(), next.data()};
+    const rows_ctx<W> c = kv.ctx(0, 1);
+    emu_launch(dim3(1), dim3(threads), (size_t)k * 4 + n, kmeans_kernel<W>, c, 0, 0, (const int32_t *)slots.data(), n,
+               k, iterations, pow2, sc, centroids.data(), assign.data());
+    emu_launch(dim3((n + 63) / 64), dim3(64), 0, key_cosines_kernel<W>, c, 0, 0, (const int32_t *)slots.data(), n,
+               (const float *)centroids.data(), k, unit.data(), cosines.data());
+    CHECK(std::memcmp(centroids.data(), want.data(), want.size() * sizeof(float)) == 0 && assign == want_assign,
+          "%s: k-means of %d keys into %d differs from router/kmeans.c", what, n, k);
+    CHECK(std::memcmp(cosines.data(), want_cos.data(), want_cos.size() * sizeof(float)) == 0,
+          "%s: cosines to the centroids differ from pk_dot_rows", what);
+    CHECK(n < k || first_assign != want_assign, "%s: k-means settled at its start: the test runs no iteration", what);
+    printf("%s k-means: %d keys into %d on %d threads, centroids, clusters and cosines equal the host's\n", what, n,
+           k, threads);
 }
 
 int main()
@@ -614,5 +656,9 @@ int main()
     check_compaction<__nv_bfloat16>("bf16");
     check_measures<float>("f32");
     check_measures<__nv_bfloat16>("bf16");
+    check_kmeans<float>("f32", 300, 4, KMEANS_THREADS);
+    check_kmeans<__nv_bfloat16>("bf16", 300, 4, 64);
+    check_kmeans<__half>("f16", 200, 8, 96);
+    check_kmeans<float>("f32", 2, 3, 32);
     return check_done("test_kernels_host");
 }

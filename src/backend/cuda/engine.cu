@@ -72,6 +72,10 @@ struct pk_cuda_session {
     int query_rows, query_cap;
     float *d_lse;
     double *d_measure, *d_stats;
+    /* moe_router's k-means on the device: scratch of d_kmeans_bytes, grown
+     * to the largest request. */
+    void *d_kmeans;
+    size_t d_kmeans_bytes;
 
     int gemv_rows;            /* most rows the matrix-vector path takes */
     int n_sm;                 /* the device's multiprocessors */
@@ -500,6 +504,7 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_lse);
     cudaFree(s->d_measure);
     cudaFree(s->d_stats);
+    cudaFree(s->d_kmeans);
     pk_free(s->h_pos);
     pk_free(s->h_len);
     pk_free(s->h_ring);
@@ -1119,18 +1124,87 @@ extern "C" int pk_cuda_expected_logits(pk_cuda_session *s, int seq, int layer, i
     return measure_result(s, value_sq, s->d_measure + P, (size_t)n * 8, "computing expected logits");
 }
 
-extern "C" int pk_cuda_gather_keys(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
-                                   float *keys)
+/* The smallest power of two >= x (x >= 1). */
+static unsigned next_pow2(unsigned x)
 {
-    if (measure_slots(s, seq, layer, head, slots, n, "keys")) return -1;
+    unsigned p = 1;
+    while (p < x) p <<= 1;
+    return p;
+}
+
+/* The clustering's scratch on the device, grown to `bytes` when smaller;
+ * NULL (pk_fail) when the device has no room. */
+static char *cluster_scratch(pk_cuda_session *s, size_t bytes)
+{
+    if (bytes > s->d_kmeans_bytes) {
+        cudaFree(s->d_kmeans);
+        s->d_kmeans = NULL;
+        s->d_kmeans_bytes = 0;
+        if (cudaMalloc(&s->d_kmeans, bytes) != cudaSuccess) {
+            cudaGetLastError();
+            pk_fail("CUDA: no room for %zu bytes of clustering scratch", bytes);
+            return NULL;
+        }
+        s->d_kmeans_bytes = bytes;
+    }
+    return (char *)s->d_kmeans;
+}
+
+extern "C" int pk_cuda_kmeans(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n, int k,
+                              int iterations, float *centroids, int *assign)
+{
+    if (k < 1 || iterations < 1 || n < 1)
+        return pk_fail("CUDA k-means: %d keys into %d clusters over %d iterations", n, k, iterations);
+    if (measure_slots(s, seq, layer, head, slots, n, "k-means")) return -1;
+    /* Scratch: the sort keys, the sums, the centroids, the next and the last
+     * assignments; the unit keys go to the press buffer. */
+    const size_t hd = (size_t)s->cfg.head_dim;
+    const unsigned pairs_pow2 = next_pow2((unsigned)n * (unsigned)k);
+    char *at = cluster_scratch(s, (size_t)pairs_pow2 * 8 + (size_t)k * hd * 12 + 2 * (size_t)n * 4);
+    if (!at) return -1;
+    kmeans_scratch sc;
+    sc.unit = s->d_layer;
+    sc.order = (unsigned long long *)at;
+    sc.sum = (double *)(at += (size_t)pairs_pow2 * 8);
+    float *d_centroids = (float *)(at += (size_t)k * hd * 8);
+    sc.next = (int *)(at += (size_t)k * hd * 4);
+    int *d_assign = (int *)(at + (size_t)n * 4);
+    const size_t shared = (size_t)k * 4 + (size_t)n;
+    const int lh = layer * s->cfg.n_head + head;
+    cudaError_t err = cudaSuccess;
+    with_storage_type(s, [&](auto w) {
+        using W = decltype(w);
+        if (shared > 48 * 1024)
+            err = cudaFuncSetAttribute(kmeans_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared);
+        if (err == cudaSuccess)
+            kmeans_kernel<W><<<1, KMEANS_THREADS, shared, s->stream>>>(make_ctx<W>(s, seq, 1), seq, lh, s->d_keep, n,
+                                                                       k, iterations, pairs_pow2, sc, d_centroids,
+                                                                       d_assign);
+    });
+    CU(err, "k-means: its shared memory");
+    if (measure_result(s, centroids, d_centroids, (size_t)k * s->cfg.head_dim * 4, "k-means on the GPU")) return -1;
+    return measure_result(s, assign, d_assign, (size_t)n * 4, "k-means on the GPU");
+}
+
+extern "C" int pk_cuda_key_cosines(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                                   const float *centroids, int count, float *out)
+{
+    if (count < 1 || count > 1 << 16) return pk_fail("CUDA key cosines: %d centroids", count);
+    if (measure_slots(s, seq, layer, head, slots, n, "key cosines")) return -1;
     if (n == 0) return 0;
+    const size_t hd = (size_t)s->cfg.head_dim, cosines = (size_t)n * count;
+    float *d_centroids = (float *)cluster_scratch(s, ((size_t)count * hd + cosines) * 4);
+    if (!d_centroids) return -1;
+    float *d_out = d_centroids + (size_t)count * hd;
+    CU(cudaMemcpyAsync(d_centroids, centroids, (size_t)count * hd * 4, cudaMemcpyHostToDevice, s->stream),
+       "sending centroids");
     const int lh = layer * s->cfg.n_head + head;
     with_storage_type(s, [&](auto w) {
         using W = decltype(w);
-        gather_keys_kernel<W><<<(n + MEASURE_WARPS - 1) / MEASURE_WARPS, MEASURE_WARPS * 32, 0, s->stream>>>(
-            make_ctx<W>(s, seq, 1), seq, lh, s->d_keep, n, s->d_layer);
+        key_cosines_kernel<W><<<(n + 127) / 128, 128, 0, s->stream>>>(make_ctx<W>(s, seq, 1), seq, lh, s->d_keep, n,
+                                                                      d_centroids, count, s->d_layer, d_out);
     });
-    return measure_result(s, keys, s->d_layer, (size_t)n * s->cfg.head_dim * 4, "gathering keys");
+    return measure_result(s, out, d_out, cosines * 4, "key cosines on the GPU");
 }
 
 extern "C" int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int row0, int rows, float *queries)

@@ -98,8 +98,15 @@ int pk_cuda_key_norms(pk_cuda_session *s, int seq, int layer, int head, const in
  * norms, all in double. */
 int pk_cuda_expected_logits(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
                             int first_row, double *logit, double *value_sq);
-/* The entries' keys widened to float32, keys [n][head_dim]. */
-int pk_cuda_gather_keys(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n, float *keys);
+/* moe_router's clustering (press.h's kmeans and key_cosines measures) over
+ * the listed entries, bit for bit what router/kmeans.c computes from the same
+ * keys: pk_kmeans_balanced of their unit keys into k clusters (centroids
+ * [k][head_dim], assign [n]), and the cosines of their unit keys to `count`
+ * unit centroids (out [n][count]). */
+int pk_cuda_kmeans(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n, int k,
+                   int iterations, float *centroids, int *assign);
+int pk_cuda_key_cosines(pk_cuda_session *s, int seq, int layer, int head, const int32_t *slots, int n,
+                        const float *centroids, int count, float *out);
 /* Query rows row0..row0+rows-1 of one head of the kept queries, [rows][head_dim]. */
 int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int row0, int rows, float *queries);
 

@@ -148,15 +148,172 @@ __global__ void expected_logits_kernel(rows_ctx<W> c, int b, int lh, const int32
     value_sq[j] = sq;
 }
 
-/* The listed entries' keys as float32 rows, out [n][head_dim]. One warp per
- * entry. */
+/* moe_router's clustering where the keys are (router/kmeans.c computes the
+ * same on the host). The keys are scaled to unit length, k-means runs in one
+ * block, and the router's cosines come from the same unit keys. Every
+ * operation is the host's, in the host's order, with rounding spelled out
+ * (no fused multiply-adds), so that the device's centroids, clusters and
+ * cosines are the host's bit for bit and a press decides the same on both. */
+enum { KMEANS_THREADS = 512 };
+
+/* Key `slot` of head lh scaled to unit length as pk_unit_rows scales it (a
+ * zero key stays zero), into out[head_dim]. */
 template <typename W>
-__global__ void gather_keys_kernel(rows_ctx<W> c, int b, int lh, const int32_t *slots, int n, float *out)
+__device__ void unit_key(const rows_ctx<W> &c, int b, int lh, int slot, float *out)
 {
-    const int j = blockIdx.x * MEASURE_WARPS + (threadIdx.x >> 5);
-    if (j >= n) return;
-    const W *k = kv_entry(c, b, lh, slots[j], 0);
-    for (int d = threadIdx.x & 31; d < c.head_dim; d += 32) out[(size_t)j * c.head_dim + d] = to_f<W>(k[d]);
+    const W *k = kv_entry(c, b, lh, slot, 0);
+    double sq = 0;
+    for (int d = 0; d < c.head_dim; d++) {
+        const double x = to_f<W>(k[d]);
+        sq = __dadd_rn(sq, __dmul_rn(x, x));
+    }
+    const float inv = sq == 0 ? 1.f : __double2float_rn(__ddiv_rn(1.0, __dsqrt_rn(sq)));
+    for (int d = 0; d < c.head_dim; d++) out[d] = sq == 0 ? to_f<W>(k[d]) : __fmul_rn(to_f<W>(k[d]), inv);
+}
+
+/* a . b over dim floats, summed in order with every product and sum rounded:
+ * pk_dot_rows's arithmetic. */
+__device__ __forceinline__ float ordered_dot(const float *a, const float *b, int dim)
+{
+    float dot = 0.f;
+    for (int d = 0; d < dim; d++) dot = __fadd_rn(dot, __fmul_rn(a[d], b[d]));
+    return dot;
+}
+
+/* router/kmeans.c's sort key: the affinity's bits made to compare as unsigned
+ * integers, then reversed, so that ascending keys are descending affinities. */
+__device__ __forceinline__ uint32_t descending_key(float affinity)
+{
+    uint32_t bits = __float_as_uint(affinity);
+    bits = bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+    return ~bits;
+}
+
+/* Sort keys[0..count-1] (count a power of two) ascending with every thread of
+ * the block (a bitonic network; the keys are distinct, so the order is the
+ * host's stable one). */
+__device__ void block_bitonic_sort(unsigned long long *keys, unsigned count)
+{
+    for (unsigned size = 2; size <= count; size <<= 1)
+        for (unsigned stride = size >> 1; stride > 0; stride >>= 1) {
+            for (unsigned t = threadIdx.x; t < count / 2; t += blockDim.x) {
+                const unsigned lo = 2 * t - (t & (stride - 1)), hi = lo + stride;
+                const bool ascending = (lo & size) == 0;
+                const unsigned long long a = keys[lo], z = keys[hi];
+                if ((a > z) == ascending) {
+                    keys[lo] = z;
+                    keys[hi] = a;
+                }
+            }
+            __syncthreads();
+        }
+}
+
+/* Device scratch of kmeans_kernel for n keys into k clusters. */
+struct kmeans_scratch {
+    float *unit;                  /* [n][head_dim] */
+    unsigned long long *order;    /* [pow2 >= n * k]: (descending_key(affinity) << 32) | n * k index */
+    double *sum;                  /* [k][head_dim] */
+    int *next;                    /* [n] */
+};
+
+/* pk_kmeans_balanced of the unit keys of the n listed entries into k
+ * clusters: starts from keys floor(c * n / k); each iteration orders every
+ * (key, cluster) pair by affinity, assigns keys greedily to clusters with
+ * fewer than ceil(n / k) members (one thread: the greedy is sequential by
+ * nature), stops when the assignment repeats, and moves each centroid to
+ * the normalised mean of its members. One block of KMEANS_THREADS; dynamic
+ * shared memory of k ints and n bytes. Writes centroids [k][head_dim] and
+ * assign [n]. */
+template <typename W>
+__global__ void __launch_bounds__(KMEANS_THREADS)
+kmeans_kernel(rows_ctx<W> c, int b, int lh, const int32_t *slots, int n, int k, int iterations, unsigned pairs_pow2,
+              kmeans_scratch sc, float *centroids, int *assign)
+{
+    __shared__ int changed;
+    int *size = reinterpret_cast<int *>(dynamic_shared());
+    unsigned char *taken = reinterpret_cast<unsigned char *>(size + k);
+    const int dim = c.head_dim, tid = threadIdx.x, threads = blockDim.x;
+    const unsigned pairs = (unsigned)n * (unsigned)k;
+    for (int i = tid; i < n; i += threads) {
+        unit_key(c, b, lh, slots[i], sc.unit + (size_t)i * dim);
+        assign[i] = -1;
+    }
+    __syncthreads();
+    for (int q = tid; q < k * dim; q += threads) {
+        const size_t start = (size_t)(q / dim) * (size_t)n / (size_t)k;
+        centroids[q] = sc.unit[start * dim + q % dim];
+    }
+    __syncthreads();
+    for (int it = 0; it < iterations; it++) {
+        for (unsigned p = tid; p < pairs_pow2; p += threads) {
+            if (p >= pairs) {
+                sc.order[p] = ~0ull;
+                continue;
+            }
+            const float affinity = ordered_dot(sc.unit + (size_t)(p / k) * dim, centroids + (size_t)(p % k) * dim, dim);
+            sc.order[p] = (unsigned long long)descending_key(affinity) << 32 | p;
+        }
+        for (int i = tid; i < n; i += threads) taken[i] = 0;
+        for (int q = tid; q < k; q += threads) size[q] = 0;
+        if (tid == 0) changed = 0;
+        __syncthreads();
+        block_bitonic_sort(sc.order, pairs_pow2);
+        if (tid == 0) {
+            const int capacity = (n + k - 1) / k;
+            /* Eight pairs' loads at a time, so that one walk through memory does not wait for each. */
+            for (unsigned p0 = 0; p0 < pairs; p0 += 8) {
+                unsigned batch[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) batch[e] = p0 + e < pairs ? (unsigned)sc.order[p0 + e] : 0u;
+                for (int e = 0; e < 8 && p0 + e < pairs; e++) {
+                    const int i = (int)(batch[e] / (unsigned)k), cluster = (int)(batch[e] % (unsigned)k);
+                    if (taken[i] || size[cluster] >= capacity) continue;
+                    taken[i] = 1;
+                    size[cluster]++;
+                    sc.next[i] = cluster;
+                }
+            }
+        }
+        __syncthreads();
+        for (int i = tid; i < n; i += threads)
+            if (assign[i] != sc.next[i]) {
+                changed = 1;
+                assign[i] = sc.next[i];
+            }
+        __syncthreads();
+        if (!changed) break;
+        for (int q = tid; q < k * dim; q += threads) {
+            const int cluster = q / dim, d = q % dim;
+            double sum = 0;
+            for (int i = 0; i < n; i++)
+                if (assign[i] == cluster) sum = __dadd_rn(sum, (double)sc.unit[(size_t)i * dim + d]);
+            sc.sum[q] = sum;
+        }
+        __syncthreads();
+        for (int cluster = tid; cluster < k; cluster += threads) {
+            const double *s = sc.sum + (size_t)cluster * dim;
+            double sq = 0;
+            for (int d = 0; d < dim; d++) sq = __dadd_rn(sq, __dmul_rn(s[d], s[d]));
+            if (sq == 0) continue;
+            const double inv = __ddiv_rn(1.0, __dsqrt_rn(sq));
+            for (int d = 0; d < dim; d++) centroids[(size_t)cluster * dim + d] = __double2float_rn(__dmul_rn(s[d], inv));
+        }
+        __syncthreads();
+    }
+}
+
+/* out[i][c] = unit key of listed entry i . centroids[c], c < count, as the
+ * host computes the router's cosines. One thread per entry. */
+template <typename W>
+__global__ void key_cosines_kernel(rows_ctx<W> c, int b, int lh, const int32_t *slots, int n, const float *centroids,
+                                   int count, float *unit_scratch, float *out)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float *unit = unit_scratch + (size_t)i * c.head_dim;
+    unit_key(c, b, lh, slots[i], unit);
+    for (int cl = 0; cl < count; cl++) out[(size_t)i * count + cl] = ordered_dot(unit, centroids + (size_t)cl * c.head_dim, c.head_dim);
 }
 
 } // namespace pkcuda

@@ -95,12 +95,38 @@ static int device_expected_logits(void *ctx, const pk_press_view *v, int head, i
     return pk_cuda_expected_logits(d->s, d->seq, v->layer, head, kh->pos, kh->len, first_row, logit, value_sq);
 }
 
-static int device_keys(void *ctx, const pk_press_view *v, int head, float *out)
+/* The slots of entries[0..n-1] of a head: on the device a slot is the
+ * entry's position. NULL (pk_fail) when out of memory. */
+static int32_t *entry_slots(const pk_press_view *v, int head, const int *entries, int n)
+{
+    const pk_kv_head *kh = pk_press_head(v, head);
+    int32_t *slots = pk_malloc_array((size_t)(n > 0 ? n : 1), sizeof *slots, "entry slots");
+    if (slots)
+        for (int i = 0; i < n; i++) slots[i] = kh->pos[entries[i]];
+    return slots;
+}
+
+static int device_kmeans(void *ctx, const pk_press_view *v, int head, const int *entries, int n, int k,
+                         int iterations, float *centroids, int *assign)
 {
     device_measures *d = ctx;
-    const pk_kv_head *kh = pk_press_head(v, head);
-    *d->bytes_to_host += (size_t)kh->len * (size_t)v->cfg->head_dim * sizeof *out;
-    return pk_cuda_gather_keys(d->s, d->seq, v->layer, head, kh->pos, kh->len, out);
+    int32_t *slots = entry_slots(v, head, entries, n);
+    const int rc = slots ? pk_cuda_kmeans(d->s, d->seq, v->layer, head, slots, n, k, iterations, centroids, assign)
+                         : -1;
+    pk_free(slots);
+    *d->bytes_to_host += ((size_t)k * (size_t)v->cfg->head_dim + (size_t)n) * sizeof(float);
+    return rc;
+}
+
+static int device_key_cosines(void *ctx, const pk_press_view *v, int head, const int *entries, int n,
+                              const float *centroids, int count, float *out)
+{
+    device_measures *d = ctx;
+    int32_t *slots = entry_slots(v, head, entries, n);
+    const int rc = slots ? pk_cuda_key_cosines(d->s, d->seq, v->layer, head, slots, n, centroids, count, out) : -1;
+    pk_free(slots);
+    *d->bytes_to_host += (size_t)n * (size_t)count * sizeof *out;
+    return rc;
 }
 
 static int device_queries(void *ctx, const pk_press_view *v, int head, int row0, int rows, float *out)
@@ -149,7 +175,8 @@ static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk
                                         .attention_sums = device_attention_sums,
                                         .key_norms = device_key_norms,
                                         .expected_logits = device_expected_logits,
-                                        .keys = device_keys,
+                                        .kmeans = device_kmeans,
+                                        .key_cosines = device_key_cosines,
                                         .queries = device_queries};
     int rc = (!copies || (k && v && (q || !reads_queries))) && heads && pk_keep_set_init(&keep, c->n_head) == 0 &&
                      pk_kv_reserve(&kv, n, 1) == 0

@@ -19,9 +19,11 @@
  * them) gets that cache of positions too, with measures the device computes
  * from its own entries and the prompt's queries it kept: attention sums of
  * the observation window, key norms and expected-attention logits, one value
- * an entry each; moe_router's clustering also takes the keys and the window's
- * queries themselves, which the device widens and sends (no values, no other
- * queries). The host chooses by the CPU's code. Every other press (keydiff,
+ * an entry each, and moe_router's clustering (balanced k-means of a head's
+ * keys and their cosines to its centroids: the centroids, a cluster and one
+ * cosine per expert an entry), computed bit for bit as the host computes
+ * them; moe_router also reads the window's queries themselves (one head's
+ * rows: no values, no other queries). The host chooses by the CPU's code. Every other press (keydiff,
  * random, ...) is scored on the host from a copy: its decisions are the CPU
  * code's on the device's own values, and the price is one copy of the cache
  * over PCIe per compression, which the report counts as compression time. */
