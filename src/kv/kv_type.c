@@ -180,28 +180,38 @@ static void row_axpy_decoded(pikv_kv_type t, const void *row, float a, float *ac
 }
 
 #if KV_SIMD
-/* Eight stored values from element i of a row of type t (not f32), widened
- * exactly: F16C for f16, a shift for bf16, sign extension and the block's
- * scale for the block types (i a multiple of 8). */
-static inline __attribute__((always_inline)) __m256 load8(pikv_kv_type t, const void *row, int i)
+/* Eight values of a block type's row from element i (a multiple of 8),
+ * widened exactly but without their block's scale: sign extension for
+ * q8_0; for q4_0, elements 0..15 of a block are the low nibbles of its
+ * bytes, 16..31 the high ones, minus 8. */
+static inline __attribute__((always_inline)) __m256 load8_unscaled(pikv_kv_type t, const void *row, int i)
 {
-    if (t == PIKV_KV_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
-    if (t == PIKV_KV_BF16) {
-        const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
-        return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
-    }
     if (t == PIKV_KV_Q8_0) {
         const pk_block_q8_0 *b = (const pk_block_q8_0 *)row + i / PK_KV_BLOCK;
-        const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + i % PK_KV_BLOCK)));
-        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), _mm256_set1_ps(block_scale(b->d)));
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b->q + i % PK_KV_BLOCK))));
     }
-    /* q4_0: elements 0..15 of a block in the low nibbles of its bytes, 16..31 in the high ones */
     const pk_block_q4_0 *b = (const pk_block_q4_0 *)row + i / PK_KV_BLOCK;
     const int k = i % PK_KV_BLOCK, byte = k % (PK_KV_BLOCK / 2);
     __m128i v = _mm_loadl_epi64((const __m128i *)(b->q + byte));
     if (k >= PK_KV_BLOCK / 2) v = _mm_srli_epi16(v, 4);
     v = _mm_sub_epi8(_mm_and_si128(v, _mm_set1_epi8(0x0f)), _mm_set1_epi8(8));
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), _mm256_set1_ps(block_scale(b->d)));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+}
+
+/* The scale of the block holding element i of a block type's row. */
+static inline __attribute__((always_inline)) float scale_at(pikv_kv_type t, const void *row, int i)
+{
+    if (t == PIKV_KV_Q8_0) return block_scale(((const pk_block_q8_0 *)row + i / PK_KV_BLOCK)->d);
+    return block_scale(((const pk_block_q4_0 *)row + i / PK_KV_BLOCK)->d);
+}
+
+/* Eight stored values from element i of a 16-bit row, widened exactly: F16C
+ * for f16, a shift for bf16. */
+static inline __attribute__((always_inline)) __m256 load8(pikv_kv_type t, const void *row, int i)
+{
+    const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
+    if (t == PIKV_KV_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
 static inline float hsum8(__m256 v)
@@ -211,10 +221,17 @@ static inline float hsum8(__m256 v)
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-/* The SIMD loops, for dim a multiple of 16; t a constant where inlined.
- * Dot products go four rows at a time, their four sums reduced together,
- * so that the horizontal sums do not cost a row of 64 values as much as its
- * products. */
+/* out[0..3] = the sums of s0..s3's lanes, reduced together. */
+static inline void store4_sums(__m256 s0, __m256 s1, __m256 s2, __m256 s3, float *out)
+{
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+}
+
+/* The SIMD loops of the 16-bit types, for dim a multiple of 16; t a
+ * constant where inlined. Dot products go four rows at a time, their four
+ * sums reduced together, so that the horizontal sums do not cost a row of 64
+ * values as much as its products. */
 static inline __attribute__((always_inline)) void rows_dot_simd(pikv_kv_type t, const uint8_t *rows, size_t stride,
                                                                 int n, const float *q, int dim, float *out)
 {
@@ -229,9 +246,7 @@ static inline __attribute__((always_inline)) void rows_dot_simd(pikv_kv_type t, 
             s2 = _mm256_fmadd_ps(load8(t, r + 2 * stride, i), qv, s2);
             s3 = _mm256_fmadd_ps(load8(t, r + 3 * stride, i), qv, s3);
         }
-        /* [s0 s1 s2 s3] -> one vector of their four sums */
-        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-        _mm_storeu_ps(out + j, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+        store4_sums(s0, s1, s2, s3, out + j);
     }
     for (; j < n; j++) {
         const void *row = rows + (size_t)j * stride;
@@ -244,18 +259,68 @@ static inline __attribute__((always_inline)) void rows_dot_simd(pikv_kv_type t, 
     }
 }
 
+/* The same for the block types (dim a multiple of 32): a block's products
+ * are summed on its stored integers and scaled once, which saves the block's
+ * scale on every value. */
+static inline __attribute__((always_inline)) void rows_dot_blocks(pikv_kv_type t, const uint8_t *rows, size_t stride,
+                                                                  int n, const float *q, int dim, float *out)
+{
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const uint8_t *r = rows + (size_t)j * stride;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (int i = 0; i < dim; i += PK_KV_BLOCK) {
+            __m256 b0 = _mm256_setzero_ps(), b1 = b0, b2 = b0, b3 = b0;
+            for (int e = i; e < i + PK_KV_BLOCK; e += 8) {
+                const __m256 qv = _mm256_loadu_ps(q + e);
+                b0 = _mm256_fmadd_ps(load8_unscaled(t, r, e), qv, b0);
+                b1 = _mm256_fmadd_ps(load8_unscaled(t, r + stride, e), qv, b1);
+                b2 = _mm256_fmadd_ps(load8_unscaled(t, r + 2 * stride, e), qv, b2);
+                b3 = _mm256_fmadd_ps(load8_unscaled(t, r + 3 * stride, e), qv, b3);
+            }
+            s0 = _mm256_fmadd_ps(b0, _mm256_set1_ps(scale_at(t, r, i)), s0);
+            s1 = _mm256_fmadd_ps(b1, _mm256_set1_ps(scale_at(t, r + stride, i)), s1);
+            s2 = _mm256_fmadd_ps(b2, _mm256_set1_ps(scale_at(t, r + 2 * stride, i)), s2);
+            s3 = _mm256_fmadd_ps(b3, _mm256_set1_ps(scale_at(t, r + 3 * stride, i)), s3);
+        }
+        store4_sums(s0, s1, s2, s3, out + j);
+    }
+    for (; j < n; j++) {
+        const void *row = rows + (size_t)j * stride;
+        __m256 s = _mm256_setzero_ps();
+        for (int i = 0; i < dim; i += PK_KV_BLOCK) {
+            __m256 b = _mm256_setzero_ps();
+            for (int e = i; e < i + PK_KV_BLOCK; e += 8) b = _mm256_fmadd_ps(load8_unscaled(t, row, e), _mm256_loadu_ps(q + e), b);
+            s = _mm256_fmadd_ps(b, _mm256_set1_ps(scale_at(t, row, i)), s);
+        }
+        out[j] = hsum8(s);
+    }
+}
+
 /* acc += the weighted rows, 64 values of acc at a time held in registers
- * over every row, so that acc is loaded and stored once per 64 values. */
+ * over every row, so that acc is loaded and stored once per 64 values. A
+ * block type's row weight is multiplied by the block's scale once per block. */
 static inline __attribute__((always_inline)) void rows_axpy_simd(pikv_kv_type t, const uint8_t *rows, size_t stride,
                                                                  int n, const float *a, int dim, float *acc)
 {
     enum { STRIP = 64 };
+    const int blocks = t == PIKV_KV_Q8_0 || t == PIKV_KV_Q4_0;
     for (int c0 = 0; c0 < dim; c0 += STRIP) {
-        const int w = dim - c0 < STRIP ? dim - c0 : STRIP; /* a multiple of 16 */
+        const int w = dim - c0 < STRIP ? dim - c0 : STRIP; /* a multiple of 16 (of 32 for the block types) */
         __m256 v[STRIP / 8];
         for (int k = 0; k < w / 8; k++) v[k] = _mm256_loadu_ps(acc + c0 + 8 * k);
         for (int j = 0; j < n; j++) {
             const void *row = rows + (size_t)j * stride;
+            if (blocks) {
+                for (int b = 0; b < w / PK_KV_BLOCK; b++) {
+                    const int i = c0 + b * PK_KV_BLOCK;
+                    const __m256 wb = _mm256_set1_ps(a[j] * scale_at(t, row, i));
+#pragma GCC unroll 4
+                    for (int k = 0; k < PK_KV_BLOCK / 8; k++)
+                        v[4 * b + k] = _mm256_fmadd_ps(load8_unscaled(t, row, i + 8 * k), wb, v[4 * b + k]);
+                }
+                continue;
+            }
             const __m256 wj = _mm256_set1_ps(a[j]);
             if (w == STRIP) {
 #pragma GCC unroll 8
@@ -277,8 +342,8 @@ void pk_kv_rows_dot(pikv_kv_type t, const void *rows, int n, const float *q, int
         switch (t) {
         case PIKV_KV_F16: rows_dot_simd(PIKV_KV_F16, rows, stride, n, q, dim, out); return;
         case PIKV_KV_BF16: rows_dot_simd(PIKV_KV_BF16, rows, stride, n, q, dim, out); return;
-        case PIKV_KV_Q8_0: rows_dot_simd(PIKV_KV_Q8_0, rows, stride, n, q, dim, out); return;
-        case PIKV_KV_Q4_0: rows_dot_simd(PIKV_KV_Q4_0, rows, stride, n, q, dim, out); return;
+        case PIKV_KV_Q8_0: rows_dot_blocks(PIKV_KV_Q8_0, rows, stride, n, q, dim, out); return;
+        case PIKV_KV_Q4_0: rows_dot_blocks(PIKV_KV_Q4_0, rows, stride, n, q, dim, out); return;
         default: break;
         }
     }
