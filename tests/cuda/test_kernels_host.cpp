@@ -217,8 +217,8 @@ template <typename W> static void check_gemv(const char *what, double limit)
     qkv.out = 3 * C;
     qkv.layer = layer;
     qkv.kv = kv.ctx(0, 1);
-    emu_launch(dim3(5), dim3(256), (size_t)rows * C * 4, gemv_kernel<W, 4, true, float, EPI_QKV>,
-               (const W *)Wqkv.data(), (const float *)bias.data(), (const float *)x.data(), rows, C,
+    emu_launch(dim3(5), dim3(256), (size_t)(rows + 2) * C * 4, gemv_kernel<W, 4, true, float, EPI_QKV>,
+               (const W *)Wqkv.data(), (const float *)bias.data(), (const float *)x.data(), rows, C, 1,
                (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, qkv);
     std::vector<double> ref = product_ref(x, rows, C, Wqkv, 3 * C, bias.data(), ln_w.data(), ln_b.data());
     std::vector<double> qref((size_t)rows * C);
@@ -253,7 +253,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     res.layer = layer;
     res.kv = kv.ctx(0, 1);
     emu_launch(dim3(3), dim3(256), (size_t)r5 * F * 4, gemv_kernel<W, 8, false, float, EPI_RESIDUAL>, (const W *)Wp.data(),
-               (const float *)bias.data(), (const float *)h.data(), r5, F, (const float *)nullptr,
+               (const float *)bias.data(), (const float *)h.data(), r5, F, 1, (const float *)nullptr,
                (const float *)nullptr, 1e-5f, res);
     ref = product_ref(h, r5, F, Wp, C, bias.data(), nullptr, nullptr);
     for (size_t i = 0; i < ref.size(); i++) ref[i] += before[i];
@@ -269,8 +269,8 @@ template <typename W> static void check_gemv(const char *what, double limit)
     ge.out = F;
     ge.layer = 0;
     ge.kv = kv.ctx(0, 1);
-    emu_launch(dim3(4), dim3(256), (size_t)2 * C * 4, gemv_kernel<W, 2, true, float, EPI_GELU>, (const W *)Wfc.data(),
-               (const float *)bias.data(), (const float *)x.data(), 2, C, (const float *)ln_w.data(),
+    emu_launch(dim3(4), dim3(256), (size_t)4 * C * 4, gemv_kernel<W, 2, true, float, EPI_GELU>, (const W *)Wfc.data(),
+               (const float *)bias.data(), (const float *)x.data(), 2, C, 1, (const float *)ln_w.data(),
                (const float *)ln_b.data(), 1e-5f, ge);
     ref = product_ref(x, 2, C, Wfc, F, bias.data(), ln_w.data(), ln_b.data());
     for (auto &v : ref) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
@@ -281,8 +281,8 @@ template <typename W> static void check_gemv(const char *what, double limit)
     st.out = F;
     st.layer = 0;
     st.kv = kv.ctx(0, 1);
-    emu_launch(dim3(3), dim3(256), (size_t)C * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wfc.data(),
-               (const float *)nullptr, (const float *)x.data(), 1, C, (const float *)ln_w.data(),
+    emu_launch(dim3(3), dim3(256), (size_t)3 * C * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wfc.data(),
+               (const float *)nullptr, (const float *)x.data(), 1, C, 1, (const float *)ln_w.data(),
                (const float *)ln_b.data(), 1e-5f, st);
     ref = product_ref(x, 1, C, Wfc, F, nullptr, ln_w.data(), ln_b.data());
     double ds = rel(ref, logits.data(), logits.size());
@@ -294,8 +294,8 @@ template <typename W> static void check_gemv(const char *what, double limit)
     std::vector<float> ln_wf = random_f(F), ln_bf = random_f(F), wide((size_t)C, NAN);
     st.y = wide.data();
     st.out = C;
-    emu_launch(dim3(2), dim3(32), (size_t)F * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wp.data(),
-               (const float *)nullptr, (const float *)h.data(), 1, F, (const float *)ln_wf.data(),
+    emu_launch(dim3(2), dim3(32), (size_t)3 * F * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wp.data(),
+               (const float *)nullptr, (const float *)h.data(), 1, F, 1, (const float *)ln_wf.data(),
                (const float *)ln_bf.data(), 1e-5f, st);
     ref = product_ref(h, 1, F, Wp, C, nullptr, ln_wf.data(), ln_bf.data());
     double dw = rel(ref, wide.data(), wide.size());

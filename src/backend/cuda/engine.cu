@@ -32,7 +32,7 @@ extern "C" {
 
 using namespace pkcuda;
 
-enum { MAX_GEMV_ROWS = 8, CUBLAS_WORKSPACE = 32 << 20, DECODE_WARPS = 4, MAX_SPLIT = 64 };
+enum { MAX_GEMV_ROWS = 8, GEMV_WARPS = 8, CUBLAS_WORKSPACE = 32 << 20, DECODE_WARPS = 4, MAX_SPLIT = 64 };
 
 /* Activation buffers for up to `rows` rows. att and fc are sized for float32
  * and hold W where they feed cuBLAS. */
@@ -233,32 +233,61 @@ static void launch_overlapped(pk_cuda_session *s, void (*kernel)(P...), dim3 gri
     s->launches++;
 }
 
+/* The row template (1, 2, 4 or 8) that holds n_rows rows. */
+static int gemv_template_rows(int n_rows) { return n_rows <= 1 ? 1 : n_rows <= 2 ? 2 : n_rows <= 4 ? 4 : 8; }
+
+/* Warps that share each output of a matrix-vector product of n_rows rows of
+ * `in` inputs, weights of w_size bytes: the fewest, a power of two up to the
+ * GEMV_WARPS of a block, whose parts of a row fit the loads a lane holds
+ * (gemv_loads), so that a warp issues all of its loads before it adds
+ * anything up. For gpt2-medium's MLP down-projection (in 4,096, bf16) at one
+ * row this is 2: 8 loads a lane, 256 blocks, where one warp an output had
+ * walked each 8 KB row a load or two at a time.
+ *
+ * Never more: every weight of a part is then already requested at once, and
+ * each block copies all rows of x to shared memory, so a split of s, which
+ * leaves GEMV_WARPS / s outputs a block, multiplies those copies. It also
+ * stops where the copy (4 * n_rows bytes an input) would outweigh the
+ * block's weights ((GEMV_WARPS / s) * w_size bytes an input): with 4 and 8
+ * rows of 16-bit weights a warp instead walks its row gemv_loads at a time. */
+static int gemv_split(int in, int w_size, int n_rows)
+{
+    const int vectors = in / (16 / w_size), loads = gemv_loads(gemv_template_rows(n_rows));
+    int split = 1;
+    while (split < GEMV_WARPS && (vectors + 32 * split - 1) / (32 * split) > loads &&
+           4 * n_rows * 2 * split <= GEMV_WARPS * w_size)
+        split *= 2;
+    return split;
+}
+
+/* Shared memory of a matrix-vector launch: the rows of x, and the layer norm's weights. */
+static size_t gemv_smem(int n_rows, int in, bool ln) { return (size_t)(n_rows + (ln ? 2 : 0)) * in * sizeof(float); }
+
 /* Launch the matrix-vector kernel with the smallest row template that holds n_rows. */
 template <typename W, bool LN, typename OutT, int EPI>
 static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const float *x, int n_rows, int in,
                  const float *ln_w, const float *ln_b, epilogue<W, OutT, EPI> epi)
 {
-    const int threads = 256, warps = threads / 32;
-    int blocks = (epi.out + warps - 1) / warps;
+    const int R = gemv_template_rows(n_rows);
+    const int split = gemv_split(in, (int)sizeof(W), n_rows), per_block = GEMV_WARPS / split;
+    int blocks = (epi.out + per_block - 1) / per_block;
     if (blocks > s->n_sm * 8) blocks = s->n_sm * 8; /* the kernel strides over the rest */
-    const size_t smem = (size_t)n_rows * in * sizeof(float);
+    const size_t smem = gemv_smem(n_rows, in, LN);
     const float eps = s->cfg.layer_norm_epsilon;
     const W *w = (const W *)Wt;
 #define GEMV_CASE(R)                                                                                                 \
-    launch_overlapped(s, gemv_kernel<W, R, LN, OutT, EPI>, blocks, threads, smem, w, bias, x, n_rows, in, ln_w, ln_b, \
-                      eps, epi)
-    if (n_rows <= 1)
-        GEMV_CASE(1);
-    else if (n_rows <= 2)
-        GEMV_CASE(2);
-    else if (n_rows <= 4)
-        GEMV_CASE(4);
-    else
-        GEMV_CASE(8);
+    launch_overlapped(s, gemv_kernel<W, R, LN, OutT, EPI>, blocks, GEMV_WARPS * 32, smem, w, bias, x, n_rows, in,     \
+                      split, ln_w, ln_b, eps, epi)
+    switch (R) {
+    case 1: GEMV_CASE(1); break;
+    case 2: GEMV_CASE(2); break;
+    case 4: GEMV_CASE(4); break;
+    default: GEMV_CASE(8); break;
+    }
 #undef GEMV_CASE
 }
 
-/* Let every matrix-vector kernel use the shared memory its widest input needs. */
+/* Let every matrix-vector kernel use the shared memory its widest launch needs. */
 template <typename W, bool LN, typename OutT, int EPI> static int allow_smem(size_t bytes)
 {
     CU(cudaFuncSetAttribute(gemv_kernel<W, 1, LN, OutT, EPI>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
@@ -272,11 +301,15 @@ template <typename W, bool LN, typename OutT, int EPI> static int allow_smem(siz
     return 0;
 }
 
-/* The four matrix-vector variants the forward pass launches. */
-template <typename W> static int prepare_kernels(size_t smem)
+/* The four matrix-vector variants the forward pass launches, for up to `rows`
+ * rows: the layer-normed ones read n_embd inputs, the others up to
+ * max(n_embd, n_inner). */
+template <typename W> static int prepare_kernels(const pikv_config *c, int rows)
 {
-    if (allow_smem<W, true, float, EPI_QKV>(smem) || allow_smem<W, false, float, EPI_RESIDUAL>(smem) ||
-        allow_smem<W, true, float, EPI_GELU>(smem) || allow_smem<W, true, float, EPI_STORE>(smem))
+    const int widest = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
+    const size_t ln = gemv_smem(rows, c->n_embd, true), plain = gemv_smem(rows, widest, false);
+    if (allow_smem<W, true, float, EPI_QKV>(ln) || allow_smem<W, false, float, EPI_RESIDUAL>(plain) ||
+        allow_smem<W, true, float, EPI_GELU>(ln) || allow_smem<W, true, float, EPI_STORE>(ln))
         return -1;
     return 0;
 }
@@ -565,14 +598,18 @@ static int session_init(pk_cuda_session *s)
     CU(cudaMalloc((void **)&s->d_part, heads * s->split_cap * (c->head_dim + 2) * 4), "allocating attention partials");
     CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
     CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
-    /* The matrix-vector path stages its rows in shared memory. */
-    const size_t widest = (size_t)(c->n_embd > c->n_inner ? c->n_embd : c->n_inner) * sizeof(float);
-    s->gemv_rows = (int)(p.sharedMemPerBlockOptin / widest);
-    if (s->gemv_rows > MAX_GEMV_ROWS) s->gemv_rows = MAX_GEMV_ROWS;
+    /* The matrix-vector path stages its rows, and a layer norm's weights, in
+     * shared memory; the kernels' own static shared memory (at most 1.5 KB)
+     * comes out of the same opt-in limit. */
+    const int widest = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
+    const size_t smem_cap = p.sharedMemPerBlockOptin - 2048;
+    s->gemv_rows = MAX_GEMV_ROWS;
+    while (s->gemv_rows >= 1 && (gemv_smem(s->gemv_rows, widest, false) > smem_cap ||
+                                 gemv_smem(s->gemv_rows, c->n_embd, true) > smem_cap))
+        s->gemv_rows--;
     if (s->gemv_rows < 1) return pk_fail("CUDA session: n_inner %d is too wide for the decode kernels", c->n_inner);
-    const size_t smem = (size_t)s->gemv_rows * widest;
     int rc = -1;
-    with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(smem); });
+    with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(c, s->gemv_rows); });
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;

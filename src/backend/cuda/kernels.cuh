@@ -92,17 +92,58 @@ __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread
- * gets the result. `red` is shared scratch of 32 floats. */
-__device__ __forceinline__ float block_sum(float v, float *red)
+/* N sums over the block at once (blockDim.x a multiple of 32, at most 1024),
+ * so that N rows cost one round of barriers, not N; every thread gets the
+ * results. `red` is shared scratch of 32 * N floats. */
+template <int N> __device__ __forceinline__ void block_sums(float (&v)[N], float *red)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_sum(v);
+#pragma unroll
+    for (int n = 0; n < N; n++) v[n] = warp_sum(v[n]);
     __syncthreads();
-    if (lane == 0) red[warp] = v;
+    if (lane == 0)
+#pragma unroll
+        for (int n = 0; n < N; n++) red[n * 32 + warp] = v[n];
     __syncthreads();
-    v = lane < nw ? red[lane] : 0.f;
-    return warp_sum(v);
+#pragma unroll
+    for (int n = 0; n < N; n++) v[n] = warp_sum(lane < nw ? red[n * 32 + lane] : 0.f);
+}
+
+/* Sum over the block; `red` is shared scratch of 32 floats. */
+__device__ __forceinline__ float block_sum(float v, float *red)
+{
+    float s[1] = {v};
+    block_sums(s, red);
+    return s[0];
+}
+
+/* Start copying n floats (n a multiple of 4, both pointers 16-byte aligned)
+ * from global to shared memory, the block's threads 16 bytes each in turn.
+ * On the GPU the copies are asynchronous (cp.async, straight to shared memory
+ * without registers), so that every one of them is in flight at once however
+ * wide the rows: a plain copy loop waits a round trip per element it moves.
+ * They bypass L1, so they see what an earlier kernel wrote. stage_wait() and
+ * a barrier make them visible to the block. */
+__device__ __forceinline__ void stage(float *dst, const float *src, int n)
+{
+    for (int i = threadIdx.x * 4; i < n; i += blockDim.x * 4) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        const unsigned d = (unsigned)__cvta_generic_to_shared(dst + i);
+        asm volatile("{ .reg .u64 g; cvta.to.global.u64 g, %1; cp.async.cg.shared.global [%0], [g], 16; }" ::"r"(d),
+                     "l"(src + i)
+                     : "memory");
+#else
+        *reinterpret_cast<float4 *>(dst + i) = *reinterpret_cast<const float4 *>(src + i);
+#endif
+    }
+}
+
+/* Wait for this thread's copies started by stage(). */
+__device__ __forceinline__ void stage_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
 }
 
 __device__ __forceinline__ float gelu_new(float x)
@@ -172,29 +213,50 @@ template <typename W, typename OutT, int EPI> struct epilogue {
     int layer;     /* EPI_QKV */
     rows_ctx<W> kv;
 
+    /* Where output j of `row` goes: into y, or for EPI_QKV's keys and values
+     * to the row's slot in the cache. It reads only what no kernel of a step
+     * writes (heads' lengths and rings and the block table change between
+     * steps), so that gemv_kernel can find it before waiting for the kernel
+     * before it. */
+    __device__ __forceinline__ void *where(int row, int j) const
+    {
+        if (EPI == EPI_RESIDUAL) return reinterpret_cast<float *>(y) + (size_t)row * out + j;
+        if (EPI != EPI_QKV) return y + (size_t)row * out + j;
+        const int C = kv.C;
+        if (j < C) return y + (size_t)row * C + j;
+        const int values = j >= 2 * C, c = j - C - values * C, h = c / kv.head_dim;
+        const int b = kv.seq0 + row / kv.rows_per_seq, lh = layer * kv.n_head + h;
+        const size_t bh = (size_t)b * kv.n_lh + lh;
+        const int len = kv.kv_len[bh];
+        const int slot = kv.rows_per_seq == 1 && ring_full(kv.ring[bh], len) ? kv.ring[bh].next
+                                                                              : len + row % kv.rows_per_seq;
+        return kv_entry(kv, b, lh, slot, values) + c % kv.head_dim;
+    }
+
+    /* What output p = where(row, j) adds to: the residual stream's value
+     * (written by earlier kernels, so read only after waiting for them). */
+    __device__ __forceinline__ float before(const void *p) const
+    {
+        return EPI == EPI_RESIDUAL ? *static_cast<const float *>(p) : 0.f;
+    }
+
+    /* Output j, v = (x · W)[row, j] + bias[j], to p = where(row, j); base = before(p). */
+    __device__ __forceinline__ void put(void *p, int j, float v, float base) const
+    {
+        if (EPI == EPI_RESIDUAL)
+            *static_cast<float *>(p) = base + v;
+        else if (EPI == EPI_GELU)
+            *static_cast<OutT *>(p) = from_f<OutT>(gelu_new(v));
+        else if (EPI == EPI_QKV && j >= kv.C) /* a key or value */
+            *static_cast<W *>(p) = from_f<W>(v);
+        else
+            *static_cast<OutT *>(p) = from_f<OutT>(v);
+    }
+
     __device__ __forceinline__ void operator()(int row, int j, float v) const
     {
-        if (EPI == EPI_STORE) {
-            y[(size_t)row * out + j] = from_f<OutT>(v);
-        } else if (EPI == EPI_RESIDUAL) {
-            float *r = reinterpret_cast<float *>(y) + (size_t)row * out + j;
-            *r += v;
-        } else if (EPI == EPI_GELU) {
-            y[(size_t)row * out + j] = from_f<OutT>(gelu_new(v));
-        } else { /* queries to y, keys and values into the cache at the row's slot */
-            const int C = kv.C;
-            if (j < C) {
-                y[(size_t)row * C + j] = from_f<OutT>(v);
-                return;
-            }
-            const int values = j >= 2 * C, c = j - C - values * C, h = c / kv.head_dim;
-            const int b = kv.seq0 + row / kv.rows_per_seq, lh = layer * kv.n_head + h;
-            const size_t bh = (size_t)b * kv.n_lh + lh;
-            const int len = kv.kv_len[bh];
-            const int slot = kv.rows_per_seq == 1 && ring_full(kv.ring[bh], len) ? kv.ring[bh].next
-                                                                                  : len + row % kv.rows_per_seq;
-            kv_entry(kv, b, lh, slot, values)[c % kv.head_dim] = from_f<W>(v);
-        }
+        void *p = where(row, j);
+        put(p, j, v, before(p));
     }
 };
 
@@ -258,9 +320,11 @@ __global__ void epilogue_kernel(const float *prod, const float *bias, int R, epi
     }
 }
 
-/* acc[r] += w · x[r][k .. k + VN) for the rows of x, w being 16 bytes of W.
- * x is read from shared memory 16 bytes at a time: lanes are VN floats apart,
- * so one float per read would put 8 lanes on the same bank. */
+/* acc[r] += w · x[r][k .. k + VN) for rows r < R of x, w being 16 bytes of W.
+ * Rows from n_rows on repeat the last row (their sums are never used), so
+ * that no branch separates the loads of a warp from one another. x is read
+ * from shared memory 16 bytes at a time: lanes are VN floats apart, so one
+ * float per read would put 8 lanes on the same bank. */
 template <typename W, int R>
 __device__ __forceinline__ void dot_chunk(float *acc, uint4 w, const float *xs, int n_rows, int in, int k)
 {
@@ -268,98 +332,160 @@ __device__ __forceinline__ void dot_chunk(float *acc, uint4 w, const float *xs, 
     float wf[VN];
     unpack16<W>(w, wf);
 #pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float4 *xv = reinterpret_cast<const float4 *>(xs + (r < n_rows ? r : n_rows - 1) * in + k);
+#pragma unroll
+        for (int i = 0; i < VN / 4; i++) {
+            const float4 x4 = xv[i];
+            acc[r] += wf[4 * i] * x4.x;
+            acc[r] += wf[4 * i + 1] * x4.y;
+            acc[r] += wf[4 * i + 2] * x4.z;
+            acc[r] += wf[4 * i + 3] * x4.w;
+        }
+    }
+}
+
+/* The 16-byte weight loads a lane of gemv_kernel holds at once, for R rows:
+ * its whole part of a row when that fits, all issued before any arithmetic
+ * uses them. More rows need more registers for their sums and reads of x, so
+ * hold fewer loads: with these, and the register bound of gemv_min_blocks,
+ * ptxas spills nothing at 1, 2 and 4 rows. */
+__host__ __device__ constexpr int gemv_loads(int R) { return R == 1 ? 8 : R <= 4 ? 4 : 2; }
+
+/* Blocks of 256 threads a multiprocessor must fit, which bounds registers:
+ * 64 a thread, or 80 for 4 rows (whose shared memory for wide rows fits 3
+ * blocks anyway). */
+__host__ __device__ constexpr int gemv_min_blocks(int R) { return R == 4 ? 3 : 4; }
+
+/* Layer norm in place of rows 0..n_rows-1 of xs [n_rows][in] with weights w
+ * and b [in], by the block. All rows' sums go through one block reduction,
+ * then all their squared deviations through another; red is shared scratch
+ * of 32 * R floats. */
+template <int R>
+__device__ __forceinline__ void layernorm_rows(float *xs, int n_rows, int in, const float *w, const float *b, float eps,
+                                               float *red)
+{
+    float sum[R], mean[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        sum[r] = 0.f;
+        if (r < n_rows)
+            for (int i = threadIdx.x; i < in; i += blockDim.x) sum[r] += xs[r * in + i];
+    }
+    block_sums(sum, red);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        mean[r] = sum[r] / in;
+        sum[r] = 0.f;
+        if (r < n_rows)
+            for (int i = threadIdx.x; i < in; i += blockDim.x) {
+                const float d = xs[r * in + i] - mean[r];
+                sum[r] += d * d;
+            }
+    }
+    block_sums(sum, red);
+#pragma unroll
     for (int r = 0; r < R; r++)
         if (r < n_rows) {
-            const float4 *xv = reinterpret_cast<const float4 *>(xs + r * in + k);
-#pragma unroll
-            for (int i = 0; i < VN / 4; i++) {
-                const float4 x4 = xv[i];
-                acc[r] += wf[4 * i] * x4.x;
-                acc[r] += wf[4 * i + 1] * x4.y;
-                acc[r] += wf[4 * i + 2] * x4.z;
-                acc[r] += wf[4 * i + 3] * x4.w;
-            }
+            const float rstd = rsqrtf(sum[r] / in + eps);
+            for (int i = threadIdx.x; i < in; i += blockDim.x)
+                xs[r * in + i] = (xs[r * in + i] - mean[r]) * rstd * w[i] + b[i];
         }
 }
 
-/* Layer-norm weights a thread of gemv_kernel holds in registers (the rest of
- * a row wider than LN_HELD x blockDim is read when used). */
-enum { LN_HELD = 4 };
-
 /* Matrix-vector products for n_rows <= R rows (decode): y[r, j] = epi(xn[r] ·
- * Wt[j] + bias[j]) with Wt output-major [out][in], so that one warp reads one
- * output's weights contiguously. A warp's first PF loads of weights are issued
- * before it waits for the previous kernel, so that they are in flight while
- * that kernel finishes, and so are its bias and layer-norm weights. The rows
- * of x are then staged in shared memory, layer-normed there first when LN. in
- * must be a multiple of 16 / sizeof(W). */
+ * Wt[j] + bias[j]) with Wt output-major [out][in], layer-normed rows xn when
+ * LN. in must be a multiple of 16 / sizeof(W).
+ *
+ * `split` warps of a block (a power of two that divides the block's warps)
+ * share each output: warp w takes part w % split of the row of output
+ * blockIdx.x * (warps / split) + w / split, a run of 32 * ceil(in / (VN * 32
+ * * split)) 16-byte vectors, and the parts' sums meet in shared memory, added
+ * in a fixed order. The host picks the split (engine.cu) so that a part fits
+ * the gemv_loads(R) loads a lane holds: then each warp issues every load of
+ * its part at once, and a wide row is one round trip, not one per few loads.
+ * Blocks stride over the outputs in rounds (the LM head has far more
+ * outputs than warps), all warps of a block taking part in every round.
+ *
+ * Everything that no kernel of the step writes is read before waiting for
+ * the previous kernel, so that it is in flight while that kernel finishes:
+ * the first round's weights, bias and destinations (the KV slots of
+ * EPI_QKV) and the layer-norm weights. Right after the wait come the
+ * residual stream's values that EPI_RESIDUAL adds to and the rows of x,
+ * copied to shared memory (with ln_w and ln_b after them: dynamic shared
+ * memory of (n_rows + 2 * LN) * in floats). */
 template <typename W, int R, bool LN, typename OutT, int EPI>
-__global__ void __launch_bounds__(256, 4) gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in,
-                                                   const float *ln_w, const float *ln_b, float eps,
-                                                   epilogue<W, OutT, EPI> epi)
+__global__ void __launch_bounds__(256, gemv_min_blocks(R))
+    gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in, int split, const float *ln_w,
+                const float *ln_b, float eps, epilogue<W, OutT, EPI> epi)
 {
-    constexpr int VN = vec<W>::n, PF = 4;
-    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
-    const int j0 = blockIdx.x * warps + (threadIdx.x >> 5);
+    constexpr int VN = vec<W>::n, NL = gemv_loads(R);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = (blockDim.x >> 5) / split;
+    const int part = warp % split, nv = in / VN, span = (nv + 32 * split - 1) / (32 * split) * 32;
+    const int v0 = min(nv, part * span), v1 = min(nv, v0 + span);
+    const bool leader = part == 0 && lane < n_rows; /* writes output j of row `lane` */
+    __shared__ float red[32 * R];
+    __shared__ float partial[2][8][R]; /* [round % 2][warp][row]; 256 threads at most */
+    float *xs = dynamic_shared();      /* [n_rows][in], then ln_w and ln_b */
     allow_next_kernel();
-    uint4 first[PF];
+
+    uint4 w[NL];
+    /* Part v0..v1 of output j's weights from vector v on: up to NL loads a lane. */
+    auto load = [&](int j, int v) {
 #pragma unroll
-    for (int p = 0; p < PF; p++) {
-        const int k = (p * 32 + lane) * VN;
-        first[p] = j0 < epi.out && k < in ? load16(Wt + (size_t)j0 * in + k) : make_uint4(0, 0, 0, 0);
+        for (int p = 0; p < NL; p++) {
+            const int k = v + p * 32 + lane;
+            w[p] = j < epi.out && k < v1 ? load16(Wt + (size_t)j * in + (size_t)k * VN) : make_uint4(0, 0, 0, 0);
+        }
+    };
+    int j = blockIdx.x * per_block + warp / split;
+    load(j, v0);
+    if (LN) {
+        stage(xs + n_rows * in, ln_w, in);
+        stage(xs + (n_rows + 1) * in, ln_b, in);
     }
-    /* The first output's bias and this thread's layer-norm weights are
-     * weights too: read now, they are not a memory round trip after the wait. */
-    const float bias0 = bias && j0 < epi.out ? bias[j0] : 0.f;
-    float lnw[LN_HELD], lnb[LN_HELD];
-#pragma unroll
-    for (int h = 0; h < LN_HELD; h++) {
-        const int i = threadIdx.x + h * blockDim.x;
-        lnw[h] = LN && i < in ? ln_w[i] : 0.f;
-        lnb[h] = LN && i < in ? ln_b[i] : 0.f;
-    }
+    float bias_j = bias && j < epi.out ? bias[j] : 0.f;
+    void *dst = leader && j < epi.out ? epi.where(lane, j) : nullptr;
     wait_for_previous_kernel();
 
-    float *xs = dynamic_shared(); /* [n_rows][in] */
-    __shared__ float red[32];
-    for (int i = threadIdx.x; i < n_rows * in; i += blockDim.x) xs[i] = x[i];
-    if (LN) {
-        __syncthreads();
-        for (int r = 0; r < n_rows; r++) {
-            float *xr = xs + r * in;
-            float s = 0.f;
-            for (int i = threadIdx.x; i < in; i += blockDim.x) s += xr[i];
-            const float mean = block_sum(s, red) / in;
-            float v = 0.f;
-            for (int i = threadIdx.x; i < in; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
-            const float rstd = rsqrtf(block_sum(v, red) / in + eps);
-            auto normalize = [&](int i, float w, float b) { xr[i] = (xr[i] - mean) * rstd * w + b; };
-#pragma unroll
-            for (int h = 0; h < LN_HELD; h++) {
-                const int i = threadIdx.x + h * blockDim.x;
-                if (i < in) normalize(i, lnw[h], lnb[h]);
-            }
-            for (int i = threadIdx.x + LN_HELD * blockDim.x; i < in; i += blockDim.x) normalize(i, ln_w[i], ln_b[i]);
-        }
-    }
+    float base = dst ? epi.before(dst) : 0.f;
+    stage(xs, x, n_rows * in);
+    stage_wait();
     __syncthreads();
-    for (int j = j0; j < epi.out; j += gridDim.x * warps) {
-        const W *wr = Wt + (size_t)j * in;
+    if (LN) {
+        layernorm_rows<R>(xs, n_rows, in, xs + n_rows * in, xs + (n_rows + 1) * in, eps, red);
+        __syncthreads();
+    }
+    for (int g = blockIdx.x, round = 0; g * per_block < epi.out; g += gridDim.x, round++) {
+        if (round > 0) j = g * per_block + warp / split;
         float acc[R];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r] = 0.f;
-        int k = lane * VN;
-        if (j == j0)
+        for (int v = v0; v < v1; v += 32 * NL) {
+            if (round > 0 || v > v0) load(j, v);
+            /* Groups of 32 vectors with a lane in the part; the weights past v1 are zero. */
+            const int groups = (v1 - v + 31) / 32;
 #pragma unroll
-            for (int p = 0; p < PF; p++, k += 32 * VN)
-                if (k < in) dot_chunk<W, R>(acc, first[p], xs, n_rows, in, k);
-#pragma unroll 2
-        for (; k < in; k += 32 * VN) dot_chunk<W, R>(acc, load16(wr + k), xs, n_rows, in, k);
-        const float bias_j = j == j0 ? bias0 : bias ? bias[j] : 0.f;
+            for (int p = 0; p < NL; p++)
+                if (p < groups) dot_chunk<W, R>(acc, w[p], xs, n_rows, in, min(v + p * 32 + lane, v1 - 1) * VN);
+        }
+        float *mine = partial[round & 1][warp];
 #pragma unroll
         for (int r = 0; r < R; r++) {
-            const float v = warp_sum(acc[r]);
-            if (lane == r && r < n_rows) epi(r, j, v + bias_j);
+            const float s = warp_sum(acc[r]);
+            if (lane == r) mine[r] = s;
+        }
+        /* With one warp an output, each leader reads back only its own write. */
+        if (split > 1) __syncthreads();
+        if (leader && j < epi.out) {
+            float v = 0.f;
+            for (int p = 0; p < split; p++) v += partial[round & 1][warp + p][lane];
+            if (round > 0) {
+                bias_j = bias ? bias[j] : 0.f;
+                dst = epi.where(lane, j);
+                base = epi.before(dst);
+            }
+            epi.put(dst, j, v + bias_j, base);
         }
     }
 }
