@@ -4,7 +4,9 @@
  * ragged head lengths and poisoned (NaN) entries past each head's end, for the
  * decode (a head per block, or split over several) and prompt variants; the fused matrix-vector kernels with their layer
  * norm prologue and QKV-append, residual, GELU and store epilogues, on grids
- * smaller than the output so that the kernels stride; the cuBLAS path's
+ * smaller than the output so that the kernels stride, with one warp an output
+ * and with several sharing each output (every row count 1..8, every epilogue,
+ * f32/bf16/f16 weights, every output written exactly once); the cuBLAS path's
  * epilogue and layer norm; embedding and the advance of positions; streaming
  * rings (where a decoded entry goes, what attention sees, how the ring
  * moves); compaction of kept entries in place and their read-back; the press
@@ -301,6 +303,151 @@ template <typename W> static void check_gemv(const char *what, double limit)
     double dw = rel(ref, wide.data(), wide.size());
     printf("gemv %s, LN over %d inputs on 32 threads: rel L2 %.2e\n", what, F, dw);
     CHECK(dw < 1e-5, "gemv %s LN over a wide row: %.3e", what, dw);
+}
+
+/* An output element that counts the writes it receives, so that a test sees
+ * each output written exactly once (and nothing written beside them). */
+struct tally {
+    float v = NAN;
+    int writes = 0;
+    tally() = default;
+    explicit tally(float x) : v(x) {}
+    tally(const tally &) = default;
+    tally &operator=(const tally &o)
+    {
+        v = o.v;
+        writes++;
+        return *this;
+    }
+};
+template <> inline tally pkcuda::from_f<tally>(float v) { return tally(v); }
+
+/* gemv_kernel with the row template the engine picks for n_rows, on a grid
+ * of `grid` blocks of 8 warps, the shared memory the engine gives it. */
+template <typename W, bool LN, typename OutT, int EPI>
+static void launch_gemv(int grid, const W *Wt, const float *bias, const float *x, int n_rows, int in, int split,
+                        const float *ln_w, const float *ln_b, epilogue<W, OutT, EPI> epi)
+{
+    const size_t smem = (size_t)(n_rows + (LN ? 2 : 0)) * in * 4;
+#define GEMV_ROWS(R)                                                                                                 \
+    emu_launch(dim3(grid), dim3(256), smem, gemv_kernel<W, R, LN, OutT, EPI>, Wt, bias, x, n_rows, in, split, ln_w,  \
+               ln_b, 1e-5f, epi)
+    if (n_rows <= 1)
+        GEMV_ROWS(1);
+    else if (n_rows <= 2)
+        GEMV_ROWS(2);
+    else if (n_rows <= 4)
+        GEMV_ROWS(4);
+    else
+        GEMV_ROWS(8);
+#undef GEMV_ROWS
+}
+
+/* Elements of y written other than expected: once each between the `pad`
+ * guard elements at either end, never the guards. */
+static int writes_wrong(const std::vector<tally> &y, size_t pad)
+{
+    int wrong = 0;
+    for (size_t i = 0; i < y.size(); i++) wrong += y[i].writes != (i < pad || i >= y.size() - pad ? 0 : 1);
+    return wrong;
+}
+
+/* One matrix-vector product with `split` warps an output on `grid` blocks
+ * (fewer than the outputs' groups, so that blocks stride over rounds; more
+ * leave blocks idle), against float64: n_rows rows of in inputs (layer-normed
+ * when LN), out outputs, epilogue EPI. STORE and GELU write tallies, so every
+ * output must be written exactly once; RESIDUAL adds to the rows it is given;
+ * QKV (out = 3 * 3 heads of 33) writes queries as tallies and keys and values
+ * into a paged cache where every other entry is NaN, either as one sequence
+ * of n_rows prompt rows or as n_rows sequences of one decode row. */
+template <typename W, bool LN, int EPI>
+static void check_split(const char *type, double kv_limit, int in, int out, int n_rows, int split, int grid)
+{
+    static const char *epi_names[] = {"store", "residual", "GELU", "QKV"};
+    const size_t pad = 16;
+    std::vector<float> x = random_f((size_t)n_rows * in), bias = random_f((size_t)out);
+    std::vector<float> ln_w = random_f((size_t)in), ln_b = random_f((size_t)in);
+    std::vector<W> Wt = random_w<W>((size_t)out * in);
+    std::vector<double> ref = product_ref(x, n_rows, in, Wt, out, bias.data(), LN ? ln_w.data() : nullptr,
+                                          ln_b.data());
+    const int n_head = 3, hd = 33, C = n_head * hd, layer = 1;
+    const bool prompt = EPI == EPI_QKV && n_rows % 2 == 1; /* one sequence of n_rows rows */
+    paged_cache<W> kv(8, 2, n_head, hd, 5);
+    for (size_t i = 0; i < kv.kv_len.size(); i++) kv.kv_len[i] = (int)(i * 13 % 60);
+    const rows_ctx<W> ctx = kv.ctx(prompt ? 2 : 0, prompt ? n_rows : 1);
+    std::vector<tally> y((size_t)n_rows * (EPI == EPI_QKV ? C : out) + 2 * pad);
+    std::vector<float> resid = random_f((size_t)n_rows * out + 2 * pad), before = resid;
+    double d = 0, dkv = 0;
+    int wrong = 0;
+    size_t cache_written = 0;
+    if (EPI == EPI_RESIDUAL) {
+        epilogue<W, float, EPI> e{resid.data() + pad, out, layer, ctx};
+        launch_gemv<W, LN>(grid, Wt.data(), bias.data(), x.data(), n_rows, in, split, ln_w.data(), ln_b.data(), e);
+        for (size_t i = 0; i < ref.size(); i++) ref[i] += before[pad + i];
+        d = rel(ref, resid.data() + pad, ref.size());
+        for (size_t i = 0; i < pad; i++)
+            wrong += resid[i] != before[i] || resid[resid.size() - 1 - i] != before[before.size() - 1 - i];
+    } else {
+        epilogue<W, tally, EPI> e{y.data() + pad, out, layer, ctx};
+        launch_gemv<W, LN>(grid, Wt.data(), bias.data(), x.data(), n_rows, in, split, ln_w.data(), ln_b.data(), e);
+        wrong = writes_wrong(y, pad);
+        std::vector<double> want;
+        std::vector<float> got, kvgot;
+        std::vector<double> kvref;
+        for (int r = 0; r < n_rows; r++)
+            for (int j = 0; j < out; j++) {
+                double v = ref[(size_t)r * out + j];
+                if (EPI == EPI_GELU) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+                if (EPI != EPI_QKV || j < C) {
+                    want.push_back(v);
+                    got.push_back(y[pad + (size_t)r * (EPI == EPI_QKV ? C : out) + j].v);
+                    continue;
+                }
+                const int values = j >= 2 * C, c = j - C - values * C, lh = layer * n_head + c / hd;
+                const int b = ctx.seq0 + r / ctx.rows_per_seq;
+                const int slot = kv.kv_len[(size_t)b * kv.n_lh + lh] + r % ctx.rows_per_seq;
+                kvref.push_back(v);
+                kvgot.push_back(to_f<W>(kv.at(b, lh, slot, values, c % hd)));
+            }
+        d = rel(want, got.data(), got.size());
+        if (EPI == EPI_QKV) {
+            dkv = rel(kvref, kvgot.data(), kvgot.size());
+            for (auto &v : kv.pool) cache_written += !std::isnan(to_f<W>(v));
+        }
+    }
+    const size_t cache_want = EPI == EPI_QKV ? (size_t)n_rows * 2 * C : 0;
+    printf("gemv %s, %s%s, in %d, out %d, %d rows, %d warps an output, %d blocks: rel L2 %.2e%s\n", type,
+           LN ? "LN + " : "", epi_names[EPI], in, out, n_rows, split, grid, d,
+           EPI == EPI_QKV ? ", keys/values" : "");
+    if (EPI == EPI_QKV) printf("    keys/values rel L2 %.2e, %zu cache values written\n", dkv, cache_written);
+    CHECK(d < 1e-6 && dkv < kv_limit && wrong == 0 && cache_written == cache_want,
+          "gemv %s %s in %d out %d rows %d split %d: rel L2 %.3e, keys/values %.3e, %d outputs written other than "
+          "once (or guards touched), %zu cache values written (want %zu)",
+          type, epi_names[EPI], in, out, n_rows, split, d, dkv, wrong, cache_written, cache_want);
+}
+
+/* The split products over the shapes that matter and their awkward cases:
+ * gpt2-medium's down-projection (in 4,096, out 1,024; in parts of 2 and of 8,
+ * and in one part walked in batches of loads) and up-projection (in 1,024,
+ * out 4,096); a row of 97 or 194 16-byte vectors, which leaves lanes, and
+ * with 8 parts whole parts, with nothing to load; outputs (301, 297) that no
+ * number of outputs a block divides. Every row count 1..8 meets every
+ * epilogue and several splits. */
+template <typename W> static void check_gemv_splits(const char *type, double kv_limit)
+{
+    check_split<W, false, EPI_RESIDUAL>(type, kv_limit, 4096, 1024, 1, 2, 37);
+    check_split<W, false, EPI_RESIDUAL>(type, kv_limit, 4096, 1024, 2, 8, 37);
+    check_split<W, false, EPI_STORE>(type, kv_limit, 4096, 1024, 1, 1, 37);
+    check_split<W, true, EPI_GELU>(type, kv_limit, 1024, 4096, 1, 1, 131);
+    check_split<W, true, EPI_STORE>(type, kv_limit, 1024, 4096, 2, 4, 131);
+    const int splits[4] = {1, 2, 4, 8};
+    for (int rows = 1; rows <= 8; rows++) {
+        const int split = splits[rows % 4], other = splits[(rows + 1) % 4];
+        check_split<W, true, EPI_STORE>(type, kv_limit, 776, 301, rows, split, 5);
+        check_split<W, false, EPI_RESIDUAL>(type, kv_limit, 776, 301, rows, other, 7);
+        check_split<W, true, EPI_GELU>(type, kv_limit, 776, 301, rows, other, 301);
+        check_split<W, true, EPI_QKV>(type, kv_limit, 776, 297, rows, split, 6);
+    }
 }
 
 /* The prompt path's pieces: QKV epilogue of 5 rows of sequence 1 into the
@@ -645,6 +792,9 @@ int main()
     check_attention<float, 128, 2>(1, "f32 head_dim 128, decode split over 2 blocks per head (2 warps)", 2);
     check_gemv<float>("f32", 1e-5);
     check_gemv<__nv_bfloat16>("bf16", 8e-3);
+    check_gemv_splits<float>("f32", 1e-6);
+    check_gemv_splits<__nv_bfloat16>("bf16", 8e-3);
+    check_gemv_splits<__half>("f16", 1e-3);
     check_attention<float, 64, 4>(1, "f32, decode in one block per head with a full streaming ring (4 warps)", 1, true);
     check_attention<__nv_bfloat16, 64, 4>(1, "bf16, decode split over 3 blocks with a full ring (4 warps)", 3, true);
     check_attention<__nv_bfloat16, 64, 2>(1, "bf16, decode in fixed shares of 1 KV block, 4 splits (2 warps)", 4, true, 1);
