@@ -291,8 +291,8 @@ template <typename W> static void check_gemv(const char *what, double limit)
     printf("gemv %s, LN + GELU: rel L2 %.2e; LN + store: %.2e\n", what, dg, ds);
     CHECK(dg < 1e-5 && ds < 1e-5, "gemv %s GELU %.3e, store %.3e", what, dg, ds);
 
-    /* LN over a row wider than the layer-norm weights a thread holds (F inputs, 32
-     * threads: 128 held, the rest read when used). */
+    /* LN over a row many times wider than the block (F inputs, 32 threads: each
+     * thread sums, and normalises, 8 of them). */
     std::vector<float> ln_wf = random_f(F), ln_bf = random_f(F), wide((size_t)C, NAN);
     st.y = wide.data();
     st.out = C;
