@@ -179,6 +179,17 @@ static inline float __shfl_sync(unsigned, float v, int src)
     return emu_exchange(v, [src](unsigned) { return (unsigned)src; });
 }
 
+static inline int __shfl_sync(unsigned m, int v, int src)
+{
+    float f;
+    std::memcpy(&f, &v, sizeof f);
+    f = __shfl_sync(m, f, src);
+    std::memcpy(&v, &f, sizeof v);
+    return v;
+}
+
+static inline void __syncwarp() { emu_wait(emu_my_warp->sync); }
+
 /* Run the n fibers of one block to their ends. */
 static void emu_run_block(unsigned n, std::vector<emu_warp> &warps)
 {

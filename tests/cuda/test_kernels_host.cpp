@@ -740,7 +740,7 @@ template <typename W> static void check_measures(const char *what)
  * then the cosines of every unit key to the centroids. The first iteration's
  * assignment must differ from the last, so that the loop is tested and not
  * just its start. */
-template <typename W> static void check_kmeans(const char *what, int n, int k, int threads)
+template <typename W> static void check_kmeans(const char *what, int n, int k, int threads, int sort_in_shared)
 {
     const int HD = 64, len = n + n / 2 + 3, iterations = PK_KMEANS_ITERATIONS;
     paged_cache<W> kv(1, 1, 1, HD, (len + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK);
@@ -768,10 +768,13 @@ template <typename W> static void check_kmeans(const char *what, int n, int k, i
     std::vector<unsigned long long> order(pow2);
     std::vector<double> sum((size_t)k * HD);
     std::vector<int> next(n), assign(n);
-    const kmeans_scratch sc = {unit.data(), order.data(), sum.data(), next.data()};
     const rows_ctx<W> c = kv.ctx(0, 1);
-    emu_launch(dim3(1), dim3(threads), (size_t)k * 4 + n, kmeans_kernel<W>, c, 0, 0, (const int32_t *)slots.data(), n,
-               k, iterations, pow2, sc, centroids.data(), assign.data());
+    order.assign(pow2, 0); /* poisoned below when the sort is in shared memory: the kernel must not touch it */
+    if (sort_in_shared) order.clear();
+    const kmeans_scratch used = {unit.data(), sort_in_shared ? nullptr : order.data(), sum.data(), next.data()};
+    emu_launch(dim3(1), dim3(threads), (sort_in_shared ? (size_t)pow2 * 8 : 0) + (size_t)k * 4 + n, kmeans_kernel<W>, c,
+               0, 0, (const int32_t *)slots.data(), n, k, iterations, pow2, sort_in_shared, used, centroids.data(),
+               assign.data());
     emu_launch(dim3((n + 63) / 64), dim3(64), 0, key_cosines_kernel<W>, c, 0, 0, (const int32_t *)slots.data(), n,
                (const float *)centroids.data(), k, unit.data(), cosines.data());
     CHECK(std::memcmp(centroids.data(), want.data(), want.size() * sizeof(float)) == 0 && assign == want_assign,
@@ -779,8 +782,9 @@ template <typename W> static void check_kmeans(const char *what, int n, int k, i
     CHECK(std::memcmp(cosines.data(), want_cos.data(), want_cos.size() * sizeof(float)) == 0,
           "%s: cosines to the centroids differ from pk_dot_rows", what);
     CHECK(n < k || first_assign != want_assign, "%s: k-means settled at its start: the test runs no iteration", what);
-    printf("%s k-means: %d keys into %d on %d threads, centroids, clusters and cosines equal the host's\n", what, n,
-           k, threads);
+    printf("%s k-means: %d keys into %d on %d threads, sort in %s memory: centroids, clusters and cosines equal the "
+           "host's\n",
+           what, n, k, threads, sort_in_shared ? "shared" : "global");
 }
 
 int main()
@@ -806,9 +810,10 @@ int main()
     check_compaction<__nv_bfloat16>("bf16");
     check_measures<float>("f32");
     check_measures<__nv_bfloat16>("bf16");
-    check_kmeans<float>("f32", 300, 4, KMEANS_THREADS);
-    check_kmeans<__nv_bfloat16>("bf16", 300, 4, 64);
-    check_kmeans<__half>("f16", 200, 8, 96);
-    check_kmeans<float>("f32", 2, 3, 32);
+    check_kmeans<float>("f32", 300, 4, KMEANS_THREADS, 1);
+    check_kmeans<__nv_bfloat16>("bf16", 300, 4, 64, 0);
+    check_kmeans<__half>("f16", 200, 8, 96, 1);
+    check_kmeans<float>("f32", 2, 3, 32, 0);
+    check_kmeans<__nv_bfloat16>("bf16", 1000, 16, KMEANS_THREADS, 1);
     return check_done("test_kernels_host");
 }

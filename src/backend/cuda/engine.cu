@@ -79,6 +79,7 @@ struct pk_cuda_session {
 
     int gemv_rows;            /* most rows the matrix-vector path takes */
     int n_sm;                 /* the device's multiprocessors */
+    size_t smem_optin;        /* the most shared memory a block may ask for */
     float *d_part;            /* split decode attention: [max_seq][n_head][split_cap][head_dim + 2] */
     int *d_done;              /* its completion counts [max_seq][n_head], zero between steps */
     int split_cap;
@@ -592,6 +593,7 @@ static int session_init(pk_cuda_session *s)
     cudaDeviceProp p;
     CU(cudaGetDeviceProperties(&p, 0), "reading the device's properties");
     s->n_sm = p.multiProcessorCount;
+    s->smem_optin = p.sharedMemPerBlockOptin;
     /* The most splits any batch uses: one sequence's, or two's (fewer for more sequences). */
     s->split_cap = decode_splits(s, 1) > decode_splits(s, 2) ? decode_splits(s, 1) : decode_splits(s, 2);
     const size_t heads = (size_t)max_seq * c->n_head;
@@ -1206,7 +1208,15 @@ extern "C" int pk_cuda_kmeans(pk_cuda_session *s, int seq, int layer, int head, 
     float *d_centroids = (float *)(at += (size_t)k * hd * 8);
     sc.next = (int *)(at += (size_t)k * hd * 4);
     int *d_assign = (int *)(at + (size_t)n * 4);
-    const size_t shared = (size_t)k * 4 + (size_t)n;
+    /* The sort keys go to shared memory when they fit (a bitonic sort there
+     * is many times faster than in global memory), beside the cluster sizes
+     * and the keys' taken flags. */
+    const size_t flags = (size_t)k * 4 + (size_t)n, keys = (size_t)pairs_pow2 * 8;
+    const int sort_in_shared = keys + flags <= s->smem_optin;
+    const size_t shared = (sort_in_shared ? keys : 0) + flags;
+    if (shared > s->smem_optin)
+        return pk_fail("CUDA k-means: %d keys into %d clusters need %zu bytes of shared memory, the GPU has %zu", n, k,
+                       shared, s->smem_optin);
     const int lh = layer * s->cfg.n_head + head;
     cudaError_t err = cudaSuccess;
     with_storage_type(s, [&](auto w) {
@@ -1215,8 +1225,8 @@ extern "C" int pk_cuda_kmeans(pk_cuda_session *s, int seq, int layer, int head, 
             err = cudaFuncSetAttribute(kmeans_kernel<W>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared);
         if (err == cudaSuccess)
             kmeans_kernel<W><<<1, KMEANS_THREADS, shared, s->stream>>>(make_ctx<W>(s, seq, 1), seq, lh, s->d_keep, n,
-                                                                       k, iterations, pairs_pow2, sc, d_centroids,
-                                                                       d_assign);
+                                                                       k, iterations, pairs_pow2, sort_in_shared, sc,
+                                                                       d_centroids, d_assign);
     });
     CU(err, "k-means: its shared memory");
     if (measure_result(s, centroids, d_centroids, (size_t)k * s->cfg.head_dim * 4, "k-means on the GPU")) return -1;

@@ -212,26 +212,78 @@ __device__ void block_bitonic_sort(unsigned long long *keys, unsigned count)
 /* Device scratch of kmeans_kernel for n keys into k clusters. */
 struct kmeans_scratch {
     float *unit;                  /* [n][head_dim] */
-    unsigned long long *order;    /* [pow2 >= n * k]: (descending_key(affinity) << 32) | n * k index */
+    unsigned long long *order;    /* [pow2 >= n * k], used when the sort keys do not fit shared memory */
     double *sum;                  /* [k][head_dim] */
     int *next;                    /* [n] */
 };
 
+/* The capacity-bounded greedy of router/kmeans.c over the sorted pairs, by
+ * the first warp: pairs in order, each key to the first cluster of its pairs
+ * with fewer than `capacity` members. 32 pairs at a time: a pair whose key is
+ * taken or whose cluster is full is passed over, as the host passes it over;
+ * when every other pair's cluster has room for all 32, the first of them for
+ * each key is taken, all at once, which is what the host's walk gives. A
+ * group where some cluster has less room is walked by one lane. Stops once
+ * every key has its cluster. next[i] gets key i's cluster. */
+__device__ void assign_greedily(const unsigned long long *order, unsigned pairs, int n, int k, int capacity,
+                                int *size, unsigned char *taken, int *next)
+{
+    const int lane = threadIdx.x & 31;
+    int assigned = 0;
+    for (unsigned p0 = 0; p0 < pairs && assigned < n; p0 += 32) {
+        const unsigned p = p0 + lane;
+        const unsigned pair = p < pairs ? (unsigned)order[p] : 0u;
+        const int i = (int)(pair / (unsigned)k), cluster = (int)(pair % (unsigned)k);
+        const int room = p < pairs ? capacity - size[cluster] : 0;
+        const int eligible = p < pairs && !taken[i] && room > 0;
+        int narrow = eligible && room < 32, first = eligible;
+        for (int src = 0; src < 32; src++) {
+            const int other = __shfl_sync(0xffffffffu, eligible ? i : -1, src);
+            if (src < lane && other == i) first = 0;
+        }
+        for (int o = 16; o > 0; o >>= 1) narrow |= __shfl_xor_sync(0xffffffffu, narrow, o);
+        __syncwarp();
+        int took = 0;
+        if (!narrow) {
+            if (first) {
+                taken[i] = 1;
+                next[i] = cluster;
+                atomicAdd(&size[cluster], 1);
+                took = 1;
+            }
+        } else if (lane == 0) {
+            for (unsigned q = p0; q < p0 + 32 && q < pairs; q++) {
+                const unsigned pq = (unsigned)order[q];
+                const int iq = (int)(pq / (unsigned)k), cq = (int)(pq % (unsigned)k);
+                if (taken[iq] || size[cq] >= capacity) continue;
+                taken[iq] = 1;
+                size[cq]++;
+                next[iq] = cq;
+                took++;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) took += __shfl_xor_sync(0xffffffffu, took, o);
+        assigned += took;
+        __syncwarp();
+    }
+}
+
 /* pk_kmeans_balanced of the unit keys of the n listed entries into k
  * clusters: starts from keys floor(c * n / k); each iteration orders every
  * (key, cluster) pair by affinity, assigns keys greedily to clusters with
- * fewer than ceil(n / k) members (one thread: the greedy is sequential by
- * nature), stops when the assignment repeats, and moves each centroid to
- * the normalised mean of its members. One block of KMEANS_THREADS; dynamic
- * shared memory of k ints and n bytes. Writes centroids [k][head_dim] and
- * assign [n]. */
+ * fewer than ceil(n / k) members (assign_greedily), stops when the
+ * assignment repeats, and moves each centroid to the normalised mean of its
+ * members. One block of KMEANS_THREADS. Dynamic shared memory: the sort keys
+ * when sort_in_shared (pairs_pow2 of them), then k ints and n bytes. Writes
+ * centroids [k][head_dim] and assign [n]. */
 template <typename W>
 __global__ void __launch_bounds__(KMEANS_THREADS)
 kmeans_kernel(rows_ctx<W> c, int b, int lh, const int32_t *slots, int n, int k, int iterations, unsigned pairs_pow2,
-              kmeans_scratch sc, float *centroids, int *assign)
+              int sort_in_shared, kmeans_scratch sc, float *centroids, int *assign)
 {
     __shared__ int changed;
-    int *size = reinterpret_cast<int *>(dynamic_shared());
+    unsigned long long *order = sort_in_shared ? reinterpret_cast<unsigned long long *>(dynamic_shared()) : sc.order;
+    int *size = reinterpret_cast<int *>(dynamic_shared()) + (sort_in_shared ? 2 * pairs_pow2 : 0);
     unsigned char *taken = reinterpret_cast<unsigned char *>(size + k);
     const int dim = c.head_dim, tid = threadIdx.x, threads = blockDim.x;
     const unsigned pairs = (unsigned)n * (unsigned)k;
@@ -248,33 +300,18 @@ kmeans_kernel(rows_ctx<W> c, int b, int lh, const int32_t *slots, int n, int k, 
     for (int it = 0; it < iterations; it++) {
         for (unsigned p = tid; p < pairs_pow2; p += threads) {
             if (p >= pairs) {
-                sc.order[p] = ~0ull;
+                order[p] = ~0ull;
                 continue;
             }
             const float affinity = ordered_dot(sc.unit + (size_t)(p / k) * dim, centroids + (size_t)(p % k) * dim, dim);
-            sc.order[p] = (unsigned long long)descending_key(affinity) << 32 | p;
+            order[p] = (unsigned long long)descending_key(affinity) << 32 | p;
         }
         for (int i = tid; i < n; i += threads) taken[i] = 0;
         for (int q = tid; q < k; q += threads) size[q] = 0;
         if (tid == 0) changed = 0;
         __syncthreads();
-        block_bitonic_sort(sc.order, pairs_pow2);
-        if (tid == 0) {
-            const int capacity = (n + k - 1) / k;
-            /* Eight pairs' loads at a time, so that one walk through memory does not wait for each. */
-            for (unsigned p0 = 0; p0 < pairs; p0 += 8) {
-                unsigned batch[8];
-#pragma unroll
-                for (int e = 0; e < 8; e++) batch[e] = p0 + e < pairs ? (unsigned)sc.order[p0 + e] : 0u;
-                for (int e = 0; e < 8 && p0 + e < pairs; e++) {
-                    const int i = (int)(batch[e] / (unsigned)k), cluster = (int)(batch[e] % (unsigned)k);
-                    if (taken[i] || size[cluster] >= capacity) continue;
-                    taken[i] = 1;
-                    size[cluster]++;
-                    sc.next[i] = cluster;
-                }
-            }
-        }
+        block_bitonic_sort(order, pairs_pow2);
+        if (tid < 32) assign_greedily(order, pairs, n, k, (n + k - 1) / k, size, taken, sc.next);
         __syncthreads();
         for (int i = tid; i < n; i += threads)
             if (assign[i] != sc.next[i]) {
