@@ -321,11 +321,13 @@ int cmd_bench(int argc, char **argv)
                              "into replicas) and by an equal count of heads per worker; the mean max/mean worker load\n"
                              "is shown beside the speed. With --device cuda each press runs in turn on the GPU:\n"
                              "decided from positions (none, streaming_llm, duo), scored from measures the GPU computes\n"
-                             "(knorm, snapkv, tova, observed_attention, expected_attention, pyramidkv; moe_router and\n"
-                             "eplb_duo, which also copy their keys, and adakv, chunkkv and per_layer around them) or\n"
-                             "scored on the host from a copy of the GPU's cache (keydiff, random), and applied on the\n"
-                             "GPU (blocks freed per head; Duo's streaming heads become rings); --kv-budget measures\n"
-                             "capacity.",
+                             "(knorm, snapkv, tova, observed_attention, expected_attention, pyramidkv, moe_router with\n"
+                             "its k-means, eplb_duo, and adakv, chunkkv and per_layer around them), scored on the host\n"
+                             "from a copy of the GPU's cache (keydiff, random) or decided by the CPU engine on its own\n"
+                             "prefill of the prompt (kvzip, whose reconstruction passes do not run on the GPU), and\n"
+                             "applied on the GPU (blocks freed per head; Duo's streaming heads become rings). Presses\n"
+                             "that act while decoding, route queries (route=1) or prefill in chunks are refused.\n"
+                             "--kv-budget measures capacity.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;

@@ -327,7 +327,8 @@ int cmd_compare(int argc, char **argv)
         "each sweep.\n\n"
         "--device cuda runs every session on the GPU (weights and KV in the --weights type, bf16 unless f32\n"
         "or f16; each method's block says how its press ran there: decided from positions, scored from\n"
-        "measures computed on the GPU, or scored on the host from a copy of the GPU's cache) and adds a\n"
+        "measures computed on the GPU, scored on the host from a copy of the GPU's cache, or decided by\n"
+        "the CPU engine on its own prefill of the prompt, for kvzip) and adds a\n"
         "capacity table: how many sequences of the context each method fits in --kv-budget bytes of KV,\n"
         "and their decode speed together. The KV-type sweep of --detailed stays on the CPU.",
         opts, sizeof opts / sizeof *opts};

@@ -2,8 +2,9 @@
 # build-cuda/pikv on the GPU: generate --device cuda --weights f32 gives the
 # CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
 # cuda reports graph replay, launches and the block pool, and runs without
-# graphs too; presses on the GPU say how they ran, --kv-budget plans the
-# batch, and a press the GPU cannot run is one line; generate with questions,
+# graphs too; presses on the GPU say how they ran (kvzip decided by the CPU
+# engine), --kv-budget plans the batch, and a press the GPU cannot run is one
+# line; generate with questions,
 # compare (with its capacity table) and eval run their sessions on the GPU.
 # Without a GPU it prints "skipped" and passes nothing. Run from the
 # repository root; ends with "cli_cuda: N passed, M failed".
@@ -53,6 +54,9 @@ check "compare --device cuda: Duo fits more sequences than none" \
   awk '/^CAPACITY/ {t = 1} t && /^No Compression/ {n = $(NF-3)} t && /^Duo Attention/ {d = $(NF-3)} END {exit !(d > n && n > 0)}' "$dir/out"
 run eval --device cuda --tasks 2 --press duo:0.75 --min-tokens 500 --max-tokens 600
 check "eval --device cuda: an accuracy row" grep -q "| duo:0.75 .*query-agnostic" "$dir/out"
+run bench --device cuda -p 300 -n 8 -r 1 --press kvzip:0.5
+check "bench --device cuda --press kvzip: decided by the CPU engine, kept on the GPU" \
+  grep -q "press kvzip:0.5: decided by the CPU engine on its own prefill" "$dir/out"
 expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it acts while decoding" \
   bench --device cuda -p 100 -n 4 -r 1 --press "decoding(knorm):every=16,target=64"
 finish cli_cuda

@@ -14,8 +14,9 @@
  * blocks and the logits still equal the CPU's ring decode. Capacity: the plan
  * admits floor(budget / bytes per sequence), and a pool of that many
  * sequences' bytes (plus one prompt's headroom) runs them and refuses one
- * more. Presses the GPU cannot run are refused in one line. Without a GPU it
- * prints "skipped". */
+ * more. kvzip, alone and composed, is decided by the CPU engine and kept on
+ * the GPU: the same entries, nothing copied. Presses the GPU cannot run are
+ * refused in one line. Without a GPU it prints "skipped". */
 #include "backend/cuda/engine.h"
 #include "engine/compress.h"
 #include "engine/cuda/capacity_cuda.h"
@@ -176,7 +177,10 @@ static void check_press(const pikv_model *m, const char *spec, int n_decode, int
     for (size_t i = 0; i < sizeof measured / sizeof *measured; i++) want_measured |= strcmp(spec, measured[i]) == 0;
     CHECK(rc != 0 || want_measured == (st.mode == PK_CUDA_SCORED_ON_DEVICE),
           "%s: %s", spec, pk_cuda_press_how(st.mode));
-    CHECK(rc != 0 || (st.mode == PK_CUDA_FROM_POSITIONS) == (st.bytes_to_host == 0),
+    CHECK(rc != 0 || (strstr(spec, "kvzip") != NULL) == (st.mode == PK_CUDA_DECIDED_BY_CPU_ENGINE),
+          "%s: %s", spec, pk_cuda_press_how(st.mode));
+    CHECK(rc != 0 ||
+              (st.mode == PK_CUDA_FROM_POSITIONS || st.mode == PK_CUDA_DECIDED_BY_CPU_ENGINE) == (st.bytes_to_host == 0),
           "%s: %s, yet %zu bytes copied", spec, pk_cuda_press_how(st.mode), st.bytes_to_host);
     if (rc == 0) printf("%-36s %s: %.2f MB copied from the GPU\n", spec, pk_cuda_press_how(st.mode), st.bytes_to_host / 1e6);
     double key_diff = 0;
@@ -289,7 +293,7 @@ static void check_capacity(const pikv_model *m, const char *spec, int n_prompt, 
 static void check_refusals(const pikv_model *m)
 {
     static const char *const specs[] = {"decoding(knorm):every=16,target=64", "moe_router:ratio=0.5,route=1",
-                                        "duo:ratio=0.5,prefill_chunk=64", "kvzip:0.5"};
+                                        "duo:ratio=0.5,prefill_chunk=64"};
     int32_t prompt[32];
     fill_tokens(prompt, 32, pikv_model_config(m)->vocab_size, 5);
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
@@ -317,7 +321,8 @@ int main(void)
         "none", "streaming_llm:0.5", "knorm:0.5", "snapkv:0.5", "expected_attention:0.5", "tova:0.5",
         "observed_attention:0.5", "random:0.5", "keydiff:0.5", "adakv(snapkv):0.5", "pyramidkv:0.5",
         "chunkkv(knorm):0.5", "duo:0.5", "moe_router:0.5", "moe_router:ratio=0.5,router=pikv",
-        "moe_router:ratio=0.5,router=hierarchical", "eplb_duo", "composed[knorm:0.3,duo:0.5]"};
+        "moe_router:ratio=0.5,router=hierarchical", "eplb_duo", "composed[knorm:0.3,duo:0.5]", "kvzip:0.5",
+        "composed[kvzip:0.3,duo:0.5]"};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) check_press(m, specs[i], N_DECODE, 0);
     /* These routers share a head's budget among experts found by balanced
      * spherical k-means (an iterative, discontinuous fit) and give each key

@@ -3,8 +3,8 @@
  * test-cuda, on a GPU machine).
  *
  * The library's own calls, unchanged, run on the GPU: pikv_answer on needle
- * tasks with none, duo, knorm, snapkv and eplb_duo gives the CPU's greedy
- * answers; after a DuoAttention prefill, a 64-token call with every row's
+ * tasks with none, duo, knorm, snapkv, eplb_duo and kvzip (decided by the CPU
+ * engine, kept on the GPU) gives the CPU's greedy answers; after a DuoAttention prefill, a 64-token call with every row's
  * logits (the GPU's rings take the tokens one by one, the CPU masks a
  * multi-token call) gives the CPU's logits within 1e-4 relative L2 per row;
  * pikv compare's quality measurement (retrieval and perplexity) gives the
@@ -40,7 +40,7 @@ static pikv_session *open_session(const pikv_model *m, const char *device)
 /* Each press answers the same needle tasks on both engines. */
 static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *gpu, const pk_haystack *h)
 {
-    static const char *const specs[] = {"none", "duo:0.75", "knorm:0.5", "snapkv:0.5", "eplb_duo"};
+    static const char *const specs[] = {"none", "duo:0.75", "knorm:0.5", "snapkv:0.5", "eplb_duo", "kvzip:0.5"};
     const pk_retrieval_config rc = {.n_tasks = 4, .min_tokens = 1000, .max_tokens = 1800, .seed = 3};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         pikv_press *p = pikv_press_new(specs[i], m, MODEL);
@@ -207,10 +207,10 @@ static void check_refusals(const pikv_model *m, pikv_session *gpu)
     CHECK(strcmp(pikv_session_device(gpu), "cuda") == 0, "device %s", pikv_session_device(gpu));
     pikv_kv_type k, v;
     CHECK(pikv_session_kv_types(gpu, &k, &v) == 0 && k == PIKV_KV_F32 && v == PIKV_KV_F32, "kv types %d/%d", k, v);
-    pikv_press *p = pikv_press_new("kvzip:0.5", m, MODEL);
+    pikv_press *p = pikv_press_new("duo:ratio=0.5,prefill_chunk=64", m, MODEL);
     pikv_session_reset(gpu);
     CHECK(p && pikv_prefill(gpu, ids, 8, p, NULL) == -1 && strstr(pikv_last_error(), "does not run on the GPU"),
-          "kvzip: %s", pikv_last_error());
+          "duo prefill_chunk: %s", pikv_last_error());
     pikv_press_free(p);
     pikv_session_params params = pikv_session_default_params();
     params.device = "cuda";

@@ -3,6 +3,7 @@
  * applied on the device (see press_cuda.h). */
 #include "engine/cuda/press_cuda.h"
 #include "engine/compress.h"
+#include "engine/session.h"
 #include "model/model.h"
 #include "util/error.h"
 #include "util/mem.h"
@@ -14,7 +15,6 @@ const char *pk_cuda_press_unsupported(const pk_press *p)
     if (p->caps & PK_PRESS_WHILE_DECODING) return "acts while decoding";
     if (p->caps & PK_PRESS_ROUTES_QUERIES) return "routes later queries through its table (route=1)";
     if (p->caps & PK_PRESS_CHUNKED_PREFILL) return "prefills in chunks (prefill_chunk)";
-    if (p->caps & PK_PRESS_RECONSTRUCTION_SCORES) return "scores by reconstructing the context";
     return NULL;
 }
 
@@ -32,12 +32,15 @@ const char *pk_cuda_press_how(pk_cuda_press_mode mode)
     switch (mode) {
     case PK_CUDA_FROM_POSITIONS: return "decided from positions alone, nothing copied";
     case PK_CUDA_SCORED_ON_DEVICE: return "scored from measures computed on the GPU";
+    case PK_CUDA_DECIDED_BY_CPU_ENGINE:
+        return "decided by the CPU engine on its own prefill of the prompt (host weights), nothing copied";
     default: return "scored on the host from a copy of the GPU's cache";
     }
 }
 
 pk_cuda_press_mode pk_cuda_press_mode_of(const pk_press *p)
 {
+    if (p->caps & PK_PRESS_RECONSTRUCTION_SCORES) return PK_CUDA_DECIDED_BY_CPU_ENGINE;
     if (!lacks(p, PK_PRESS_ENTRY_FREE)) return PK_CUDA_FROM_POSITIONS;
     return lacks(p, PK_PRESS_MEASURED) ? PK_CUDA_SCORED_ON_HOST : PK_CUDA_SCORED_ON_DEVICE;
 }
@@ -206,6 +209,22 @@ static int compress(pk_cuda_session *s, const pikv_config *c, int seq, int n, pk
     return rc;
 }
 
+/* The press run by the CPU engine on the same prompt; each head of the
+ * GPU's sequence then keeps the positions the CPU's cache kept. */
+static int decide_by_cpu_engine(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n,
+                                pk_press *press)
+{
+    const pikv_config *c = &m->cfg;
+    pikv_session *cpu = pikv_session_new(m, 0);
+    pk_cuda_head_keep *heads = pk_calloc((size_t)c->n_head, sizeof *heads, "kept heads");
+    int rc = cpu && heads ? pikv_prefill(cpu, ids, n, press, NULL) : -1;
+    if (rc) rc = pk_fail_prefix("press '%s' on the CPU engine", press->name);
+    for (int l = 0; rc == 0 && l < c->n_layer; l++) rc = apply_on_device(s, seq, l, &cpu->fwd.kv, heads);
+    pikv_session_free(cpu);
+    pk_free(heads);
+    return rc;
+}
+
 int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n, pk_press *press,
                           float *logits, pk_cuda_press_stats *st)
 {
@@ -225,14 +244,16 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
                            press->name, press->n_layer, press->n_head, c->n_layer, c->n_head);
     }
     if (press) st->mode = pk_cuda_press_mode_of(press);
-    const int reads_queries = press && st->mode != PK_CUDA_FROM_POSITIONS && lacks(press, PK_PRESS_QUERY_FREE);
+    const int reads_queries = press && (st->mode == PK_CUDA_SCORED_ON_DEVICE || st->mode == PK_CUDA_SCORED_ON_HOST) &&
+                              lacks(press, PK_PRESS_QUERY_FREE);
     double t0 = pikv_now();
     int rc = reads_queries ? pk_cuda_forward_queries(s, seq, ids, n, logits) : pk_cuda_forward(s, seq, ids, n, logits, 0);
     double t1 = pikv_now();
     st->prefill_s = t1 - t0;
     st->kv_bytes_before = st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
     if (rc == 0 && press) {
-        rc = compress(s, c, seq, n, press, reads_queries, st);
+        rc = st->mode == PK_CUDA_DECIDED_BY_CPU_ENGINE ? decide_by_cpu_engine(s, m, seq, ids, n, press)
+                                                       : compress(s, c, seq, n, press, reads_queries, st);
         st->compression_s = pikv_now() - t1;
         st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
     }

@@ -26,7 +26,14 @@
  * rows: no values, no other queries). The host chooses by the CPU's code. Every other press (keydiff,
  * random, ...) is scored on the host from a copy: its decisions are the CPU
  * code's on the device's own values, and the price is one copy of the cache
- * over PCIe per compression, which the report counts as compression time. */
+ * over PCIe per compression, which the report counts as compression time.
+ *
+ * A press that scores by reconstructing the context (kvzip) needs forward
+ * passes of its own after the prompt, which the GPU does not run: the CPU
+ * engine prefills the same prompt with the press on the host's weights, and
+ * the GPU keeps the entries the CPU's cache kept (the same positions, since
+ * both prefilled the prompt from position 0). Nothing is copied; the CPU's
+ * whole prefill and reconstruction are the compression's time. */
 #ifndef PIKV_ENGINE_CUDA_PRESS_CUDA_H
 #define PIKV_ENGINE_CUDA_PRESS_CUDA_H
 
@@ -34,7 +41,12 @@
 #include "press/press.h"
 
 /* Where a press's decision comes from on the GPU. */
-typedef enum { PK_CUDA_FROM_POSITIONS, PK_CUDA_SCORED_ON_DEVICE, PK_CUDA_SCORED_ON_HOST } pk_cuda_press_mode;
+typedef enum {
+    PK_CUDA_FROM_POSITIONS,
+    PK_CUDA_SCORED_ON_DEVICE,
+    PK_CUDA_SCORED_ON_HOST,
+    PK_CUDA_DECIDED_BY_CPU_ENGINE
+} pk_cuda_press_mode;
 
 typedef struct {
     size_t kv_bytes_before, kv_bytes_after; /* the sequence's KV blocks before and after the press */
