@@ -31,7 +31,6 @@
 #include "util/error.h"
 #include "util/mem.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 

@@ -727,7 +727,10 @@ template <typename W> static void check_measures(const char *what)
     for (double x : sums) row_total += x;
     CHECK(e_sums < 1e-6 && std::fabs(row_total - rows) < 1e-5, "%s: attention sums rel L2 %.2e, total %.6f (want %d)",
           what, e_sums, row_total, rows);
-    CHECK(e_norms < 1e-7, "%s: key norms rel L2 %.2e", what, e_norms);
+    int norms_exact = 1;
+    for (int j = 0; j < n; j++) norms_exact &= norms[j] == (float)want_norms[j];
+    CHECK(e_norms < 1e-7 && norms_exact, "%s: key norms rel L2 %.2e, %s the host's floats", what, e_norms,
+          norms_exact ? "equal to" : "not");
     CHECK(e_logit < 1e-12 && e_sq < 1e-12, "%s: expected logits rel L2 %.2e, value norms %.2e", what, e_logit, e_sq);
     printf("%s measures over %d listed slots: attention sums %.1e, key norms %.1e, expected logits %.1e, value "
            "norms %.1e\n",

@@ -82,8 +82,8 @@ __global__ void attention_sums_kernel(rows_ctx<W> c, int b, int lh, const int32_
 }
 
 /* ||k_j|| of every listed entry, summed in double dimension after dimension
- * as the host sums it, so that the same key gives the same float. One thread
- * per entry. */
+ * as the host sums it, every rounding spelled out (no fused multiply-add), so
+ * that the same key gives the same float. One thread per entry. */
 template <typename W>
 __global__ void key_norms_kernel(rows_ctx<W> c, int b, int lh, const int32_t *slots, int n, float *norms)
 {
@@ -93,9 +93,9 @@ __global__ void key_norms_kernel(rows_ctx<W> c, int b, int lh, const int32_t *sl
     double sq = 0;
     for (int d = 0; d < c.head_dim; d++) {
         const double x = to_f<W>(k[d]);
-        sq += x * x;
+        sq = __dadd_rn(sq, __dmul_rn(x, x));
     }
-    norms[j] = (float)sqrt(sq);
+    norms[j] = __double2float_rn(__dsqrt_rn(sq));
 }
 
 /* The mean mu [head_dim] and covariance cov [head_dim][head_dim] (divided by
