@@ -1212,11 +1212,12 @@ extern "C" int pk_cuda_kmeans(pk_cuda_session *s, int seq, int layer, int head, 
      * is many times faster than in global memory), beside the cluster sizes
      * and the keys' taken flags. */
     const size_t flags = (size_t)k * 4 + (size_t)n, keys = (size_t)pairs_pow2 * 8;
-    const int sort_in_shared = keys + flags <= s->smem_optin;
+    const size_t room = s->smem_optin - 1024; /* the kernel's own static shared memory comes out of it too */
+    const int sort_in_shared = keys + flags <= room;
     const size_t shared = (sort_in_shared ? keys : 0) + flags;
-    if (shared > s->smem_optin)
+    if (shared > room)
         return pk_fail("CUDA k-means: %d keys into %d clusters need %zu bytes of shared memory, the GPU has %zu", n, k,
-                       shared, s->smem_optin);
+                       shared, room);
     const int lh = layer * s->cfg.n_head + head;
     cudaError_t err = cudaSuccess;
     with_storage_type(s, [&](auto w) {
