@@ -165,27 +165,29 @@ static inline float __shfl_xor_sync(unsigned, float v, int mask)
     return emu_exchange(v, [mask](unsigned lane) { return lane ^ (unsigned)mask; });
 }
 
-static inline int __shfl_xor_sync(unsigned m, int v, int mask)
-{
-    float f;
-    std::memcpy(&f, &v, sizeof f);
-    f = __shfl_xor_sync(m, f, mask);
-    std::memcpy(&v, &f, sizeof v);
-    return v;
-}
-
 static inline float __shfl_sync(unsigned, float v, int src)
 {
     return emu_exchange(v, [src](unsigned) { return (unsigned)src; });
 }
 
-static inline int __shfl_sync(unsigned m, int v, int src)
+/* An int shuffled as the float with its bits (only moved, never computed on). */
+template <typename S> static inline int emu_shuffle_int(int v, S shuffle)
 {
     float f;
     std::memcpy(&f, &v, sizeof f);
-    f = __shfl_sync(m, f, src);
+    f = shuffle(f);
     std::memcpy(&v, &f, sizeof v);
     return v;
+}
+
+static inline int __shfl_xor_sync(unsigned m, int v, int mask)
+{
+    return emu_shuffle_int(v, [m, mask](float f) { return __shfl_xor_sync(m, f, mask); });
+}
+
+static inline int __shfl_sync(unsigned m, int v, int src)
+{
+    return emu_shuffle_int(v, [m, src](float f) { return __shfl_sync(m, f, src); });
 }
 
 static inline void __syncwarp() { emu_wait(emu_my_warp->sync); }
