@@ -108,13 +108,10 @@ template <typename W> struct paged_cache {
  * blocks (more splits than blocks, so that some are empty), run twice: its
  * completion counts must be back at zero after each run. With full_ring, the
  * first head is a full streaming ring, whose decoded entry replaced one: it
- * sees its len entries, not len + 1. With windows (prompt rows), three heads
- * stream: each row sees only the sinks and the last `recent` slots up to its
- * own (a window starting inside the sinks' block, one starting on a block
- * boundary with no sinks, and sinks that cover every row). */
+ * sees its len entries, not len + 1. */
 template <typename W, int HD, int NW>
 static void check_attention(int rows_per_seq, const char *what, int n_split = 0, bool full_ring = false,
-                            int per_split = 0, bool windows = false)
+                            int per_split = 0)
 {
     const int n_head = 2, n_layer = 2, layer = 1, seq0 = 1, n_seq = 2;
     paged_cache<W> kv(3, n_layer, n_head, HD, 4);
@@ -126,9 +123,6 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
             const int lh = layer * n_head + h;
             kv.kv_len[(size_t)b * kv.n_lh + lh] = lens[i + (rows_per_seq > 1 ? 4 : 0)];
             if (full_ring && i == 0) kv.ring[(size_t)b * kv.n_lh + lh] = ring_state{2, lens[0] - 2, 5, 0};
-            /* Prompt lengths 44, 17, 31, 1: windows from slot 44 + r + 1 - 35, 18 + r - 5, and sinks past 4. */
-            static const ring_state window_of[4] = {{3, 35, 3, 0}, {0, 5, 0, 0}, {}, {40, 4, 40, 0}};
-            if (windows) kv.ring[(size_t)b * kv.n_lh + lh] = window_of[i];
             for (int s = 0; s < kv.kv_len[(size_t)b * kv.n_lh + lh] + rows_per_seq; s++)
                 for (int d = 0; d < HD; d++) {
                     kv.at(b, lh, s, 0, d) = from_f<W>(uniform());
@@ -156,15 +150,13 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         const int b = seq0 + row / rows_per_seq, r = row % rows_per_seq;
         for (int h = 0; h < n_head; h++) {
             const int lh = layer * n_head + h, len = kv.kv_len[(size_t)b * kv.n_lh + lh];
-            const ring_state ring = kv.ring[(size_t)b * kv.n_lh + lh];
-            const int visible = rows_per_seq == 1 && ring_full(ring, len) ? len : len + r + 1;
+            const int visible = rows_per_seq == 1 && ring_full(kv.ring[(size_t)b * kv.n_lh + lh], len) ? len : len + r + 1;
             std::vector<double> p((size_t)visible);
             double mx = -INFINITY, sum = 0;
             for (int j = 0; j < visible; j++) {
                 double s = 0;
                 for (int d = 0; d < HD; d++) s += (double)q[(size_t)row * C + h * HD + d] * to_f<W>(kv.at(b, lh, j, 0, d));
-                const bool seen = rows_per_seq == 1 || ring.recent == 0 || j < ring.sink || j >= visible - ring.recent;
-                p[j] = seen ? s * scale : -INFINITY;
+                p[j] = s * scale;
                 mx = std::max(mx, p[j]);
             }
             for (int j = 0; j < visible; j++) sum += p[j] = std::exp(p[j] - mx);
@@ -813,8 +805,6 @@ int main()
     check_attention<float, 64, 4>(1, "f32, decode in one block per head with a full streaming ring (4 warps)", 1, true);
     check_attention<__nv_bfloat16, 64, 4>(1, "bf16, decode split over 3 blocks with a full ring (4 warps)", 3, true);
     check_attention<__nv_bfloat16, 64, 2>(1, "bf16, decode in fixed shares of 1 KV block, 4 splits (2 warps)", 4, true, 1);
-    check_attention<float, 64, 4>(3, "f32, 3 prompt rows, three streaming heads' windows (4 warps)", 0, false, 0, true);
-    check_attention<__half, 32, 2>(5, "f16, 5 prompt rows, three streaming heads' windows (2 warps)", 0, false, 0, true);
     check_prompt_pieces();
     check_ring_step();
     check_argmax();

@@ -686,21 +686,6 @@ static int has_rings(const pk_cuda_session *s, int seq)
     return 0;
 }
 
-/* Whether every streaming head of sequence seq holds its entries in position
- * order: a ring that has not yet rolled (the next token it overwrites is the
- * oldest after its sinks). A multi-token call appends to such heads and shows
- * each row its window (attention_kernel); trim_windows then cuts them back. */
-static int trim_windows(pk_cuda_session *s, int seq);
-
-static int rings_in_order(const pk_cuda_session *s, int seq)
-{
-    for (int i = 0; i < s->n_lh; i++) {
-        const ring_state r = s->h_ring[(size_t)seq * s->n_lh + i];
-        if (r.recent > 0 && r.next != r.sink) return 0;
-    }
-    return 1;
-}
-
 /* Whether every head of sequence seq holds each of its tokens (no press has compressed it). */
 static int is_whole(const pk_cuda_session *s, int seq)
 {
@@ -749,13 +734,11 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
         return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
                        s->h_pos[seq], s->cfg.n_positions);
     if (check_tokens(s, ids, n)) return -1;
-    const int windows = n > 1 && has_rings(s, seq);
-    if (windows && keep_queries) return pk_fail("CUDA forward: queries are kept for a prompt, not after a press");
-    if (windows && !rings_in_order(s, seq)) {
-        /* A ring that has rolled holds its window out of position order, so
-         * tokens go in one at a time, each seeing the window as it stands at
-         * its own position: what the CPU's window mask gives a multi-token
-         * call. */
+    if (n > 1 && has_rings(s, seq)) {
+        /* A streaming head's ring holds exactly its window, so tokens go in
+         * one at a time, each seeing the window as it stands at its own
+         * position: what the CPU's window mask gives a multi-token call. */
+        if (keep_queries) return pk_fail("CUDA forward: queries are kept for a prompt, not after a press");
         const size_t V = (size_t)s->cfg.vocab_size;
         for (int i = 0; i < n; i++) {
             float *row_logits = logits && (all_logits || i == n - 1) ? logits + (all_logits ? i * V : 0) : nullptr;
@@ -785,7 +768,7 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
     CU(cudaStreamSynchronize(s->stream), "running the forward pass");
     advance_host(s, seq, 1, n);
     if (keep_queries) s->query_rows = n;
-    return windows ? trim_windows(s, seq) : 0;
+    return 0;
 }
 
 extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits)
@@ -1286,17 +1269,30 @@ extern "C" int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int
     return 0;
 }
 
-/* Move each head's kept slots of one layer of sequence seq to its first
- * slots on the device, give the blocks past them back to the pool, and set
- * each head's length and ring on the host and the device. heads is [n_head],
- * already checked; a ring may be kept too (trim_windows). */
-static int keep_heads(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
+extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
 {
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
+        return pk_fail("CUDA keep: sequence %d or layer %d out of range", seq, layer);
     const int H = s->cfg.n_head;
     const size_t row = (size_t)seq * s->n_lh + (size_t)layer * H;
     int stride = 1;
-    for (int h = 0; h < H; h++)
-        if (heads[h].n > stride) stride = heads[h].n;
+    for (int h = 0; h < H; h++) {
+        const pk_cuda_head_keep *k = &heads[h];
+        const int len = s->h_len[row + h];
+        if (s->h_ring[row + h].recent > 0) return pk_fail("CUDA keep: layer %d head %d streams already", layer, h);
+        if (k->n < 0 || k->n > len || (k->n > 0 && !k->slots))
+            return pk_fail("CUDA keep: layer %d head %d keeps %d of its %d entries", layer, h, k->n, len);
+        for (int j = 0; j < k->n; j++)
+            if (k->slots[j] < 0 || k->slots[j] >= len || (j > 0 && k->slots[j] <= k->slots[j - 1]))
+                return pk_fail("CUDA keep: layer %d head %d: kept slots must ascend within 0..%d", layer, h, len - 1);
+        if (k->recent < 0 || k->sink < 0 || (k->recent > 0 && k->n > k->sink + k->recent))
+            return pk_fail("CUDA keep: layer %d head %d keeps %d entries in a window of %d + %d", layer, h, k->n,
+                           k->sink, k->recent);
+        if (k->recent > 0 && k->n == k->sink + k->recent && (k->next < k->sink || k->next >= k->n))
+            return pk_fail("CUDA keep: layer %d head %d: ring slot %d outside %d..%d", layer, h, k->next, k->sink,
+                           k->n - 1);
+        if (k->n > stride) stride = k->n;
+    }
     if (ensure_press_buffers(s)) return -1;
     int32_t *slots = (int32_t *)pk_malloc_array((size_t)H * stride, 4, "kept slots");
     int32_t *counts = (int32_t *)pk_malloc_array((size_t)H, 4, "kept counts");
@@ -1335,61 +1331,6 @@ static int keep_heads(pk_cuda_session *s, int seq, int layer, const pk_cuda_head
         rc = pk_fail("CUDA keep: updating the heads failed");
     pk_free(slots);
     pk_free(counts);
-    return rc;
-}
-
-extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
-{
-    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
-        return pk_fail("CUDA keep: sequence %d or layer %d out of range", seq, layer);
-    const int H = s->cfg.n_head;
-    const size_t row = (size_t)seq * s->n_lh + (size_t)layer * H;
-    for (int h = 0; h < H; h++) {
-        const pk_cuda_head_keep *k = &heads[h];
-        const int len = s->h_len[row + h];
-        if (s->h_ring[row + h].recent > 0) return pk_fail("CUDA keep: layer %d head %d streams already", layer, h);
-        if (k->n < 0 || k->n > len || (k->n > 0 && !k->slots))
-            return pk_fail("CUDA keep: layer %d head %d keeps %d of its %d entries", layer, h, k->n, len);
-        for (int j = 0; j < k->n; j++)
-            if (k->slots[j] < 0 || k->slots[j] >= len || (j > 0 && k->slots[j] <= k->slots[j - 1]))
-                return pk_fail("CUDA keep: layer %d head %d: kept slots must ascend within 0..%d", layer, h, len - 1);
-        if (k->recent < 0 || k->sink < 0 || (k->recent > 0 && k->n > k->sink + k->recent))
-            return pk_fail("CUDA keep: layer %d head %d keeps %d entries in a window of %d + %d", layer, h, k->n,
-                           k->sink, k->recent);
-        if (k->recent > 0 && k->n == k->sink + k->recent && (k->next < k->sink || k->next >= k->n))
-            return pk_fail("CUDA keep: layer %d head %d: ring slot %d outside %d..%d", layer, h, k->next, k->sink,
-                           k->n - 1);
-    }
-    return keep_heads(s, seq, layer, heads);
-}
-
-/* After a multi-token call, cut every streaming head of sequence seq that
- * grew past its window back to its sinks and its last `recent` entries, which
- * stay in position order with the oldest the next to be overwritten: the
- * CPU's trim (kv/kvcache.c). The other heads keep every entry in place. */
-static int trim_windows(pk_cuda_session *s, int seq)
-{
-    const int H = s->cfg.n_head, P = s->cfg.n_positions;
-    pk_cuda_head_keep *heads = (pk_cuda_head_keep *)pk_calloc((size_t)H, sizeof *heads, "trimmed heads");
-    int32_t *lists = (int32_t *)pk_malloc_array((size_t)H * P, 4, "trimmed slots");
-    int rc = heads && lists ? 0 : -1;
-    for (int l = 0; rc == 0 && l < s->cfg.n_layer; l++) {
-        const size_t row = (size_t)seq * s->n_lh + (size_t)l * H;
-        int trims = 0;
-        for (int h = 0; h < H; h++) {
-            const ring_state r = s->h_ring[row + h];
-            const int len = s->h_len[row + h];
-            int32_t *list = lists + (size_t)h * P;
-            const int over = r.recent > 0 && len > r.sink + r.recent;
-            const int n = over ? r.sink + r.recent : len;
-            for (int j = 0; j < n; j++) list[j] = over && j >= r.sink ? len - r.recent + (j - r.sink) : j;
-            heads[h] = (pk_cuda_head_keep){list, n, r.sink, r.recent, r.sink};
-            trims += over;
-        }
-        if (trims) rc = keep_heads(s, seq, l, heads);
-    }
-    pk_free(heads);
-    pk_free(lists);
     return rc;
 }
 
