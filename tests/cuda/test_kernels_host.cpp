@@ -87,6 +87,7 @@ template <typename W> struct paged_cache {
         c.ring = ring.data();
         c.table = table.data();
         c.pool = pool.data();
+        c.discard = nullptr;
         c.max_blocks = max_blocks;
         c.n_lh = n_lh;
         c.n_head = n_head;
@@ -137,7 +138,7 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         for (int run = 0; run < 2; run++) {
             emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
                        (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
-                       per_split);
+                       per_split, (float *)nullptr);
             CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
                   "attention %s: completion counts not reset after run %d", what, run + 1);
         }
@@ -548,6 +549,99 @@ static void check_ring_step()
           kv.ring[1].next);
 }
 
+/* Decode attention of heads cut into slices on 3 GPUs (backend/cuda/
+ * group.h): each rank's cache holds one contiguous slice of a head, or none;
+ * the rank with a head's last slice holds the step's new entry, the others
+ * are detached. Each rank's kernel writes merged states, merge_ranks_kernel
+ * merges the gathered states in rank order, and the result must match dense
+ * attention over the whole head. Also: a detached head's new key and value
+ * go to the discard rows, its slots stay untouched, and it does not grow. */
+template <typename W, int HD> static void check_sharded_decode(const char *what)
+{
+    const int G = 3, n_head = 3, n_seq = 2, C = n_head * HD, n_split = 2, NW = 4;
+    /* Entries before the step of each (sequence, head), and where ranks 0 and 1 stop: slices [0,a), [a,b), [b,len]. */
+    const int lens[n_seq][n_head] = {{40, 7, 0}, {16, 33, 21}};
+    const int cut_a[n_seq][n_head] = {{10, 0, 0}, {16, 5, 21}};
+    const int cut_b[n_seq][n_head] = {{30, 7, 0}, {16, 20, 21}};
+    std::vector<paged_cache<W>> ranks;
+    for (int g = 0; g < G; g++) ranks.emplace_back(n_seq, 1, n_head, HD, 4);
+    std::vector<std::vector<W>> keys((size_t)n_seq * n_head), values((size_t)n_seq * n_head);
+    for (int b = 0; b < n_seq; b++)
+        for (int h = 0; h < n_head; h++) {
+            const int total = lens[b][h] + 1, bounds[G + 1] = {0, cut_a[b][h], cut_b[b][h], total};
+            keys[b * n_head + h] = random_w<W>((size_t)total * HD);
+            values[b * n_head + h] = random_w<W>((size_t)total * HD);
+            for (int g = 0; g < G; g++) {
+                const int n = bounds[g + 1] - bounds[g], tail = g == G - 1;
+                ranks[g].kv_len[(size_t)b * n_head + h] = tail ? n - 1 : n;
+                ranks[g].ring[(size_t)b * n_head + h].detached = !tail;
+                for (int j = 0; j < n; j++)
+                    for (int d = 0; d < HD; d++) {
+                        ranks[g].at(b, h, j, 0, d) = keys[b * n_head + h][(size_t)(bounds[g] + j) * HD + d];
+                        ranks[g].at(b, h, j, 1, d) = values[b * n_head + h][(size_t)(bounds[g] + j) * HD + d];
+                    }
+            }
+        }
+    std::vector<float> q = random_f((size_t)n_seq * C), out((size_t)n_seq * C, NAN);
+    std::vector<float> gathered((size_t)G * n_seq * n_head * (HD + 2), NAN);
+    const float scale = 0.125f;
+    for (int g = 0; g < G; g++) {
+        std::vector<float> part((size_t)n_seq * n_head * n_split * (HD + 2), NAN);
+        std::vector<int> done((size_t)n_seq * n_head, 0);
+        emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
+                   (const float *)q.data(), (float *)nullptr, 0, scale, ranks[g].ctx(0, 1), part.data(), done.data(), 0,
+                   gathered.data() + (size_t)g * n_seq * n_head * (HD + 2));
+    }
+    emu_launch(dim3(n_head, n_seq), dim3(HD), 0, merge_ranks_kernel<float, HD>, (const float *)gathered.data(), G,
+               out.data(), C);
+    std::vector<double> ref((size_t)n_seq * C);
+    for (int b = 0; b < n_seq; b++)
+        for (int h = 0; h < n_head; h++) {
+            const int total = lens[b][h] + 1;
+            const std::vector<W> &K = keys[b * n_head + h], &V = values[b * n_head + h];
+            std::vector<double> p((size_t)total);
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < total; j++) {
+                double s = 0;
+                for (int d = 0; d < HD; d++) s += (double)q[(size_t)b * C + h * HD + d] * to_f<W>(K[(size_t)j * HD + d]);
+                mx = std::max(mx, p[j] = s * scale);
+            }
+            for (int j = 0; j < total; j++) sum += p[j] = std::exp(p[j] - mx);
+            for (int d = 0; d < HD; d++) {
+                double o = 0;
+                for (int j = 0; j < total; j++) o += p[j] * to_f<W>(V[(size_t)j * HD + d]);
+                ref[(size_t)b * C + h * HD + d] = o / sum;
+            }
+        }
+    const double d = rel(ref, out.data(), out.size());
+    printf("sharded decode %s: rel L2 %.2e\n", what, d);
+    CHECK(d < 1e-5, "sharded decode %s: rel L2 %.3e to dense attention over whole heads", what, d);
+
+    /* Rank 0 holds head 0 of sequence 0 detached (entries 0..9): the step's key and value must miss it. */
+    paged_cache<W> &r0 = ranks[0];
+    std::vector<W> discard((size_t)n_seq * 2 * C, from_f<W>(NAN));
+    std::vector<float> prod = random_f((size_t)n_seq * 3 * C), bias((size_t)3 * C, 0.f), qs((size_t)n_seq * C);
+    const std::vector<W> before = r0.pool;
+    epilogue<W, float, EPI_QKV> e;
+    e.y = qs.data();
+    e.out = 3 * C;
+    e.layer = 0;
+    e.kv = r0.ctx(0, 1);
+    e.kv.discard = discard.data();
+    emu_launch(dim3(4), dim3(64), 0, epilogue_kernel<W, float, EPI_QKV>, (const float *)prod.data(),
+               (const float *)bias.data(), n_seq, e);
+    int changed = 0;
+    for (size_t i = 0; i < before.size(); i++)
+        changed += memcmp(&before[i], &r0.pool[i], sizeof(W)) != 0;
+    CHECK(changed == 0, "sharded decode %s: %d pool elements written on a rank whose heads are all detached", what,
+          changed);
+    CHECK(to_f<W>(discard[0]) == to_f<W>(from_f<W>(prod[C])), "sharded decode %s: the discard rows got no key", what);
+    const std::vector<int32_t> lens0 = r0.kv_len;
+    emu_launch(dim3(1), dim3(64), 0, advance_kernel<W>, r0.ctx(0, 1), n_seq);
+    CHECK(r0.kv_len == lens0 && r0.seq_pos[0] == 1, "sharded decode %s: detached heads grew, or the position did not move",
+          what);
+}
+
 /* Compaction in place of a 40-entry head and a 16-entry head to kept slots
  * that include runs, gaps and a block boundary, then the read of both heads
  * back as float32. */
@@ -807,6 +901,8 @@ int main()
     check_attention<__nv_bfloat16, 64, 2>(1, "bf16, decode in fixed shares of 1 KV block, 4 splits (2 warps)", 4, true, 1);
     check_prompt_pieces();
     check_ring_step();
+    check_sharded_decode<float, 64>("f32");
+    check_sharded_decode<__nv_bfloat16, 32>("bf16");
     check_argmax();
     check_residual_layernorm();
     check_compaction<float>("f32");

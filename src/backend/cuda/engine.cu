@@ -93,6 +93,14 @@ struct pk_cuda_session {
     cudaGraphExec_t *greedy_graphs; /* [max_seq + 1]: the same with each greedy choice fed to the next step */
     int launches;             /* kernel launches enqueued by the last call */
     int kernels_per_decode;
+    /* One of several GPUs (backend/cuda/group.h): decode attention's states
+     * of this GPU's slices [max_seq][n_head][head_dim + 2], those of all n_rank
+     * GPUs gathered by `exchange`, and where detached heads' new entries go. */
+    int n_rank;
+    pk_cuda_exchange_fn exchange;
+    void *exchange_ctx;
+    float *d_states, *d_gathered;
+    void *d_discard;          /* [max_seq][2C] of the storage type */
 };
 
 /* Record a failed CUDA call as the library's error. */
@@ -193,6 +201,7 @@ template <typename W> static rows_ctx<W> make_ctx(pk_cuda_session *s, int seq0, 
     c.ring = s->d_ring;
     c.table = s->d_table;
     c.pool = (W *)s->d_pool;
+    c.discard = (W *)s->d_discard;
     c.max_blocks = s->pool.max_blocks;
     c.n_lh = s->n_lh;
     c.n_head = s->cfg.n_head;
@@ -390,10 +399,21 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
      * Several: fixed shares of the longest possible context. */
     const int per_split = n_seq > 1 ? (max_kv_blocks(s) + n_split - 1) / n_split : 0;
     OutT *o = (OutT *)out;
+    /* On one of several GPUs a decode step's heads end in states that all GPUs exchange and merge. */
+    const int sharded = s->n_rank > 0 && c.rows_per_seq == 1;
+    const size_t n_states = (size_t)n_seq * s->cfg.n_head * (s->cfg.head_dim + 2);
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
         launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS>, dim3(n_split, s->cfg.n_head, n_seq), \
-                          dim3(DECODE_WARPS * 32), 0, q, o, layer, scale, c, s->d_part, s->d_done, per_split);         \
+                          dim3(DECODE_WARPS * 32), 0, q, o, layer, scale, c, s->d_part, s->d_done, per_split,          \
+                          sharded ? s->d_states : nullptr);                                                            \
+        if (sharded) {                                                                                               \
+            CU(cudaGetLastError(), "launching decode attention");                                                    \
+            if (s->exchange(s->exchange_ctx, s->d_states, s->d_gathered, n_states, s->stream)) return -1;            \
+            merge_ranks_kernel<OutT, HD><<<dim3(s->cfg.n_head, n_seq), HD, 0, s->stream>>>(s->d_gathered, s->n_rank, \
+                                                                                          o, s->cfg.n_embd);           \
+            s->launches++;                                                                                           \
+        }                                                                                                            \
     } else {                                                                                                         \
         attention_kernel<W, OutT, HD, 4><<<dim3(c.rows_per_seq, s->cfg.n_head, n_seq), 4 * 32, 0, s->stream>>>(       \
             q, o, layer, scale, c);                                                                                    \
@@ -530,6 +550,9 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_tokens);
     cudaFree(s->d_part);
     cudaFree(s->d_done);
+    cudaFree(s->d_discard);
+    cudaFree(s->d_states);
+    cudaFree(s->d_gathered);
     cudaFree(s->d_ring);
     cudaFree(s->d_layer);
     cudaFree(s->d_keep);
@@ -591,7 +614,9 @@ static int session_init(pk_cuda_session *s)
     if (!s->h_pos || !s->h_len || !s->h_ring || !s->h_need || !s->graphs || !s->greedy_graphs) return -1;
 
     cudaDeviceProp p;
-    CU(cudaGetDeviceProperties(&p, 0), "reading the device's properties");
+    int device = 0;
+    CU(cudaGetDevice(&device), "finding the current device");
+    CU(cudaGetDeviceProperties(&p, device), "reading the device's properties");
     s->n_sm = p.multiProcessorCount;
     s->smem_optin = p.sharedMemPerBlockOptin;
     /* The most splits any batch uses: one sequence's, or two's (fewer for more sequences). */
@@ -599,6 +624,7 @@ static int session_init(pk_cuda_session *s)
     const size_t heads = (size_t)max_seq * c->n_head;
     CU(cudaMalloc((void **)&s->d_part, heads * s->split_cap * (c->head_dim + 2) * 4), "allocating attention partials");
     CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
+    CU(cudaMalloc(&s->d_discard, (size_t)max_seq * 2 * c->n_embd * es), "allocating the discard rows");
     CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
     /* The matrix-vector path stages its rows, and a layer norm's weights, in
      * shared memory; the kernels' own static shared memory (at most 1.5 KB)
@@ -734,6 +760,8 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
         return pk_fail("input of %d tokens at position %d exceeds the model's %d positions (n_positions)", n,
                        s->h_pos[seq], s->cfg.n_positions);
     if (check_tokens(s, ids, n)) return -1;
+    if (n > 1 && s->n_rank > 0)
+        return pk_fail("CUDA forward: this GPU holds part of each head (one of %d), so only decode steps run", s->n_rank);
     if (n > 1 && has_rings(s, seq)) {
         /* A streaming head's ring holds exactly its window, so tokens go in
          * one at a time, each seeing the window as it stands at its own
@@ -844,7 +872,8 @@ static int decode_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int s
     CU(cudaMemcpyAsync(s->d_tokens, s->h_tokens, (size_t)n_seq * 4, cudaMemcpyHostToDevice, s->stream),
        "copying tokens");
     cudaGraphExec_t exec = nullptr;
-    if (s->params.use_graphs && decode_graph(s, n_seq, greedy, &exec)) return -1;
+    /* An exchange between GPUs is a host call in the middle of each step, so such steps are launched, not replayed. */
+    if (s->params.use_graphs && !s->exchange && decode_graph(s, n_seq, greedy, &exec)) return -1;
     for (int i = 0; i < steps; i++) {
         if (exec) CU(cudaGraphLaunch(exec, s->stream), "replaying the decode graph");
         else if (enqueue_step(s, n_seq, greedy)) return -1;
@@ -1269,30 +1298,18 @@ extern "C" int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int
     return 0;
 }
 
-extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
+/* Move each head's kept slots of one layer of sequence seq to its first
+ * slots on the device, give the blocks past them back to the pool, and set
+ * each head's length and ring on the host and the device; a head with
+ * detached[h] set takes no new entries (NULL: none). heads is [n_head], already
+ * checked. */
+static int keep_heads(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads, const int *detached)
 {
-    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
-        return pk_fail("CUDA keep: sequence %d or layer %d out of range", seq, layer);
     const int H = s->cfg.n_head;
     const size_t row = (size_t)seq * s->n_lh + (size_t)layer * H;
     int stride = 1;
-    for (int h = 0; h < H; h++) {
-        const pk_cuda_head_keep *k = &heads[h];
-        const int len = s->h_len[row + h];
-        if (s->h_ring[row + h].recent > 0) return pk_fail("CUDA keep: layer %d head %d streams already", layer, h);
-        if (k->n < 0 || k->n > len || (k->n > 0 && !k->slots))
-            return pk_fail("CUDA keep: layer %d head %d keeps %d of its %d entries", layer, h, k->n, len);
-        for (int j = 0; j < k->n; j++)
-            if (k->slots[j] < 0 || k->slots[j] >= len || (j > 0 && k->slots[j] <= k->slots[j - 1]))
-                return pk_fail("CUDA keep: layer %d head %d: kept slots must ascend within 0..%d", layer, h, len - 1);
-        if (k->recent < 0 || k->sink < 0 || (k->recent > 0 && k->n > k->sink + k->recent))
-            return pk_fail("CUDA keep: layer %d head %d keeps %d entries in a window of %d + %d", layer, h, k->n,
-                           k->sink, k->recent);
-        if (k->recent > 0 && k->n == k->sink + k->recent && (k->next < k->sink || k->next >= k->n))
-            return pk_fail("CUDA keep: layer %d head %d: ring slot %d outside %d..%d", layer, h, k->next, k->sink,
-                           k->n - 1);
-        if (k->n > stride) stride = k->n;
-    }
+    for (int h = 0; h < H; h++)
+        if (heads[h].n > stride) stride = heads[h].n;
     if (ensure_press_buffers(s)) return -1;
     int32_t *slots = (int32_t *)pk_malloc_array((size_t)H * stride, 4, "kept slots");
     int32_t *counts = (int32_t *)pk_malloc_array((size_t)H, 4, "kept counts");
@@ -1321,6 +1338,7 @@ extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cud
         s->h_ring[row + h] = k->recent > 0 ? ring_state{k->sink, k->recent, k->n == k->sink + k->recent ? k->next
                                                                                                         : k->sink, 0}
                                            : ring_state{};
+        s->h_ring[row + h].detached = detached && detached[h];
     }
     if (rc == 0) rc = upload_table(s);
     if (rc == 0 && (cudaMemcpyAsync(s->d_kv_len + row, s->h_len + row, (size_t)H * 4, cudaMemcpyHostToDevice,
@@ -1334,6 +1352,89 @@ extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cud
     return rc;
 }
 
+/* That k keeps ascending slots of a head of len entries (`what` names the call in the error). */
+static int check_kept_slots(const char *what, int layer, int h, const pk_cuda_head_keep *k, int len)
+{
+    if (k->n < 0 || k->n > len || (k->n > 0 && !k->slots))
+        return pk_fail("CUDA %s: layer %d head %d keeps %d of its %d entries", what, layer, h, k->n, len);
+    for (int j = 0; j < k->n; j++)
+        if (k->slots[j] < 0 || k->slots[j] >= len || (j > 0 && k->slots[j] <= k->slots[j - 1]))
+            return pk_fail("CUDA %s: layer %d head %d: kept slots must ascend within 0..%d", what, layer, h, len - 1);
+    return 0;
+}
+
+extern "C" int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
+        return pk_fail("CUDA keep: sequence %d or layer %d out of range", seq, layer);
+    const int H = s->cfg.n_head;
+    const size_t row = (size_t)seq * s->n_lh + (size_t)layer * H;
+    for (int h = 0; h < H; h++) {
+        const pk_cuda_head_keep *k = &heads[h];
+        const int len = s->h_len[row + h];
+        if (s->h_ring[row + h].recent > 0) return pk_fail("CUDA keep: layer %d head %d streams already", layer, h);
+        if (s->h_ring[row + h].detached) return pk_fail("CUDA keep: layer %d head %d is shared out", layer, h);
+        if (check_kept_slots("keep", layer, h, k, len)) return -1;
+        if (k->recent < 0 || k->sink < 0 || (k->recent > 0 && k->n > k->sink + k->recent))
+            return pk_fail("CUDA keep: layer %d head %d keeps %d entries in a window of %d + %d", layer, h, k->n,
+                           k->sink, k->recent);
+        if (k->recent > 0 && k->n == k->sink + k->recent && (k->next < k->sink || k->next >= k->n))
+            return pk_fail("CUDA keep: layer %d head %d: ring slot %d outside %d..%d", layer, h, k->next, k->sink,
+                           k->n - 1);
+    }
+    return keep_heads(s, seq, layer, heads, nullptr);
+}
+
+extern "C" int pk_cuda_keep_shard(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads,
+                                  const int *tail)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer)
+        return pk_fail("CUDA shard: sequence %d or layer %d out of range", seq, layer);
+    const int H = s->cfg.n_head;
+    const size_t row = (size_t)seq * s->n_lh + (size_t)layer * H;
+    pk_cuda_head_keep *kept = (pk_cuda_head_keep *)pk_calloc((size_t)H, sizeof *kept, "shard heads");
+    int *detached = (int *)pk_calloc((size_t)H, sizeof *detached, "shard heads");
+    int rc = kept && detached ? 0 : -1;
+    for (int h = 0; rc == 0 && h < H; h++) {
+        const pk_cuda_head_keep *k = &heads[h];
+        const ring_state r = s->h_ring[row + h];
+        const int len = s->h_len[row + h];
+        if (r.detached) rc = pk_fail("CUDA shard: layer %d head %d is shared out already", layer, h);
+        else if (check_kept_slots("shard", layer, h, k, len)) rc = -1;
+        /* A ring rolls in place over its window, so it stays whole on the GPU that takes its new entries. */
+        else if (r.recent > 0 && !(tail[h] ? k->n == len : k->n == 0))
+            rc = pk_fail("CUDA shard: layer %d head %d is a ring: it stays whole on the GPU that holds its tail", layer,
+                         h);
+        else if (tail[h] && len > 0 && (k->n == 0 || k->slots[k->n - 1] != len - 1))
+            rc = pk_fail("CUDA shard: layer %d head %d: the GPU that takes new entries must hold the last one", layer,
+                         h);
+        kept[h] = *k;
+        if (r.recent > 0 && k->n > 0) kept[h] = pk_cuda_head_keep{k->slots, k->n, r.sink, r.recent, r.next};
+        detached[h] = !tail[h];
+    }
+    if (rc == 0) rc = keep_heads(s, seq, layer, kept, detached);
+    pk_free(kept);
+    pk_free(detached);
+    return rc;
+}
+
+extern "C" int pk_cuda_set_exchange(pk_cuda_session *s, int n_rank, pk_cuda_exchange_fn exchange, void *ctx)
+{
+    if (n_rank < 1 || !exchange) return pk_fail("CUDA exchange: %d GPUs, or no exchange", n_rank);
+    const size_t states = (size_t)s->params.max_seq * s->cfg.n_head * (s->cfg.head_dim + 2) * 4;
+    cudaFree(s->d_states);
+    cudaFree(s->d_gathered);
+    s->d_states = s->d_gathered = nullptr;
+    s->n_rank = 0;
+    s->exchange = nullptr;
+    CU(cudaMalloc((void **)&s->d_states, states), "allocating attention states");
+    CU(cudaMalloc((void **)&s->d_gathered, states * n_rank), "allocating gathered attention states");
+    s->n_rank = n_rank;
+    s->exchange = exchange;
+    s->exchange_ctx = ctx;
+    return 0;
+}
+
 extern "C" size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int n_more)
 {
     if (seq < 0 || seq >= s->params.max_seq) return 0;
@@ -1345,6 +1446,14 @@ extern "C" size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int 
         blocks += (size_t)((len + E - 1) / E);
     }
     return blocks * s->pool.block_bytes;
+}
+
+extern "C" int pk_cuda_head_streams(const pk_cuda_session *s, int seq, int layer, int head)
+{
+    if (seq < 0 || seq >= s->params.max_seq || layer < 0 || layer >= s->cfg.n_layer || head < 0 ||
+        head >= s->cfg.n_head)
+        return 0;
+    return s->h_ring[(size_t)seq * s->n_lh + layer * s->cfg.n_head + head].recent > 0;
 }
 
 extern "C" int pk_cuda_head_length(const pk_cuda_session *s, int seq, int layer, int head, int *held_blocks)

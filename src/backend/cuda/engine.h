@@ -125,9 +125,30 @@ typedef struct {
  * back to the pool at once. heads is [n_head]. */
 int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads);
 
+/* Several GPUs (backend/cuda/group.h). A session on one of n_rank GPUs
+ * holds part of each head: after the prompt and any press, pk_cuda_keep_shard
+ * keeps the slots heads[h] of each head of one layer (ascending; any subset,
+ * but a streaming ring whole or not at all) and marks whether this GPU takes
+ * the head's new entries (tail[h]: it must then hold the head's last entry);
+ * the others are detached and stop growing. Once pk_cuda_set_exchange has
+ * been called, each decode step ends every layer's attention in a softmax
+ * state per (sequence, head), float32 [n_seq][n_head][head_dim + 2] (weighted
+ * values, max, sum), and calls exchange(ctx, states, gathered, count, stream)
+ * with count = its floats; exchange must leave every GPU's states in gathered
+ * [n_rank][count], rank by rank, in stream order on `stream` (a
+ * cudaStream_t), and return 0 (or -1 after pk_fail). The states are then
+ * merged in rank order. Only decode steps run on such a session, launched
+ * rather than replayed. */
+typedef int (*pk_cuda_exchange_fn)(void *ctx, const float *states, float *gathered, size_t count, void *stream);
+int pk_cuda_keep_shard(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads, const int *tail);
+int pk_cuda_set_exchange(pk_cuda_session *s, int n_rank, pk_cuda_exchange_fn exchange, void *ctx);
+
 /* Entries head `head` of `layer` holds in sequence seq, and its blocks in
  * *held_blocks (may be NULL); -1 when out of range. */
 int pk_cuda_head_length(const pk_cuda_session *s, int seq, int layer, int head, int *held_blocks);
+
+/* 1 when that head is a streaming ring (DuoAttention), else 0. */
+int pk_cuda_head_streams(const pk_cuda_session *s, int seq, int layer, int head);
 
 /* Bytes of blocks sequence seq's heads will hold after n_more decoded tokens
  * (a ring stops growing at its window): what admitting one more such

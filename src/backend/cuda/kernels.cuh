@@ -155,9 +155,12 @@ __device__ __forceinline__ float gelu_new(float x)
  * entries, a decoded token overwrites slot `next`, the oldest of the recent
  * window, and `next` moves on over slots sink..sink+recent-1. GPT-2 has no
  * rotary embedding, so where in the head an entry sits does not change the
- * arithmetic. recent == 0 for a full head. */
+ * arithmetic. recent == 0 for a full head. A head whose entries a session
+ * holds only part of, its last entries being on another GPU (backend/cuda/
+ * group.h), is detached: it takes no new entries, decoded tokens go to the
+ * GPU that holds its tail. */
 struct ring_state {
-    int32_t sink, recent, next, unused;
+    int32_t sink, recent, next, detached;
 };
 
 /* Whether a head of len entries is a full ring: a decoded token replaces an entry instead of adding one. */
@@ -171,6 +174,7 @@ __device__ __host__ __forceinline__ bool ring_full(const ring_state &r, int len)
  * the device (advance_kernel) and the host's copy of it. */
 __device__ __host__ __forceinline__ void ring_advance(ring_state &r, int32_t &len, int rows)
 {
+    if (r.detached) return;
     if (rows == 1 && ring_full(r, len))
         r.next = r.sink + (r.next - r.sink + 1) % r.recent;
     else
@@ -181,7 +185,7 @@ __device__ __host__ __forceinline__ void ring_advance(ring_state &r, int32_t &le
  * ring stops growing at its window. */
 __device__ __host__ __forceinline__ int entries_after(const ring_state &r, int len, int n_more)
 {
-    const int grown = len + n_more;
+    const int grown = r.detached ? len : len + n_more;
     return r.recent > 0 && grown > r.sink + r.recent ? r.sink + r.recent : grown;
 }
 
@@ -193,6 +197,7 @@ template <typename W> struct rows_ctx {
     ring_state *ring;         /* [max_seq][n_layer * n_head] */
     const int32_t *table;     /* [max_seq][max_blocks][n_layer * n_head] */
     W *pool;                  /* blocks of [K: PK_CUDA_BLOCK][head_dim], [V: PK_CUDA_BLOCK][head_dim] */
+    W *discard;               /* [max_seq][2C]: where a detached head's new keys and values go, never read */
     int max_blocks, n_lh, n_head, head_dim, C;
 };
 
@@ -227,6 +232,7 @@ template <typename W, typename OutT, int EPI> struct epilogue {
         const int values = j >= 2 * C, c = j - C - values * C, h = c / kv.head_dim;
         const int b = kv.seq0 + row / kv.rows_per_seq, lh = layer * kv.n_head + h;
         const size_t bh = (size_t)b * kv.n_lh + lh;
+        if (kv.ring[bh].detached) return kv.discard + (size_t)row * 2 * C + (j - C);
         const int len = kv.kv_len[bh];
         const int slot = kv.rows_per_seq == 1 && ring_full(kv.ring[bh], len) ? kv.ring[bh].next
                                                                               : len + row % kv.rows_per_seq;
@@ -637,11 +643,14 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
  * its merged state (weighted values, max, sum) to
  * part [max_seq][n_head][n_split][HD + 2]. The last block of the head to
  * finish, counted in done [max_seq][n_head], merges the n_split states into
- * out and sets the count back to zero for the next step. */
+ * out and sets the count back to zero for the next step. With `states` (a
+ * session that holds part of each head, backend/cuda/group.h), it writes the
+ * merged state instead, [n_seq][n_head][HD + 2] like a part, for
+ * merge_ranks_kernel to merge with the other GPUs' states. */
 template <typename W, typename OutT, int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
                                                                    rows_ctx<W> c, float *part, int *done,
-                                                                   int per_split)
+                                                                   int per_split, float *states)
 {
     __shared__ float qs[HD];
     __shared__ warp_states<HD, NW> ws;
@@ -650,9 +659,11 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     const int b = c.seq0 + row, lh = layer * c.n_head + h;
     allow_next_kernel();
     /* Lengths before the step and the block table change only between steps.
-     * A full ring's new entry replaced one instead of adding one. */
+     * A full ring's new entry replaced one instead of adding one, and a
+     * detached head's went to another GPU. */
     const int len = c.kv_len[(size_t)b * c.n_lh + lh];
-    const int visible = ring_full(c.ring[(size_t)b * c.n_lh + lh], len) ? len : len + 1;
+    const ring_state ring = c.ring[(size_t)b * c.n_lh + lh];
+    const int visible = ring.detached || ring_full(ring, len) ? len : len + 1;
     const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
     const int per = per_split > 0 ? per_split : (n_blocks + n_split - 1) / n_split;
     const int first = split * per, end = min(n_blocks, first + per);
@@ -695,9 +706,40 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
             L += li * f;
             o += __ldcg(pi + d) * f;
         }
-        out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
+        if (!states) {
+            out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
+            continue;
+        }
+        float *state = states + ((size_t)row * c.n_head + h) * (HD + 2);
+        state[d] = o;
+        if (d == 0) {
+            state[HD] = M;
+            state[HD + 1] = L;
+        }
     }
     if (threadIdx.x == 0) done[b * c.n_head + h] = 0;
+}
+
+/* The attention output of every (sequence, head) from the states of all
+ * n_rank GPUs, gathered [n_rank][n_seq][n_head][HD + 2], merged in rank order
+ * so that every GPU gets the same bits; a GPU that holds none of a head
+ * contributes a state with sum 0, and the GPU with the head's tail holds at
+ * least the new token. Grid (n_head, n_seq), HD threads. */
+template <typename OutT, int HD>
+__global__ void merge_ranks_kernel(const float *gathered, int n_rank, OutT *out, int C)
+{
+    const int h = blockIdx.x, row = blockIdx.y, d = threadIdx.x, n_head = gridDim.x;
+    const size_t rank_stride = (size_t)gridDim.y * n_head * (HD + 2);
+    const float *first = gathered + ((size_t)row * n_head + h) * (HD + 2);
+    float M = -INFINITY, L = 0.f, o = 0.f;
+    for (int g = 0; g < n_rank; g++) M = fmaxf(M, first[g * rank_stride + HD]);
+    for (int g = 0; g < n_rank; g++) {
+        const float *st = first + g * rank_stride;
+        const float l = st[HD + 1], f = l > 0.f ? exp2f(st[HD] - M) : 0.f;
+        L += l * f;
+        o += st[d] * f;
+    }
+    out[(size_t)row * C + h * HD + d] = from_f<OutT>(o / L);
 }
 
 /* After a call: every head of its sequences holds rows_per_seq more entries
