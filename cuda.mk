@@ -36,7 +36,8 @@ cuda: deps
 	$(MAKE) BUILD=$(CUDA_BUILD) OPT="-O3 -march=x86-64-v3" CUDA_CLI=1 cuda-programs
 
 cuda-programs: $(BUILD)/pikv $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press \
-               $(BUILD)/tests/cuda/test_cuda_session $(BUILD)/tests/cuda/test_kernels_host
+               $(BUILD)/tests/cuda/test_cuda_session $(BUILD)/tests/cuda/test_cuda_group \
+               $(BUILD)/tests/cuda/test_kernels_host
 
 # In the CUDA build the command gains its GPU paths (src/cli/cuda) and links
 # the CUDA engine.
@@ -55,7 +56,8 @@ $(BUILD)/src/backend/cuda/%.o: src/backend/cuda/%.cu $(CUDA_HDR)
 $(BUILD)/libpikv_cuda.a: $(CUDA_OBJ)
 	ar rcs $@ $^
 
-$(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press $(BUILD)/tests/cuda/test_cuda_session: $(BUILD)/tests/cuda/%: tests/cuda/%.c tests/check.h tests/cuda/tokens.h $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
+$(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press $(BUILD)/tests/cuda/test_cuda_session \
+$(BUILD)/tests/cuda/test_cuda_group: $(BUILD)/tests/cuda/%: tests/cuda/%.c tests/check.h tests/cuda/tokens.h $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(CUDA_LDLIBS)
 
@@ -72,6 +74,7 @@ test-cuda: cuda
 	$(CUDA_BUILD)/tests/cuda/test_cuda
 	$(CUDA_BUILD)/tests/cuda/test_cuda_press
 	$(CUDA_BUILD)/tests/cuda/test_cuda_session
+	$(CUDA_BUILD)/tests/cuda/test_cuda_group
 	PIKV=$(CUDA_BUILD)/pikv sh tests/cuda/cli_cuda.sh
 
 # Decode and prefill speed on the bundled model (1,000-token prompt), then on
