@@ -30,6 +30,12 @@ expect_error "bench --kv-budget that is not a size" 2 \
   "pikv bench: --kv-budget: '2XB' is not a size (say 2GiB, 512MiB or 1500000000)" bench --device cuda --kv-budget 2XB
 expect_error "bench --kv-budget with --batch" 2 "pikv bench: --kv-budget chooses the batch: drop --batch" \
   bench --device cuda --kv-budget 1GiB --batch 2
+expect_error "bench --gpus on the CPU" 2 "pikv bench: --gpus: only with --device cuda" bench --gpus 2
+expect_error "bench --same-gpu without --gpus" 2 "pikv bench: --same-gpu: places the ranks of --gpus N; give --gpus" \
+  bench --device cuda --same-gpu
+expect_error "bench --gpus with --kv-budget" 2 "pikv bench: --gpus: capacity (--kv-budget) on several GPUs is not built" \
+  bench --device cuda --gpus 2 --kv-budget 1GiB
+expect_error "bench --gpus 0" 2 "pikv bench: --gpus" bench --device cuda --gpus 0
 
 prompt="The old lighthouse keeper climbed the stairs every evening to"
 run generate --weights f32 --prompt "$prompt" -n 12 --print-ids

@@ -28,7 +28,7 @@ enum { MAX_ROWS = 2 * CLI_LIST_MAX };
 enum { PREFILL_TOK_S, DECODE_TOK_S, LOAD_IMBALANCE, N_MEASURES };
 
 typedef struct {
-    int n_prompt, n_gen, reps, threads, workers, json, batch, no_graphs;
+    int n_prompt, n_gen, reps, threads, workers, json, batch, no_graphs, gpus, same_gpu;
     cli_list specs;
     cli_kv_flags kv;
     const char *device;
@@ -243,10 +243,16 @@ static int check_options(const cli_command *cmd, const bench_options *o)
     if (o->workers == 1) return cli_error(cmd, "--workers: must be 2..64 (or 0 for off), got %d", o->workers), 2;
     const int gpu = o->device && strcmp(o->device, "cuda") == 0;
     if (gpu && o->n_gen < 1) return cli_error(cmd, "-n: --device cuda times the decode, so at least 1 token"), 2;
-    if (!gpu && (o->batch > 1 || o->no_graphs || o->kv_budget))
+    if (!gpu && (o->batch > 1 || o->no_graphs || o->kv_budget || o->gpus || o->same_gpu))
         return cli_error(cmd, "%s: only with --device cuda",
-                         o->batch > 1 ? "--batch" : o->no_graphs ? "--no-graphs" : "--kv-budget"),
+                         o->batch > 1      ? "--batch"
+                         : o->no_graphs    ? "--no-graphs"
+                         : o->kv_budget    ? "--kv-budget"
+                         : o->gpus         ? "--gpus"
+                                           : "--same-gpu"),
                2;
+    if (o->same_gpu && !o->gpus) return cli_error(cmd, "--same-gpu: places the ranks of --gpus N; give --gpus"), 2;
+    if (o->gpus && o->kv_budget) return cli_error(cmd, "--gpus: capacity (--kv-budget) on several GPUs is not built"), 2;
     if (o->kv_budget && o->batch) return cli_error(cmd, "--kv-budget chooses the batch: drop --batch"), 2;
     size_t bytes;
     if (o->kv_budget && cli_parse_bytes(o->kv_budget, &bytes))
@@ -263,7 +269,7 @@ static int bench_on_gpu(const cli_command *cmd, const bench_options *o, const pi
                         const char *weights)
 {
     cli_cuda_bench_options g = {weights, o->n_prompt, o->n_gen, o->reps, o->batch ? o->batch : 1, !o->no_graphs,
-                                NULL, "none", 0};
+                                NULL, "none", 0, o->gpus, o->same_gpu};
     if (o->kv_budget) cli_parse_bytes(o->kv_budget, &g.kv_budget);
     int rc = 0;
     for (int i = 0; rc == 0 && i < (o->specs.n ? o->specs.n : 1); i++) {
@@ -308,10 +314,15 @@ int cmd_bench(int argc, char **argv)
          NULL},
         {"--no-graphs", NULL, OPT_FLAG, &o.no_graphs, "--device cuda: launch every kernel instead of replaying a graph",
          NULL},
+        {"--gpus", NULL, OPT_INT, &(cli_int){&o.gpus, 1, 64},
+         "--device cuda: decode on N GPUs, each sequence's caches placed across them by DeepSeek's EPLB", NULL},
+        {"--same-gpu", NULL, OPT_FLAG, &o.same_gpu,
+         "--gpus: put every rank on GPU 0 and exchange by host-ordered copies (checks the merge; not a speed)", NULL},
     };
     const cli_command cmd = {"bench", "bench [--model DIR] [--weights T] [--press SPEC]... [-p PROMPT_TOKENS] [-n GEN_TOKENS]\n"
                              "       [-r REPS] [--threads N] [--workers W] [--kv-type T] [--kv-type-k T] [--kv-type-v T]\n"
-                             "       [--json] [--device cpu|cuda [--batch B | --kv-budget BYTES] [--no-graphs]]",
+                             "       [--json] [--device cpu|cuda [--batch B | --kv-budget BYTES] [--no-graphs]\n"
+                             "       [--gpus N [--same-gpu]]]",
                              "Prefills a prompt of P tokens (compressed by each press in turn), then decodes N\n"
                              "tokens, R times; prints the median tokens/s of each phase with the min..max spread,\n"
                              "and the KV bytes held. Decode speed is measured at context P..P+N (before\n"
@@ -327,7 +338,9 @@ int cmd_bench(int argc, char **argv)
                              "prefill of the prompt (kvzip, whose reconstruction passes do not run on the GPU), and\n"
                              "applied on the GPU (blocks freed per head; Duo's streaming heads become rings). Presses\n"
                              "that act while decoding, route queries (route=1) or prefill in chunks are refused.\n"
-                             "--kv-budget measures capacity.",
+                             "--kv-budget measures capacity. --gpus N decodes on N GPUs: every GPU holds the weights,\n"
+                             "each (sequence, layer, head) cache is placed by EPLB (long ones cut into slices on\n"
+                             "several GPUs), and each layer's attention states are merged over NCCL.",
                              opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;

@@ -2,6 +2,7 @@
 #include "backend/cuda/engine.h"
 #include "bench/stats.h"
 #include "engine/cuda/capacity_cuda.h"
+#include "engine/cuda/group_cuda.h"
 #include "util/mem.h"
 
 #include <stdio.h>
@@ -105,6 +106,61 @@ static int plan_capacity(const cli_command *cmd, const pikv_model *m, const cli_
     return 0;
 }
 
+/* One repetition on a group: a fresh group (placement is once per group),
+ * every prompt prefilled and pressed on every GPU, the caches placed, then
+ * the greedy decode timed. The report of the placement goes to *rep. */
+static int group_once(const pikv_model *m, const cli_cuda_bench_options *o, const pk_cuda_group_params *gp,
+                      const int32_t *prompt, int32_t *chosen, pk_cuda_group_report *rep, double *decode_tok_s)
+{
+    const int batch = gp->session.max_seq;
+    pk_cuda_group *g = pk_cuda_group_new(m, gp);
+    int rc = g ? 0 : -1;
+    for (int b = 0; rc == 0 && b < batch; b++) rc = pk_cuda_group_prefill(g, b, prompt, o->n_prompt, o->press, NULL);
+    if (rc == 0) rc = pk_cuda_group_place(g, batch, rep);
+    int32_t *first = pk_malloc_array((size_t)batch, sizeof *first, "first tokens");
+    if (rc == 0 && !first) rc = -1;
+    for (int b = 0; rc == 0 && b < batch; b++) first[b] = prompt[o->n_prompt - 1];
+    const double t0 = pikv_now();
+    if (rc == 0) rc = pk_cuda_group_decode_greedy_steps(g, first, batch, o->n_gen, chosen);
+    *decode_tok_s = (double)batch * o->n_gen / (pikv_now() - t0);
+    pk_free(first);
+    pk_cuda_group_free(g);
+    return rc;
+}
+
+static int bench_group(const cli_command *cmd, const pikv_model *m, const cli_cuda_bench_options *o, pk_cuda_dtype t,
+                       const int32_t *prompt)
+{
+    const int batch = o->batch;
+    const pk_cuda_group_params gp = {.n_gpu = o->gpus, .one_device = o->same_gpu,
+                                     .session = {.dtype = t, .max_seq = batch}, .policy = PK_PLACE_EPLB};
+    int32_t *chosen = pk_malloc_array((size_t)o->n_gen * batch, sizeof *chosen, "choices");
+    double *dec = pk_malloc_array((size_t)o->reps, sizeof *dec, "timings");
+    pk_cuda_group_report rep;
+    double warm;
+    int rc = chosen && dec ? group_once(m, o, &gp, prompt, chosen, &rep, &warm) : -1;
+    for (int i = 0; rc == 0 && i < o->reps; i++) rc = group_once(m, o, &gp, prompt, chosen, &rep, &dec[i]);
+    if (rc == 0) {
+        const pk_summary ds = pk_summarize(dec, o->reps);
+        printf("%d GPUs (%s), %s, batch %d, press %s: caches placed by DeepSeek's EPLB, a ring whole on one GPU\n",
+               o->gpus, o->same_gpu ? "every rank on GPU 0, host-ordered copies: checks the merge, not a speed"
+                                    : "NCCL all-gather of the attention states, one per layer",
+               device_type_name(t), batch, o->press_spec);
+        for (int r = 0; r < rep.n_gpu; r++)
+            printf("GPU rank %d: %ld KV entries, %.2f MB of KV blocks\n", r, rep.entries[r], rep.kv_bytes[r] / 1e6);
+        printf("load max/mean: %.3f with EPLB, %.3f with an equal count of heads per GPU; %ld caches cut over GPUs\n",
+               rep.imbalance, rep.equal_imbalance, rep.split_shards);
+        printf("decode %d tokens after %d: %.0f tok/s median (%.0f..%.0f) over %d runs, plain launches; %.1f tok/s per "
+               "sequence\n",
+               o->n_gen, o->n_prompt, ds.median, ds.min, ds.max, o->reps, ds.median / batch);
+    } else {
+        cli_fail(cmd);
+    }
+    pk_free(chosen);
+    pk_free(dec);
+    return rc ? 1 : 0;
+}
+
 int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir, const cli_cuda_bench_options *o)
 {
     const pikv_config *c = pikv_model_config(m);
@@ -125,6 +181,11 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
     for (int i = 0; i < o->n_prompt; i++) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         prompt[i] = 1 + (int32_t)((rng >> 33) % (uint64_t)(V - 1));
+    }
+    if (o->gpus) {
+        const int rc = bench_group(cmd, m, o, t, prompt);
+        pk_free(prompt);
+        return rc;
     }
     int batch = o->batch;
     long pool_blocks = 0;

@@ -20,6 +20,8 @@ typedef struct {
     pikv_press *press;           /* compresses each prompt (NULL: none) */
     const char *press_spec;      /* its spec, for the report */
     size_t kv_budget;            /* capacity mode: admit as many sequences as fit these KV bytes (0: off) */
+    int gpus;                    /* decode on this many GPUs, shards placed by EPLB (0: one GPU, no group) */
+    int same_gpu;                /* put every rank of the group on GPU 0 (a check of the merge, not a speed) */
 } cli_cuda_bench_options;
 
 /* Prefill n_prompt random tokens into each of `batch` sequences (compressed
@@ -29,5 +31,11 @@ typedef struct {
  * floor of a step. With kv_budget, the batch is as many sequences as the
  * press lets fit in that many bytes of KV blocks (pk_cuda_plan_capacity). */
 int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir, const cli_cuda_bench_options *o);
+
+/* With o->gpus: the same prompts and press on a group of GPUs
+ * (engine/cuda/group_cuda.h): per-GPU KV entries and bytes, the load
+ * max/mean of EPLB's placement against an equal count of heads per GPU, and
+ * the decode speed, steps launched (a replayed graph cannot hold the host's
+ * part of an exchange). */
 
 #endif
