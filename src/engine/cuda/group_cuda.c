@@ -204,8 +204,8 @@ int pk_cuda_group_place(pk_cuda_group *g, int n_seq, pk_cuda_group_report *rep)
     if (rc == 0) rc = pk_shard_plan_make(len, L, S, G, PK_PLACE_EQUAL_COUNT, &equal);
     if (rc == 0) rc = pk_shard_plan_make(len, L, S, G, g->policy, &held);
     if (rc == 0) held.split = 0;
+    pk_placement pl = {0}; /* pk_place_heads reuses its buffers from layer to layer */
     for (int l = 0; rc == 0 && l < L; l++) {
-        pk_placement pl;
         const int *ll = len + (size_t)l * S;
         for (int i = 0; i < S; i++) ring[i] = pk_cuda_head_streams(g->ranks[0], i / H, l, i % H);
         if (pk_place_heads(ll, S, G, g->policy, &pl)) {
@@ -213,7 +213,6 @@ int pk_cuda_group_place(pk_cuda_group *g, int n_seq, pk_cuda_group_report *rep)
             break;
         }
         cut_layer(&pl, ll, ring, G, &cut);
-        pk_placement_free(&pl);
         tally_cut(&cut, G, held.entries + (size_t)l * G, &held.split);
         for (int r = 0; rc == 0 && r < G; r++) {
             if (pk_cuda_use_device(g->devices[r])) rc = -1;
@@ -228,6 +227,7 @@ int pk_cuda_group_place(pk_cuda_group *g, int n_seq, pk_cuda_group_report *rep)
             }
         }
     }
+    pk_placement_free(&pl);
     if (rc == 0) rc = on_every_gpu(g, start_exchange, NULL);
     if (rc == 0) g->n_placed = n_seq;
     if (rc == 0 && rep) {
