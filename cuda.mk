@@ -37,7 +37,7 @@ cuda: deps
 
 cuda-programs: $(BUILD)/pikv $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press \
                $(BUILD)/tests/cuda/test_cuda_session $(BUILD)/tests/cuda/test_cuda_group \
-               $(BUILD)/tests/cuda/test_kernels_host
+               $(BUILD)/tests/cuda/test_kernels_host $(BUILD)/tests/cuda/test_group_host
 
 # In the CUDA build the command gains its GPU paths (src/cli/cuda) and links
 # the CUDA engine.
@@ -69,8 +69,15 @@ $(BUILD)/tests/cuda/test_kernels_host: tests/cuda/test_kernels_host.cpp tests/cu
 	$(CXX) -std=c++20 -O1 -ffp-contract=off -Wall -Wextra -Wno-unknown-pragmas -I$(CUDA_HOME)/include -Iinclude -Isrc \
 	    -o $@ $< $(BUILD)/libpikv.a -lpthread -lm
 
+# The GPU group's host logic against a stand-in engine: plain C, no GPU.
+$(BUILD)/tests/cuda/test_group_host: tests/cuda/test_group_host.c src/engine/cuda/group_cuda.c tests/check.h \
+                                     $(CUDA_HDR) $(BUILD)/libpikv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ tests/cuda/test_group_host.c src/engine/cuda/group_cuda.c $(BUILD)/libpikv.a $(LDLIBS) -lpthread
+
 test-cuda: cuda
 	$(CUDA_BUILD)/tests/cuda/test_kernels_host
+	$(CUDA_BUILD)/tests/cuda/test_group_host
 	$(CUDA_BUILD)/tests/cuda/test_cuda
 	$(CUDA_BUILD)/tests/cuda/test_cuda_press
 	$(CUDA_BUILD)/tests/cuda/test_cuda_session
