@@ -93,7 +93,7 @@ struct pk_cuda_session {
     cudaGraphExec_t *greedy_graphs; /* [max_seq + 1]: the same with each greedy choice fed to the next step */
     int launches;             /* kernel launches enqueued by the last call */
     int kernels_per_decode;
-    /* One of several GPUs (backend/cuda/group.h): decode attention's states
+    /* One of several GPUs (engine/cuda/group_cuda.h): decode attention's states
      * of this GPU's slices [max_seq][n_head][head_dim + 2], those of all n_rank
      * GPUs gathered by `exchange`, and where detached heads' new entries go. */
     int n_rank;

@@ -125,7 +125,7 @@ typedef struct {
  * back to the pool at once. heads is [n_head]. */
 int pk_cuda_keep(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads);
 
-/* Several GPUs (backend/cuda/group.h). A session on one of n_rank GPUs
+/* Several GPUs (engine/cuda/group_cuda.h). A session on one of n_rank GPUs
  * holds part of each head: after the prompt and any press, pk_cuda_keep_shard
  * keeps the slots heads[h] of each head of one layer (ascending; any subset,
  * but a streaming ring whole or not at all) and marks whether this GPU takes

@@ -156,9 +156,9 @@ __device__ __forceinline__ float gelu_new(float x)
  * window, and `next` moves on over slots sink..sink+recent-1. GPT-2 has no
  * rotary embedding, so where in the head an entry sits does not change the
  * arithmetic. recent == 0 for a full head. A head whose entries a session
- * holds only part of, its last entries being on another GPU (backend/cuda/
- * group.h), is detached: it takes no new entries, decoded tokens go to the
- * GPU that holds its tail. */
+ * holds only part of, its last entries being on another GPU
+ * (engine/cuda/group_cuda.h), is detached: it takes no new entries, decoded
+ * tokens go to the GPU that holds its tail. */
 struct ring_state {
     int32_t sink, recent, next, detached;
 };
@@ -644,7 +644,7 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
  * part [max_seq][n_head][n_split][HD + 2]. The last block of the head to
  * finish, counted in done [max_seq][n_head], merges the n_split states into
  * out and sets the count back to zero for the next step. With `states` (a
- * session that holds part of each head, backend/cuda/group.h), it writes the
+ * session that holds part of each head, engine/cuda/group_cuda.h), it writes the
  * merged state instead, [n_seq][n_head][HD + 2] like a part, for
  * merge_ranks_kernel to merge with the other GPUs' states. */
 template <typename W, typename OutT, int HD, int NW>
