@@ -252,7 +252,8 @@ static int check_options(const cli_command *cmd, const bench_options *o)
                                            : "--same-gpu"),
                2;
     if (o->same_gpu && !o->gpus) return cli_error(cmd, "--same-gpu: places the ranks of --gpus N; give --gpus"), 2;
-    if (o->gpus && o->kv_budget) return cli_error(cmd, "--gpus: capacity (--kv-budget) on several GPUs is not built"), 2;
+    if (o->gpus && o->kv_budget)
+        return cli_error(cmd, "--gpus: capacity (--kv-budget) on several GPUs is not built"), 2;
     if (o->kv_budget && o->batch) return cli_error(cmd, "--kv-budget chooses the batch: drop --batch"), 2;
     size_t bytes;
     if (o->kv_budget && cli_parse_bytes(o->kv_budget, &bytes))

@@ -79,7 +79,8 @@ static void check_group(const pikv_model *m, const char *spec, int n_gpu, int on
     int rc = one && g && ref && got && (strcmp(spec, "none") == 0 || (p1 && pg)) ? 0 : -1;
     for (int b = 0; rc == 0 && b < N_SEQ; b++) {
         fill_tokens(prompt, N_PROMPT, V, 100 + b);
-        rc = pk_cuda_use_device(0) || pk_cuda_prefill_press(one, m, b, prompt, N_PROMPT, p1, ref + (size_t)b * V, NULL) ||
+        rc = pk_cuda_use_device(0) ||
+             pk_cuda_prefill_press(one, m, b, prompt, N_PROMPT, p1, ref + (size_t)b * V, NULL) ||
              pk_cuda_group_prefill(g, b, prompt, N_PROMPT, pg, got + (size_t)b * V);
     }
     CHECK(rc == 0, "%s: prefill: %s", what, pikv_last_error());

@@ -761,7 +761,8 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
                        s->h_pos[seq], s->cfg.n_positions);
     if (check_tokens(s, ids, n)) return -1;
     if (n > 1 && s->n_rank > 0)
-        return pk_fail("CUDA forward: this GPU holds part of each head (one of %d), so only decode steps run", s->n_rank);
+        return pk_fail("CUDA forward: this GPU holds part of each head (one of %d), so only decode steps run",
+                       s->n_rank);
     if (n > 1 && has_rings(s, seq)) {
         /* A streaming head's ring holds exactly its window, so tokens go in
          * one at a time, each seeing the window as it stands at its own

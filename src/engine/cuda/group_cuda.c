@@ -117,7 +117,8 @@ int pk_cuda_group_prefill(pk_cuda_group *g, int seq, const int32_t *ids, int n, 
             return pk_fail("GPU %d (rank %d): %s", g->devices[r], r, pikv_last_error());
         for (int l = 0; r > 0 && l < c->n_layer; l++)
             for (int h = 0; h < c->n_head; h++)
-                if (pk_cuda_head_length(g->ranks[r], seq, l, h, NULL) != pk_cuda_head_length(g->ranks[0], seq, l, h, NULL))
+                if (pk_cuda_head_length(g->ranks[r], seq, l, h, NULL) !=
+                    pk_cuda_head_length(g->ranks[0], seq, l, h, NULL))
                     return pk_fail("GPU group: the press kept %d entries of layer %d head %d on rank %d and %d on "
                                    "rank 0; its decisions must not differ between GPUs",
                                    pk_cuda_head_length(g->ranks[r], seq, l, h, NULL), l, h, r,
@@ -219,7 +220,8 @@ int pk_cuda_group_place(pk_cuda_group *g, int n_seq, pk_cuda_group_report *rep)
             for (int b = 0; rc == 0 && b < n_seq; b++) {
                 for (int h = 0; h < H; h++) {
                     const int i = b * H + h;
-                    heads[h] = (pk_cuda_head_keep){.slots = cut.slots + ((size_t)r * S + i) * cut.stride, .n = cut.n[r * S + i]};
+                    heads[h] = (pk_cuda_head_keep){.slots = cut.slots + ((size_t)r * S + i) * cut.stride,
+                                                   .n = cut.n[r * S + i]};
                     tail[h] = cut.tail[i] == r;
                 }
                 if (pk_cuda_keep_shard(g->ranks[r], b, l, heads, tail))
