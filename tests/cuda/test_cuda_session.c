@@ -9,7 +9,9 @@
  * multi-token call) gives the CPU's logits within 1e-4 relative L2 per row;
  * pikv compare's quality measurement (retrieval and perplexity) gives the
  * CPU's figures; greedy generation (chosen on the device) and sampled
- * generation (logits to the host) give the CPU's tokens. What a device does
+ * generation (logits to the host) give the CPU's tokens, and after 120
+ * greedy tokens over a DuoAttention cache every head reports the CPU's
+ * number of entries (a ring its window, not the tokens it took). What a device does
  * not do is refused by name. Without a GPU it prints "skipped". */
 #include "backend/cuda/engine.h"
 #include "bench/compare.h"
@@ -163,6 +165,42 @@ static void check_generation(const pikv_model *m, pikv_session *cpu, pikv_sessio
     }
 }
 
+/* Greedy generation over a DuoAttention cache, many steps in one device
+ * call: the tokens and every head's reported entries equal the CPU's, so the
+ * host's copy of a ring rolled step by step as the device's did. */
+static void check_ring_generation(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
+{
+    const pikv_config *c = pikv_model_config(m);
+    int32_t prompt[300];
+    fill_tokens(prompt, 300, c->vocab_size, 23);
+    pikv_press *p = pikv_press_new("duo:0.75", m, MODEL);
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    const pikv_sampling greedy = {.greedy = 1};
+    pikv_generation a = {0}, b = {0};
+    pikv_session_reset(cpu);
+    pikv_session_reset(gpu);
+    int ra = p && logits ? pikv_prefill(cpu, prompt, 300, p, logits) : -1;
+    if (ra == 0) ra = pikv_generate_from(cpu, logits, 120, &greedy, -1, &a);
+    int rb = p && logits ? pikv_prefill(gpu, prompt, 300, p, logits) : -1;
+    if (rb == 0) rb = pikv_generate_from(gpu, logits, 120, &greedy, -1, &b);
+    CHECK(ra == 0 && rb == 0, "duo:0.75 generation: %s", pikv_last_error());
+    if (ra == 0 && rb == 0) {
+        CHECK(a.n_ids == b.n_ids && memcmp(a.ids, b.ids, (size_t)a.n_ids * sizeof *a.ids) == 0,
+              "duo:0.75 generation: the GPU's tokens differ from the CPU's");
+        int differ = 0;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int h = 0; h < c->n_head; h++)
+                differ += pikv_session_kv_len(gpu, l, h) != pikv_session_kv_len(cpu, l, h);
+        CHECK(differ == 0, "duo:0.75 generation: %d heads report other entry counts on the GPU than on the CPU",
+              differ);
+        printf("duo:0.75, 120 greedy tokens after 300: same tokens, every head's entries as on the CPU\n");
+    }
+    if (ra == 0) pikv_free(a.ids);
+    if (rb == 0) pikv_free(b.ids);
+    pikv_press_free(p);
+    free(logits);
+}
+
 /* Capacity at a budget: floor(budget / bytes per sequence) admitted and
  * decoded together; a CPU session refuses. */
 static void check_capacity(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
@@ -241,6 +279,7 @@ int main(void)
         check_ring_continuation(m, cpu, gpu);
         check_quality(m, cpu, gpu, &h);
         check_generation(m, cpu, gpu);
+        check_ring_generation(m, cpu, gpu);
         check_capacity(m, cpu, gpu);
         check_refusals(m, gpu);
     }

@@ -890,7 +890,8 @@ static int decode_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int s
     if (logits) memcpy(logits, s->h_logits, bytes);
     for (int b = 0; greedy && b < n_seq; b++)
         for (int i = 0; i < steps; i++) chosen[(size_t)i * n_seq + b] = s->h_chosen[(size_t)b * steps + i];
-    advance_host(s, 0, n_seq, steps);
+    /* Step by step, as advance_kernel went: a full ring moves on one slot a step rather than growing. */
+    for (int i = 0; i < steps; i++) advance_host(s, 0, n_seq, 1);
     return 0;
 }
 
