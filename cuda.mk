@@ -5,9 +5,10 @@
 #                    CUDA tests and the library with the CUDA engine
 #   make bench-cuda  pikv bench --device cuda on the bundled model and on random
 #                    gpt2 / gpt2-medium shapes
-#   make test-cuda   the kernels emulated on the host (no GPU needed), then the
-#                    parity tests and the CLI on the GPU (without one they print
-#                    "skipped")
+#   make test-cuda   the kernels emulated on the host and the GPU group's host
+#                    logic against a stand-in engine (no GPU needed), then the
+#                    parity, group and CLI tests on the GPU (without one they
+#                    print "skipped")
 #
 # Host code is built for x86-64-v3 rather than -march=native, and OpenBLAS,
 # libgfortran and utf8proc are linked statically, so that the programs run on a
