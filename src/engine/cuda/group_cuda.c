@@ -194,17 +194,17 @@ int pk_cuda_group_place(pk_cuda_group *g, int n_seq, pk_cuda_group_report *rep)
     cut.owner = pk_malloc_array((size_t)S * cut.stride, sizeof *cut.owner, "shard owners");
     pk_cuda_head_keep *heads = pk_calloc((size_t)H, sizeof *heads, "shard heads");
     int *tail = pk_calloc((size_t)H, sizeof *tail, "shard tails");
-    pk_shard_plan held = {0}, equal = {0};
-    int rc = len && ring && cut.slots && cut.n && cut.tail && cut.owner && heads && tail ? 0 : -1;
+    /* What each GPU holds, layer by layer, in the shape pk_shard_plan_imbalance reads. */
+    pk_shard_plan held = {.n_layer = L, .gpus = G}, equal = {0};
+    held.entries = pk_calloc((size_t)L * G, sizeof *held.entries, "entries per GPU");
+    int rc = len && ring && cut.slots && cut.n && cut.tail && cut.owner && heads && tail && held.entries ? 0 : -1;
     for (int l = 0; rc == 0 && l < L; l++)
         for (int i = 0; i < S; i++) {
             len[(size_t)l * S + i] = pk_cuda_head_length(g->ranks[0], i / H, l, i % H, NULL);
             if (len[(size_t)l * S + i] < 0) rc = -1;
         }
-    /* What the report compares against, and room for what this placement holds. */
+    /* What the report compares against. */
     if (rc == 0) rc = pk_shard_plan_make(len, L, S, G, PK_PLACE_EQUAL_COUNT, &equal);
-    if (rc == 0) rc = pk_shard_plan_make(len, L, S, G, g->policy, &held);
-    if (rc == 0) held.split = 0;
     pk_placement pl = {0}; /* pk_place_heads reuses its buffers from layer to layer */
     for (int l = 0; rc == 0 && l < L; l++) {
         const int *ll = len + (size_t)l * S;
