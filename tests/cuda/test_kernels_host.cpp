@@ -103,6 +103,27 @@ template <typename W> struct paged_cache {
     }
 };
 
+/* Softmax attention of one query q [hd] over n entries, in float64: key(j, d)
+ * and value(j, d) give the entries, out [hd] the result. The reference the
+ * attention kernels are held to. */
+template <typename KeyF, typename ValueF>
+static void dense_attention(const float *q, int hd, int n, double scale, KeyF key, ValueF value, double *out)
+{
+    std::vector<double> p((size_t)n);
+    double mx = -INFINITY, sum = 0;
+    for (int j = 0; j < n; j++) {
+        double s = 0;
+        for (int d = 0; d < hd; d++) s += (double)q[d] * key(j, d);
+        mx = std::max(mx, p[j] = s * scale);
+    }
+    for (int j = 0; j < n; j++) sum += p[j] = std::exp(p[j] - mx);
+    for (int d = 0; d < hd; d++) {
+        double o = 0;
+        for (int j = 0; j < n; j++) o += p[j] * value(j, d);
+        out[d] = o / sum;
+    }
+}
+
 /* Attention of rows_per_seq rows in each of n_seq sequences (from seq0) of
  * layer 1, against softmax attention computed densely in float64. With
  * n_split > 0, the decode kernel that splits each head's context over n_split
@@ -152,20 +173,10 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         for (int h = 0; h < n_head; h++) {
             const int lh = layer * n_head + h, len = kv.kv_len[(size_t)b * kv.n_lh + lh];
             const int visible = rows_per_seq == 1 && ring_full(kv.ring[(size_t)b * kv.n_lh + lh], len) ? len : len + r + 1;
-            std::vector<double> p((size_t)visible);
-            double mx = -INFINITY, sum = 0;
-            for (int j = 0; j < visible; j++) {
-                double s = 0;
-                for (int d = 0; d < HD; d++) s += (double)q[(size_t)row * C + h * HD + d] * to_f<W>(kv.at(b, lh, j, 0, d));
-                p[j] = s * scale;
-                mx = std::max(mx, p[j]);
-            }
-            for (int j = 0; j < visible; j++) sum += p[j] = std::exp(p[j] - mx);
-            for (int d = 0; d < HD; d++) {
-                double o = 0;
-                for (int j = 0; j < visible; j++) o += p[j] * to_f<W>(kv.at(b, lh, j, 1, d));
-                ref[(size_t)row * C + h * HD + d] = o / sum;
-            }
+            dense_attention(&q[(size_t)row * C + h * HD], HD, visible, scale,
+                            [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, j, 0, d)); },
+                            [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, j, 1, d)); },
+                            &ref[(size_t)row * C + h * HD]);
         }
     }
     const double d = rel(ref, out.data(), out.size());
@@ -599,19 +610,10 @@ template <typename W, int HD> static void check_sharded_decode(const char *what)
         for (int h = 0; h < n_head; h++) {
             const int total = lens[b][h] + 1;
             const std::vector<W> &K = keys[b * n_head + h], &V = values[b * n_head + h];
-            std::vector<double> p((size_t)total);
-            double mx = -INFINITY, sum = 0;
-            for (int j = 0; j < total; j++) {
-                double s = 0;
-                for (int d = 0; d < HD; d++) s += (double)q[(size_t)b * C + h * HD + d] * to_f<W>(K[(size_t)j * HD + d]);
-                mx = std::max(mx, p[j] = s * scale);
-            }
-            for (int j = 0; j < total; j++) sum += p[j] = std::exp(p[j] - mx);
-            for (int d = 0; d < HD; d++) {
-                double o = 0;
-                for (int j = 0; j < total; j++) o += p[j] * to_f<W>(V[(size_t)j * HD + d]);
-                ref[(size_t)b * C + h * HD + d] = o / sum;
-            }
+            dense_attention(&q[(size_t)b * C + h * HD], HD, total, scale,
+                            [&](int j, int d) { return (double)to_f<W>(K[(size_t)j * HD + d]); },
+                            [&](int j, int d) { return (double)to_f<W>(V[(size_t)j * HD + d]); },
+                            &ref[(size_t)b * C + h * HD]);
         }
     const double d = rel(ref, out.data(), out.size());
     printf("sharded decode %s: rel L2 %.2e\n", what, d);
