@@ -101,24 +101,25 @@ static void check_equivalences(void)
 /* Decoding through the ring must give the logits of dense attention over the
  * full cache with everything outside sink + recent masked, across many
  * wrap-arounds of the ring; also with a chunked prefill. */
-static void check_ring_against_mask(const char *spec, int mask_from_start)
+static void check_ring_against_mask(const char *spec, int mask_from_start, int n_context)
 {
     const pikv_config *c = pikv_model_config(model);
     const int V = c->vocab_size, steps = 90;
     pk_task t = context_of(120, 4);
+    const int n = n_context < t.n_context ? n_context : t.n_context;
     pikv_press *p = pikv_press_new(spec, model, MODEL);
     pikv_session *ring = pikv_session_new(model, 2), *dense = pikv_session_new(model, 2);
     float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
-    pikv_prefill(ring, t.context, t.n_context, p, a);
+    pikv_prefill(ring, t.context, n, p, a);
     /* The reference: the same heads, streaming as a mask only (from the first
      * token for a chunked prefill, after a full prefill otherwise). */
-    if (!mask_from_start) pikv_prefill(dense, t.context, t.n_context, NULL, b);
+    if (!mask_from_start) pikv_prefill(dense, t.context, n, NULL, b);
     for (int l = 0; l < c->n_layer; l++)
         for (int h = 0; h < c->n_head; h++) {
             const pk_kv_head *rh = pk_kv_head_at(&ring->fwd.kv, l, h);
             if (rh->evict) pk_kv_make_streaming(&dense->fwd.kv, l, h, rh->sink, rh->recent, 0);
         }
-    if (mask_from_start) pikv_prefill(dense, t.context, t.n_context, NULL, b);
+    if (mask_from_start) pikv_prefill(dense, t.context, n, NULL, b);
     double worst = rel_l2(a, b, V);
     int32_t id = 0;
     for (int i = 0; i < steps; i++) {
@@ -254,8 +255,12 @@ int main(void)
     }
     check_bytes();
     check_equivalences();
-    check_ring_against_mask("duo:0.5,sink=4,recent=24", 0);
-    check_ring_against_mask("duo:0.5,sink=4,recent=24,prefill_chunk=16", 1);
+    check_ring_against_mask("duo:0.5,sink=4,recent=24", 0, 120);
+    check_ring_against_mask("duo:0.5,sink=4,recent=24,prefill_chunk=16", 1, 120);
+    /* A context shorter than the window (the first 20 of the 120 tokens): no
+     * chunk fills a ring, decoding does, and the oldest entry after the sinks
+     * is the first it overwrites. */
+    check_ring_against_mask("duo:0.5,sink=4,recent=24,prefill_chunk=16", 1, 20);
     check_pattern_files();
     /* The sanitizer build runs a smaller retrieval check: it tests memory safety, not accuracy. */
     const char *quick = getenv("PIKV_TEST_QUICK");

@@ -165,7 +165,10 @@ static int trim_streaming_head(pk_kv_head *h, const pk_kvcache *kv)
         h->pos[j] = p;
     }
     pk_free(held);
-    h->ring = sink;
+    /* The oldest recent entry, once the ring is full: h->sink even while the
+     * head holds fewer entries than its sinks (an empty cache shaped before a
+     * chunked prefill), since it fills in position order. */
+    h->ring = h->sink;
     return head_resize(h, h->len, kv);
 }
 
