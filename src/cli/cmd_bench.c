@@ -337,8 +337,9 @@ int cmd_bench(int argc, char **argv)
                              "its k-means, eplb_duo, and adakv, chunkkv and per_layer around them), scored on the host\n"
                              "from a copy of the GPU's cache (keydiff, random) or decided by the CPU engine on its own\n"
                              "prefill of the prompt (kvzip, whose reconstruction passes do not run on the GPU), and\n"
-                             "applied on the GPU (blocks freed per head; Duo's streaming heads become rings). Presses\n"
-                             "that act while decoding, route queries (route=1) or prefill in chunks are refused.\n"
+                             "applied on the GPU (blocks freed per head; Duo's streaming heads become rings, from the\n"
+                             "first token with prefill_chunk). Presses that act while decoding or route queries\n"
+                             "(route=1) are refused.\n"
                              "--kv-budget measures capacity. --gpus N decodes on N GPUs: every GPU holds the weights,\n"
                              "each (sequence, layer, head) cache is placed by EPLB (long ones cut into slices on\n"
                              "several GPUs), and each layer's attention states are merged over NCCL.",

@@ -3,7 +3,7 @@
 # CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
 # cuda reports graph replay, launches and the block pool, and runs without
 # graphs too; presses on the GPU say how they ran (kvzip decided by the CPU
-# engine), --kv-budget plans the batch, and a press the GPU cannot run is one
+# engine; Duo's prefill_chunk runs), --kv-budget plans the batch, and a press the GPU cannot run is one
 # line; generate with questions,
 # compare (with its capacity table) and eval run their sessions on the GPU.
 # Without a GPU it prints "skipped" and passes nothing. Run from the
@@ -57,6 +57,9 @@ check "eval --device cuda: an accuracy row" grep -q "| duo:0.75 .*query-agnostic
 run bench --device cuda -p 300 -n 8 -r 1 --press kvzip:0.5
 check "bench --device cuda --press kvzip: decided by the CPU engine, kept on the GPU" \
   grep -q "press kvzip:0.5: decided by the CPU engine on its own prefill" "$dir/out"
+run bench --device cuda -p 600 -n 16 -r 1 --press duo:ratio=0.75,prefill_chunk=256
+check "bench --device cuda --press duo with prefill_chunk: runs, decided from positions" \
+  grep -q "press duo:ratio=0.75,prefill_chunk=256: decided from positions alone" "$dir/out"
 expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it acts while decoding" \
   bench --device cuda -p 100 -n 4 -r 1 --press "decoding(knorm):every=16,target=64"
 finish cli_cuda

@@ -122,6 +122,7 @@ static inline void __syncthreads() { emu_wait(emu_block_sync); }
 static inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 static inline uint4 __ldg(const uint4 *p) { return *p; }
 static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
 static inline void __threadfence() {}
 template <typename T> static inline T __ldcg(const T *p) { return *p; }
 /* The device's explicitly rounded operations are the host's own, compiled

@@ -11,7 +11,11 @@
  * noise on this prompt are instead held to the decision the press makes on
  * the device's own values, computed here without the engine's glue. DuoAttention's rings: after 500 decoded tokens each
  * streaming head holds sink + recent entries in ceil((sink + recent) / 16)
- * blocks and the logits still equal the CPU's ring decode. Capacity: the plan
+ * blocks and the logits still equal the CPU's ring decode. DuoAttention with
+ * prefill_chunk: the streaming heads are rings from the first chunk, each
+ * chunk's rows see only their window, and the kept entries and decoded
+ * logits equal the CPU's chunked prefill (chunks on the matrix-vector path
+ * and on cuBLAS's, and a ring rolled 500 times after). Capacity: the plan
  * admits floor(budget / bytes per sequence), and a pool of that many
  * sequences' bytes (plus one prompt's headroom) runs them and refuses one
  * more. kvzip, alone and composed, is decided by the CPU engine and kept on
@@ -149,7 +153,7 @@ static void check_press(const pikv_model *m, const char *spec, int n_decode, int
      * keys, values and queries for keydiff, scored on the host. */
     const size_t per_layer = (size_t)cf->n_head * N_PROMPT * sizeof(float);
     size_t want_bytes = (size_t)-1;
-    if (strcmp(spec, "duo:0.5") == 0 || strcmp(spec, "none") == 0 || strcmp(spec, "streaming_llm:0.5") == 0)
+    if (strncmp(spec, "duo:", 4) == 0 || strcmp(spec, "none") == 0 || strcmp(spec, "streaming_llm:0.5") == 0)
         want_bytes = 0;
     else if (strcmp(spec, "knorm:0.5") == 0)
         want_bytes = cf->n_layer * per_layer;
@@ -288,12 +292,11 @@ static void check_capacity(const pikv_model *m, const char *spec, int n_prompt, 
     free(prompt);
 }
 
-/* Presses that act while decoding, route queries, prefill in chunks or
- * reconstruct the context are refused in one line naming the press. */
+/* Presses that act while decoding or route queries are refused in one line
+ * naming the press. */
 static void check_refusals(const pikv_model *m)
 {
-    static const char *const specs[] = {"decoding(knorm):every=16,target=64", "moe_router:ratio=0.5,route=1",
-                                        "duo:ratio=0.5,prefill_chunk=64"};
+    static const char *const specs[] = {"decoding(knorm):every=16,target=64", "moe_router:ratio=0.5,route=1"};
     int32_t prompt[32];
     fill_tokens(prompt, 32, pikv_model_config(m)->vocab_size, 5);
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
@@ -322,7 +325,7 @@ int main(void)
         "observed_attention:0.5", "random:0.5", "keydiff:0.5", "adakv(snapkv):0.5", "pyramidkv:0.5",
         "chunkkv(knorm):0.5", "duo:0.5", "moe_router:0.5", "moe_router:ratio=0.5,router=pikv",
         "moe_router:ratio=0.5,router=hierarchical", "eplb_duo", "composed[knorm:0.3,duo:0.5]", "kvzip:0.5",
-        "composed[kvzip:0.3,duo:0.5]"};
+        "composed[kvzip:0.3,duo:0.5]", "duo:ratio=0.5,prefill_chunk=64", "duo:ratio=0.5,prefill_chunk=5"};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) check_press(m, specs[i], N_DECODE, 0);
     /* These routers share a head's budget among experts found by balanced
      * spherical k-means (an iterative, discontinuous fit) and give each key
@@ -332,6 +335,7 @@ int main(void)
                                             "moe_router:ratio=0.5,router=adaptive"};
     for (size_t i = 0; i < sizeof near_ties / sizeof *near_ties; i++) check_press(m, near_ties[i], N_DECODE, 1);
     check_press(m, "duo:0.75", N_RING_DECODE, 0);
+    check_press(m, "duo:ratio=0.75,prefill_chunk=100", N_RING_DECODE, 0);
     check_capacity(m, "none", 1000, 3);
     check_capacity(m, "duo:0.75", 1000, 5);
     check_refusals(m);

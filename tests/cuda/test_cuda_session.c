@@ -4,9 +4,12 @@
  *
  * The library's own calls, unchanged, run on the GPU: pikv_answer on needle
  * tasks with none, duo, knorm, snapkv, eplb_duo and kvzip (decided by the CPU
- * engine, kept on the GPU) gives the CPU's greedy answers; after a DuoAttention prefill, a 64-token call with every row's
- * logits (the GPU's rings take the tokens one by one, the CPU masks a
- * multi-token call) gives the CPU's logits within 1e-4 relative L2 per row;
+ * engine, kept on the GPU) gives the CPU's greedy answers; after a
+ * DuoAttention prefill, a 64-token call with every row's logits (each row
+ * sees its window, then the rings are cut back), then 3 decoded tokens that
+ * roll the rings and a 16-token call (which the rolled rings take one token
+ * at a time) give the CPU's logits within 1e-4 relative L2 per row, and the
+ * prompt prefilled in 128-token chunks (prefill_chunk) answers as the CPU's;
  * pikv compare's quality measurement (retrieval and perplexity) gives the
  * CPU's figures; greedy generation (chosen on the device) and sampled
  * generation (logits to the host) give the CPU's tokens, and after 120
@@ -42,7 +45,8 @@ static pikv_session *open_session(const pikv_model *m, const char *device)
 /* Each press answers the same needle tasks on both engines. */
 static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *gpu, const pk_haystack *h)
 {
-    static const char *const specs[] = {"none", "duo:0.75", "knorm:0.5", "snapkv:0.5", "eplb_duo", "kvzip:0.5"};
+    static const char *const specs[] = {"none",     "duo:0.75",  "knorm:0.5", "snapkv:0.5",
+                                        "eplb_duo", "kvzip:0.5", "duo:ratio=0.75,prefill_chunk=128"};
     const pk_retrieval_config rc = {.n_tasks = 4, .min_tokens = 1000, .max_tokens = 1800, .seed = 3};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         pikv_press *p = pikv_press_new(specs[i], m, MODEL);
@@ -72,13 +76,26 @@ static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *
     }
 }
 
-/* A continuation through a DuoAttention cache, every row's logits. */
+/* The worst relative L2 between the rows of two engines' logits, n rows of V. */
+static double worst_row(const float *a, const float *b, int n, int V)
+{
+    double worst = 0;
+    for (int r = 0; r < n; r++) {
+        const double e = rel_l2(b + (size_t)r * V, a + (size_t)r * V, (size_t)V);
+        worst = e > worst ? e : worst;
+    }
+    return worst;
+}
+
+/* A continuation through a DuoAttention cache, every row's logits: a
+ * multi-token call while the rings are in position order, decoded tokens
+ * that roll them, and a multi-token call after that. */
 static void check_ring_continuation(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
 {
-    enum { N_CONTEXT = 1500, N_CONT = 64 };
+    enum { N_CONTEXT = 1500, N_CONT = 64, N_ROLL = 3, N_AFTER = 16, N_ALL = N_CONTEXT + N_CONT + N_ROLL + N_AFTER };
     const int V = pikv_model_config(m)->vocab_size;
-    int32_t ids[N_CONTEXT + N_CONT];
-    fill_tokens(ids, N_CONTEXT + N_CONT, V, 11);
+    int32_t ids[N_ALL];
+    fill_tokens(ids, N_ALL, V, 11);
     float *la = malloc((size_t)N_CONT * V * sizeof *la), *lb = malloc((size_t)N_CONT * V * sizeof *lb);
     pikv_press *p = pikv_press_new("duo:0.75", m, MODEL);
     pikv_session_reset(cpu);
@@ -87,26 +104,29 @@ static void check_ring_continuation(const pikv_model *m, pikv_session *cpu, pikv
     if (rc == 0) rc = pikv_prefill(cpu, ids, N_CONTEXT, p, NULL) || pikv_prefill(gpu, ids, N_CONTEXT, p, NULL);
     if (rc == 0) rc = pikv_forward(cpu, ids + N_CONTEXT, N_CONT, la, 1) || pikv_forward(gpu, ids + N_CONTEXT, N_CONT, lb, 1);
     CHECK(rc == 0, "duo:0.75 continuation: %s", pikv_last_error());
-    double worst = 0;
-    for (int r = 0; rc == 0 && r < N_CONT; r++) {
-        const double e = rel_l2(lb + (size_t)r * V, la + (size_t)r * V, (size_t)V);
-        worst = e > worst ? e : worst;
-    }
+    const double worst = rc == 0 ? worst_row(la, lb, N_CONT, V) : 1;
     CHECK(rc == 0 && worst < 1e-4, "duo:0.75 continuation: worst row %.3g relative L2 from the CPU's", worst);
-    CHECK(pikv_session_position(gpu) == N_CONTEXT + N_CONT, "GPU position %d after the continuation",
-          pikv_session_position(gpu));
+    int at = N_CONTEXT + N_CONT;
+    for (int i = 0; rc == 0 && i < N_ROLL; i++, at++)
+        rc = pikv_forward(cpu, ids + at, 1, NULL, 0) || pikv_forward(gpu, ids + at, 1, NULL, 0);
+    if (rc == 0) rc = pikv_forward(cpu, ids + at, N_AFTER, la, 1) || pikv_forward(gpu, ids + at, N_AFTER, lb, 1);
+    const double rolled = rc == 0 ? worst_row(la, lb, N_AFTER, V) : 1;
+    CHECK(rc == 0 && rolled < 1e-4, "duo:0.75, %d tokens after the rings rolled: worst row %.3g relative L2: %s",
+          N_AFTER, rolled, rc ? pikv_last_error() : "");
+    CHECK(pikv_session_position(gpu) == N_ALL, "GPU position %d after the continuation", pikv_session_position(gpu));
     /* A streaming head holds sink + recent entries, a retrieval head all of them. */
     int ring = 0, full = 0;
     for (int l = 0; l < pikv_model_config(m)->n_layer; l++)
         for (int h = 0; h < pikv_model_config(m)->n_head; h++) {
             const int n = pikv_session_kv_len(gpu, l, h);
             ring += n == 64 + 256;
-            full += n == N_CONTEXT + N_CONT;
+            full += n == N_ALL;
             CHECK(n == pikv_session_kv_len(cpu, l, h), "layer %d head %d: %d entries on the GPU, %d on the CPU", l,
                   h, n, pikv_session_kv_len(cpu, l, h));
         }
     CHECK(ring == 27 && full == 9, "%d ring heads and %d full heads", ring, full);
-    printf("duo:0.75 continuation of %d tokens: worst row %.2e relative L2\n", N_CONT, worst);
+    printf("duo:0.75 continuation of %d tokens: worst row %.2e relative L2; %d after %d decoded: %.2e\n", N_CONT,
+           worst, N_AFTER, N_ROLL, rolled);
     pikv_press_free(p);
     free(la);
     free(lb);
@@ -245,10 +265,10 @@ static void check_refusals(const pikv_model *m, pikv_session *gpu)
     CHECK(strcmp(pikv_session_device(gpu), "cuda") == 0, "device %s", pikv_session_device(gpu));
     pikv_kv_type k, v;
     CHECK(pikv_session_kv_types(gpu, &k, &v) == 0 && k == PIKV_KV_F32 && v == PIKV_KV_F32, "kv types %d/%d", k, v);
-    pikv_press *p = pikv_press_new("duo:ratio=0.5,prefill_chunk=64", m, MODEL);
+    pikv_press *p = pikv_press_new("decoding(knorm):every=16,target=64", m, MODEL);
     pikv_session_reset(gpu);
     CHECK(p && pikv_prefill(gpu, ids, 8, p, NULL) == -1 && strstr(pikv_last_error(), "does not run on the GPU"),
-          "duo prefill_chunk: %s", pikv_last_error());
+          "decoding(knorm): %s", pikv_last_error());
     pikv_press_free(p);
     pikv_session_params params = pikv_session_default_params();
     params.device = "cuda";

@@ -130,10 +130,13 @@ static void dense_attention(const float *q, int hd, int n, double scale, KeyF ke
  * blocks (more splits than blocks, so that some are empty), run twice: its
  * completion counts must be back at zero after each run. With full_ring, the
  * first head is a full streaming ring, whose decoded entry replaced one: it
- * sees its len entries, not len + 1. */
+ * sees its len entries, not len + 1. With windows (prompt rows), three heads
+ * stream: each row sees only the sinks and the last `recent` slots up to its
+ * own (a window starting inside the sinks' block, one starting on a block
+ * boundary with no sinks, and sinks that cover every row). */
 template <typename W, int HD, int NW>
 static void check_attention(int rows_per_seq, const char *what, int n_split = 0, bool full_ring = false,
-                            int per_split = 0)
+                            int per_split = 0, bool windows = false)
 {
     const int n_head = 2, n_layer = 2, layer = 1, seq0 = 1, n_seq = 2;
     paged_cache<W> kv(3, n_layer, n_head, HD, 4);
@@ -145,6 +148,9 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
             const int lh = layer * n_head + h;
             kv.kv_len[(size_t)b * kv.n_lh + lh] = lens[i + (rows_per_seq > 1 ? 4 : 0)];
             if (full_ring && i == 0) kv.ring[(size_t)b * kv.n_lh + lh] = ring_state{2, lens[0] - 2, 5, 0};
+            /* Prompt lengths 44, 17, 31, 1: windows from slot 44 + r + 1 - 35, 18 + r - 5, and sinks past 4. */
+            static const ring_state window_of[4] = {{3, 35, 3, 0}, {0, 5, 0, 0}, {}, {40, 4, 40, 0}};
+            if (windows) kv.ring[(size_t)b * kv.n_lh + lh] = window_of[i];
             for (int s = 0; s < kv.kv_len[(size_t)b * kv.n_lh + lh] + rows_per_seq; s++)
                 for (int d = 0; d < HD; d++) {
                     kv.at(b, lh, s, 0, d) = from_f<W>(uniform());
@@ -172,10 +178,15 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         const int b = seq0 + row / rows_per_seq, r = row % rows_per_seq;
         for (int h = 0; h < n_head; h++) {
             const int lh = layer * n_head + h, len = kv.kv_len[(size_t)b * kv.n_lh + lh];
-            const int visible = rows_per_seq == 1 && ring_full(kv.ring[(size_t)b * kv.n_lh + lh], len) ? len : len + r + 1;
-            dense_attention(&q[(size_t)row * C + h * HD], HD, visible, scale,
-                            [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, j, 0, d)); },
-                            [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, j, 1, d)); },
+            const ring_state ring = kv.ring[(size_t)b * kv.n_lh + lh];
+            const int visible = rows_per_seq == 1 && ring_full(ring, len) ? len : len + r + 1;
+            std::vector<int> seen; /* the slots this row attends to */
+            for (int j = 0; j < visible; j++)
+                if (rows_per_seq == 1 || ring.recent == 0 || j < ring.sink || j >= visible - ring.recent)
+                    seen.push_back(j);
+            dense_attention(&q[(size_t)row * C + h * HD], HD, (int)seen.size(), scale,
+                            [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, seen[j], 0, d)); },
+                            [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, seen[j], 1, d)); },
                             &ref[(size_t)row * C + h * HD]);
         }
     }
@@ -901,6 +912,8 @@ int main()
     check_attention<float, 64, 4>(1, "f32, decode in one block per head with a full streaming ring (4 warps)", 1, true);
     check_attention<__nv_bfloat16, 64, 4>(1, "bf16, decode split over 3 blocks with a full ring (4 warps)", 3, true);
     check_attention<__nv_bfloat16, 64, 2>(1, "bf16, decode in fixed shares of 1 KV block, 4 splits (2 warps)", 4, true, 1);
+    check_attention<float, 64, 4>(3, "f32, 3 prompt rows, three streaming heads' windows (4 warps)", 0, false, 0, true);
+    check_attention<__half, 32, 2>(5, "f16, 5 prompt rows, three streaming heads' windows (2 warps)", 0, false, 0, true);
     check_prompt_pieces();
     check_ring_step();
     check_sharded_decode<float, 64>("f32");

@@ -712,6 +712,21 @@ static int has_rings(const pk_cuda_session *s, int seq)
     return 0;
 }
 
+/* Whether every streaming head of sequence seq holds its entries in position
+ * order: a ring that has not yet rolled (the next token it overwrites is the
+ * oldest after its sinks). A multi-token call appends to such heads and shows
+ * each row its window (attention_kernel); trim_windows then cuts them back. */
+static int trim_windows(pk_cuda_session *s, int seq);
+
+static int rings_in_order(const pk_cuda_session *s, int seq)
+{
+    for (int i = 0; i < s->n_lh; i++) {
+        const ring_state r = s->h_ring[(size_t)seq * s->n_lh + i];
+        if (r.recent > 0 && r.next != r.sink) return 0;
+    }
+    return 1;
+}
+
 /* Whether every head of sequence seq holds each of its tokens (no press has compressed it). */
 static int is_whole(const pk_cuda_session *s, int seq)
 {
@@ -763,11 +778,13 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
     if (n > 1 && s->n_rank > 0)
         return pk_fail("CUDA forward: this GPU holds part of each head (one of %d), so only decode steps run",
                        s->n_rank);
-    if (n > 1 && has_rings(s, seq)) {
-        /* A streaming head's ring holds exactly its window, so tokens go in
-         * one at a time, each seeing the window as it stands at its own
-         * position: what the CPU's window mask gives a multi-token call. */
-        if (keep_queries) return pk_fail("CUDA forward: queries are kept for a prompt, not after a press");
+    const int windows = n > 1 && has_rings(s, seq);
+    if (windows && keep_queries) return pk_fail("CUDA forward: queries are kept for a prompt, not after a press");
+    if (windows && !rings_in_order(s, seq)) {
+        /* A ring that has rolled holds its window out of position order, so
+         * tokens go in one at a time, each seeing the window as it stands at
+         * its own position: what the CPU's window mask gives a multi-token
+         * call. */
         const size_t V = (size_t)s->cfg.vocab_size;
         for (int i = 0; i < n; i++) {
             float *row_logits = logits && (all_logits || i == n - 1) ? logits + (all_logits ? i * V : 0) : nullptr;
@@ -797,7 +814,7 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
     CU(cudaStreamSynchronize(s->stream), "running the forward pass");
     advance_host(s, seq, 1, n);
     if (keep_queries) s->query_rows = n;
-    return 0;
+    return windows ? trim_windows(s, seq) : 0;
 }
 
 extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits)
@@ -1304,7 +1321,7 @@ extern "C" int pk_cuda_head_queries(pk_cuda_session *s, int layer, int head, int
  * slots on the device, give the blocks past them back to the pool, and set
  * each head's length and ring on the host and the device; a head with
  * detached[h] set takes no new entries (NULL: none). heads is [n_head], already
- * checked. */
+ * checked; a ring may be kept too (trim_windows). */
 static int keep_heads(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads, const int *detached)
 {
     const int H = s->cfg.n_head;
@@ -1435,6 +1452,36 @@ extern "C" int pk_cuda_set_exchange(pk_cuda_session *s, int n_rank, pk_cuda_exch
     s->exchange = exchange;
     s->exchange_ctx = ctx;
     return 0;
+}
+
+/* After a multi-token call, cut every streaming head of sequence seq that
+ * grew past its window back to its sinks and its last `recent` entries, which
+ * stay in position order with the oldest the next to be overwritten: the
+ * CPU's trim (kv/kvcache.c). The other heads keep every entry in place. */
+static int trim_windows(pk_cuda_session *s, int seq)
+{
+    const int H = s->cfg.n_head, P = s->cfg.n_positions;
+    pk_cuda_head_keep *heads = (pk_cuda_head_keep *)pk_calloc((size_t)H, sizeof *heads, "trimmed heads");
+    int32_t *lists = (int32_t *)pk_malloc_array((size_t)H * P, 4, "trimmed slots");
+    int rc = heads && lists ? 0 : -1;
+    for (int l = 0; rc == 0 && l < s->cfg.n_layer; l++) {
+        const size_t row = (size_t)seq * s->n_lh + (size_t)l * H;
+        int trims = 0;
+        for (int h = 0; h < H; h++) {
+            const ring_state r = s->h_ring[row + h];
+            const int len = s->h_len[row + h];
+            int32_t *list = lists + (size_t)h * P;
+            const int over = r.recent > 0 && len > r.sink + r.recent;
+            const int n = over ? r.sink + r.recent : len;
+            for (int j = 0; j < n; j++) list[j] = over && j >= r.sink ? len - r.recent + (j - r.sink) : j;
+            heads[h] = (pk_cuda_head_keep){list, n, r.sink, r.recent, r.sink};
+            trims += over;
+        }
+        if (trims) rc = keep_heads(s, seq, l, heads, nullptr);
+    }
+    pk_free(heads);
+    pk_free(lists);
+    return rc;
 }
 
 extern "C" size_t pk_cuda_sequence_bytes(const pk_cuda_session *s, int seq, int n_more)

@@ -511,14 +511,14 @@ template <int HD> __device__ __forceinline__ void softmax_init(softmax_state<HD>
     for (int i = 0; i < HD / 32; i++) st.acc[i] = 0.f;
 }
 
-/* Fold one KV block (keys K, then its values; n_valid entries) into a warp's
- * state; qs is the scaled query. Two lanes share a key, each taking half of
- * its dimensions; then every lane owns HD / 32 value dimensions. Keys and
- * values are loaded together before any arithmetic, so that both loads are in
- * flight at once; entries past n_valid are loaded (the block is whole) but
- * never used. */
+/* Fold entries first..end-1 of one KV block (keys K, then its values) into a
+ * warp's state; qs is the scaled query, and the range is never empty. Two
+ * lanes share a key, each taking half of its dimensions; then every lane owns
+ * HD / 32 value dimensions. Keys and values are loaded together before any
+ * arithmetic, so that both loads are in flight at once; entries outside the
+ * range are loaded (the block is whole) but never used. */
 template <typename W, int HD>
-__device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, int n_valid, const float *qs)
+__device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, int first, int end, const float *qs)
 {
     constexpr int DPL = HD / 32, KH = HD / 2, VN = vec<W>::n;
     const int lane = threadIdx.x & 31, e = lane >> 1, half = lane & 1;
@@ -540,17 +540,18 @@ __device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, 
         for (int i = 0; i < VN; i++) s += kf[i] * qs[half * KH + k * VN + i];
     }
     s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s = e < n_valid ? s : -INFINITY;
+    const bool used = e >= first && e < end;
+    s = used ? s : -INFINITY;
     const float m_new = fmaxf(st.m, warp_max(s));
     const float corr = exp2f(st.m - m_new);
-    const float p = e < n_valid ? exp2f(s - m_new) : 0.f;
+    const float p = used ? exp2f(s - m_new) : 0.f;
     st.l = st.l * corr + warp_sum(half ? 0.f : p);
 #pragma unroll
     for (int i = 0; i < DPL; i++) st.acc[i] *= corr;
 #pragma unroll
     for (int j = 0; j < PK_CUDA_BLOCK; j++) {
         const float pj = __shfl_sync(0xffffffffu, p, 2 * j);
-        if (j < n_valid)
+        if (j >= first && j < end)
 #pragma unroll
             for (int i = 0; i < DPL; i++) st.acc[i] += pj * to_f<W>(vr[j][i]);
     }
@@ -604,26 +605,37 @@ template <int HD> __device__ __forceinline__ void stage_query(float *qs, const f
  * materialised, whatever the context length. Grid (rows_per_seq, n_head,
  * n_seq); NW warps split the head's blocks and merge their states at the end.
  * Row r of a sequence sees the kv_len entries cached before the call and the
- * call's rows 0..r. q [R][C] (scaled here), out [R][C]. */
+ * call's rows 0..r. A streaming head (a ring, which a multi-row call finds
+ * in position order: its sinks, then consecutive positions) shows row r only
+ * its sinks and the last `recent` of those slots, the CPU's window mask
+ * (kv/kvcache.h) in slot terms. q [R][C] (scaled here), out [R][C]. */
 template <typename W, typename OutT, int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT *out, int layer, float scale,
                                                             rows_ctx<W> c)
 {
+    constexpr int B = PK_CUDA_BLOCK;
     __shared__ float qs[HD];
     __shared__ warp_states<HD, NW> ws;
     const int r = blockIdx.x, h = blockIdx.y, row = blockIdx.z * c.rows_per_seq + r;
     const int b = c.seq0 + blockIdx.z, lh = layer * c.n_head + h;
-    const int visible = c.kv_len[(size_t)b * c.n_lh + lh] + r + 1;
-    const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
+    const ring_state ring = c.ring[(size_t)b * c.n_lh + lh];
+    /* Visible: slots [0, sinks) and [window, seen); for a full head sinks = seen. */
+    const int seen = c.kv_len[(size_t)b * c.n_lh + lh] + r + 1;
+    const int sinks = ring.recent > 0 ? min(ring.sink, seen) : seen;
+    const int window = ring.recent > 0 ? max(sinks, seen - ring.recent) : seen;
+    const int n_sink_blocks = (sinks + B - 1) / B, first_window_block = window / B;
+    const int n_blocks = n_sink_blocks + (window < seen ? (seen + B - 1) / B - first_window_block : 0);
     wait_for_previous_kernel();
     stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
     softmax_state<HD> st;
     softmax_init(st);
-    for (int blk = threadIdx.x >> 5; blk < n_blocks; blk += NW) {
+    for (int i = threadIdx.x >> 5; i < n_blocks; i += NW) {
+        const bool in_sinks = i < n_sink_blocks;
+        const int blk = in_sinks ? i : first_window_block + i - n_sink_blocks;
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
-        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD,
-                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs);
+        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * B * HD, in_sinks ? 0 : max(0, window - blk * B),
+                            min(B, (in_sinks ? sinks : seen) - blk * B), qs);
     }
     publish_state(ws, st);
     __syncthreads();
@@ -674,7 +686,7 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     softmax_init(st);
     for (int blk = first + (threadIdx.x >> 5); blk < end; blk += NW) {
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
-        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD,
+        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD, 0,
                             min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs);
     }
     publish_state(ws, st);
@@ -774,11 +786,13 @@ __global__ void read_heads_kernel(rows_ctx<W> c, int b, int layer, int head0, in
 }
 
 /* Keep entries keep[h][0..n_keep[h]-1] (ascending slots) of every head of one
- * layer of sequence b, moved to slots 0..n_keep[h]-1 in place. Grid n_head,
- * one block per head; each round reads PK_CUDA_BLOCK kept entries, waits,
- * then writes them. Safe in place: a kept slot is never below its
- * destination, so a round writes only slots that this round has already read
- * or that no later round reads. keep is [n_head][stride]. */
+ * layer of sequence b, moved to slots 0..n_keep[h]-1 in place; an entry
+ * already in its slot is not touched, so a head that keeps a prefix costs
+ * nothing but its list. Grid n_head, one block per head; each round reads
+ * PK_CUDA_BLOCK kept entries, waits, then writes them. Safe in place: a kept
+ * slot is never below its destination, so a round writes only slots that this
+ * round has already read or that no later round reads. keep is
+ * [n_head][stride]. */
 template <typename W>
 __global__ void compact_layer_kernel(rows_ctx<W> c, int b, int layer, const int32_t *keep, const int32_t *n_keep,
                                      int stride)
@@ -790,12 +804,12 @@ __global__ void compact_layer_kernel(rows_ctx<W> c, int b, int layer, const int3
         const int count = min(PK_CUDA_BLOCK, n - first);
         for (int i = threadIdx.x; i < count * 2 * hd; i += blockDim.x) {
             const int e = i / (2 * hd), values = i / hd % 2, d = i % hd;
-            staged[i] = kv_entry(c, b, lh, mine[first + e], values)[d];
+            if (mine[first + e] != first + e) staged[i] = kv_entry(c, b, lh, mine[first + e], values)[d];
         }
         __syncthreads();
         for (int i = threadIdx.x; i < count * 2 * hd; i += blockDim.x) {
             const int e = i / (2 * hd), values = i / hd % 2, d = i % hd;
-            kv_entry(c, b, lh, first + e, values)[d] = staged[i];
+            if (mine[first + e] != first + e) kv_entry(c, b, lh, first + e, values)[d] = staged[i];
         }
         __syncthreads();
     }

@@ -14,7 +14,6 @@ const char *pk_cuda_press_unsupported(const pk_press *p)
 {
     if (p->caps & PK_PRESS_WHILE_DECODING) return "acts while decoding";
     if (p->caps & PK_PRESS_ROUTES_QUERIES) return "routes later queries through its table (route=1)";
-    if (p->caps & PK_PRESS_CHUNKED_PREFILL) return "prefills in chunks (prefill_chunk)";
     return NULL;
 }
 
@@ -225,6 +224,29 @@ static int decide_by_cpu_engine(pk_cuda_session *s, const pikv_model *m, int seq
     return rc;
 }
 
+/* DuoAttention with prefill_chunk: the press shapes the empty sequence (its
+ * streaming heads become rings), then the prompt goes in prefill_chunk tokens
+ * at a time. Each call shows a streaming head's rows only their window, and
+ * the engine cuts the head back to it after the call, so that it never holds
+ * more than sink + recent + one chunk, as on the CPU. */
+static int prefill_in_chunks(pk_cuda_session *s, const pikv_config *c, int seq, const int32_t *ids, int n,
+                             pk_press *press, float *logits, pk_cuda_press_stats *st)
+{
+    /* As on the CPU: "before" is what the uncompressed cache of the prompt would hold. */
+    st->kv_bytes_before = pk_cuda_sequence_bytes(s, seq, n);
+    double t0 = pikv_now();
+    if (compress(s, c, seq, 0, press, 0, st)) return -1;
+    double t1 = pikv_now();
+    for (int done = 0; done < n; done += press->prefill_chunk) {
+        const int m = n - done < press->prefill_chunk ? n - done : press->prefill_chunk;
+        if (pk_cuda_forward(s, seq, ids + done, m, done + m == n ? logits : NULL, 0)) return -1;
+    }
+    st->compression_s = t1 - t0;
+    st->prefill_s = pikv_now() - t1;
+    st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);
+    return 0;
+}
+
 int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n, pk_press *press,
                           float *logits, pk_cuda_press_stats *st)
 {
@@ -244,6 +266,8 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
                            press->name, press->n_layer, press->n_head, c->n_layer, c->n_head);
     }
     if (press) st->mode = pk_cuda_press_mode_of(press);
+    if (press && (press->caps & PK_PRESS_CHUNKED_PREFILL))
+        return prefill_in_chunks(s, c, seq, ids, n, press, logits, st);
     const int reads_queries = press && (st->mode == PK_CUDA_SCORED_ON_DEVICE || st->mode == PK_CUDA_SCORED_ON_HOST) &&
                               lacks(press, PK_PRESS_QUERY_FREE);
     double t0 = pikv_now();

@@ -8,7 +8,9 @@
  * and the GPU moves each head's kept entries into its first blocks and gives
  * the rest back to the pool (pk_cuda_keep). DuoAttention's streaming heads
  * become rings of exactly ceil((sink + recent) / 16) blocks that roll in
- * place while decoding.
+ * place while decoding. With prefill_chunk they are rings before the first
+ * token: the prompt goes in that many tokens a call, each row seeing only its
+ * window, and the engine cuts the rings back after each call.
  *
  * Two kinds of press need less than a copy of the cache. One that decides
  * from positions alone (PK_PRESS_ENTRY_FREE: none, streaming_llm, duo, and
