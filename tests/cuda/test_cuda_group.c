@@ -8,7 +8,9 @@
  * the one session's (no entry is held twice), 24 decode steps give logits
  * within 1e-4 relative L2 of the one session's with every rank agreeing to
  * the bit (the group checks that), and afterwards each head's entries over
- * the ranks are again the one session's. A group of one rank over NCCL is
+ * the ranks are again the one session's. duo:0.75 over 1,000-token prompts on
+ * 3 ranks must have caches cut into slices on several GPUs, and is checked
+ * the same way. A group of one rank over NCCL is
  * run where libnccl.so.2 can be loaded and checked the same way; with two or
  * more GPUs present, a 2-GPU NCCL group too. Misuse is refused in one line.
  * Without a GPU it prints "skipped". */
@@ -25,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { N_SEQ = 2, N_PROMPT = 300, N_DECODE = 24 };
+enum { N_SEQ = 2, N_PROMPT = 300, N_LONG_PROMPT = 1000, N_DECODE = 24 };
 
 static const char *const MODEL = "models/pikv-ref-14m";
 
@@ -60,13 +62,15 @@ static int same_entries(const pikv_config *c, pk_cuda_group *g, int n_gpu, pk_cu
     return wrong == 0;
 }
 
-static void check_group(const pikv_model *m, const char *spec, int n_gpu, int one_device)
+/* A group of n_gpu ranks against one session, prompts of n_prompt tokens;
+ * with want_cuts, EPLB must have cut some caches over several GPUs. */
+static void check_group(const pikv_model *m, const char *spec, int n_gpu, int one_device, int n_prompt, int want_cuts)
 {
     const pikv_config *c = pikv_model_config(m);
     const int V = c->vocab_size;
     char what[128];
-    snprintf(what, sizeof what, "%s on %d rank%s (%s)", spec, n_gpu, n_gpu > 1 ? "s" : "",
-             one_device ? "one GPU, host copies" : "NCCL");
+    snprintf(what, sizeof what, "%s on %d rank%s (%s, %d-token prompts)", spec, n_gpu, n_gpu > 1 ? "s" : "",
+             one_device ? "one GPU, host copies" : "NCCL", n_prompt);
     pikv_press *p1 = strcmp(spec, "none") ? pikv_press_new(spec, m, MODEL) : NULL;
     pikv_press *pg = strcmp(spec, "none") ? pikv_press_new(spec, m, MODEL) : NULL;
     const pk_cuda_params sp = {.dtype = PK_CUDA_F32, .max_seq = N_SEQ, .use_graphs = 1};
@@ -74,14 +78,14 @@ static void check_group(const pikv_model *m, const char *spec, int n_gpu, int on
     pk_cuda_session *one = pk_cuda_session_new(m, &sp);
     pk_cuda_group *g = pk_cuda_group_new(m, &gp);
     CHECK(one && g, "%s: %s", what, pikv_last_error());
-    int32_t prompt[N_PROMPT], ids[N_SEQ];
+    int32_t prompt[N_LONG_PROMPT], ids[N_SEQ];
     float *ref = malloc((size_t)N_SEQ * V * sizeof *ref), *got = malloc((size_t)N_SEQ * V * sizeof *got);
     int rc = one && g && ref && got && (strcmp(spec, "none") == 0 || (p1 && pg)) ? 0 : -1;
     for (int b = 0; rc == 0 && b < N_SEQ; b++) {
-        fill_tokens(prompt, N_PROMPT, V, 100 + b);
+        fill_tokens(prompt, n_prompt, V, 100 + b);
         rc = pk_cuda_use_device(0) ||
-             pk_cuda_prefill_press(one, m, b, prompt, N_PROMPT, p1, ref + (size_t)b * V, NULL) ||
-             pk_cuda_group_prefill(g, b, prompt, N_PROMPT, pg, got + (size_t)b * V);
+             pk_cuda_prefill_press(one, m, b, prompt, n_prompt, p1, ref + (size_t)b * V, NULL) ||
+             pk_cuda_group_prefill(g, b, prompt, n_prompt, pg, got + (size_t)b * V);
     }
     CHECK(rc == 0, "%s: prefill: %s", what, pikv_last_error());
     pk_cuda_group_report rep;
@@ -98,6 +102,7 @@ static void check_group(const pikv_model *m, const char *spec, int n_gpu, int on
         for (int r = 0; r < n_gpu; r++) printf(" %ld (%zu bytes)", rep.entries[r], rep.kv_bytes[r]);
         printf("; load max/mean %.3f (equal count of heads %.3f), %ld caches cut\n", rep.imbalance,
                rep.equal_imbalance, rep.split_shards);
+        CHECK(!want_cuts || rep.split_shards > 0, "%s: no cache was cut over GPUs, so slices go untested", what);
         rc = same_entries(c, g, n_gpu, one, what) ? 0 : -1;
     }
     double worst = 0;
@@ -141,16 +146,19 @@ int main(void)
     if (!m) return check_done("test_cuda_group");
     static const char *const specs[] = {"none", "duo:0.5", "moe_router:0.5"};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
-        check_group(m, specs[i], 2, 1);
-        check_group(m, specs[i], 3, 1);
+        check_group(m, specs[i], 2, 1, N_PROMPT, 0);
+        check_group(m, specs[i], 3, 1, N_PROMPT, 0);
     }
+    /* Long retrieval heads beside 320-entry rings, on 3 ranks: EPLB cuts some
+     * caches into slices on several GPUs, whose states the exchange merges. */
+    check_group(m, "duo:0.75", 3, 1, N_LONG_PROMPT, 1);
     /* NCCL: one rank runs on any GPU; two need two GPUs. */
     const pk_cuda_group_params probe = {.n_gpu = 1, .session = {.dtype = PK_CUDA_F32, .max_seq = N_SEQ}};
     pk_cuda_group *g = pk_cuda_group_new(m, &probe);
     if (g) {
         pk_cuda_group_free(g);
-        check_group(m, "duo:0.5", 1, 0);
-        if (pk_cuda_device_count() >= 2) check_group(m, "duo:0.5", 2, 0);
+        check_group(m, "duo:0.5", 1, 0, N_PROMPT, 0);
+        if (pk_cuda_device_count() >= 2) check_group(m, "duo:0.5", 2, 0, N_PROMPT, 0);
         else printf("test_cuda_group: NCCL over 2 GPUs skipped (%d GPU present)\n", pk_cuda_device_count());
     } else {
         printf("test_cuda_group: NCCL skipped (%s)\n", pikv_last_error());
