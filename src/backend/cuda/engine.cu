@@ -32,7 +32,10 @@ extern "C" {
 
 using namespace pkcuda;
 
-enum { MAX_GEMV_ROWS = 8, GEMV_WARPS = 8, CUBLAS_WORKSPACE = 32 << 20, DECODE_WARPS = 4, MAX_SPLIT = 64 };
+enum { MAX_GEMV_ROWS = 8, GEMV_WARPS = 8, CUBLAS_WORKSPACE = 32 << 20, MAX_SPLIT = 64 };
+/* Warps of a decode-attention block: 16 for one sequence, 8 for several
+ * (measured on an H100 against 4, 8 and 16 for each; docs/cuda.md). */
+enum { DECODE_WARPS_ONE = 16, DECODE_WARPS_MANY = 8 };
 
 /* Activation buffers for up to `rows` rows. att and fc are sized for float32
  * and hold W where they feed cuBLAS. */
@@ -376,12 +379,14 @@ static int max_kv_blocks(const pk_cuda_session *s) { return (s->cfg.n_positions 
  * enough that a split reads at most 4 KV blocks per warp of the longest
  * possible head: the splits then take fixed shares (attention()), so that the
  * long heads a press leaves beside short ones are not the step's tail. */
+static int decode_warps(int n_seq) { return n_seq == 1 ? DECODE_WARPS_ONE : DECODE_WARPS_MANY; }
+
 static int decode_splits(const pk_cuda_session *s, int n_seq)
 {
     int want = (2 * s->n_sm + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
-    const int kv_blocks = max_kv_blocks(s), fixed = (kv_blocks + 4 * DECODE_WARPS - 1) / (4 * DECODE_WARPS);
+    const int nw = decode_warps(n_seq), kv_blocks = max_kv_blocks(s), fixed = (kv_blocks + 4 * nw - 1) / (4 * nw);
     if (n_seq > 1 && want < fixed) want = fixed;
-    int n = want < (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS ? want : (kv_blocks + DECODE_WARPS - 1) / DECODE_WARPS;
+    int n = want < (kv_blocks + nw - 1) / nw ? want : (kv_blocks + nw - 1) / nw;
     if (n > MAX_SPLIT) n = MAX_SPLIT;
     return n < 1 ? 1 : n;
 }
@@ -404,9 +409,15 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     const size_t n_states = (size_t)n_seq * s->cfg.n_head * (s->cfg.head_dim + 2);
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
-        launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS>, dim3(n_split, s->cfg.n_head, n_seq), \
-                          dim3(DECODE_WARPS * 32), 0, q, o, layer, scale, c, s->d_part, s->d_done, per_split,          \
-                          sharded ? s->d_states : nullptr);                                                            \
+        float *states = sharded ? s->d_states : nullptr;                                                             \
+        if (decode_warps(n_seq) == DECODE_WARPS_ONE)                                                                 \
+            launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS_ONE>,                             \
+                              dim3(n_split, s->cfg.n_head, n_seq), dim3(DECODE_WARPS_ONE * 32), 0, q, o, layer, scale, \
+                              c, s->d_part, s->d_done, per_split, states);                                             \
+        else                                                                                                         \
+            launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS_MANY>,                            \
+                              dim3(n_split, s->cfg.n_head, n_seq), dim3(DECODE_WARPS_MANY * 32), 0, q, o, layer,      \
+                              scale, c, s->d_part, s->d_done, per_split, states);                                      \
         if (sharded) {                                                                                               \
             CU(cudaGetLastError(), "launching decode attention");                                                    \
             if (s->exchange(s->exchange_ctx, s->d_states, s->d_gathered, n_states, s->stream)) return -1;            \
@@ -844,7 +855,7 @@ static int enqueue_step(pk_cuda_session *s, int n_seq, int greedy)
     if (enqueue(s, &s->small, 0, n_seq, 1, 1, 0)) return -1;
     s->kernels_per_decode = s->launches;
     if (!greedy) return 0;
-    argmax_kernel<<<n_seq, 256, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_tokens, s->d_pos,
+    argmax_kernel<<<n_seq, 1024, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_tokens, s->d_pos,
                                                 s->d_chosen, s->cfg.n_positions + 1);
     CU(cudaGetLastError(), "launching the greedy choice");
     return 0;

@@ -648,8 +648,9 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
 
 /* Decode attention (one row per sequence) split over the context, so that a
  * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
- * of a head takes an equal share of the head's KV blocks (per_split = 0), or
- * KV blocks split * per_split onwards, per_split of them (heads of unequal
+ * of a head takes an equal share of the head's KV blocks, and at least one
+ * for each of its warps (per_split = 0; the later splits of a short context
+ * are then empty), or KV blocks split * per_split onwards, per_split of them (heads of unequal
  * lengths: a short head leaves its later splits empty instead of making the
  * long heads' shares the tail), its NW warps one block at a time, and writes
  * its merged state (weighted values, max, sum) to
@@ -677,7 +678,10 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     const ring_state ring = c.ring[(size_t)b * c.n_lh + lh];
     const int visible = ring.detached || ring_full(ring, len) ? len : len + 1;
     const int n_blocks = (visible + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK;
-    const int per = per_split > 0 ? per_split : (n_blocks + n_split - 1) / n_split;
+    /* A split whose warps would read less than a KV block each spends its
+     * time on the merge rather than on the cache: fewer, fuller splits are
+     * faster (docs/cuda.md). Empty splits still count in `done`. */
+    const int per = per_split > 0 ? per_split : max((n_blocks + n_split - 1) / n_split, NW);
     const int first = split * per, end = min(n_blocks, first + per);
     wait_for_previous_kernel();
     stage_query<HD>(qs, q, row, h, c.C, scale);
@@ -828,11 +832,21 @@ __global__ void argmax_kernel(const float *logits, int V, int32_t *out, const in
     const float *x = logits + (size_t)blockIdx.x * V;
     float bv = -INFINITY;
     int bi = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += blockDim.x)
-        if (x[i] > bv || bi == 0x7fffffff) {
-            bv = x[i];
-            bi = i;
-        }
+    /* A thread visits i, i + blockDim, i + 2 blockDim, ... in ascending order,
+     * with four loads in flight before it compares any of them: the scan is a
+     * chain of L2 round trips, a quarter as long as with one load at a time. */
+    const int step = blockDim.x;
+    for (int i0 = threadIdx.x; i0 < V; i0 += 4 * step) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = i0 + u * step < V ? x[i0 + u * step] : 0.f;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (i0 + u * step < V && (v[u] > bv || bi == 0x7fffffff)) {
+                bv = v[u];
+                bi = i0 + u * step;
+            }
+    }
     /* Lanes hold ascending candidate indices per thread; merge keeping the lower index on ties. */
     for (int o = 16; o > 0; o >>= 1) {
         const float v = __shfl_xor_sync(0xffffffffu, bv, o);
