@@ -373,14 +373,14 @@ static void residual_layernorm(pk_cuda_session *s, void *out, float *x, const fl
 /* KV blocks of the longest head list. */
 static int max_kv_blocks(const pk_cuda_session *s) { return (s->cfg.n_positions + PK_CUDA_BLOCK - 1) / PK_CUDA_BLOCK; }
 
+static int decode_warps(int n_seq) { return n_seq == 1 ? DECODE_WARPS_ONE : DECODE_WARPS_MANY; }
+
 /* Blocks per head of the split decode attention for n_seq sequences: about
  * two per multiprocessor over all heads, and no more than the longest
  * context gives its warps KV blocks to read. With several sequences, also
  * enough that a split reads at most 4 KV blocks per warp of the longest
  * possible head: the splits then take fixed shares (attention()), so that the
  * long heads a press leaves beside short ones are not the step's tail. */
-static int decode_warps(int n_seq) { return n_seq == 1 ? DECODE_WARPS_ONE : DECODE_WARPS_MANY; }
-
 static int decode_splits(const pk_cuda_session *s, int n_seq)
 {
     int want = (2 * s->n_sm + s->cfg.n_head * n_seq - 1) / (s->cfg.n_head * n_seq);
@@ -389,6 +389,25 @@ static int decode_splits(const pk_cuda_session *s, int n_seq)
     int n = want < (kv_blocks + nw - 1) / nw ? want : (kv_blocks + nw - 1) / nw;
     if (n > MAX_SPLIT) n = MAX_SPLIT;
     return n < 1 ? 1 : n;
+}
+
+/* What a split decode-attention launch takes besides its warp count. */
+template <typename W, typename OutT> struct decode_args {
+    const float *q;
+    OutT *out;
+    int layer;
+    float scale;
+    rows_ctx<W> c;
+    int n_split, n_seq, per_split;
+    float *states;
+};
+
+template <typename W, typename OutT, int HD, int NW>
+static void launch_decode(pk_cuda_session *s, const decode_args<W, OutT> &a)
+{
+    launch_overlapped(s, attention_decode_kernel<W, OutT, HD, NW>, dim3(a.n_split, s->cfg.n_head, a.n_seq),
+                      dim3(NW * 32), 0, a.q, a.out, a.layer, a.scale, a.c, s->d_part, s->d_done, a.per_split,
+                      a.states);
 }
 
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
@@ -409,15 +428,10 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     const size_t n_states = (size_t)n_seq * s->cfg.n_head * (s->cfg.head_dim + 2);
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
-        float *states = sharded ? s->d_states : nullptr;                                                             \
-        if (decode_warps(n_seq) == DECODE_WARPS_ONE)                                                                 \
-            launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS_ONE>,                             \
-                              dim3(n_split, s->cfg.n_head, n_seq), dim3(DECODE_WARPS_ONE * 32), 0, q, o, layer, scale, \
-                              c, s->d_part, s->d_done, per_split, states);                                             \
-        else                                                                                                         \
-            launch_overlapped(s, attention_decode_kernel<W, OutT, HD, DECODE_WARPS_MANY>,                            \
-                              dim3(n_split, s->cfg.n_head, n_seq), dim3(DECODE_WARPS_MANY * 32), 0, q, o, layer,      \
-                              scale, c, s->d_part, s->d_done, per_split, states);                                      \
+        const decode_args<W, OutT> a{q, o, layer, scale, c, n_split, n_seq, per_split,                              \
+                                     sharded ? s->d_states : nullptr};                                               \
+        if (decode_warps(n_seq) == DECODE_WARPS_ONE) launch_decode<W, OutT, HD, DECODE_WARPS_ONE>(s, a);             \
+        else launch_decode<W, OutT, HD, DECODE_WARPS_MANY>(s, a);                                                    \
         if (sharded) {                                                                                               \
             CU(cudaGetLastError(), "launching decode attention");                                                    \
             if (s->exchange(s->exchange_ctx, s->d_states, s->d_gathered, n_states, s->stream)) return -1;            \
