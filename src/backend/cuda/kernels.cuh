@@ -650,14 +650,14 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
  * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
  * of a head takes an equal share of the head's KV blocks, and at least one
  * for each of its warps (per_split = 0; the later splits of a short context
- * are then empty), or KV blocks split * per_split onwards, per_split of them (heads of unequal
- * lengths: a short head leaves its later splits empty instead of making the
- * long heads' shares the tail), its NW warps one block at a time, and writes
- * its merged state (weighted values, max, sum) to
- * part [max_seq][n_head][n_split][HD + 2]. The last block of the head to
- * finish, counted in done [max_seq][n_head], merges the n_split states into
- * out and sets the count back to zero for the next step. With `states` (a
- * session that holds part of each head, engine/cuda/group_cuda.h), it writes the
+ * are then empty), or KV blocks split * per_split onwards, per_split of them
+ * (heads of unequal lengths: a short head leaves its later splits empty
+ * instead of making the long heads' shares the tail), its NW warps one block
+ * at a time, and writes its merged state (weighted values, max, sum) to part
+ * [max_seq][n_head][n_split][HD + 2]. The last block of the head to finish,
+ * counted in done [max_seq][n_head], merges the n_split states into out and
+ * sets the count back to zero for the next step. With `states` (a session
+ * that holds part of each head, engine/cuda/group_cuda.h), it writes the
  * merged state instead, [n_seq][n_head][HD + 2] like a part, for
  * merge_ranks_kernel to merge with the other GPUs' states. */
 template <typename W, typename OutT, int HD, int NW>
