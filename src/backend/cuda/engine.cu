@@ -741,8 +741,6 @@ static int has_rings(const pk_cuda_session *s, int seq)
  * order: a ring that has not yet rolled (the next token it overwrites is the
  * oldest after its sinks). A multi-token call appends to such heads and shows
  * each row its window (attention_kernel); trim_windows then cuts them back. */
-static int trim_windows(pk_cuda_session *s, int seq);
-
 static int rings_in_order(const pk_cuda_session *s, int seq)
 {
     for (int i = 0; i < s->n_lh; i++) {
@@ -751,6 +749,9 @@ static int rings_in_order(const pk_cuda_session *s, int seq)
     }
     return 1;
 }
+
+/* Defined with the other keeps (below): cuts the rings back after a multi-token call. */
+static int trim_windows(pk_cuda_session *s, int seq);
 
 /* Whether every head of sequence seq holds each of its tokens (no press has compressed it). */
 static int is_whole(const pk_cuda_session *s, int seq)
