@@ -767,12 +767,14 @@ static void test_decoding(const pikv_model *model)
     pk_press *press = press_from("decoding(knorm):every=2,target=3", model);
     if (press) {
         CHECK(press->caps & PK_PRESS_WHILE_DECODING, "decoding acts while generating");
+        CHECK(!press->ops->decides_next(press, 0, 6), "decoding: a prefill call is not due to decide");
         int rc = layer_decode_step(press, &t);
         CHECK(rc == 0 && pk_kv_at(&t.kv, 0, 0)->len == 6, "decoding: the prefill call must not cut (len %d)",
               pk_kv_at(&t.kv, 0, 0)->len);
 
         t.view.n_q = 1;
         t.view.q_pos0 = 5;
+        CHECK(!press->ops->decides_next(press, 0, 1), "decoding: generated token 1 is not due to decide");
         rc = layer_decode_step(press, &t);
         CHECK(rc == 0, "decoding first token: %s", pikv_last_error());
         for (int h = 0; h < N_HEAD; h++) expect_kept(&t, 0, h, "0,1,2,3,4,5", "decoding after 1 token");
@@ -780,6 +782,9 @@ static void test_decoding(const pikv_model *model)
         if (layer_append(&t, 6) == 0) {
             for (int h = 0; h < N_HEAD; h++) set_key(&t, 0, h, 6, 0.5f, 0.f);
             t.view.q_pos0 = 6;
+            CHECK(press->ops->decides_next(press, 0, 1) && !press->ops->decides_next(press, 0, 6) &&
+                      !press->ops->decides_next(press, 1, 1),
+                  "decoding: generated token 2 is due at layer 0, not for a prompt nor at layer 1 (which saw none)");
             rc = layer_decode_step(press, &t);
             CHECK(rc == 0, "decoding second token: %s", pikv_last_error());
             for (int h = 0; h < N_HEAD; h++) {

@@ -39,13 +39,24 @@ static void record_queries(decoding_params *dp, const pk_press_view *v)
     L->last_pos = v->q_pos0 + v->n_q - 1;
 }
 
+/* A generated token (a call of one row) counts towards `every`; a prompt's
+ * rows are only recorded. */
+static int decoding_decides_next(const pk_press *p, int layer, int n_q)
+{
+    const decoding_params *dp = p->params;
+    return dp->layers[layer].since + (n_q == 1) >= dp->every;
+}
+
 static int decoding_step(pk_press *p, const pk_press_view *v, pk_keep_set *out)
 {
     decoding_params *dp = p->params;
     struct layer_state *L = &dp->layers[v->layer];
+    const int decides = decoding_decides_next(p, v->layer, v->n_q);
     record_queries(dp, v);
-    if (v->n_q == 1) L->since++;
-    if (L->since < dp->every) return 0;
+    if (!decides) {
+        if (v->n_q == 1) L->since++;
+        return 0;
+    }
     L->since = 0;
 
     /* Unroll the ring, oldest row first, and score with those queries. */
@@ -90,7 +101,10 @@ static void decoding_restart(pk_press *p)
 }
 
 static const pk_press_ops decoding_ops = {
-    .decode_step = decoding_step, .restart = decoding_restart, .destroy = decoding_destroy};
+    .decode_step = decoding_step,
+    .decides_next = decoding_decides_next,
+    .restart = decoding_restart,
+    .destroy = decoding_destroy};
 
 int pk_build_decoding(const pk_spec *spec, const pk_press_env *env, pk_press **out)
 {

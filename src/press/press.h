@@ -136,6 +136,10 @@ typedef struct {
     /* PK_PRESS_WHILE_DECODING: after each layer of every call; returns 1 when
      * it filled `out` with a decision, 0 when the layer stays as it is. */
     int (*decode_step)(pk_press *p, const pk_press_view *v, pk_keep_set *out);
+    /* PK_PRESS_WHILE_DECODING: whether the next decode_step of this layer,
+     * on a call of n_q rows, will decide (and so read the layer's entries):
+     * an engine whose cache lives on a device copies the layer out only then. */
+    int (*decides_next)(const pk_press *p, int layer, int n_q);
     /* Forget per-sequence state (the session was reset). */
     void (*restart)(pk_press *p);
     /* PK_PRESS_ROUTES_QUERIES: the route table the last compression left. */
