@@ -33,10 +33,16 @@ typedef struct pk_device_ops {
     /* Forget the sequence; its cache's memory goes back to the device. */
     int (*reset)(void *engine);
     /* pikv_prefill on an empty sequence: the prompt, then press (NULL: none)
-     * compressing every layer; st gets the press's bytes and seconds. */
+     * compressing every layer; st gets the press's bytes and seconds. A
+     * press that acts while decoding (which the session has attached) is
+     * attached here to a sequence holding every token it has seen, and sees
+     * the prompt's rows. */
     int (*prefill)(void *engine, const int32_t *ids, int n, pk_press *press, float *logits, pikv_press_stats *st);
-    /* pikv_forward: n tokens after what the sequence holds. */
-    int (*forward)(void *engine, const int32_t *ids, int n, float *logits, int all_logits);
+    /* pikv_forward: n tokens after what the sequence holds; `attached` (the
+     * session's press that acts while decoding, or NULL) acts on every layer
+     * after them, and st gains its bytes and seconds. */
+    int (*forward)(void *engine, const int32_t *ids, int n, pk_press *attached, float *logits, int all_logits,
+                   pikv_press_stats *st);
     /* `steps` greedy tokens after token `first` (the first largest logit
      * each time), chosen on the device: chosen [steps]. */
     int (*greedy)(void *engine, int32_t first, int steps, int32_t *chosen);

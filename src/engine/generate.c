@@ -105,7 +105,8 @@ int pikv_generate_from(pikv_session *s, float *logits, int max_new_tokens, const
     if (!(out->ids = pk_malloc_array((size_t)max_new_tokens + 1, sizeof(int32_t), "generated ids"))) return -1;
     uint64_t rng = p->seed;
     double t0 = pikv_now();
-    if (s->device.ops && p->greedy) {
+    /* A press acting while decoding sees every step's queries on the host. */
+    if (s->device.ops && p->greedy && !s->presses.attached) {
         if (device_greedy(s, logits, max_new_tokens, stop_id, out)) goto fail;
         out->decode_s = pikv_now() - t0;
         return 0;

@@ -90,7 +90,9 @@ int pk_forward_windows(pikv_session *s, const int32_t *ids, int n, int window)
 int pikv_forward(pikv_session *s, const int32_t *ids, int n, float *logits, int all_logits)
 {
     if (!s || !ids) return pk_fail("pikv_forward: session or ids is NULL");
-    if (s->device.ops) return s->device.ops->forward(s->device.engine, ids, n, logits, all_logits);
+    if (s->device.ops)
+        return s->device.ops->forward(s->device.engine, ids, n, s->presses.attached, logits, all_logits,
+                                      &s->presses.stats);
     if (session_run(s, ids, n)) return -1;
     if (logits) pk_forward_logits(&s->fwd, n, logits, all_logits);
     return 0;
@@ -134,7 +136,6 @@ int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, 
         (press->n_layer != s->model->cfg.n_layer || press->n_head != s->model->cfg.n_head))
         return pk_fail("press '%s' was made for a model of %d layers x %d heads, the session's has %d x %d",
                        press->name, press->n_layer, press->n_head, s->model->cfg.n_layer, s->model->cfg.n_head);
-    if (s->device.ops) return s->device.ops->prefill(s->device.engine, ids, n, press, logits, &s->presses.stats);
     if (press && pk_session_claim(s, press)) return -1;
     if (press) s->routing.table = NULL; /* the press changes the cache; it routes it or nobody does */
     if (press && (press->caps & PK_PRESS_WHILE_DECODING)) {
@@ -142,8 +143,9 @@ int pikv_prefill(pikv_session *s, const int32_t *ids, int n, pikv_press *press, 
             return pk_fail("press '%s': the session already has press '%s' attached", press->name,
                            s->presses.attached->name);
         s->presses.attached = press;
-        return pikv_forward(s, ids, n, logits, 0);
+        if (!s->device.ops) return pikv_forward(s, ids, n, logits, 0);
     }
+    if (s->device.ops) return s->device.ops->prefill(s->device.engine, ids, n, press, logits, &s->presses.stats);
     if (press && (press->caps & PK_PRESS_RECONSTRUCTION_SCORES))
         return pk_prefill_reconstructed(s, ids, n, press, logits);
     int chunk = n;

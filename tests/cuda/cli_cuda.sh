@@ -3,8 +3,9 @@
 # CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
 # cuda reports graph replay, launches and the block pool, and runs without
 # graphs too; presses on the GPU say how they ran (kvzip decided by the CPU
-# engine; Duo's prefill_chunk runs), --kv-budget plans the batch, and a press the GPU cannot run is one
-# line; generate with questions,
+# engine; Duo's prefill_chunk runs; decoding(...) generates the CPU's ids and
+# benches one sequence), --kv-budget plans the batch, and a press the GPU
+# cannot run is one line; generate with questions,
 # compare (with its capacity table) and eval run their sessions on the GPU.
 # Without a GPU it prints "skipped" and passes nothing. Run from the
 # repository root; ends with "cli_cuda: N passed, M failed".
@@ -60,6 +61,15 @@ check "bench --device cuda --press kvzip: decided by the CPU engine, kept on the
 run bench --device cuda -p 600 -n 16 -r 1 --press duo:ratio=0.75,prefill_chunk=256
 check "bench --device cuda --press duo with prefill_chunk: runs, decided from positions" \
   grep -q "press duo:ratio=0.75,prefill_chunk=256: decided from positions alone" "$dir/out"
-expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it acts while decoding" \
-  bench --device cuda -p 100 -n 4 -r 1 --press "decoding(knorm):every=16,target=64"
+run generate --device cuda --weights f32 --prompt "$prompt" -n 24 --print-ids --press "decoding(knorm):every=4,target=8"
+cp "$dir/out" "$dir/gpu_decoding"
+run generate --device cpu --weights f32 --prompt "$prompt" -n 24 --print-ids --press "decoding(knorm):every=4,target=8"
+check "generate --device cuda --press decoding(...): the CPU's 24 greedy ids" cmp -s "$dir/out" "$dir/gpu_decoding"
+run bench --device cuda -p 300 -n 24 -r 1 --press "decoding(knorm):every=8,target=128"
+check "bench --device cuda --press decoding(...): steps through the press on the host" \
+  grep -q "each step's queries to the press on the host" "$dir/out"
+expect_error "bench --device cuda --press decoding(...) --batch 2" 1 "runs one sequence (batch 1), not 2" \
+  bench --device cuda -p 100 -n 4 -r 1 --batch 2 --press "decoding(knorm):every=16,target=64"
+expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it routes later queries" \
+  bench --device cuda -p 100 -n 4 -r 1 --press "moe_router:ratio=0.5,route=1"
 finish cli_cuda

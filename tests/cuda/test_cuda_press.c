@@ -19,11 +19,14 @@
  * admits floor(budget / bytes per sequence), and a pool of that many
  * sequences' bytes (plus one prompt's headroom) runs them and refuses one
  * more. kvzip, alone and composed, is decided by the CPU engine and kept on
- * the GPU: the same entries, nothing copied. Presses the GPU cannot run are
- * refused in one line. Without a GPU it prints "skipped". */
+ * the GPU: the same entries, nothing copied. decoding(...), which cuts the
+ * cache while decoding, keeps the CPU's entries through five cuts and its
+ * logits stay within 1e-4. Presses the GPU cannot run are refused in one
+ * line. Without a GPU it prints "skipped". */
 #include "backend/cuda/engine.h"
 #include "engine/compress.h"
 #include "engine/cuda/capacity_cuda.h"
+#include "engine/cuda/decoding_cuda.h"
 #include "engine/session.h"
 #include "../check.h"
 #include "tokens.h"
@@ -62,7 +65,7 @@ static int decide_on_device_values(const pikv_model *m, const char *spec, const 
     pk_keep_set keep;
     int rc = pk_kv_init(ref, cf->n_layer, cf->n_head, cf->head_dim, PIKV_KV_F32, PIKV_KV_F32);
     if (rc == 0) rc = p && g && pk_keep_set_init(&keep, cf->n_head) == 0 ? 0 : -1;
-    if (rc == 0) rc = pk_kv_reserve(ref, n, 1) || pk_cuda_forward_queries(g, 0, prompt, n, NULL);
+    if (rc == 0) rc = pk_kv_reserve(ref, n, 1) || pk_cuda_forward_queries(g, 0, prompt, n, NULL, 0);
     const size_t rows = (size_t)n * cf->head_dim;
     for (int l = 0; rc == 0 && l < cf->n_layer; l++) {
         rc = pk_cuda_read_heads(g, 0, l, 0, cf->n_head, n, k, v) ||
@@ -244,6 +247,63 @@ done:
     free(tokens);
 }
 
+/* A press that acts while decoding, attached to the prompt on both engines:
+ * the same tokens decoded on both, the logits compared after each, and at
+ * the end every head keeps the CPU's entries in the blocks they need. With
+ * every=8 and 44 tokens the press cuts 5 times, so each head holds its
+ * target plus the 4 tokens since the last cut. */
+static void check_decoding(const pikv_model *m, const char *spec, int target)
+{
+    enum { STEPS = 44, EVERY = 8 };
+    const pikv_config *cf = pikv_model_config(m);
+    const int V = cf->vocab_size;
+    int32_t prompt[N_PROMPT], tokens[STEPS];
+    fill_tokens(prompt, N_PROMPT, V, 13);
+    fill_tokens(tokens, STEPS, V, 14);
+    pikv_press *pc = pikv_press_new(spec, m, MODEL), *pg = pikv_press_new(spec, m, MODEL);
+    pikv_session *c = pikv_session_new(m, 0);
+    pk_cuda_session *g = open_session(m, 1, 0);
+    pk_cuda_decoding *d = g && pg ? pk_cuda_decoding_new(g, cf, 0, pg) : NULL;
+    float *lc = malloc((size_t)V * sizeof *lc), *lg = malloc((size_t)V * sizeof *lg);
+    pk_cuda_press_stats st = {0};
+    int rc = pc && c && d ? 0 : -1;
+    if (rc == 0) rc = pikv_prefill(c, prompt, N_PROMPT, pc, lc);
+    if (rc == 0) rc = pk_cuda_decoding_forward(d, prompt, N_PROMPT, lg, 0, &st);
+    double worst = rc == 0 ? rel_l2(lg, lc, (size_t)V) : 1;
+    for (int i = 0; rc == 0 && i < STEPS; i++) {
+        rc = pikv_forward(c, &tokens[i], 1, lc, 0);
+        if (rc == 0) rc = pk_cuda_decoding_forward(d, &tokens[i], 1, lg, 0, &st);
+        const double e = rc == 0 ? rel_l2(lg, lc, (size_t)V) : 1;
+        if (e > worst) worst = e;
+    }
+    CHECK(rc == 0 && worst < 1e-4, "%s: %d decoded tokens: logits rel L2 %.3e (limit 1e-4): %s", spec, STEPS, worst,
+          rc ? pikv_last_error() : "");
+    double key_diff = 1;
+    const int bad = rc == 0 ? compare_heads(g, &c->fwd.kv, cf, &key_diff) : -1;
+    const int want = target + STEPS % EVERY;
+    int exact = 0;
+    for (int l = 0; l < cf->n_layer; l++)
+        for (int h = 0; h < cf->n_head; h++) exact += pk_cuda_head_length(g, 0, l, h, NULL) == want;
+    CHECK(bad == 0 && exact == cf->n_layer * cf->n_head,
+          "%s: %d heads keep other entries than the CPU's (key diff %.2e); %d hold %d entries", spec, bad, key_diff,
+          exact, want);
+    /* Per call every layer's query rows; per cut every head's keys and values. */
+    const size_t q_bytes = (size_t)(N_PROMPT + STEPS) * cf->n_layer * cf->n_embd * sizeof(float);
+    CHECK(rc != 0 || st.bytes_to_host > q_bytes, "%s: %zu bytes to the host, at least %zu of queries", spec,
+          st.bytes_to_host, q_bytes);
+    if (rc == 0)
+        printf("%-36s %d decoded after %d: logits rel L2 %.1e, every head %d entries as on the CPU (key diff %.1e), "
+               "%.2f MB to the host\n",
+               spec, STEPS, N_PROMPT, worst, want, key_diff, st.bytes_to_host / 1e6);
+    pk_cuda_decoding_free(d);
+    pikv_press_free(pc);
+    pikv_press_free(pg);
+    pikv_session_free(c);
+    pk_cuda_session_free(g);
+    free(lc);
+    free(lg);
+}
+
 /* The capacity plan at budgets just below and at k sequences' bytes admits
  * k - 1 and k; a pool of k sequences' bytes plus the plan's headroom then
  * prefills and decodes k of them, holding exactly k sequences' bytes, and
@@ -292,20 +352,26 @@ static void check_capacity(const pikv_model *m, const char *spec, int n_prompt, 
     free(prompt);
 }
 
-/* Presses that act while decoding or route queries are refused in one line
- * naming the press. */
+/* A press that routes queries is refused in one line naming the press; one
+ * that acts while decoding is refused by the prefill a batch, a capacity run
+ * and a GPU group use, and by a batch of more than one sequence. */
 static void check_refusals(const pikv_model *m)
 {
     static const char *const specs[] = {"decoding(knorm):every=16,target=64", "moe_router:ratio=0.5,route=1"};
+    static const char *const why[] = {"acts while decoding: on the GPU it runs on one sequence",
+                                      "does not run on the GPU yet"};
     int32_t prompt[32];
     fill_tokens(prompt, 32, pikv_model_config(m)->vocab_size, 5);
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         pikv_press *p = pikv_press_new(specs[i], m, MODEL);
-        pk_cuda_session *g = open_session(m, 1, 0);
+        pk_cuda_session *g = open_session(m, 2, 0);
         const int rc = p && g ? pk_cuda_prefill_press(g, m, 0, prompt, 32, p, NULL, NULL) : 0;
-        CHECK(p && rc == -1 && strstr(pikv_last_error(), "does not run on the GPU") &&
-                  pk_cuda_position(g, 0) == 0,
+        CHECK(p && rc == -1 && strstr(pikv_last_error(), why[i]) && pk_cuda_position(g, 0) == 0,
               "%s: rc %d, %s", specs[i], rc, pikv_last_error());
+        pk_cuda_batch_run run;
+        CHECK(i != 0 || (p && g && pk_cuda_run_batch(g, m, prompt, 32, p, 2, 4, &run) == -1 &&
+                         strstr(pikv_last_error(), "runs one sequence (batch 1), not 2")),
+              "%s: a batch of 2: %s", specs[i], pikv_last_error());
         pikv_press_free(p);
         pk_cuda_session_free(g);
     }
@@ -338,6 +404,9 @@ int main(void)
     check_press(m, "duo:ratio=0.75,prefill_chunk=100", N_RING_DECODE, 0);
     check_capacity(m, "none", 1000, 3);
     check_capacity(m, "duo:0.75", 1000, 5);
+    check_decoding(m, "decoding(knorm):every=8,target=200", 200);
+    check_decoding(m, "decoding(snapkv):every=8,target=200", 200);
+    check_decoding(m, "decoding(expected_attention):every=8,target=150", 150);
     check_refusals(m);
     pikv_model_free(m);
     return check_done("test_cuda_press");

@@ -14,8 +14,10 @@
  * CPU's figures; greedy generation (chosen on the device) and sampled
  * generation (logits to the host) give the CPU's tokens, and after 120
  * greedy tokens over a DuoAttention cache every head reports the CPU's
- * number of entries (a ring its window, not the tokens it took). What a device does
- * not do is refused by name. Without a GPU it prints "skipped". */
+ * number of entries (a ring its window, not the tokens it took); a press
+ * that cuts the cache while decoding (decoding(...)) answers and generates
+ * as on the CPU, every head holding the CPU's number of entries. What a
+ * device does not do is refused by name. Without a GPU it prints "skipped". */
 #include "backend/cuda/engine.h"
 #include "bench/compare.h"
 #include "engine/cuda/session_cuda.h"
@@ -46,11 +48,13 @@ static pikv_session *open_session(const pikv_model *m, const char *device)
 static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *gpu, const pk_haystack *h)
 {
     static const char *const specs[] = {"none",     "duo:0.75",  "knorm:0.5", "snapkv:0.5",
-                                        "eplb_duo", "kvzip:0.5", "duo:ratio=0.75,prefill_chunk=128"};
+                                        "eplb_duo", "kvzip:0.5", "duo:ratio=0.75,prefill_chunk=128",
+                                        "decoding(knorm):every=4,target=512"};
     const pk_retrieval_config rc = {.n_tasks = 4, .min_tokens = 1000, .max_tokens = 1800, .seed = 3};
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
-        pikv_press *p = pikv_press_new(specs[i], m, MODEL);
-        for (int t = 0; p && t < rc.n_tasks; t++) {
+        /* One press per session: a press that acts while decoding keeps its sequence's state. */
+        pikv_press *p = pikv_press_new(specs[i], m, MODEL), *pg = pikv_press_new(specs[i], m, MODEL);
+        for (int t = 0; p && pg && t < rc.n_tasks; t++) {
             pk_task task;
             if (pk_retrieval_task(h, &rc, t, &task)) break;
             const int32_t *q = task.question;
@@ -58,7 +62,7 @@ static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *
                                         .n_question = &task.n_question, .n_questions = 1, .max_new_tokens = 16,
                                         .stop_id = -1};
             pikv_qa_result a, b;
-            const int ra = pikv_answer(cpu, p, &rq, &a), rb = pikv_answer(gpu, p, &rq, &b);
+            const int ra = pikv_answer(cpu, p, &rq, &a), rb = pikv_answer(gpu, pg, &rq, &b);
             CHECK(ra == 0 && rb == 0, "%s task %d: answer: %s", specs[i], t, pikv_last_error());
             if (ra == 0 && rb == 0) {
                 CHECK(a.n_answer[0] == b.n_answer[0] &&
@@ -73,6 +77,7 @@ static void check_answers(const pikv_model *m, pikv_session *cpu, pikv_session *
             pk_task_free(&task);
         }
         pikv_press_free(p);
+        pikv_press_free(pg);
     }
 }
 
@@ -221,6 +226,49 @@ static void check_ring_generation(const pikv_model *m, pikv_session *cpu, pikv_s
     free(logits);
 }
 
+/* Greedy generation with a press that cuts the cache while decoding (its
+ * steps then run through the press on the host): the CPU's tokens, every
+ * head's entries as on the CPU, and a press note that says what was copied. */
+static void check_decoding_generation(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
+{
+    static const char spec[] = "decoding(snapkv):every=8,target=64";
+    const pikv_config *c = pikv_model_config(m);
+    int32_t prompt[200];
+    fill_tokens(prompt, 200, c->vocab_size, 25);
+    pikv_press *pc = pikv_press_new(spec, m, MODEL), *pg = pikv_press_new(spec, m, MODEL);
+    const pikv_sampling greedy = {.greedy = 1};
+    pikv_generation a = {0}, b = {0};
+    pikv_session_reset(cpu);
+    pikv_session_reset(gpu);
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    int ra = pc && logits ? pikv_prefill(cpu, prompt, 200, pc, logits) : -1;
+    if (ra == 0) ra = pikv_generate_from(cpu, logits, 60, &greedy, -1, &a);
+    int rb = pg && logits ? pikv_prefill(gpu, prompt, 200, pg, logits) : -1;
+    if (rb == 0) rb = pikv_generate_from(gpu, logits, 60, &greedy, -1, &b);
+    CHECK(ra == 0 && rb == 0, "%s generation: %s", spec, pikv_last_error());
+    if (ra == 0 && rb == 0) {
+        CHECK(a.n_ids == b.n_ids && memcmp(a.ids, b.ids, (size_t)a.n_ids * sizeof *a.ids) == 0,
+              "%s generation: the GPU's tokens differ from the CPU's", spec);
+        int differ = 0;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int h = 0; h < c->n_head; h++)
+                differ += pikv_session_kv_len(gpu, l, h) != pikv_session_kv_len(cpu, l, h) ||
+                          pikv_session_kv_len(gpu, l, h) != 64 + 59 % 8;
+        CHECK(differ == 0, "%s generation: %d heads hold other entry counts than the CPU's 64 + 3", spec, differ);
+        CHECK(strstr(pk_session_press_note(gpu), "acts while decoding"), "%s: press note '%s'", spec,
+              pk_session_press_note(gpu));
+        printf("%s, 60 greedy tokens after 200: same tokens, every head 67 entries as on the CPU; %s\n", spec,
+               pk_session_press_note(gpu));
+    }
+    if (ra == 0) pikv_free(a.ids);
+    if (rb == 0) pikv_free(b.ids);
+    pikv_session_reset(cpu);
+    pikv_session_reset(gpu);
+    pikv_press_free(pc);
+    pikv_press_free(pg);
+    free(logits);
+}
+
 /* Capacity at a budget: floor(budget / bytes per sequence) admitted and
  * decoded together; a CPU session refuses. */
 static void check_capacity(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
@@ -265,10 +313,11 @@ static void check_refusals(const pikv_model *m, pikv_session *gpu)
     CHECK(strcmp(pikv_session_device(gpu), "cuda") == 0, "device %s", pikv_session_device(gpu));
     pikv_kv_type k, v;
     CHECK(pikv_session_kv_types(gpu, &k, &v) == 0 && k == PIKV_KV_F32 && v == PIKV_KV_F32, "kv types %d/%d", k, v);
-    pikv_press *p = pikv_press_new("decoding(knorm):every=16,target=64", m, MODEL);
+    pikv_press *p = pikv_press_new("moe_router:ratio=0.5,route=1", m, MODEL);
     pikv_session_reset(gpu);
     CHECK(p && pikv_prefill(gpu, ids, 8, p, NULL) == -1 && strstr(pikv_last_error(), "does not run on the GPU"),
-          "decoding(knorm): %s", pikv_last_error());
+          "moe_router route=1: %s", pikv_last_error());
+    pikv_session_reset(gpu);
     pikv_press_free(p);
     pikv_session_params params = pikv_session_default_params();
     params.device = "cuda";
@@ -300,6 +349,7 @@ int main(void)
         check_quality(m, cpu, gpu, &h);
         check_generation(m, cpu, gpu);
         check_ring_generation(m, cpu, gpu);
+        check_decoding_generation(m, cpu, gpu);
         check_capacity(m, cpu, gpu);
         check_refusals(m, gpu);
     }

@@ -848,9 +848,10 @@ extern "C" int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, 
     return forward(s, seq, ids, n, logits, all_logits, 0);
 }
 
-extern "C" int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits)
+extern "C" int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits,
+                                       int all_logits)
 {
-    return forward(s, seq, ids, n, logits, 0, 1);
+    return forward(s, seq, ids, n, logits, all_logits, 1);
 }
 
 extern "C" int pk_cuda_read_queries(pk_cuda_session *s, int layer, float *queries)

@@ -67,10 +67,10 @@ int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, floa
  * session uses graphs. */
 int pk_cuda_decode(pk_cuda_session *s, const int32_t *ids, int n_seq, float *logits);
 
-/* pk_cuda_forward of a prompt that keeps every layer's queries of the call's
- * rows on the device, for the press measures below and pk_cuda_read_queries,
- * until the next such call. logits (last row) may be NULL. */
-int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits);
+/* pk_cuda_forward that keeps every layer's queries of the call's rows on
+ * the device, for the press measures below and pk_cuda_read_queries, until
+ * the next such call. */
+int pk_cuda_forward_queries(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits);
 
 /* Layer `layer`'s queries of the last pk_cuda_forward_queries call, as
  * float32 [n][n_embd] (what a press that reads queries sees). */

@@ -51,6 +51,19 @@ static int bench_once(pk_cuda_session *s, const pikv_model *m, const cli_cuda_be
     return 0;
 }
 
+/* A press that acts while decoding (decoding(...)) runs each step through
+ * the press on the host rather than from a graph. */
+static int steps_on_host(const cli_cuda_bench_options *o)
+{
+    return o->press && pikv_press_acts_while_generating(o->press) == 1;
+}
+
+static const char *decode_mode(const cli_cuda_bench_options *o)
+{
+    return steps_on_host(o) ? "each step's queries to the press on the host" : o->graphs ? "graph replay"
+                                                                                           : "plain launches";
+}
+
 /* The figures of a finished run, with the floor of a decode step: the
  * weights and the KV blocks it reads (those held after the last step) over
  * the copy bandwidth measured on the device. */
@@ -68,7 +81,7 @@ static void print_report(const pk_cuda_session *s, const char *dir, const cli_cu
     printf("prefill %d tokens: %.0f tok/s median (%.0f..%.0f), %.2f ms\n", o->n_prompt, pre->median, pre->min,
            pre->max, 1e3 * batch * o->n_prompt / pre->median);
     printf("decode %d tokens after %d: %.0f tok/s median (%.0f..%.0f) over %d runs, %s; %.1f tok/s per sequence\n",
-           o->n_gen, o->n_prompt, dec->median, dec->min, dec->max, o->reps, o->graphs ? "graph replay" : "plain launches",
+           o->n_gen, o->n_prompt, dec->median, dec->min, dec->max, o->reps, decode_mode(o),
            dec->median / batch);
     if (replay_us > 0)
         printf("graph replay: %.1f us per step (%.0f tok/s on the device alone); %d kernel launches per step\n",
@@ -225,7 +238,7 @@ int cli_cuda_bench(const cli_command *cmd, const pikv_model *m, const char *dir,
     }
     /* Replay from where the prompts ended: prefill (and compress) again. */
     double replay_us = -1;
-    if (rc == 0 && o->graphs) {
+    if (rc == 0 && o->graphs && !steps_on_host(o)) {
         const cli_cuda_bench_options replay = {.n_prompt = o->n_prompt, .n_gen = 0, .press = o->press};
         bench_result ignored;
         rc = bench_once(s, m, &replay, batch, prompt, &ignored);

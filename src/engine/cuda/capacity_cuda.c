@@ -1,16 +1,56 @@
 /* Batches and capacity on the CUDA engine (see capacity_cuda.h). */
 #include "engine/cuda/capacity_cuda.h"
+#include "engine/cuda/decoding_cuda.h"
 #include "model/model.h"
 #include "util/error.h"
 #include "util/mem.h"
 
 #include <string.h>
 
+/* pk_cuda_run_batch of one sequence with a press that acts while decoding:
+ * the press sees every call's queries on the host, so each step's token is
+ * chosen there from its logits. The press's time is part of the decode's. */
+static int run_decoding(pk_cuda_session *s, const pikv_model *m, const int32_t *prompt, int n_prompt, pk_press *press,
+                        int n_gen, pk_cuda_batch_run *out)
+{
+    static const pikv_sampling greedy = {.greedy = 1};
+    const int V = m->cfg.vocab_size;
+    float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
+    if (press->ops->restart) press->ops->restart(press); /* a new sequence */
+    pk_cuda_decoding *d = logits && pk_cuda_truncate(s, 0, 0) == 0 ? pk_cuda_decoding_new(s, &m->cfg, 0, press) : NULL;
+    pk_cuda_press_stats calls = {.mode = PK_CUDA_SCORED_ON_HOST};
+    const double t0 = pikv_now();
+    int rc = d ? pk_cuda_decoding_forward(d, prompt, n_prompt, logits, 0, &calls) : -1;
+    out->prefill_s = pikv_now() - t0 - calls.compression_s;
+    out->press.kv_bytes_before = pk_cuda_sequence_bytes(s, 0, n_gen); /* what the tokens would hold uncut */
+    const double t1 = pikv_now();
+    for (int i = 0; rc == 0 && i < n_gen; i++) {
+        const int32_t next = pikv_sample(logits, V, &greedy, NULL);
+        rc = pk_cuda_decoding_forward(d, &next, 1, logits, 0, &calls);
+    }
+    out->decode_s = pikv_now() - t1;
+    out->press.mode = calls.mode;
+    out->press.prefill_s = out->prefill_s;
+    out->press.compression_s = calls.compression_s;
+    out->press.bytes_to_host = calls.bytes_to_host;
+    out->press.kv_bytes_after = out->kv_in_use = pk_cuda_sequence_bytes(s, 0, 0);
+    pk_cuda_decoding_free(d);
+    pk_free(logits);
+    return rc;
+}
+
 int pk_cuda_run_batch(pk_cuda_session *s, const pikv_model *m, const int32_t *prompt, int n_prompt, pk_press *press,
                       int batch, int n_gen, pk_cuda_batch_run *out)
 {
     static const pikv_sampling greedy = {.greedy = 1};
     memset(out, 0, sizeof *out);
+    if (press && (press->caps & PK_PRESS_WHILE_DECODING)) {
+        if (batch != 1)
+            return pk_fail("press '%s' acts while decoding and keeps one sequence's queries: on the GPU it runs one "
+                           "sequence (batch 1), not %d",
+                           press->name, batch);
+        return run_decoding(s, m, prompt, n_prompt, press, n_gen, out);
+    }
     const int V = m->cfg.vocab_size;
     float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
     int32_t *next = pk_malloc_array((size_t)batch, sizeof *next, "next tokens");

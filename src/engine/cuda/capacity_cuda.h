@@ -19,7 +19,8 @@ typedef struct {
 /* Empty sequences 0..batch-1 of s, prefill each with the prompt and compress
  * it with the press (NULL: none), then decode n_gen greedy tokens of all of
  * them together in one call, the choices taken on the device and fed to the
- * next step there, as a server would. */
+ * next step there, as a server would. A press that acts while decoding runs
+ * one sequence (batch 1), step by step, its choices taken on the host. */
 int pk_cuda_run_batch(pk_cuda_session *s, const pikv_model *m, const int32_t *prompt, int n_prompt, pk_press *press,
                       int batch, int n_gen, pk_cuda_batch_run *out);
 

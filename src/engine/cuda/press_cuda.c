@@ -12,8 +12,11 @@
 
 const char *pk_cuda_press_unsupported(const pk_press *p)
 {
-    if (p->caps & PK_PRESS_WHILE_DECODING) return "acts while decoding";
-    if (p->caps & PK_PRESS_ROUTES_QUERIES) return "routes later queries through its table (route=1)";
+    if (p->caps & PK_PRESS_WHILE_DECODING)
+        return "acts while decoding: on the GPU it runs on one sequence, through a session (generate, eval, "
+               "compare) or bench --batch 1, not from this prefill (a capacity run or a GPU group)";
+    if (p->caps & PK_PRESS_ROUTES_QUERIES)
+        return "does not run on the GPU yet: it routes later queries through its table (route=1)";
     return NULL;
 }
 
@@ -260,7 +263,7 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
                        pk_cuda_position(s, seq));
     if (press) {
         const char *why = pk_cuda_press_unsupported(press);
-        if (why) return pk_fail("press '%s' does not run on the GPU yet: it %s", press->name, why);
+        if (why) return pk_fail("press '%s' %s", press->name, why);
         if (press->n_layer && (press->n_layer != c->n_layer || press->n_head != c->n_head))
             return pk_fail("press '%s' was made for a model of %d layers x %d heads, this one has %d x %d",
                            press->name, press->n_layer, press->n_head, c->n_layer, c->n_head);
@@ -271,7 +274,8 @@ int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, cons
     const int reads_queries = press && (st->mode == PK_CUDA_SCORED_ON_DEVICE || st->mode == PK_CUDA_SCORED_ON_HOST) &&
                               lacks(press, PK_PRESS_QUERY_FREE);
     double t0 = pikv_now();
-    int rc = reads_queries ? pk_cuda_forward_queries(s, seq, ids, n, logits) : pk_cuda_forward(s, seq, ids, n, logits, 0);
+    int rc = reads_queries ? pk_cuda_forward_queries(s, seq, ids, n, logits, 0)
+                           : pk_cuda_forward(s, seq, ids, n, logits, 0);
     double t1 = pikv_now();
     st->prefill_s = t1 - t0;
     st->kv_bytes_before = st->kv_bytes_after = pk_cuda_sequence_bytes(s, seq, 0);

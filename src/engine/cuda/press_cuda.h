@@ -61,8 +61,8 @@ typedef struct {
 pk_cuda_press_mode pk_cuda_press_mode_of(const pk_press *p);
 const char *pk_cuda_press_how(pk_cuda_press_mode mode);
 
-/* Why a press cannot run on the GPU yet (a phrase completing "it ..."), or
- * NULL when it can. */
+/* Why pk_cuda_prefill_press cannot run a press (a phrase following the
+ * press's name), or NULL when it can. */
 const char *pk_cuda_press_unsupported(const pk_press *p);
 
 /* Prefill the n prompt tokens of sequence seq (which must be empty) and

@@ -3,7 +3,9 @@
  * chosen on the device. */
 #include "engine/cuda/session_cuda.h"
 #include "engine/cuda/capacity_cuda.h"
+#include "engine/cuda/decoding_cuda.h"
 #include "engine/device.h"
+#include "model/model.h"
 #include "util/error.h"
 #include "util/mem.h"
 
@@ -14,7 +16,9 @@ typedef struct {
     pk_cuda_session *s;
     const pikv_model *m;
     pk_cuda_dtype dtype;
-    char press_note[192];   /* how the last prefill's press ran */
+    pk_cuda_decoding *decoding;  /* the attached press that acts while decoding, or NULL */
+    size_t decoding_bytes;       /* what it has had copied to the host */
+    char press_note[192];        /* how the last prefill's press ran */
 } cuda_engine;
 
 static void *cuda_open(const pikv_model *m, const pikv_session_params *p)
@@ -32,9 +36,17 @@ static void *cuda_open(const pikv_model *m, const pikv_session_params *p)
     return e;
 }
 
+static void detach(cuda_engine *e)
+{
+    pk_cuda_decoding_free(e->decoding);
+    e->decoding = NULL;
+    e->decoding_bytes = 0;
+}
+
 static void cuda_close(void *engine)
 {
     cuda_engine *e = engine;
+    detach(e);
     pk_cuda_session_free(e->s);
     pk_free(e);
 }
@@ -43,7 +55,31 @@ static int cuda_reset(void *engine)
 {
     cuda_engine *e = engine;
     e->press_note[0] = 0;
+    detach(e);
     return pk_cuda_truncate(e->s, 0, 0);
+}
+
+static void add_stats(pikv_press_stats *st, const pk_cuda_press_stats *ps)
+{
+    st->kv_bytes_before += ps->kv_bytes_before;
+    st->kv_bytes_after += ps->kv_bytes_after;
+    st->compression_s += ps->compression_s;
+}
+
+/* n tokens through the attached press that acts while decoding; the note
+ * says what it has had copied so far. */
+static int forward_decoding(cuda_engine *e, const int32_t *ids, int n, float *logits, int all_logits,
+                            pikv_press_stats *st)
+{
+    pk_cuda_press_stats ps = {.mode = PK_CUDA_SCORED_ON_HOST};
+    const int rc = pk_cuda_decoding_forward(e->decoding, ids, n, logits, all_logits, &ps);
+    add_stats(st, &ps);
+    e->decoding_bytes += ps.bytes_to_host;
+    snprintf(e->press_note, sizeof e->press_note,
+             "acts while decoding: each call's queries, and the keys and values of a layer it cuts, %s "
+             "(%.2f MB to the host so far), applied on the GPU",
+             pk_cuda_press_how(ps.mode), e->decoding_bytes / 1e6);
+    return rc;
 }
 
 static int cuda_prefill(void *engine, const int32_t *ids, int n, pk_press *press, float *logits, pikv_press_stats *st)
@@ -51,25 +87,36 @@ static int cuda_prefill(void *engine, const int32_t *ids, int n, pk_press *press
     cuda_engine *e = engine;
     e->press_note[0] = 0;
     if (!press) return pk_cuda_forward(e->s, 0, ids, n, logits, 0);
+    if (press->caps & PK_PRESS_WHILE_DECODING) {
+        if (!e->decoding && !(e->decoding = pk_cuda_decoding_new(e->s, &e->m->cfg, 0, press))) return -1;
+        return forward_decoding(e, ids, n, logits, 0, st);
+    }
     pk_cuda_press_stats ps;
     if (pk_cuda_prefill_press(e->s, e->m, 0, ids, n, press, logits, &ps)) return -1;
-    st->kv_bytes_before += ps.kv_bytes_before;
-    st->kv_bytes_after += ps.kv_bytes_after;
-    st->compression_s += ps.compression_s;
+    add_stats(st, &ps);
     snprintf(e->press_note, sizeof e->press_note, "%s (%.2f MB to the host), applied on the GPU",
              pk_cuda_press_how(ps.mode), ps.bytes_to_host / 1e6);
     return 0;
 }
 
-static int cuda_forward(void *engine, const int32_t *ids, int n, float *logits, int all_logits)
+static int cuda_forward(void *engine, const int32_t *ids, int n, pk_press *attached, float *logits, int all_logits,
+                        pikv_press_stats *st)
 {
     cuda_engine *e = engine;
-    return pk_cuda_forward(e->s, 0, ids, n, logits, all_logits);
+    /* The session lets go of a press destroyed before it; the mirror goes with it. */
+    if (e->decoding && pk_cuda_decoding_press(e->decoding) != attached) detach(e);
+    if (attached && !e->decoding)
+        return pk_fail("press '%s' is attached to the session but not to its GPU sequence", attached->name);
+    return e->decoding ? forward_decoding(e, ids, n, logits, all_logits, st)
+                       : pk_cuda_forward(e->s, 0, ids, n, logits, all_logits);
 }
 
 static int cuda_greedy(void *engine, int32_t first, int steps, int32_t *chosen)
 {
     cuda_engine *e = engine;
+    if (e->decoding)
+        return pk_fail("press '%s' acts on every step's queries on the host: the GPU's greedy steps run without it",
+                       pk_cuda_decoding_press(e->decoding)->name);
     return pk_cuda_decode_greedy_steps(e->s, &first, 1, steps, chosen);
 }
 
