@@ -165,7 +165,7 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         for (int run = 0; run < 2; run++) {
             emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
                        (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
-                       per_split, (float *)nullptr);
+                       per_split, (float *)nullptr, head_projection<W>{});
             CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
                   "attention %s: completion counts not reset after run %d", what, run + 1);
         }
@@ -193,6 +193,31 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
     const double d = rel(ref, out.data(), out.size());
     printf("attention %s: rel L2 %.2e\n", what, d);
     CHECK(d < 1e-5, "attention %s: rel L2 %.3e to the dense reference", what, d);
+    if (n_split == 0) return;
+
+    /* The same step projecting each head's output itself (head_projection):
+     * each residual row gains the bias and the output projection of the
+     * reference attention, twice over two steps, the counts back at zero. */
+    std::vector<W> wo = random_w<W>((size_t)C * C);
+    std::vector<float> bias = random_f(C), x = random_f((size_t)R * C), x0 = x, parts((size_t)R * n_head * C, NAN);
+    std::vector<float> part((size_t)kv.max_seq * n_head * n_split * (HD + 2), NAN);
+    std::vector<int> done((size_t)kv.max_seq * n_head, 0), heads_done((size_t)R, 0);
+    const head_projection<W> proj{wo.data(), bias.data(), x.data(), parts.data(), heads_done.data()};
+    for (int run = 0; run < 2; run++)
+        emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
+                   (const float *)q.data(), (float *)nullptr, layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
+                   per_split, (float *)nullptr, proj);
+    std::vector<double> projected((size_t)R * C);
+    for (int row = 0; row < R; row++)
+        for (int j = 0; j < C; j++) {
+            double v = bias[j];
+            for (int i = 0; i < C; i++) v += (double)to_f<W>(wo[(size_t)j * C + i]) * ref[(size_t)row * C + i];
+            projected[(size_t)row * C + j] = x0[(size_t)row * C + j] + 2 * v;
+        }
+    const double dp = rel(projected, x.data(), x.size());
+    printf("attention %s, projected by the heads: rel L2 %.2e\n", what, dp);
+    CHECK(dp < 1e-5 && std::all_of(heads_done.begin(), heads_done.end(), [](int v) { return v == 0; }),
+          "attention %s, projected by the heads: rel L2 %.3e to x + 2 (bias + Wo att), or counts not reset", what, dp);
 }
 
 /* Layer norm of one row in float64. */
@@ -634,7 +659,7 @@ template <typename W, int HD> static void check_sharded_decode(const char *what)
         std::vector<int> done((size_t)n_seq * n_head, 0);
         emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
                    (const float *)q.data(), (float *)nullptr, 0, scale, ranks[g].ctx(0, 1), part.data(), done.data(), 0,
-                   gathered.data() + (size_t)g * n_seq * n_head * (HD + 2));
+                   gathered.data() + (size_t)g * n_seq * n_head * (HD + 2), head_projection<W>{});
     }
     emu_launch(dim3(n_head, n_seq), dim3(HD), 0, merge_ranks_kernel<float, HD>, (const float *)gathered.data(), G,
                out.data(), C);

@@ -90,6 +90,10 @@ struct pk_cuda_session {
     float *d_best_v;
     int32_t *d_best_i;
     int *d_step_done;
+    /* Decode attention's own output projection (head_projection): each
+     * head's part [small rows][n_head][C], and the heads finished per row. */
+    float *d_proj_part;
+    int *d_proj_done;
     int split_cap;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
@@ -415,6 +419,7 @@ template <typename W, typename OutT> struct decode_args {
     rows_ctx<W> c;
     int n_split, n_seq, per_split;
     float *states;
+    head_projection<W> proj;
 };
 
 template <typename W, typename OutT, int HD, int NW>
@@ -422,15 +427,17 @@ static void launch_decode(pk_cuda_session *s, const decode_args<W, OutT> &a)
 {
     launch_overlapped(s, attention_decode_kernel<W, OutT, HD, NW>, dim3(a.n_split, s->cfg.n_head, a.n_seq),
                       dim3(NW * 32), 0, a.q, a.out, a.layer, a.scale, a.c, s->d_part, s->d_done, a.per_split,
-                      a.states);
+                      a.states, a.proj);
 }
 
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
  * W on the cuBLAS path. Decode (one row per sequence) splits each head's
- * context over several blocks; prompts have a block per row and head, of 4
- * warps each. */
+ * context over several blocks, and given proj.w (and one GPU) does the output
+ * projection too, setting *projected; prompts have a block per row and head,
+ * of 4 warps each. */
 template <typename W, typename OutT>
-static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c)
+static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c,
+                     head_projection<W> proj = {}, bool *projected = nullptr)
 {
     const float scale = pk_attention_scale(&s->cfg, layer);
     const int n_split = decode_splits(s, n_seq);
@@ -441,10 +448,12 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     /* On one of several GPUs a decode step's heads end in states that all GPUs exchange and merge. */
     const int sharded = s->n_rank > 0 && c.rows_per_seq == 1;
     const size_t n_states = (size_t)n_seq * s->cfg.n_head * (s->cfg.head_dim + 2);
+    const bool project = proj.w && c.rows_per_seq == 1 && !sharded;
+    if (projected) *projected = project;
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
         const decode_args<W, OutT> a{q, o, layer, scale, c, n_split, n_seq, per_split,                              \
-                                     sharded ? s->d_states : nullptr};                                               \
+                                     sharded ? s->d_states : nullptr, project ? proj : head_projection<W>{}};      \
         if (decode_warps(n_seq) == DECODE_WARPS_ONE) launch_decode<W, OutT, HD, DECODE_WARPS_ONE>(s, a);             \
         else launch_decode<W, OutT, HD, DECODE_WARPS_MANY>(s, a);                                                    \
         if (sharded) {                                                                                               \
@@ -506,9 +515,15 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (small) {
             gemv<W, true>(s, L->attn_w, L->attn_b, a->x, R, C, L->ln_1_w, L->ln_1_b,
                           make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c), l == 0 ? embed : embedding<W>{});
-            if (attention<W, float>(s, a->q, a->att, l, n_seq, c) || copy_queries(s, queries, a->q, l, R)) return -1;
-            gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
-                           make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
+            const head_projection<W> proj = {(const W *)L->attn_proj_w, L->attn_proj_b, a->x, s->d_proj_part,
+                                             s->d_proj_done};
+            bool projected = false;
+            if (attention<W, float>(s, a->q, a->att, l, n_seq, c, proj, &projected) ||
+                copy_queries(s, queries, a->q, l, R))
+                return -1;
+            if (!projected)
+                gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
+                               make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
             gemv<W, true>(s, L->fc_w, L->fc_b, a->x, R, C, L->ln_2_w, L->ln_2_b,
                           make_epi<W, float, EPI_GELU>(a->fc, F, l, c));
             gemv<W, false>(s, L->fc_proj_w, L->fc_proj_b, (const float *)a->fc, R, F, NULL, NULL,
@@ -610,6 +625,8 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_best_v);
     cudaFree(s->d_best_i);
     cudaFree(s->d_step_done);
+    cudaFree(s->d_proj_part);
+    cudaFree(s->d_proj_done);
     cudaFree(s->d_discard);
     cudaFree(s->d_states);
     cudaFree(s->d_gathered);
@@ -707,6 +724,10 @@ static int session_init(pk_cuda_session *s)
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
+    CU(cudaMalloc((void **)&s->d_proj_part, (size_t)small_rows * c->n_head * c->n_embd * 4),
+       "allocating the heads' projections");
+    CU(cudaMalloc((void **)&s->d_proj_done, (size_t)small_rows * 4), "allocating the heads' projection counts");
+    CU(cudaMemset(s->d_proj_done, 0, (size_t)small_rows * 4), "clearing the heads' projection counts");
     CU(cudaMallocHost((void **)&s->h_tokens, (size_t)max_seq * 4), "allocating pinned tokens");
     const size_t chosen = (size_t)max_seq * (c->n_positions + 1) * 4;
     CU(cudaMallocHost((void **)&s->h_chosen, chosen), "allocating pinned choices");

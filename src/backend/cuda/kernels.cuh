@@ -764,6 +764,64 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
     }
 }
 
+/* The attention output projection done by decode attention itself: the
+ * projection's weights w (output-major [C][C], as gemv_kernel reads them)
+ * and bias, the residual stream x [rows][C] it adds to, each head's part
+ * [rows][n_head][C], and the count of heads finished per row, zero between
+ * steps. */
+template <typename W> struct head_projection {
+    const W *w;
+    const float *bias;
+    float *x, *part;
+    int *done;
+};
+
+/* Head h's share of row `row`'s output projection, by one block: part[j] =
+ * w[j][h * HD ..] · att for j < C, a group of HD / VN lanes an output, each
+ * lane one 16-byte load, 8 loads of a thread in flight at once. The output
+ * projection is linear in the heads' outputs, so the last head of the row to
+ * finish then adds the parts, in head order, and the bias to the residual
+ * stream: one launch fewer a layer than a matrix-vector product after the
+ * attention, and the same arithmetic whatever order the heads finish in. */
+template <typename W, int HD>
+__device__ void project_head(const head_projection<W> &p, const float *att, int row, int h, int n_head, int C)
+{
+    constexpr int VN = vec<W>::n, GROUP = HD / VN, NL = 8;
+    __shared__ int is_last;
+    const int per_round = blockDim.x / GROUP, sub = threadIdx.x % GROUP;
+    float *part = p.part + ((size_t)row * n_head + h) * C;
+    for (int base = 0; base < C; base += NL * per_round) {
+        uint4 wv[NL];
+#pragma unroll
+        for (int i = 0; i < NL; i++) {
+            const int j = base + i * per_round + threadIdx.x / GROUP;
+            wv[i] = j < C ? load16(p.w + (size_t)j * C + h * HD + sub * VN) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < NL; i++) {
+            float acc = 0.f;
+            dot_chunk<W, 1>(&acc, wv[i], att, 1, HD, sub * VN);
+            for (int o = GROUP / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            const int j = base + i * per_round + threadIdx.x / GROUP;
+            if (sub == 0 && j < C) part[j] = acc;
+        }
+    }
+    /* Publish the part before counting the head; the last head reads every part past the (incoherent) L1. */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&p.done[row], 1) == n_head - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const float *parts = p.part + (size_t)row * n_head * C;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        float v = 0.f;
+        for (int g = 0; g < n_head; g++) v += __ldcg(parts + (size_t)g * C + j);
+        p.x[(size_t)row * C + j] += v + p.bias[j];
+    }
+    if (threadIdx.x == 0) p.done[row] = 0;
+}
+
 /* Decode attention (one row per sequence) split over the context, so that a
  * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
  * of a head takes an equal share of the head's KV blocks, and at least one
@@ -777,13 +835,16 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
  * sets the count back to zero for the next step. With `states` (a session
  * that holds part of each head, engine/cuda/group_cuda.h), it writes the
  * merged state instead, [n_seq][n_head][HD + 2] like a part, for
- * merge_ranks_kernel to merge with the other GPUs' states. */
+ * merge_ranks_kernel to merge with the other GPUs' states. With proj.w (and
+ * no states) it projects the head's output itself (project_head) instead of
+ * writing it to out. */
 template <typename W, typename OutT, int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
                                                                    rows_ctx<W> c, float *part, int *done,
-                                                                   int per_split, float *states)
+                                                                   int per_split, float *states,
+                                                                   head_projection<W> proj)
 {
-    __shared__ float qs[HD];
+    __shared__ __align__(16) float qs[HD]; /* the scaled query, then the head's output (read 16 bytes at a time) */
     __shared__ warp_states<HD, NW> ws;
     __shared__ int is_last;
     const int split = blockIdx.x, n_split = gridDim.x, h = blockIdx.y, row = blockIdx.z;
@@ -840,6 +901,10 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
             L += li * f;
             o += __ldcg(pi + d) * f;
         }
+        if (proj.w && !states) {
+            qs[d] = o / L; /* the query is done with: the head's output goes to the projection */
+            continue;
+        }
         if (!states) {
             out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
             continue;
@@ -852,6 +917,10 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
         }
     }
     if (threadIdx.x == 0) done[b * c.n_head + h] = 0;
+    if (proj.w && !states) {
+        __syncthreads();
+        project_head<W, HD>(proj, qs, row, h, c.n_head, c.C);
+    }
 }
 
 /* The attention output of every (sequence, head) from the states of all
