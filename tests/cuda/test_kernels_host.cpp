@@ -165,7 +165,7 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         for (int run = 0; run < 2; run++) {
             emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
                        (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
-                       per_split, (float *)nullptr, head_projection<W>{});
+                       per_split, (float *)nullptr);
             CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
                   "attention %s: completion counts not reset after run %d", what, run + 1);
         }
@@ -193,31 +193,6 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
     const double d = rel(ref, out.data(), out.size());
     printf("attention %s: rel L2 %.2e\n", what, d);
     CHECK(d < 1e-5, "attention %s: rel L2 %.3e to the dense reference", what, d);
-    if (n_split == 0) return;
-
-    /* The same step projecting each head's output itself (head_projection):
-     * each residual row gains the bias and the output projection of the
-     * reference attention, twice over two steps, the counts back at zero. */
-    std::vector<W> wo = random_w<W>((size_t)C * C);
-    std::vector<float> bias = random_f(C), x = random_f((size_t)R * C), x0 = x, parts((size_t)R * n_head * C, NAN);
-    std::vector<float> part((size_t)kv.max_seq * n_head * n_split * (HD + 2), NAN);
-    std::vector<int> done((size_t)kv.max_seq * n_head, 0), heads_done((size_t)R, 0);
-    const head_projection<W> proj{wo.data(), bias.data(), x.data(), parts.data(), heads_done.data()};
-    for (int run = 0; run < 2; run++)
-        emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
-                   (const float *)q.data(), (float *)nullptr, layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
-                   per_split, (float *)nullptr, proj);
-    std::vector<double> projected((size_t)R * C);
-    for (int row = 0; row < R; row++)
-        for (int j = 0; j < C; j++) {
-            double v = bias[j];
-            for (int i = 0; i < C; i++) v += (double)to_f<W>(wo[(size_t)j * C + i]) * ref[(size_t)row * C + i];
-            projected[(size_t)row * C + j] = x0[(size_t)row * C + j] + 2 * v;
-        }
-    const double dp = rel(projected, x.data(), x.size());
-    printf("attention %s, projected by the heads: rel L2 %.2e\n", what, dp);
-    CHECK(dp < 1e-5 && std::all_of(heads_done.begin(), heads_done.end(), [](int v) { return v == 0; }),
-          "attention %s, projected by the heads: rel L2 %.3e to x + 2 (bias + Wo att), or counts not reset", what, dp);
 }
 
 /* Layer norm of one row in float64. */
@@ -269,7 +244,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     qkv.kv = kv.ctx(0, 1);
     emu_launch(dim3(5), dim3(256), (size_t)(rows + 2) * C * 4, gemv_kernel<W, 4, true, float, EPI_QKV>,
                (const W *)Wqkv.data(), (const float *)bias.data(), (const float *)x.data(), rows, C, 1,
-               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, qkv, embedding<W>{});
+               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, qkv);
     std::vector<double> ref = product_ref(x, rows, C, Wqkv, 3 * C, bias.data(), ln_w.data(), ln_b.data());
     std::vector<double> qref((size_t)rows * C);
     std::vector<double> kvref;
@@ -293,28 +268,6 @@ template <typename W> static void check_gemv(const char *what, double limit)
     CHECK(written == (size_t)rows * 2 * C, "gemv %s QKV: %zu cache values written, expected %d", what, written,
           rows * 2 * C);
 
-    /* The same product starting the step: its rows made from the embeddings
-     * of tokens 5, 0, 9 at the sequences' positions 2, 7, 1, and written to
-     * the residual stream as embed_kernel writes them. */
-    std::vector<W> wte = random_w<W>((size_t)10 * C), wpe = random_w<W>((size_t)8 * C);
-    const std::vector<int32_t> tokens = {5, 0, 9};
-    kv.seq_pos = {2, 7, 1};
-    std::vector<float> ex((size_t)rows * C), made((size_t)rows * C, NAN), q2((size_t)rows * C, NAN);
-    for (int r = 0; r < rows; r++)
-        for (int i = 0; i < C; i++)
-            ex[(size_t)r * C + i] = to_f<W>(wte[(size_t)tokens[r] * C + i]) + to_f<W>(wpe[(size_t)kv.seq_pos[r] * C + i]);
-    qkv.y = q2.data();
-    emu_launch(dim3(5), dim3(256), (size_t)(rows + 2) * C * 4, gemv_kernel<W, 4, true, float, EPI_QKV>,
-               (const W *)Wqkv.data(), (const float *)bias.data(), (const float *)nullptr, rows, C, 1,
-               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, qkv,
-               embedding<W>{wte.data(), wpe.data(), tokens.data(), made.data()});
-    ref = product_ref(ex, rows, C, Wqkv, 3 * C, bias.data(), ln_w.data(), ln_b.data());
-    for (int r = 0; r < rows; r++)
-        for (int j = 0; j < C; j++) qref[(size_t)r * C + j] = ref[(size_t)r * 3 * C + j];
-    const double de = rel(qref, q2.data(), q2.size());
-    CHECK(made == ex && de < 1e-5, "gemv %s QKV from the embeddings: rows %s, queries rel L2 %.3e", what,
-          made == ex ? "as embed_kernel" : "differ", de);
-
     /* Residual add over F inputs, 5 rows of the 8-row variant. */
     const int r5 = 5;
     std::vector<float> h = random_f((size_t)r5 * F), resid = random_f((size_t)r5 * C), before = resid;
@@ -326,7 +279,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     res.kv = kv.ctx(0, 1);
     emu_launch(dim3(3), dim3(256), (size_t)r5 * F * 4, gemv_kernel<W, 8, false, float, EPI_RESIDUAL>, (const W *)Wp.data(),
                (const float *)bias.data(), (const float *)h.data(), r5, F, 1, (const float *)nullptr,
-               (const float *)nullptr, 1e-5f, res, embedding<W>{});
+               (const float *)nullptr, 1e-5f, res);
     ref = product_ref(h, r5, F, Wp, C, bias.data(), nullptr, nullptr);
     for (size_t i = 0; i < ref.size(); i++) ref[i] += before[i];
     double dr = rel(ref, resid.data(), resid.size());
@@ -343,7 +296,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     ge.kv = kv.ctx(0, 1);
     emu_launch(dim3(4), dim3(256), (size_t)4 * C * 4, gemv_kernel<W, 2, true, float, EPI_GELU>, (const W *)Wfc.data(),
                (const float *)bias.data(), (const float *)x.data(), 2, C, 1, (const float *)ln_w.data(),
-               (const float *)ln_b.data(), 1e-5f, ge, embedding<W>{});
+               (const float *)ln_b.data(), 1e-5f, ge);
     ref = product_ref(x, 2, C, Wfc, F, bias.data(), ln_w.data(), ln_b.data());
     for (auto &v : ref) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
     double dg = rel(ref, fc.data(), fc.size());
@@ -355,7 +308,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     st.kv = kv.ctx(0, 1);
     emu_launch(dim3(3), dim3(256), (size_t)3 * C * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wfc.data(),
                (const float *)nullptr, (const float *)x.data(), 1, C, 1, (const float *)ln_w.data(),
-               (const float *)ln_b.data(), 1e-5f, st, embedding<W>{});
+               (const float *)ln_b.data(), 1e-5f, st);
     ref = product_ref(x, 1, C, Wfc, F, nullptr, ln_w.data(), ln_b.data());
     double ds = rel(ref, logits.data(), logits.size());
     printf("gemv %s, LN + GELU: rel L2 %.2e; LN + store: %.2e\n", what, dg, ds);
@@ -368,7 +321,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     st.out = C;
     emu_launch(dim3(2), dim3(32), (size_t)3 * F * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wp.data(),
                (const float *)nullptr, (const float *)h.data(), 1, F, 1, (const float *)ln_wf.data(),
-               (const float *)ln_bf.data(), 1e-5f, st, embedding<W>{});
+               (const float *)ln_bf.data(), 1e-5f, st);
     ref = product_ref(h, 1, F, Wp, C, nullptr, ln_wf.data(), ln_bf.data());
     double dw = rel(ref, wide.data(), wide.size());
     printf("gemv %s, LN over %d inputs on 32 threads: rel L2 %.2e\n", what, F, dw);
@@ -401,7 +354,7 @@ static void launch_gemv(int grid, const W *Wt, const float *bias, const float *x
     const size_t smem = (size_t)(n_rows + (LN ? 2 : 0)) * in * 4;
 #define GEMV_ROWS(R)                                                                                                 \
     emu_launch(dim3(grid), dim3(256), smem, gemv_kernel<W, R, LN, OutT, EPI>, Wt, bias, x, n_rows, in, split, ln_w,  \
-               ln_b, 1e-5f, epi, embedding<W>{})
+               ln_b, 1e-5f, epi)
     if (n_rows <= 1)
         GEMV_ROWS(1);
     else if (n_rows <= 2)
@@ -451,14 +404,14 @@ static void check_split(const char *type, double kv_limit, int in, int out, int 
     int wrong = 0;
     size_t cache_written = 0;
     if (EPI == EPI_RESIDUAL) {
-        epilogue<W, float, EPI> e{resid.data() + pad, out, layer, ctx, {}};
+        epilogue<W, float, EPI> e{resid.data() + pad, out, layer, ctx};
         launch_gemv<W, LN>(grid, Wt.data(), bias.data(), x.data(), n_rows, in, split, ln_w.data(), ln_b.data(), e);
         for (size_t i = 0; i < ref.size(); i++) ref[i] += before[pad + i];
         d = rel(ref, resid.data() + pad, ref.size());
         for (size_t i = 0; i < pad; i++)
             wrong += resid[i] != before[i] || resid[resid.size() - 1 - i] != before[before.size() - 1 - i];
     } else {
-        epilogue<W, tally, EPI> e{y.data() + pad, out, layer, ctx, {}};
+        epilogue<W, tally, EPI> e{y.data() + pad, out, layer, ctx};
         launch_gemv<W, LN>(grid, Wt.data(), bias.data(), x.data(), n_rows, in, split, ln_w.data(), ln_b.data(), e);
         wrong = writes_wrong(y, pad);
         std::vector<double> want;
@@ -659,7 +612,7 @@ template <typename W, int HD> static void check_sharded_decode(const char *what)
         std::vector<int> done((size_t)n_seq * n_head, 0);
         emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
                    (const float *)q.data(), (float *)nullptr, 0, scale, ranks[g].ctx(0, 1), part.data(), done.data(), 0,
-                   gathered.data() + (size_t)g * n_seq * n_head * (HD + 2), head_projection<W>{});
+                   gathered.data() + (size_t)g * n_seq * n_head * (HD + 2));
     }
     emu_launch(dim3(n_head, n_seq), dim3(HD), 0, merge_ranks_kernel<float, HD>, (const float *)gathered.data(), G,
                out.data(), C);
@@ -794,74 +747,6 @@ static void check_argmax()
     for (int i = 0; i < rows * 10; i++) placed += by_position[i] != -1;
     CHECK(placed == rows && by_position[4] == 300 && by_position[10] == V - 1 && by_position[29] == 0,
           "argmax: the choices by position are not each at its sequence's position (%d written)", placed);
-}
-
-/* The LM head ending a step (EPI_LOGITS), 3 decode rows over a grid of 4
- * blocks striding over V outputs in rounds: the logits stored as EPI_STORE
- * stores them, each row's choice the first largest of its stored logits over
- * all blocks (outputs 300 and 700, one block apart, tie at the top of every
- * row: 300 wins), the sequences advanced as advance_kernel advances them (a
- * full ring moving on), the choices also at each sequence's new position,
- * and the block count back at zero: a second step, without a choice, only
- * advances. */
-template <typename W> static void check_step_end(const char *what)
-{
-    const int n_head = 2, hd = 32, C = n_head * hd, V = 1000, rows = 3, stride = 12;
-    paged_cache<W> kv(rows, 2, n_head, hd, 4);
-    for (int i = 0; i < rows * kv.n_lh; i++) kv.kv_len[i] = 5 + i;
-    kv.ring[1] = ring_state{2, 4, 3, 0};
-    kv.kv_len[1] = 6; /* full: it moves on to slot 4 instead of growing */
-    kv.seq_pos = {7, 3, 9};
-    std::vector<float> x = random_f((size_t)rows * C), ln_w = random_f(C), ln_b = random_f(C);
-    std::vector<float> bias((size_t)V, 0.f);
-    std::vector<W> Wt = random_w<W>((size_t)V * C);
-    for (int i = 0; i < C; i++) Wt[(size_t)700 * C + i] = Wt[(size_t)300 * C + i];
-    bias[300] = bias[700] = 100.f;
-    std::vector<float> logits((size_t)rows * V, NAN), best_v((size_t)4 * 8);
-    std::vector<int32_t> chosen(rows, -1), by_position((size_t)rows * stride, -1), best_i((size_t)4 * 8);
-    int done = 0;
-    std::vector<int32_t> len0 = kv.kv_len;
-    epilogue<W, float, EPI_LOGITS> e;
-    e.y = logits.data();
-    e.out = V;
-    e.layer = 0;
-    e.kv = kv.ctx(0, 1);
-    e.end = step_end{chosen.data(), by_position.data(), stride, rows, best_v.data(), best_i.data(), &done};
-    emu_launch(dim3(4), dim3(256), (size_t)(rows + 2) * C * 4, gemv_kernel<W, 4, true, float, EPI_LOGITS>,
-               (const W *)Wt.data(), (const float *)bias.data(), (const float *)x.data(), rows, C, 1,
-               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, e, embedding<W>{});
-    const std::vector<double> ref = product_ref(x, rows, C, Wt, V, bias.data(), ln_w.data(), ln_b.data());
-    const double d = rel(ref, logits.data(), logits.size());
-    int first_largest = 0, tie = 0;
-    for (int r = 0; r < rows; r++) {
-        const float *l = logits.data() + (size_t)r * V;
-        int want = 0;
-        for (int j = 1; j < V; j++)
-            if (l[j] > l[want]) want = j;
-        first_largest += chosen[r] == want;
-        tie += want == 300 && l[700] == l[300];
-    }
-    int advanced = 0;
-    for (int i = 0; i < rows * kv.n_lh; i++) advanced += kv.kv_len[i] == len0[i] + (i == 1 ? 0 : 1);
-    CHECK(d < 1e-5 && first_largest == rows && tie == rows,
-          "step end %s: logits rel L2 %.3e, %d rows chose the first largest, %d rows had the tie", what, d,
-          first_largest, tie);
-    CHECK(advanced == rows * kv.n_lh && kv.ring[1].next == 4 && kv.seq_pos == std::vector<int32_t>({8, 4, 10}) &&
-              by_position[8] == 300 && by_position[stride + 4] == 300 && by_position[2 * stride + 10] == 300 &&
-              done == 0,
-          "step end %s: %d of %d heads advanced, ring at %d, positions %d %d %d, count %d", what, advanced,
-          rows * kv.n_lh, kv.ring[1].next, kv.seq_pos[0], kv.seq_pos[1], kv.seq_pos[2], done);
-    e.end.chosen = nullptr;
-    chosen.assign(rows, -1);
-    emu_launch(dim3(4), dim3(256), (size_t)(rows + 2) * C * 4, gemv_kernel<W, 4, true, float, EPI_LOGITS>,
-               (const W *)Wt.data(), (const float *)bias.data(), (const float *)x.data(), rows, C, 1,
-               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, e, embedding<W>{});
-    CHECK(kv.seq_pos == std::vector<int32_t>({9, 5, 11}) && kv.ring[1].next == 5 && chosen[0] == -1 && done == 0,
-          "step end %s, no choice: positions %d %d %d, ring at %d, chosen %d, count %d", what, kv.seq_pos[0],
-          kv.seq_pos[1], kv.seq_pos[2], kv.ring[1].next, chosen[0], done);
-    printf("step end %s: logits rel L2 %.1e, every row's first largest over 4 blocks (the tie to 300), "
-           "sequences advanced, count reset\n",
-           what, d);
 }
 
 /* The press measures over one head's listed slots (gaps, block boundaries,
@@ -1034,8 +919,6 @@ int main()
     check_sharded_decode<float, 64>("f32");
     check_sharded_decode<__nv_bfloat16, 32>("bf16");
     check_argmax();
-    check_step_end<float>("f32");
-    check_step_end<__nv_bfloat16>("bf16");
     check_residual_layernorm();
     check_compaction<float>("f32");
     check_compaction<__nv_bfloat16>("bf16");

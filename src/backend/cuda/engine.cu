@@ -85,15 +85,6 @@ struct pk_cuda_session {
     size_t smem_optin;        /* the most shared memory a block may ask for */
     float *d_part;            /* split decode attention: [max_seq][n_head][split_cap][head_dim + 2] */
     int *d_done;              /* its completion counts [max_seq][n_head], zero between steps */
-    /* The LM head's end of a step (step_end): each block's greedy choice per
-     * row [n_sm * 8][MAX_GEMV_ROWS], and the count of finished blocks. */
-    float *d_best_v;
-    int32_t *d_best_i;
-    int *d_step_done;
-    /* Decode attention's own output projection (head_projection): each
-     * head's part [small rows][n_head][C], and the heads finished per row. */
-    float *d_proj_part;
-    int *d_proj_done;
     int split_cap;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
@@ -234,13 +225,11 @@ static epilogue<W, OutT, EPI> make_epi(void *y, int out, int layer, const rows_c
     return e;
 }
 
-/* Launch a kernel that may overlap the one before it in the stream when
- * `overlap` (programmatic dependent launch: the kernel itself waits for its
- * predecessor before reading anything that predecessor writes), else one
- * that starts once its predecessor has finished. */
+/* Launch a kernel that may overlap the one before it in the stream
+ * (programmatic dependent launch): the kernel itself waits for its
+ * predecessor before reading anything that predecessor writes. */
 template <typename... P, typename... A>
-static void launch(pk_cuda_session *s, bool overlap, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem,
-                   A... args)
+static void launch_overlapped(pk_cuda_session *s, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args)
 {
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -251,16 +240,10 @@ static void launch(pk_cuda_session *s, bool overlap, void (*kernel)(P...), dim3 
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s->stream;
     cfg.attrs = &attr;
-    cfg.numAttrs = overlap ? 1 : 0;
+    cfg.numAttrs = 1;
     /* A failed launch is left in cudaGetLastError, which the forward pass checks. */
     (void)cudaLaunchKernelEx(&cfg, kernel, (P)args...);
     s->launches++;
-}
-
-template <typename... P, typename... A>
-static void launch_overlapped(pk_cuda_session *s, void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args)
-{
-    launch(s, true, kernel, grid, block, smem, args...);
 }
 
 /* The row template (1, 2, 4 or 8) that holds n_rows rows. */
@@ -293,12 +276,10 @@ static int gemv_split(int in, int w_size, int n_rows)
 /* Shared memory of a matrix-vector launch: the rows of x, and the layer norm's weights. */
 static size_t gemv_smem(int n_rows, int in, bool ln) { return (size_t)(n_rows + (ln ? 2 : 0)) * in * sizeof(float); }
 
-/* Launch the matrix-vector kernel with the smallest row template that holds
- * n_rows; one that makes its rows from the embeddings (emb) starts the step,
- * after everything before it has finished. */
+/* Launch the matrix-vector kernel with the smallest row template that holds n_rows. */
 template <typename W, bool LN, typename OutT, int EPI>
 static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const float *x, int n_rows, int in,
-                 const float *ln_w, const float *ln_b, epilogue<W, OutT, EPI> epi, embedding<W> emb = {})
+                 const float *ln_w, const float *ln_b, epilogue<W, OutT, EPI> epi)
 {
     const int R = gemv_template_rows(n_rows);
     const int split = gemv_split(in, (int)sizeof(W), n_rows), per_block = GEMV_WARPS / split;
@@ -308,8 +289,8 @@ static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const fl
     const float eps = s->cfg.layer_norm_epsilon;
     const W *w = (const W *)Wt;
 #define GEMV_CASE(R)                                                                                                 \
-    launch(s, !emb.wte, gemv_kernel<W, R, LN, OutT, EPI>, blocks, GEMV_WARPS * 32, smem, w, bias, x, n_rows, in, split, \
-           ln_w, ln_b, eps, epi, emb)
+    launch_overlapped(s, gemv_kernel<W, R, LN, OutT, EPI>, blocks, GEMV_WARPS * 32, smem, w, bias, x, n_rows, in,     \
+                      split, ln_w, ln_b, eps, epi)
     switch (R) {
     case 1: GEMV_CASE(1); break;
     case 2: GEMV_CASE(2); break;
@@ -419,7 +400,6 @@ template <typename W, typename OutT> struct decode_args {
     rows_ctx<W> c;
     int n_split, n_seq, per_split;
     float *states;
-    head_projection<W> proj;
 };
 
 template <typename W, typename OutT, int HD, int NW>
@@ -427,17 +407,15 @@ static void launch_decode(pk_cuda_session *s, const decode_args<W, OutT> &a)
 {
     launch_overlapped(s, attention_decode_kernel<W, OutT, HD, NW>, dim3(a.n_split, s->cfg.n_head, a.n_seq),
                       dim3(NW * 32), 0, a.q, a.out, a.layer, a.scale, a.c, s->d_part, s->d_done, a.per_split,
-                      a.states, a.proj);
+                      a.states);
 }
 
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
  * W on the cuBLAS path. Decode (one row per sequence) splits each head's
- * context over several blocks, and given proj.w (and one GPU) does the output
- * projection too, setting *projected; prompts have a block per row and head,
- * of 4 warps each. */
+ * context over several blocks; prompts have a block per row and head, of 4
+ * warps each. */
 template <typename W, typename OutT>
-static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c,
-                     head_projection<W> proj = {}, bool *projected = nullptr)
+static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c)
 {
     const float scale = pk_attention_scale(&s->cfg, layer);
     const int n_split = decode_splits(s, n_seq);
@@ -448,12 +426,10 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     /* On one of several GPUs a decode step's heads end in states that all GPUs exchange and merge. */
     const int sharded = s->n_rank > 0 && c.rows_per_seq == 1;
     const size_t n_states = (size_t)n_seq * s->cfg.n_head * (s->cfg.head_dim + 2);
-    const bool project = proj.w && c.rows_per_seq == 1 && !sharded;
-    if (projected) *projected = project;
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
         const decode_args<W, OutT> a{q, o, layer, scale, c, n_split, n_seq, per_split,                              \
-                                     sharded ? s->d_states : nullptr, project ? proj : head_projection<W>{}};      \
+                                     sharded ? s->d_states : nullptr};                                               \
         if (decode_warps(n_seq) == DECODE_WARPS_ONE) launch_decode<W, OutT, HD, DECODE_WARPS_ONE>(s, a);             \
         else launch_decode<W, OutT, HD, DECODE_WARPS_MANY>(s, a);                                                    \
         if (sharded) {                                                                                               \
@@ -491,39 +467,26 @@ static int copy_queries(pk_cuda_session *s, float *queries, const float *q, int 
 /* Enqueue the whole forward pass of n_seq sequences (seq0...) with
  * rows_per_seq new tokens each, whose ids are in d_tokens. Logits go to
  * a->logits: of every row when all_logits, else of the last row of each
- * sequence. A greedy decode step then writes each sequence's choice as its
- * next input token and at the position it will take in d_chosen, so that
- * steps follow each other on the device. Nothing here synchronises, so the
- * decode step can be captured. */
+ * sequence. Nothing here synchronises, so the decode step can be captured. */
 template <typename W>
 static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
-                           int all_logits, float *queries, int greedy)
+                           int all_logits, float *queries)
 {
     const pikv_config *cf = &s->cfg;
     const int C = cf->n_embd, F = cf->n_inner, V = cf->vocab_size, R = n_seq * rows_per_seq;
     const int small = R <= s->gemv_rows;
     const rows_ctx<W> c = make_ctx<W>(s, seq0, rows_per_seq);
     s->launches = 0;
-    /* On the matrix-vector path the first layer's QKV product makes the embeddings itself. */
-    const embedding<W> embed = {(const W *)s->w.wte, (const W *)s->w.wpe, s->d_tokens, a->x};
-    if (!small) {
-        embed_kernel<W><<<R, 128, 0, s->stream>>>(a->x, embed.wte, embed.wpe, s->d_tokens, c);
-        s->launches++;
-    }
+    embed_kernel<W><<<R, 128, 0, s->stream>>>(a->x, (const W *)s->w.wte, (const W *)s->w.wpe, s->d_tokens, c);
+    s->launches++;
     for (int l = 0; l < cf->n_layer; l++) {
         const pk_cuda_layer *L = &s->w.layers[l];
         if (small) {
             gemv<W, true>(s, L->attn_w, L->attn_b, a->x, R, C, L->ln_1_w, L->ln_1_b,
-                          make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c), l == 0 ? embed : embedding<W>{});
-            const head_projection<W> proj = {(const W *)L->attn_proj_w, L->attn_proj_b, a->x, s->d_proj_part,
-                                             s->d_proj_done};
-            bool projected = false;
-            if (attention<W, float>(s, a->q, a->att, l, n_seq, c, proj, &projected) ||
-                copy_queries(s, queries, a->q, l, R))
-                return -1;
-            if (!projected)
-                gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
-                               make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
+                          make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
+            if (attention<W, float>(s, a->q, a->att, l, n_seq, c) || copy_queries(s, queries, a->q, l, R)) return -1;
+            gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
+                           make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
             gemv<W, true>(s, L->fc_w, L->fc_b, a->x, R, C, L->ln_2_w, L->ln_2_b,
                           make_epi<W, float, EPI_GELU>(a->fc, F, l, c));
             gemv<W, false>(s, L->fc_proj_w, L->fc_proj_b, (const float *)a->fc, R, F, NULL, NULL,
@@ -553,13 +516,8 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (!all_logits && rows_per_seq > 1 && n_seq > 1)
             return pk_fail("CUDA forward: last-row logits of several multi-token sequences are not supported");
         if (rows <= s->gemv_rows) {
-            /* The LM head's last block ends the step: no kernel of its own advances or chooses. */
-            epilogue<W, float, EPI_LOGITS> epi = make_epi<W, float, EPI_LOGITS>(a->logits, V, 0, c);
-            epi.end = step_end{greedy ? s->d_tokens : nullptr, s->d_chosen, cf->n_positions + 1, n_seq,
-                               s->d_best_v, s->d_best_i, s->d_step_done};
-            gemv<W, true>(s, s->w.lm_head, NULL, x, rows, C, s->w.ln_f_w, s->w.ln_f_b, epi);
-            CU(cudaGetLastError(), "launching the forward pass");
-            return 0;
+            gemv<W, true>(s, s->w.lm_head, NULL, x, rows, C, s->w.ln_f_w, s->w.ln_f_b,
+                          make_epi<W, float, EPI_STORE>(a->logits, V, 0, c));
         } else {
             /* More rows than the matrix-vector path takes means the cuBLAS path ran,
              * whose last epilogue left ln_f of every row in xn. */
@@ -569,11 +527,6 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     }
     const int n = n_seq * s->n_lh;
     launch_overlapped(s, advance_kernel<W>, dim3((n + 255) / 256), dim3(256), 0, c, n_seq);
-    if (greedy) {
-        argmax_kernel<<<n_seq, 1024, 0, s->stream>>>(a->logits, V, s->d_tokens, s->d_pos, s->d_chosen,
-                                                    cf->n_positions + 1);
-        s->launches++;
-    }
     CU(cudaGetLastError(), "launching the forward pass");
     return 0;
 }
@@ -591,11 +544,11 @@ template <typename F> static void with_storage_type(const pk_cuda_session *s, F 
 
 /* enqueue_forward for the session's storage type; queries (device [n_layer][R][C]) may be NULL. */
 static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
-                   int all_logits, float *queries = nullptr, int greedy = 0)
+                   int all_logits, float *queries = nullptr)
 {
     int rc = -1;
     with_storage_type(s, [&](auto w) {
-        rc = enqueue_forward<decltype(w)>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries, greedy);
+        rc = enqueue_forward<decltype(w)>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
     });
     return rc;
 }
@@ -622,11 +575,6 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_tokens);
     cudaFree(s->d_part);
     cudaFree(s->d_done);
-    cudaFree(s->d_best_v);
-    cudaFree(s->d_best_i);
-    cudaFree(s->d_step_done);
-    cudaFree(s->d_proj_part);
-    cudaFree(s->d_proj_done);
     cudaFree(s->d_discard);
     cudaFree(s->d_states);
     cudaFree(s->d_gathered);
@@ -703,17 +651,11 @@ static int session_init(pk_cuda_session *s)
     CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
     CU(cudaMalloc(&s->d_discard, (size_t)max_seq * 2 * c->n_embd * es), "allocating the discard rows");
     CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
-    const size_t lm_blocks = (size_t)s->n_sm * 8 * MAX_GEMV_ROWS;
-    CU(cudaMalloc((void **)&s->d_best_v, lm_blocks * 4), "allocating the greedy choices of blocks");
-    CU(cudaMalloc((void **)&s->d_best_i, lm_blocks * 4), "allocating the greedy choices of blocks");
-    CU(cudaMalloc((void **)&s->d_step_done, 4), "allocating the step's count");
-    CU(cudaMemset(s->d_step_done, 0, 4), "clearing the step's count");
     /* The matrix-vector path stages its rows, and a layer norm's weights, in
-     * shared memory; the kernels' own static shared memory (at most 2.1 KB,
-     * the LM head's end of a step with 8 rows) comes out of the same opt-in
-     * limit. */
+     * shared memory; the kernels' own static shared memory (at most 1.5 KB)
+     * comes out of the same opt-in limit. */
     const int widest = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
-    const size_t smem_cap = p.sharedMemPerBlockOptin - 4096;
+    const size_t smem_cap = p.sharedMemPerBlockOptin - 2048;
     s->gemv_rows = MAX_GEMV_ROWS;
     while (s->gemv_rows >= 1 && (gemv_smem(s->gemv_rows, widest, false) > smem_cap ||
                                  gemv_smem(s->gemv_rows, c->n_embd, true) > smem_cap))
@@ -724,10 +666,6 @@ static int session_init(pk_cuda_session *s)
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;
-    CU(cudaMalloc((void **)&s->d_proj_part, (size_t)small_rows * c->n_head * c->n_embd * 4),
-       "allocating the heads' projections");
-    CU(cudaMalloc((void **)&s->d_proj_done, (size_t)small_rows * 4), "allocating the heads' projection counts");
-    CU(cudaMemset(s->d_proj_done, 0, (size_t)small_rows * 4), "clearing the heads' projection counts");
     CU(cudaMallocHost((void **)&s->h_tokens, (size_t)max_seq * 4), "allocating pinned tokens");
     const size_t chosen = (size_t)max_seq * (c->n_positions + 1) * 4;
     CU(cudaMallocHost((void **)&s->h_chosen, chosen), "allocating pinned choices");
@@ -925,11 +863,17 @@ extern "C" int pk_cuda_read_queries(pk_cuda_session *s, int layer, float *querie
     return 0;
 }
 
-/* Enqueue one decode step of sequences 0..n_seq-1, greedy or not (enqueue_forward). */
+/* Enqueue one decode step of sequences 0..n_seq-1; a greedy one then writes
+ * each sequence's choice as its next input token and at the position it will
+ * take in d_chosen, so that steps follow each other on the device. */
 static int enqueue_step(pk_cuda_session *s, int n_seq, int greedy)
 {
-    if (enqueue(s, &s->small, 0, n_seq, 1, 1, 0, nullptr, greedy)) return -1;
+    if (enqueue(s, &s->small, 0, n_seq, 1, 1, 0)) return -1;
     s->kernels_per_decode = s->launches;
+    if (!greedy) return 0;
+    argmax_kernel<<<n_seq, 1024, 0, s->stream>>>(s->small.logits, s->cfg.vocab_size, s->d_tokens, s->d_pos,
+                                                s->d_chosen, s->cfg.n_positions + 1);
+    CU(cudaGetLastError(), "launching the greedy choice");
     return 0;
 }
 

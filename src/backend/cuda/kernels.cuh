@@ -209,42 +209,14 @@ __device__ __forceinline__ W *kv_entry(const rows_ctx<W> &c, int b, int lh, int 
     return c.pool + ((size_t)blk * 2 + values) * PK_CUDA_BLOCK * c.head_dim + (size_t)(slot % PK_CUDA_BLOCK) * c.head_dim;
 }
 
-/* After a call, for head i of n_seq * n_lh: the head holds rows_per_seq
- * more entries (a full ring instead moves on to its next slot), and its
- * sequence's first head moves the sequence that much further on. */
-template <typename W> __device__ __forceinline__ void advance_head(const rows_ctx<W> &c, int i)
-{
-    const int b = c.seq0 + i / c.n_lh;
-    const size_t bh = (size_t)b * c.n_lh + i % c.n_lh;
-    ring_advance(c.ring[bh], c.kv_len[bh], c.rows_per_seq);
-    if (i % c.n_lh == 0) c.seq_pos[b] += c.rows_per_seq;
-}
-
-/* What a matrix product's epilogue does with v = (x · W)[row, j] + bias[j].
- * EPI_LOGITS stores like EPI_STORE and then ends the step (step_end). */
-enum { EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV, EPI_LOGITS };
-
-/* The end of a step, done by the last block of the LM head to finish
- * (EPI_LOGITS) instead of by kernels of its own: the sequences advance (as
- * advance_kernel) and, when `chosen` is set, each row's greedy choice is
- * taken (as argmax_kernel) from the blocks' own choices, which they leave in
- * best_v / best_i [blocks][8]. `done` counts finished blocks and is zero
- * between steps. */
-struct step_end {
-    int32_t *chosen;       /* [n_rows]: the next input tokens, or NULL for no choice */
-    int32_t *by_position;  /* with chosen: also at by_position[row * stride + the row's new position] */
-    int stride, n_seq;
-    float *best_v;
-    int32_t *best_i;
-    int *done;
-};
+/* What a matrix product's epilogue does with v = (x · W)[row, j] + bias[j]. */
+enum { EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV };
 
 template <typename W, typename OutT, int EPI> struct epilogue {
     OutT *y;       /* [R][out] (EPI_QKV: the queries [R][C]) */
     int out;
     int layer;     /* EPI_QKV */
     rows_ctx<W> kv;
-    step_end end;  /* EPI_LOGITS */
 
     /* Where output j of `row` goes: into y, or for EPI_QKV's keys and values
      * to the row's slot in the cache. It reads only what no kernel of a step
@@ -292,15 +264,6 @@ template <typename W, typename OutT, int EPI> struct epilogue {
         void *p = where(row, j);
         put(p, j, v, before(p));
     }
-};
-
-/* Where a matrix-vector product's rows come from when it starts the step:
- * x[row] = wte[token] + wpe[position], which the kernel computes itself and
- * its first block writes to x, the residual stream (wte NULL: x is given). */
-template <typename W> struct embedding {
-    const W *wte, *wpe;
-    const int32_t *tokens;
-    float *x;
 };
 
 /* x[row] = wte[token] + wpe[position]. One block per row. */
@@ -436,69 +399,6 @@ __device__ __forceinline__ void layernorm_rows(float *xs, int n_rows, int in, co
         }
 }
 
-/* The greedy choice's order: a larger logit wins, the lower index on ties
- * (the CPU's first largest). */
-__device__ __forceinline__ bool beats(float v, int i, float best_v, int best_i)
-{
-    return v > best_v || (v == best_v && i < best_i);
-}
-
-/* step_end, by every block of the LM head once its logits are stored: the
- * block leaves each row's choice among its outputs (its leaders' best, warp
- * w holding row `lane`'s for w % split == 0), and the last block to finish
- * advances the sequences and takes each row's choice over all blocks, in
- * block order. */
-template <typename W, int R>
-__device__ void end_step(const step_end &e, const rows_ctx<W> &c, int n_rows, int split, float best, int best_j)
-{
-    __shared__ float warp_v[8][R]; /* 256 threads at most */
-    __shared__ int warp_i[8][R];
-    __shared__ int is_last;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    if (e.chosen) {
-        if (warp % split == 0 && lane < n_rows) {
-            warp_v[warp][lane] = best;
-            warp_i[warp][lane] = best_j;
-        }
-        __syncthreads();
-        if ((int)threadIdx.x < n_rows) {
-            float v = -INFINITY;
-            int i = 0x7fffffff;
-            for (int w = 0; w < n_warps; w += split)
-                if (beats(warp_v[w][threadIdx.x], warp_i[w][threadIdx.x], v, i)) {
-                    v = warp_v[w][threadIdx.x];
-                    i = warp_i[w][threadIdx.x];
-                }
-            e.best_v[(size_t)blockIdx.x * 8 + threadIdx.x] = v;
-            e.best_i[(size_t)blockIdx.x * 8 + threadIdx.x] = i;
-        }
-    }
-    /* Publish the block's choices before counting it; the last block reads them past the (incoherent) L1. */
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(e.done, 1) == (int)gridDim.x - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    for (int i = threadIdx.x; i < e.n_seq * c.n_lh; i += blockDim.x) advance_head(c, i);
-    __syncthreads();
-    if (e.chosen && (int)threadIdx.x < n_rows) {
-        float v = -INFINITY;
-        int i = 0x7fffffff;
-        for (int g = 0; g < (int)gridDim.x; g++) {
-            const float gv = __ldcg(e.best_v + (size_t)g * 8 + threadIdx.x);
-            const int gi = __ldcg(e.best_i + (size_t)g * 8 + threadIdx.x);
-            if (beats(gv, gi, v, i)) {
-                v = gv;
-                i = gi;
-            }
-        }
-        e.chosen[threadIdx.x] = i;
-        if (e.by_position) e.by_position[(size_t)threadIdx.x * e.stride + c.seq_pos[threadIdx.x]] = i;
-    }
-    if (threadIdx.x == 0) *e.done = 0;
-}
-
 /* Matrix-vector products for n_rows <= R rows (decode): y[r, j] = epi(xn[r] ·
  * Wt[j] + bias[j]) with Wt output-major [out][in], layer-normed rows xn when
  * LN. in must be a multiple of 16 / sizeof(W).
@@ -519,14 +419,11 @@ __device__ void end_step(const step_end &e, const rows_ctx<W> &c, int n_rows, in
  * EPI_QKV) and the layer-norm weights. Right after the wait come the
  * residual stream's values that EPI_RESIDUAL adds to and the rows of x,
  * copied to shared memory (with ln_w and ln_b after them: dynamic shared
- * memory of (n_rows + 2 * LN) * in floats), or made from the embeddings
- * when the kernel starts the step (emb). Such a kernel is launched to start
- * after the step before it has finished, since the destinations it reads
- * early are what that step's end changed. */
+ * memory of (n_rows + 2 * LN) * in floats). */
 template <typename W, int R, bool LN, typename OutT, int EPI>
 __global__ void __launch_bounds__(256, gemv_min_blocks(R))
     gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in, int split, const float *ln_w,
-                const float *ln_b, float eps, epilogue<W, OutT, EPI> epi, embedding<W> emb)
+                const float *ln_b, float eps, epilogue<W, OutT, EPI> epi)
 {
     constexpr int VN = vec<W>::n, NL = gemv_loads(R);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = (blockDim.x >> 5) / split;
@@ -558,23 +455,13 @@ __global__ void __launch_bounds__(256, gemv_min_blocks(R))
     wait_for_previous_kernel();
 
     float base = dst ? epi.before(dst) : 0.f;
-    if (emb.wte)
-        for (int i = threadIdx.x; i < n_rows * in; i += blockDim.x) {
-            const int row = i / in, b = epi.kv.seq0 + row / epi.kv.rows_per_seq;
-            const int pos = epi.kv.seq_pos[b] + row % epi.kv.rows_per_seq;
-            xs[i] = to_f<W>(emb.wte[(size_t)emb.tokens[row] * in + i % in]) + to_f<W>(emb.wpe[(size_t)pos * in + i % in]);
-            if (blockIdx.x == 0) emb.x[i] = xs[i];
-        }
-    else
-        stage(xs, x, n_rows * in);
+    stage(xs, x, n_rows * in);
     stage_wait();
     __syncthreads();
     if (LN) {
         layernorm_rows<R>(xs, n_rows, in, xs + n_rows * in, xs + (n_rows + 1) * in, eps, red);
         __syncthreads();
     }
-    float best = -INFINITY; /* EPI_LOGITS: this leader's row's largest output so far, and its index */
-    int best_j = 0x7fffffff;
     for (int g = blockIdx.x, round = 0; g * per_block < epi.out; g += gridDim.x, round++) {
         if (round > 0) j = g * per_block + warp / split;
         float acc[R];
@@ -605,13 +492,8 @@ __global__ void __launch_bounds__(256, gemv_min_blocks(R))
                 base = epi.before(dst);
             }
             epi.put(dst, j, v + bias_j, base);
-            if (EPI == EPI_LOGITS && (beats(v + bias_j, j, best, best_j) || best_j == 0x7fffffff)) {
-                best = v + bias_j;
-                best_j = j;
-            }
         }
     }
-    if constexpr (EPI == EPI_LOGITS) end_step<W, R>(epi.end, epi.kv, n_rows, split, best, best_j);
 }
 
 /* A warp's online-softmax state over the keys it has seen, in log2 units:
@@ -764,64 +646,6 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
     }
 }
 
-/* The attention output projection done by decode attention itself: the
- * projection's weights w (output-major [C][C], as gemv_kernel reads them)
- * and bias, the residual stream x [rows][C] it adds to, each head's part
- * [rows][n_head][C], and the count of heads finished per row, zero between
- * steps. */
-template <typename W> struct head_projection {
-    const W *w;
-    const float *bias;
-    float *x, *part;
-    int *done;
-};
-
-/* Head h's share of row `row`'s output projection, by one block: part[j] =
- * w[j][h * HD ..] · att for j < C, a group of HD / VN lanes an output, each
- * lane one 16-byte load, 8 loads of a thread in flight at once. The output
- * projection is linear in the heads' outputs, so the last head of the row to
- * finish then adds the parts, in head order, and the bias to the residual
- * stream: one launch fewer a layer than a matrix-vector product after the
- * attention, and the same arithmetic whatever order the heads finish in. */
-template <typename W, int HD>
-__device__ void project_head(const head_projection<W> &p, const float *att, int row, int h, int n_head, int C)
-{
-    constexpr int VN = vec<W>::n, GROUP = HD / VN, NL = 8;
-    __shared__ int is_last;
-    const int per_round = blockDim.x / GROUP, sub = threadIdx.x % GROUP;
-    float *part = p.part + ((size_t)row * n_head + h) * C;
-    for (int base = 0; base < C; base += NL * per_round) {
-        uint4 wv[NL];
-#pragma unroll
-        for (int i = 0; i < NL; i++) {
-            const int j = base + i * per_round + threadIdx.x / GROUP;
-            wv[i] = j < C ? load16(p.w + (size_t)j * C + h * HD + sub * VN) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int i = 0; i < NL; i++) {
-            float acc = 0.f;
-            dot_chunk<W, 1>(&acc, wv[i], att, 1, HD, sub * VN);
-            for (int o = GROUP / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-            const int j = base + i * per_round + threadIdx.x / GROUP;
-            if (sub == 0 && j < C) part[j] = acc;
-        }
-    }
-    /* Publish the part before counting the head; the last head reads every part past the (incoherent) L1. */
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(&p.done[row], 1) == n_head - 1;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    const float *parts = p.part + (size_t)row * n_head * C;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) {
-        float v = 0.f;
-        for (int g = 0; g < n_head; g++) v += __ldcg(parts + (size_t)g * C + j);
-        p.x[(size_t)row * C + j] += v + p.bias[j];
-    }
-    if (threadIdx.x == 0) p.done[row] = 0;
-}
-
 /* Decode attention (one row per sequence) split over the context, so that a
  * few heads still fill the GPU: grid (n_split, n_head, n_seq). Block `split`
  * of a head takes an equal share of the head's KV blocks, and at least one
@@ -835,16 +659,13 @@ __device__ void project_head(const head_projection<W> &p, const float *att, int 
  * sets the count back to zero for the next step. With `states` (a session
  * that holds part of each head, engine/cuda/group_cuda.h), it writes the
  * merged state instead, [n_seq][n_head][HD + 2] like a part, for
- * merge_ranks_kernel to merge with the other GPUs' states. With proj.w (and
- * no states) it projects the head's output itself (project_head) instead of
- * writing it to out. */
+ * merge_ranks_kernel to merge with the other GPUs' states. */
 template <typename W, typename OutT, int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
                                                                    rows_ctx<W> c, float *part, int *done,
-                                                                   int per_split, float *states,
-                                                                   head_projection<W> proj)
+                                                                   int per_split, float *states)
 {
-    __shared__ __align__(16) float qs[HD]; /* the scaled query, then the head's output (read 16 bytes at a time) */
+    __shared__ float qs[HD];
     __shared__ warp_states<HD, NW> ws;
     __shared__ int is_last;
     const int split = blockIdx.x, n_split = gridDim.x, h = blockIdx.y, row = blockIdx.z;
@@ -901,10 +722,6 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
             L += li * f;
             o += __ldcg(pi + d) * f;
         }
-        if (proj.w && !states) {
-            qs[d] = o / L; /* the query is done with: the head's output goes to the projection */
-            continue;
-        }
         if (!states) {
             out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
             continue;
@@ -917,10 +734,6 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
         }
     }
     if (threadIdx.x == 0) done[b * c.n_head + h] = 0;
-    if (proj.w && !states) {
-        __syncthreads();
-        project_head<W, HD>(proj, qs, row, h, c.n_head, c.C);
-    }
 }
 
 /* The attention output of every (sequence, head) from the states of all
@@ -945,13 +758,18 @@ __global__ void merge_ranks_kernel(const float *gathered, int n_rank, OutT *out,
     out[(size_t)row * C + h * HD + d] = from_f<OutT>(o / L);
 }
 
-/* After a call whose LM head did not end the step (EPI_LOGITS): every head
- * of its sequences advances. */
+/* After a call: every head of its sequences holds rows_per_seq more entries
+ * (a full ring instead moves on to its next slot) and every sequence is that
+ * much further on. */
 template <typename W> __global__ void advance_kernel(rows_ctx<W> c, int n_seq)
 {
     wait_for_previous_kernel();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n_seq * c.n_lh) advance_head(c, i);
+    if (i >= n_seq * c.n_lh) return;
+    const int b = c.seq0 + i / c.n_lh;
+    const size_t bh = (size_t)b * c.n_lh + i % c.n_lh;
+    ring_advance(c.ring[bh], c.kv_len[bh], c.rows_per_seq);
+    if (i % c.n_lh == 0) c.seq_pos[b] += c.rows_per_seq;
 }
 
 /* Slots 0..len-1 of heads head0.. of one layer of sequence b, as float32:
@@ -1033,7 +851,7 @@ __global__ void argmax_kernel(const float *logits, int V, int32_t *out, const in
     for (int o = 16; o > 0; o >>= 1) {
         const float v = __shfl_xor_sync(0xffffffffu, bv, o);
         const int j = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (beats(v, j, bv, bi)) {
+        if (v > bv || (v == bv && j < bi)) {
             bv = v;
             bi = j;
         }
@@ -1046,7 +864,7 @@ __global__ void argmax_kernel(const float *logits, int V, int32_t *out, const in
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < nw; w++)
-            if (beats(best_v[w], best_i[w], bv, bi)) {
+            if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
                 bv = best_v[w];
                 bi = best_i[w];
             }
