@@ -85,7 +85,8 @@ static int rows_to_host(pk_cuda_decoding *d, int layer, size_t *bytes_to_host)
     const size_t row_floats = (size_t)d->c->head_dim;
     for (int h = 0; h < d->c->n_head; h++) {
         pk_kv_head *kh = pk_kv_at(&d->mirror, layer, h);
-        if (kh->len && pk_cuda_read_heads(d->s, d->seq, layer, h, 1, kh->len, d->k, d->v)) return -1;
+        if (!kh->len) continue;
+        if (pk_cuda_read_heads(d->s, d->seq, layer, h, 1, kh->len, d->k, d->v)) return -1;
         memcpy(kh->k, d->k, (size_t)kh->len * row_floats * sizeof(float));
         memcpy(kh->v, d->v, (size_t)kh->len * row_floats * sizeof(float));
         *bytes_to_host += 2 * (size_t)kh->len * row_floats * sizeof(float);
