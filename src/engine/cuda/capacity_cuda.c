@@ -18,7 +18,7 @@ static int run_decoding(pk_cuda_session *s, const pikv_model *m, const int32_t *
     float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
     if (press->ops->restart) press->ops->restart(press); /* a new sequence */
     pk_cuda_decoding *d = logits && pk_cuda_truncate(s, 0, 0) == 0 ? pk_cuda_decoding_new(s, &m->cfg, 0, press) : NULL;
-    pk_cuda_press_stats calls = {.mode = PK_CUDA_SCORED_ON_HOST};
+    pk_cuda_press_stats calls = {0};
     const double t0 = pikv_now();
     int rc = d ? pk_cuda_decoding_forward(d, prompt, n_prompt, logits, 0, &calls) : -1;
     out->prefill_s = pikv_now() - t0 - calls.compression_s;

@@ -4,8 +4,6 @@
 #include "util/error.h"
 #include "util/mem.h"
 
-#include <string.h>
-
 struct pk_cuda_decoding {
     pk_cuda_session *s;
     const pikv_config *c;
@@ -14,7 +12,6 @@ struct pk_cuda_decoding {
     pk_kvcache mirror;         /* the position of every device slot; rows of the layer being decided */
     pk_keep_set keep;
     float *queries;            /* [n_positions][n_embd]: one layer's query rows of the call */
-    float *k, *v;              /* [n_positions][head_dim]: one head's rows from the device */
     int32_t *slots;            /* [n_head][n_positions]: the slots each head keeps */
     pk_cuda_head_keep *heads;  /* [n_head] */
 };
@@ -25,8 +22,6 @@ void pk_cuda_decoding_free(pk_cuda_decoding *d)
     pk_kv_free(&d->mirror);
     pk_keep_set_free(&d->keep);
     pk_free(d->queries);
-    pk_free(d->k);
-    pk_free(d->v);
     pk_free(d->slots);
     pk_free(d->heads);
     pk_free(d);
@@ -55,12 +50,10 @@ pk_cuda_decoding *pk_cuda_decoding_new(pk_cuda_session *s, const pikv_config *c,
     if (!d) return NULL;
     *d = (pk_cuda_decoding){.s = s, .c = c, .seq = seq, .press = press};
     const size_t P = (size_t)c->n_positions;
-    d->k = pk_malloc_array(P * (size_t)c->head_dim, sizeof *d->k, "a head's keys from the GPU");
-    d->v = pk_malloc_array(P * (size_t)c->head_dim, sizeof *d->v, "a head's values from the GPU");
     d->queries = pk_malloc_array(P * (size_t)c->n_embd, sizeof *d->queries, "queries from the GPU");
     d->slots = pk_malloc_array(P * (size_t)c->n_head, sizeof *d->slots, "kept slots");
     d->heads = pk_calloc((size_t)c->n_head, sizeof *d->heads, "kept heads");
-    int rc = d->k && d->v && d->queries && d->slots && d->heads ? 0 : -1;
+    int rc = d->queries && d->slots && d->heads ? 0 : -1;
     if (rc == 0) rc = pk_kv_init(&d->mirror, c->n_layer, c->n_head, c->head_dim, PIKV_KV_F32, PIKV_KV_F32);
     if (rc == 0) rc = pk_keep_set_init(&d->keep, c->n_head);
     if (rc == 0) rc = pk_kv_reserve(&d->mirror, pos, 0);
@@ -79,17 +72,15 @@ pk_cuda_decoding *pk_cuda_decoding_new(pk_cuda_session *s, const pikv_config *c,
 pk_press *pk_cuda_decoding_press(const pk_cuda_decoding *d) { return d->press; }
 
 /* The device's rows of every head of the layer into the mirror, for the
- * press about to decide on them. */
+ * press about to decide on them: a float32 head's rows lie one after
+ * another, as pk_cuda_read_heads writes one head's. */
 static int rows_to_host(pk_cuda_decoding *d, int layer, size_t *bytes_to_host)
 {
-    const size_t row_floats = (size_t)d->c->head_dim;
     for (int h = 0; h < d->c->n_head; h++) {
         pk_kv_head *kh = pk_kv_at(&d->mirror, layer, h);
         if (!kh->len) continue;
-        if (pk_cuda_read_heads(d->s, d->seq, layer, h, 1, kh->len, d->k, d->v)) return -1;
-        memcpy(kh->k, d->k, (size_t)kh->len * row_floats * sizeof(float));
-        memcpy(kh->v, d->v, (size_t)kh->len * row_floats * sizeof(float));
-        *bytes_to_host += 2 * (size_t)kh->len * row_floats * sizeof(float);
+        if (pk_cuda_read_heads(d->s, d->seq, layer, h, 1, kh->len, (float *)kh->k, (float *)kh->v)) return -1;
+        *bytes_to_host += 2 * (size_t)kh->len * (size_t)d->c->head_dim * sizeof(float);
     }
     return 0;
 }
@@ -132,6 +123,7 @@ int pk_cuda_decoding_forward(pk_cuda_decoding *d, const int32_t *ids, int n, flo
     if (!st) st = &local;
     const pikv_config *c = d->c;
     const int pos0 = pk_cuda_position(d->s, d->seq);
+    st->mode = PK_CUDA_SCORED_ON_HOST;
     if (pk_cuda_forward_queries(d->s, d->seq, ids, n, logits, all_logits) || mirror_append(d, pos0, n)) return -1;
     const double t0 = pikv_now();
     st->kv_bytes_before += pk_cuda_sequence_bytes(d->s, d->seq, 0);

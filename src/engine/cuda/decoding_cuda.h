@@ -30,7 +30,8 @@ void pk_cuda_decoding_free(pk_cuda_decoding *d);
 
 /* pk_cuda_forward of n tokens with the press acting on every layer after
  * them. st (may be NULL) gains the sequence's bytes before and after the
- * press, its time, and the bytes copied to the host. */
+ * press, its time, and the bytes copied to the host; its mode says the
+ * press scores on the host. */
 int pk_cuda_decoding_forward(pk_cuda_decoding *d, const int32_t *ids, int n, float *logits, int all_logits,
                              pk_cuda_press_stats *st);
 

@@ -71,7 +71,7 @@ static void add_stats(pikv_press_stats *st, const pk_cuda_press_stats *ps)
 static int forward_decoding(cuda_engine *e, const int32_t *ids, int n, float *logits, int all_logits,
                             pikv_press_stats *st)
 {
-    pk_cuda_press_stats ps = {.mode = PK_CUDA_SCORED_ON_HOST};
+    pk_cuda_press_stats ps = {0};
     const int rc = pk_cuda_decoding_forward(e->decoding, ids, n, logits, all_logits, &ps);
     add_stats(st, &ps);
     e->decoding_bytes += ps.bytes_to_host;
