@@ -12,9 +12,12 @@
  * tests/golden/compare_quality.json holds the quality block of every method of
  * a short `pikv compare --json` run (COMPARE_ARGS): retrieval and answer
  * agreement must match exactly, perplexity, KL and top-1 agreement within 1e-4
- * relative. The hierarchical router clusters keys with k-means, whose
- * assignments flip on near-ties when the BLAS kernels change, so for it only
- * the number of kept entries is held exact, not which. Under the sanitizer builds only the recording runs (see main). */
+ * relative. The MoE router presses (moe_router, eplb_duo) cluster keys with
+ * k-means, whose assignments flip on near-ties when the BLAS kernels or the
+ * CPU's vector width change (an AVX-512 machine flips one of moe_router:0.5's
+ * that the recording's did not), so for them only the number of kept entries
+ * is held exact, not which, and the logits within 1e-3. Under the sanitizer
+ * builds only the recording runs (see main). */
 #include "check.h"
 #include "eval/tasks.h"
 #include "pikv.h"
@@ -200,9 +203,9 @@ static int record(const pikv_model *m, const pikv_tokenizer *tok, lines_t *out)
     return 0;
 }
 
-/* Compare two "logits i:v ..." lines: the same indices, values within 1e-5
- * relative L2. */
-static int same_logits(const char *a, const char *b)
+/* Compare two "logits i:v ..." lines: the same indices, values within
+ * `tolerance` relative L2. */
+static int same_logits(const char *a, const char *b, double tolerance)
 {
     float va[TOP], vb[TOP];
     int ia[TOP], ib[TOP];
@@ -215,7 +218,7 @@ static int same_logits(const char *a, const char *b)
         pa += na;
         pb += nb;
     }
-    return rel_l2(va, vb, TOP) < 1e-5;
+    return rel_l2(va, vb, TOP) < tolerance;
 }
 
 /* The "quality" object of every method of a `pikv compare --json` run, as a
@@ -324,10 +327,11 @@ int main(int argc, char **argv)
                 free(context);
                 context = strdup(line);
             }
+            const int clusters = strstr(context, "moe_router") || strstr(context, "eplb_duo");
             if (strncmp(line, "logits", 6) == 0)
-                CHECK(same_logits(now.lines[i], line), "%s: logits now\n  %s\nrecorded\n  %s", context, now.lines[i],
-                      line);
-            else if (strncmp(line, "positions ", 10) == 0 && strstr(context, "router=hierarchical"))
+                CHECK(same_logits(now.lines[i], line, clusters ? 1e-3 : 1e-5), "%s: logits now\n  %s\nrecorded\n  %s",
+                      context, now.lines[i], line);
+            else if (strncmp(line, "positions ", 10) == 0 && clusters)
                 CHECK(atol(now.lines[i] + 10) == atol(line + 10), "%s: now\n  %s\nrecorded\n  %s", context,
                       now.lines[i], line);
             else
