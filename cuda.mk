@@ -59,6 +59,9 @@ $(BUILD)/src/backend/cuda/%.o: src/backend/cuda/%.cu $(CUDA_HDR)
 $(BUILD)/libpikv_cuda.a: $(CUDA_OBJ)
 	ar rcs $@ $^
 
+# The engine's GPU paths are built by the plain C rule, which writes their header dependencies.
+-include $(CUDA_C_SRC:%.c=$(BUILD)/%.d)
+
 $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press $(BUILD)/tests/cuda/test_cuda_session \
 $(BUILD)/tests/cuda/test_cuda_group: $(BUILD)/tests/cuda/%: tests/cuda/%.c tests/check.h tests/cuda/tokens.h $(BUILD)/libpikv_cuda.a $(BUILD)/libpikv.a
 	@mkdir -p $(dir $@)
