@@ -9,11 +9,8 @@
 
 #include <omp.h>
 
-/* The attention mass that full attention of q over the first `visible`
- * entries puts on the entries not listed in idx (n ascending indices); P is
- * scratch for `visible` weights. */
-static double missed_mass(const pk_kvcache *kv, const pk_kv_head *kh, const float *q, int32_t qpos, int visible,
-                          const int *idx, int n, float scale, float *P)
+double pk_route_missed_mass(const pk_kvcache *kv, const pk_kv_head *kh, const float *q, int32_t qpos, int visible,
+                            const int *idx, int n, float scale, float *P)
 {
     pk_key_scores(kv, kh, 0, visible, q, P);
     pk_mask_window(kh, P, 0, visible, qpos);
@@ -47,7 +44,7 @@ static void routed_rows(pikv_session *s, int layer, int h, int T, int r0, int ro
         pk_softmax(S, n, scale);
         pk_gather_weighted_sum(&f->kv, kh, idx, n, S, out);
         const double missed = pk_route_sampled(s->routing.table, qpos)
-                                  ? missed_mass(&f->kv, kh, q, qpos, visible, idx, n, scale, S + c->n_positions)
+                                  ? pk_route_missed_mass(&f->kv, kh, q, qpos, visible, idx, n, scale, S + c->n_positions)
                                   : -1.0;
         pk_route_record(s->routing.table, n, n_visible, missed);
     }

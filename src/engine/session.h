@@ -120,5 +120,10 @@ int pk_prefill_reconstructed(pikv_session *s, const int32_t *ids, int n, pk_pres
 /* Attention variants of the engine, in their own files. */
 int pk_routed_attention(pikv_session *s, int layer, int T);
 int pk_placed_attention(pikv_session *s, int layer);
+/* The attention mass that full attention of q over the first `visible`
+ * entries of kh puts on the entries not listed in idx (n ascending indices):
+ * what a routed query missed. P is scratch for `visible` weights. */
+double pk_route_missed_mass(const pk_kvcache *kv, const pk_kv_head *kh, const float *q, int32_t qpos, int visible,
+                            const int *idx, int n, float scale, float *P);
 
 #endif

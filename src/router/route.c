@@ -71,27 +71,37 @@ int pk_route_table_check(const pk_route_table *t, const pk_kvcache *kv)
     return 0;
 }
 
+void pk_route_wanted(const pk_route_table *t, int layer, int head, const float *q, unsigned char *wanted)
+{
+    const pk_route_head *h = &t->heads[(size_t)layer * (size_t)t->n_head + (size_t)head];
+    memset(wanted, 0, PK_ROUTER_MAX_EXPERTS);
+    if (!h->experts.centroids) return;
+    int experts[PK_ROUTER_MAX_EXPERTS];
+    pk_router_route_vector(&h->experts, q, experts);
+    for (int s = 0; s < t->top_k; s++) wanted[experts[s]] = 1;
+}
+
+int pk_route_reads(const pk_route_table *t, int layer, int head, int j, const unsigned char *wanted)
+{
+    const pk_route_head *h = &t->heads[(size_t)layer * (size_t)t->n_head + (size_t)head];
+    if (j >= h->n_entries) return 1;
+    for (int s = 0; s < t->top_k; s++) {
+        const int16_t e = h->entry_experts[(size_t)j * (size_t)t->top_k + (size_t)s];
+        if (e == PK_ROUTE_ALWAYS || (e >= 0 && wanted[e])) return 1;
+    }
+    return 0;
+}
+
 int pk_route_select(const pk_route_table *t, int layer, int head, const pk_kv_head *kh, const float *q,
                     int32_t qpos, int visible, int *idx, int *n_visible)
 {
-    const pk_route_head *h = &t->heads[(size_t)layer * (size_t)t->n_head + (size_t)head];
-    const int K = t->top_k;
-    unsigned char wanted[PK_ROUTER_MAX_EXPERTS] = {0};
-    if (h->experts.centroids) {
-        int experts[PK_ROUTER_MAX_EXPERTS];
-        pk_router_route_vector(&h->experts, q, experts);
-        for (int s = 0; s < K; s++) wanted[experts[s]] = 1;
-    }
+    unsigned char wanted[PK_ROUTER_MAX_EXPERTS];
+    pk_route_wanted(t, layer, head, q, wanted);
     int n = 0, seen = 0;
     for (int j = 0; j < visible; j++) {
         if (!pk_kv_in_window(kh, j, qpos)) continue;
         seen++;
-        int read = j >= h->n_entries;
-        for (int s = 0; s < K && !read; s++) {
-            const int16_t e = h->entry_experts[(size_t)j * (size_t)K + (size_t)s];
-            read = e == PK_ROUTE_ALWAYS || (e >= 0 && wanted[e]);
-        }
-        if (read) idx[n++] = j;
+        if (pk_route_reads(t, layer, head, j, wanted)) idx[n++] = j;
     }
     *n_visible = seen;
     return n;

@@ -64,6 +64,16 @@ void pk_route_table_seal(pk_route_table *t, const pk_kvcache *kv);
  * compressed since). */
 int pk_route_table_check(const pk_route_table *t, const pk_kvcache *kv);
 
+/* The experts of head (layer, head) that query q is routed to: wanted
+ * [PK_ROUTER_MAX_EXPERTS] gets 1 for each of its top_k, 0 elsewhere (all 0
+ * when the head had nothing to route). */
+void pk_route_wanted(const pk_route_table *t, int layer, int head, const float *q, unsigned char *wanted);
+
+/* Whether a query routed to `wanted` reads storage entry j of head
+ * (layer, head), the window aside: an entry appended after the compression,
+ * a sink or window entry, or one of the wanted experts' entries. */
+int pk_route_reads(const pk_route_table *t, int layer, int head, int j, const unsigned char *wanted);
+
 /* The entries of head (layer, head) that a query q at position qpos reads:
  * among the causally visible entries 0..visible-1 that are inside the head's
  * attention window, those of the query's top_k experts, the sinks and window,
