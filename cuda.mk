@@ -5,9 +5,9 @@
 #                    CUDA tests and the library with the CUDA engine
 #   make bench-cuda  pikv bench --device cuda on the bundled model and on random
 #                    gpt2 / gpt2-medium shapes
-#   make test-cuda   the kernels emulated on the host, and the GPU group's and a
-#                    decoding press's host logic against stand-in engines (no
-#                    GPU needed), then the
+#   make test-cuda   the kernels emulated on the host, and the host logic of the
+#                    GPU group, a decoding press and query-time routing against
+#                    stand-in engines (no GPU needed), then the
 #                    parity, group and CLI tests on the GPU (without one they
 #                    print "skipped")
 #
@@ -40,7 +40,7 @@ cuda: deps
 cuda-programs: $(BUILD)/pikv $(BUILD)/tests/cuda/test_cuda $(BUILD)/tests/cuda/test_cuda_press \
                $(BUILD)/tests/cuda/test_cuda_session $(BUILD)/tests/cuda/test_cuda_group \
                $(BUILD)/tests/cuda/test_kernels_host $(BUILD)/tests/cuda/test_group_host \
-               $(BUILD)/tests/cuda/test_decoding_host
+               $(BUILD)/tests/cuda/test_decoding_host $(BUILD)/tests/cuda/test_routing_host
 
 # In the CUDA build the command gains its GPU paths (src/cli/cuda) and links
 # the CUDA engine.
@@ -87,10 +87,17 @@ $(BUILD)/tests/cuda/test_decoding_host: tests/cuda/test_decoding_host.c src/engi
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ tests/cuda/test_decoding_host.c src/engine/cuda/decoding_cuda.c $(BUILD)/libpikv.a $(LDLIBS)
 
+# Query-time routing's glue (engine/cuda/routing_cuda.c) against a stand-in engine: plain C, no GPU.
+$(BUILD)/tests/cuda/test_routing_host: tests/cuda/test_routing_host.c src/engine/cuda/routing_cuda.c tests/check.h \
+                                       tests/cuda/tokens.h $(CUDA_HDR) $(BUILD)/libpikv.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ tests/cuda/test_routing_host.c src/engine/cuda/routing_cuda.c $(BUILD)/libpikv.a $(LDLIBS)
+
 test-cuda: cuda
 	$(CUDA_BUILD)/tests/cuda/test_kernels_host
 	$(CUDA_BUILD)/tests/cuda/test_group_host
 	$(CUDA_BUILD)/tests/cuda/test_decoding_host
+	$(CUDA_BUILD)/tests/cuda/test_routing_host
 	$(CUDA_BUILD)/tests/cuda/test_cuda
 	$(CUDA_BUILD)/tests/cuda/test_cuda_press
 	$(CUDA_BUILD)/tests/cuda/test_cuda_session

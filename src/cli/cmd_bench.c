@@ -339,8 +339,9 @@ int cmd_bench(int argc, char **argv)
                              "prefill of the prompt (kvzip, whose reconstruction passes do not run on the GPU), and\n"
                              "applied on the GPU (blocks freed per head; Duo's streaming heads become rings, from the\n"
                              "first token with prefill_chunk). A press that acts while decoding (decoding(...)) runs\n"
-                             "one sequence (--batch 1), each step's queries going to it on the host; presses that route\n"
-                             "queries (route=1) are refused.\n"
+                             "one sequence (--batch 1), each step's queries going to it on the host; so does one that\n"
+                             "routes queries (moe_router route=1), each layer's queries routed on the host and the\n"
+                             "GPU's attention reading only their experts' entries.\n"
                              "--kv-budget measures capacity. --gpus N decodes on N GPUs: every GPU holds the weights,\n"
                              "each (sequence, layer, head) cache is placed by EPLB (long ones cut into slices on\n"
                              "several GPUs), and each layer's attention states are merged over NCCL.",

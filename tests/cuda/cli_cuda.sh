@@ -3,9 +3,9 @@
 # CPU's greedy ids, bf16 (the GPU's default) the same first id; bench --device
 # cuda reports graph replay, launches and the block pool, and runs without
 # graphs too; presses on the GPU say how they ran (kvzip decided by the CPU
-# engine; Duo's prefill_chunk runs; decoding(...) generates the CPU's ids and
-# benches one sequence), --kv-budget plans the batch, and a press the GPU
-# cannot run is one line; generate with questions,
+# engine; Duo's prefill_chunk runs; decoding(...) and moe_router with route=1
+# generate the CPU's ids and bench one sequence, a batch of two refused in one
+# line), --kv-budget plans the batch; generate with questions,
 # compare (with its capacity table) and eval run their sessions on the GPU.
 # Without a GPU it prints "skipped" and passes nothing. Run from the
 # repository root; ends with "cli_cuda: N passed, M failed".
@@ -68,8 +68,15 @@ check "generate --device cuda --press decoding(...): the CPU's 24 greedy ids" cm
 run bench --device cuda -p 300 -n 24 -r 1 --press "decoding(knorm):every=8,target=128"
 check "bench --device cuda --press decoding(...): steps through the press on the host" \
   grep -q "each step's queries to the press on the host" "$dir/out"
-expect_error "bench --device cuda --press decoding(...) --batch 2" 1 "runs one sequence (batch 1), not 2" \
+expect_error "bench --device cuda --press decoding(...) --batch 2" 1 "runs one sequence (batch 1), through a session (generate, eval, compare) or bench --batch 1, not a batch of 2" \
   bench --device cuda -p 100 -n 4 -r 1 --batch 2 --press "decoding(knorm):every=16,target=64"
-expect_error "bench --device cuda with a press the GPU cannot run" 1 "does not run on the GPU yet: it routes later queries" \
-  bench --device cuda -p 100 -n 4 -r 1 --press "moe_router:ratio=0.5,route=1"
+run generate --device cuda --weights f32 --prompt "$prompt" -n 24 --print-ids --press "moe_router:ratio=0.5,window=8,route=1"
+cp "$dir/out" "$dir/gpu_routed"
+run generate --device cpu --weights f32 --prompt "$prompt" -n 24 --print-ids --press "moe_router:ratio=0.5,window=8,route=1"
+check "generate --device cuda --press moe_router route=1: the CPU's 24 greedy ids" cmp -s "$dir/out" "$dir/gpu_routed"
+run bench --device cuda -p 300 -n 24 -r 1 --press "moe_router:ratio=0.5,route=1"
+check "bench --device cuda --press moe_router route=1: steps routed on the host" \
+  grep -q "each step's queries routed on the host, layer by layer" "$dir/out"
+expect_error "bench --device cuda --press moe_router route=1 --batch 2" 1 "routes later queries through its table (route=1)" \
+  bench --device cuda -p 100 -n 4 -r 1 --batch 2 --press "moe_router:ratio=0.5,route=1"
 finish cli_cuda

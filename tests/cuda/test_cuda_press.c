@@ -27,6 +27,7 @@
 #include "engine/compress.h"
 #include "engine/cuda/capacity_cuda.h"
 #include "engine/cuda/decoding_cuda.h"
+#include "engine/cuda/routing_cuda.h"
 #include "engine/session.h"
 #include "../check.h"
 #include "tokens.h"
@@ -352,26 +353,55 @@ static void check_capacity(const pikv_model *m, const char *spec, int n_prompt, 
     free(prompt);
 }
 
-/* A press that routes queries is refused in one line naming the press; one
- * that acts while decoding is refused by the prefill a batch, a capacity run
- * and a GPU group use, and by a batch of more than one sequence. */
+/* Presses that keep one sequence's state between calls run on one sequence
+ * only: one that acts while decoding is refused by the prefill a batch, a
+ * capacity run and a GPU group use; one that routes queries is compressed by
+ * that prefill like any moe_router. Both are refused, naming the press, by a
+ * batch of more than one sequence and by a capacity run. */
 static void check_refusals(const pikv_model *m)
 {
     static const char *const specs[] = {"decoding(knorm):every=16,target=64", "moe_router:ratio=0.5,route=1"};
-    static const char *const why[] = {"acts while decoding: on the GPU it runs on one sequence",
-                                      "does not run on the GPU yet"};
+    static const char *const what[] = {"acts while decoding", "routes later queries through its table (route=1)"};
     int32_t prompt[32];
     fill_tokens(prompt, 32, pikv_model_config(m)->vocab_size, 5);
     for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
         pikv_press *p = pikv_press_new(specs[i], m, MODEL);
         pk_cuda_session *g = open_session(m, 2, 0);
-        const int rc = p && g ? pk_cuda_prefill_press(g, m, 0, prompt, 32, p, NULL, NULL) : 0;
-        CHECK(p && rc == -1 && strstr(pikv_last_error(), why[i]) && pk_cuda_position(g, 0) == 0,
-              "%s: rc %d, %s", specs[i], rc, pikv_last_error());
+        const int rc = p && g ? pk_cuda_prefill_press(g, m, 0, prompt, 32, p, NULL, NULL) : -1;
+        if (i == 0)
+            CHECK(rc == -1 && strstr(pikv_last_error(), "acts while decoding: on the GPU it runs on one sequence") &&
+                      pk_cuda_position(g, 0) == 0,
+                  "%s: prefill rc %d, %s", specs[i], rc, pikv_last_error());
+        else
+            CHECK(rc == 0 && pk_cuda_position(g, 0) == 32 && pk_cuda_head_length(g, 0, 0, 0, NULL) < 32,
+                  "%s: the prefill compresses it (rc %d, %s)", specs[i], rc, rc ? pikv_last_error() : "");
+        if (i == 1 && rc == 0) {
+            /* Routed calls run alone, and not after the sequence is cut. */
+            pk_cuda_routing *r = pk_cuda_routing_new(g, pikv_model_config(m), 0, p);
+            int32_t next = prompt[0], two[2] = {prompt[0], prompt[1]}, chosen[2];
+            CHECK(r && pk_cuda_forward(g, 0, &next, 1, NULL, 0) == 0, "%s: a routed step: %s", specs[i],
+                  pikv_last_error());
+            CHECK(pk_cuda_decode_greedy_steps(g, two, 2, 1, chosen) == -1 &&
+                      strstr(pikv_last_error(), "sequence 0 routes its queries on the host layer by layer"),
+                  "%s: greedy steps of a routed sequence: %s", specs[i], pikv_last_error());
+            CHECK(pk_cuda_truncate(g, 0, 0) == 0 && pk_cuda_forward(g, 0, &next, 1, NULL, 0) == -1 &&
+                      strstr(pikv_last_error(), "was cut or compressed since its query-time routing began"),
+                  "%s: a call after a cut: %s", specs[i], pikv_last_error());
+            pk_cuda_routing_free(r);
+            CHECK(pk_cuda_forward(g, 0, &next, 1, NULL, 0) == 0, "%s: a call once the routing ended: %s", specs[i],
+                  pikv_last_error());
+            CHECK(pk_cuda_truncate(g, 0, 0) == 0, "truncate: %s", pikv_last_error());
+        }
         pk_cuda_batch_run run;
-        CHECK(i != 0 || (p && g && pk_cuda_run_batch(g, m, prompt, 32, p, 2, 4, &run) == -1 &&
-                         strstr(pikv_last_error(), "runs one sequence (batch 1), not 2")),
+        CHECK(p && g && pk_cuda_run_batch(g, m, prompt, 32, p, 2, 4, &run) == -1 &&
+                  strstr(pikv_last_error(), what[i]) &&
+                  strstr(pikv_last_error(), "runs one sequence (batch 1), through a session (generate, eval, compare) "
+                                            "or bench --batch 1, not a batch of 2"),
               "%s: a batch of 2: %s", specs[i], pikv_last_error());
+        pk_cuda_capacity cap;
+        CHECK(p && g && pk_cuda_plan_capacity(g, m, prompt, 32, p, 4, (size_t)1 << 26, &cap) == -1 &&
+                  strstr(pikv_last_error(), what[i]) && strstr(pikv_last_error(), "not in a capacity run"),
+              "%s: a capacity run: %s", specs[i], pikv_last_error());
         pikv_press_free(p);
         pk_cuda_session_free(g);
     }

@@ -27,6 +27,7 @@
 #include "tokens.h"
 #include "pikv.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -269,6 +270,77 @@ static void check_decoding_generation(const pikv_model *m, pikv_session *cpu, pi
     free(logits);
 }
 
+/* Query-time routing (moe_router route=1) on the GPU against the CPU's:
+ * after a 300-token prompt compressed by the press, a 7-token call (the
+ * routed prompt attention: every row's logits) and 40 greedy tokens (routed
+ * decode steps) give the CPU's logits and tokens, and the routing statistics
+ * count the same queries, entries read and missed mass. The routed logits
+ * are checked to differ from the same press's without routing, so a GPU
+ * that read every entry would fail. */
+static void check_routed_generation(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
+{
+    static const char spec[] = "moe_router:ratio=0.5,window=16,route=1,sample=4";
+    enum { PROMPT = 300, CALL = 7, GEN = 40 };
+    const pikv_config *c = pikv_model_config(m);
+    const int V = c->vocab_size;
+    int32_t prompt[PROMPT + CALL];
+    fill_tokens(prompt, PROMPT + CALL, V, 27);
+    pikv_press *pc = pikv_press_new(spec, m, MODEL), *pg = pikv_press_new(spec, m, MODEL);
+    pikv_press *plain = pikv_press_new("moe_router:ratio=0.5,window=16", m, MODEL);
+    float *a = malloc((size_t)CALL * V * sizeof *a), *b = malloc((size_t)CALL * V * sizeof *b);
+    float *unrouted = malloc((size_t)CALL * V * sizeof *unrouted);
+    const pikv_sampling greedy = {.greedy = 1};
+    pikv_generation ga = {0}, gb = {0};
+    pikv_session_reset(cpu);
+    int ru = pc && pg && plain && a && b && unrouted ? pikv_prefill(cpu, prompt, PROMPT, plain, NULL) : -1;
+    if (ru == 0) ru = pikv_forward(cpu, prompt + PROMPT, CALL, unrouted, 1);
+    pikv_session_reset(cpu);
+    pikv_session_reset(gpu);
+    int ra = ru == 0 ? pikv_prefill(cpu, prompt, PROMPT, pc, NULL) : -1;
+    if (ra == 0) ra = pikv_forward(cpu, prompt + PROMPT, CALL, a, 1);
+    if (ra == 0) ra = pikv_generate_from(cpu, a + (size_t)(CALL - 1) * V, GEN, &greedy, -1, &ga);
+    int rb = ru == 0 ? pikv_prefill(gpu, prompt, PROMPT, pg, NULL) : -1;
+    if (rb == 0) rb = pikv_forward(gpu, prompt + PROMPT, CALL, b, 1);
+    const double call_err = rb == 0 && ra == 0 ? worst_row(a, b, CALL, V) : 1;
+    const double routing_moves = ra == 0 && ru == 0 ? worst_row(a, unrouted, CALL, V) : 0;
+    if (rb == 0) rb = pikv_generate_from(gpu, b + (size_t)(CALL - 1) * V, GEN, &greedy, -1, &gb);
+    CHECK(ru == 0 && ra == 0 && rb == 0, "%s: %s", spec, pikv_last_error());
+    if (ra == 0 && rb == 0) {
+        CHECK(call_err < 1e-4, "%s: a routed %d-token call: worst row's logits %.3g from the CPU's", spec, CALL,
+              call_err);
+        CHECK(routing_moves > 1e-3, "%s: routing moved the CPU's logits by only %.3g", spec, routing_moves);
+        CHECK(ga.n_ids == gb.n_ids && memcmp(ga.ids, gb.ids, (size_t)ga.n_ids * sizeof *ga.ids) == 0,
+              "%s: the GPU's %d routed greedy tokens differ from the CPU's", spec, GEN);
+        pikv_routing_stats sa, sb;
+        CHECK(pikv_press_routing_stats(pc, &sa, 0) == 0 && pikv_press_routing_stats(pg, &sb, 0) == 0,
+              "routing stats: %s", pikv_last_error());
+        const long triples = (long)(CALL + GEN - 1) * c->n_layer * c->n_head;
+        CHECK(sa.queries == triples && sb.queries == triples && sa.sampled == sb.sampled && sb.sampled > 0,
+              "%s: %ld and %ld routed queries (%ld expected), %ld and %ld sampled", spec, sa.queries, sb.queries,
+              triples, sa.sampled, sb.sampled);
+        CHECK(fabs(sa.fraction_read - sb.fraction_read) < 1e-3 && sb.fraction_read < 0.9,
+              "%s: the GPU read %.4f of the visible entries, the CPU %.4f", spec, sb.fraction_read, sa.fraction_read);
+        CHECK(fabs(sa.mass_missed - sb.mass_missed) < 1e-3,
+              "%s: missed attention mass %.5f on the GPU, %.5f on the CPU", spec, sb.mass_missed, sa.mass_missed);
+        CHECK(strstr(pk_session_press_note(gpu), "routed on the host"), "%s: press note '%s'", spec,
+              pk_session_press_note(gpu));
+        printf("%s: a %d-token call within %.2g of the CPU's logits (routing moves them %.2g), %d greedy tokens "
+               "the CPU's; read %.4f of the visible entries (CPU %.4f), missed mass %.5f (CPU %.5f)\n",
+               spec, CALL, call_err, routing_moves, GEN, sb.fraction_read, sa.fraction_read, sb.mass_missed,
+               sa.mass_missed);
+    }
+    if (ra == 0) pikv_free(ga.ids);
+    if (rb == 0) pikv_free(gb.ids);
+    pikv_session_reset(cpu);
+    pikv_session_reset(gpu);
+    pikv_press_free(pc);
+    pikv_press_free(pg);
+    pikv_press_free(plain);
+    free(a);
+    free(b);
+    free(unrouted);
+}
+
 /* Capacity at a budget: floor(budget / bytes per sequence) admitted and
  * decoded together; a CPU session refuses. */
 static void check_capacity(const pikv_model *m, pikv_session *cpu, pikv_session *gpu)
@@ -315,8 +387,12 @@ static void check_refusals(const pikv_model *m, pikv_session *gpu)
     CHECK(pikv_session_kv_types(gpu, &k, &v) == 0 && k == PIKV_KV_F32 && v == PIKV_KV_F32, "kv types %d/%d", k, v);
     pikv_press *p = pikv_press_new("moe_router:ratio=0.5,route=1", m, MODEL);
     pikv_session_reset(gpu);
-    CHECK(p && pikv_prefill(gpu, ids, 8, p, NULL) == -1 && strstr(pikv_last_error(), "does not run on the GPU"),
-          "moe_router route=1: %s", pikv_last_error());
+    pk_device_capacity cap;
+    CHECK(p && pk_session_capacity(gpu, ids, 8, p, 4, (size_t)1 << 26, &cap) == -1 &&
+              strstr(pikv_last_error(), "routes later queries through its table (route=1): on the GPU it runs one "
+                                        "sequence") &&
+              strstr(pikv_last_error(), "not in a capacity run"),
+          "moe_router route=1 in a capacity run: %s", pikv_last_error());
     pikv_session_reset(gpu);
     pikv_press_free(p);
     pikv_session_params params = pikv_session_default_params();
@@ -350,6 +426,7 @@ int main(void)
         check_generation(m, cpu, gpu);
         check_ring_generation(m, cpu, gpu);
         check_decoding_generation(m, cpu, gpu);
+        check_routed_generation(m, cpu, gpu);
         check_capacity(m, cpu, gpu);
         check_refusals(m, gpu);
     }

@@ -68,6 +68,14 @@ pk_cuda_session *pk_cuda_session_new(const pikv_model *m, const pk_cuda_params *
 }
 void pk_cuda_session_free(pk_cuda_session *s) { free(s); }
 
+/* The GPU's own rule (press_cuda.c) is not linked here; the group is only
+ * run with presses that pass it. */
+int pk_cuda_refuse_one_sequence(const pk_press *p, const char *where)
+{
+    (void)where;
+    return p && (p->caps & (PK_PRESS_WHILE_DECODING | PK_PRESS_ROUTES_QUERIES)) ? pk_fail("one sequence only") : 0;
+}
+
 int pk_cuda_prefill_press(pk_cuda_session *s, const pikv_model *m, int seq, const int32_t *ids, int n, pk_press *press,
                           float *logits, pk_cuda_press_stats *st)
 {

@@ -93,6 +93,7 @@ template <typename W> struct paged_cache {
         c.n_head = n_head;
         c.head_dim = head_dim;
         c.C = C;
+        c.route_seq = -1;
         return c;
     }
     W &at(int b, int lh, int slot, int values, int d)
@@ -133,10 +134,15 @@ static void dense_attention(const float *q, int hd, int n, double scale, KeyF ke
  * sees its len entries, not len + 1. With windows (prompt rows), three heads
  * stream: each row sees only the sinks and the last `recent` slots up to its
  * own (a window starting inside the sinks' block, one starting on a block
- * boundary with no sinks, and sinks that cover every row). */
+ * boundary with no sinks, and sinks that cover every row). With routed, the
+ * first sequence's queries are routed: its first head reads, of its first
+ * len - 2 slots, only those whose mask shares a bit with the row's (none of
+ * slots 16..31, a KV block skipped whole, and only the slots marked for every
+ * query for a row routed nowhere), its second head (empty for decode) every
+ * slot it routes. */
 template <typename W, int HD, int NW>
 static void check_attention(int rows_per_seq, const char *what, int n_split = 0, bool full_ring = false,
-                            int per_split = 0, bool windows = false)
+                            int per_split = 0, bool windows = false, bool routed = false)
 {
     const int n_head = 2, n_layer = 2, layer = 1, seq0 = 1, n_seq = 2;
     paged_cache<W> kv(3, n_layer, n_head, HD, 4);
@@ -159,19 +165,45 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         }
     std::vector<float> q = random_f((size_t)R * C), out((size_t)R * C, NAN);
     const float scale = 0.125f;
+    /* Experts 0..3 are bits 0..3; bit 63 marks a slot every query reads. */
+    const int stride = 4 * PK_CUDA_BLOCK;
+    std::vector<int32_t> route_len((size_t)kv.n_lh, 0);
+    std::vector<uint64_t> route_slot((size_t)kv.n_lh * stride, 0), route_row((size_t)R * n_head, 0);
+    if (routed) {
+        for (int h = 0; h < n_head; h++) {
+            const int lh = layer * n_head + h, len = kv.kv_len[(size_t)seq0 * kv.n_lh + lh];
+            route_len[lh] = h == 0 ? len - 2 : len;
+            for (int j = 0; j < route_len[lh]; j++) {
+                const uint64_t m = (uint64_t)(rng() % 16) | (rng() % 5 == 0 ? 1ull << 63 : 0);
+                route_slot[(size_t)lh * stride + j] = h == 0 && j >= 16 && j < 32 ? 0 : m;
+            }
+        }
+        for (int i = 0; i < R * n_head; i++) route_row[i] = (1ull << 63) | (i == 0 ? 0 : 1ull << (rng() % 4));
+    }
+    auto ctx = [&](int rows) {
+        rows_ctx<W> c = kv.ctx(seq0, rows);
+        if (routed) {
+            c.route_seq = seq0;
+            c.route_stride = stride;
+            c.route_len = route_len.data();
+            c.route_slot = route_slot.data();
+            c.route_row = route_row.data();
+        }
+        return c;
+    };
     if (n_split > 0) {
         std::vector<float> part((size_t)kv.max_seq * n_head * n_split * (HD + 2), NAN);
         std::vector<int> done((size_t)kv.max_seq * n_head, 0);
         for (int run = 0; run < 2; run++) {
             emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
-                       (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, 1), part.data(), done.data(),
+                       (const float *)q.data(), out.data(), layer, scale, ctx(1), part.data(), done.data(),
                        per_split, (float *)nullptr);
             CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
                   "attention %s: completion counts not reset after run %d", what, run + 1);
         }
     } else {
         emu_launch(dim3(rows_per_seq, n_head, n_seq), dim3(NW * 32), 0, attention_kernel<W, float, HD, NW>,
-                   (const float *)q.data(), out.data(), layer, scale, kv.ctx(seq0, rows_per_seq));
+                   (const float *)q.data(), out.data(), layer, scale, ctx(rows_per_seq));
     }
     std::vector<double> ref((size_t)R * C);
     for (int row = 0; row < R; row++) {
@@ -181,9 +213,12 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
             const ring_state ring = kv.ring[(size_t)b * kv.n_lh + lh];
             const int visible = rows_per_seq == 1 && ring_full(ring, len) ? len : len + r + 1;
             std::vector<int> seen; /* the slots this row attends to */
-            for (int j = 0; j < visible; j++)
-                if (rows_per_seq == 1 || ring.recent == 0 || j < ring.sink || j >= visible - ring.recent)
+            for (int j = 0; j < visible; j++) {
+                const bool skipped = routed && b == seq0 && j < route_len[lh] &&
+                                     !(route_slot[(size_t)lh * stride + j] & route_row[(size_t)row * n_head + h]);
+                if (!skipped && (rows_per_seq == 1 || ring.recent == 0 || j < ring.sink || j >= visible - ring.recent))
                     seen.push_back(j);
+            }
             dense_attention(&q[(size_t)row * C + h * HD], HD, (int)seen.size(), scale,
                             [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, seen[j], 0, d)); },
                             [&](int j, int d) { return (double)to_f<W>(kv.at(b, lh, seen[j], 1, d)); },
@@ -914,6 +949,11 @@ int main()
     check_attention<__nv_bfloat16, 64, 2>(1, "bf16, decode in fixed shares of 1 KV block, 4 splits (2 warps)", 4, true, 1);
     check_attention<float, 64, 4>(3, "f32, 3 prompt rows, three streaming heads' windows (4 warps)", 0, false, 0, true);
     check_attention<__half, 32, 2>(5, "f16, 5 prompt rows, three streaming heads' windows (2 warps)", 0, false, 0, true);
+    check_attention<float, 64, 4>(1, "f32, routed decode in one block per head (4 warps)", 1, false, 0, false, true);
+    check_attention<__nv_bfloat16, 64, 4>(1, "bf16, routed decode split over 5 blocks (4 warps)", 5, false, 0, false,
+                                          true);
+    check_attention<__half, 32, 2>(3, "f16, 3 routed prompt rows (2 warps)", 0, false, 0, false, true);
+    check_attention<float, 128, 4>(5, "f32 head_dim 128, 5 routed prompt rows (4 warps)", 0, false, 0, false, true);
     check_prompt_pieces();
     check_ring_step();
     check_sharded_decode<float, 64>("f32");

@@ -104,6 +104,18 @@ struct pk_cuda_session {
     void *exchange_ctx;
     float *d_states, *d_gathered;
     void *d_discard;          /* [max_seq][2C] of the storage type */
+    /* Query-time routing of sequence route_seq while `routing` (pk_cuda_route_begin):
+     * each head's routed length and slot masks [n_lh][n_positions], a call's
+     * row masks [n_positions][n_head] and their pinned staging with the
+     * queries [n_positions][C]. route_rows is the rows of the call being
+     * routed while the callback runs (they count as held), route_stale that
+     * the sequence was cut or compressed since its routing began. */
+    int routing, route_seq, route_rows, route_stale;
+    pk_cuda_route_fn route;
+    void *route_ctx;
+    int32_t *d_route_len;
+    uint64_t *d_route_slot, *d_route_row, *h_route_row;
+    float *h_route_q;
 };
 
 /* Record a failed CUDA call as the library's error. */
@@ -210,6 +222,10 @@ template <typename W> static rows_ctx<W> make_ctx(pk_cuda_session *s, int seq0, 
     c.n_head = s->cfg.n_head;
     c.head_dim = s->cfg.head_dim;
     c.C = s->cfg.n_embd;
+    c.route_seq = -1; /* set by a routed forward call only: never in a captured step */
+    c.route_stride = 0;
+    c.route_len = nullptr;
+    c.route_slot = c.route_row = nullptr;
     return c;
 }
 
@@ -464,18 +480,46 @@ static int copy_queries(pk_cuda_session *s, float *queries, const float *q, int 
     return 0;
 }
 
+/* Query-time routing of layer l's R query rows q: to the host, through the
+ * session's router, and the rows' masks back before the attention reads
+ * them. The one synchronisation inside a forward pass. */
+static int route_layer(pk_cuda_session *s, const float *q, int l, int R)
+{
+    CU(cudaMemcpyAsync(s->h_route_q, q, (size_t)R * s->cfg.n_embd * 4, cudaMemcpyDeviceToHost, s->stream),
+       "copying queries to route");
+    CU(cudaStreamSynchronize(s->stream), "routing queries");
+    s->route_rows = R;
+    const int rc = s->route(s->route_ctx, l, s->h_route_q, R, s->h_route_row);
+    s->route_rows = 0;
+    if (rc) return -1;
+    CU(cudaMemcpyAsync(s->d_route_row, s->h_route_row, (size_t)R * s->cfg.n_head * 8, cudaMemcpyHostToDevice,
+                       s->stream),
+       "sending the routes");
+    return 0;
+}
+
 /* Enqueue the whole forward pass of n_seq sequences (seq0...) with
  * rows_per_seq new tokens each, whose ids are in d_tokens. Logits go to
  * a->logits: of every row when all_logits, else of the last row of each
- * sequence. Nothing here synchronises, so the decode step can be captured. */
+ * sequence. Nothing here synchronises, so the decode step can be captured,
+ * unless the call is `routed` (one sequence, the routed one): then each
+ * layer's queries are routed on the host between its QKV product and its
+ * attention. */
 template <typename W>
 static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
-                           int all_logits, float *queries)
+                           int all_logits, float *queries, int routed)
 {
     const pikv_config *cf = &s->cfg;
     const int C = cf->n_embd, F = cf->n_inner, V = cf->vocab_size, R = n_seq * rows_per_seq;
     const int small = R <= s->gemv_rows;
-    const rows_ctx<W> c = make_ctx<W>(s, seq0, rows_per_seq);
+    rows_ctx<W> c = make_ctx<W>(s, seq0, rows_per_seq);
+    if (routed) {
+        c.route_seq = seq0;
+        c.route_stride = cf->n_positions;
+        c.route_len = s->d_route_len;
+        c.route_slot = s->d_route_slot;
+        c.route_row = s->d_route_row;
+    }
     s->launches = 0;
     embed_kernel<W><<<R, 128, 0, s->stream>>>(a->x, (const W *)s->w.wte, (const W *)s->w.wpe, s->d_tokens, c);
     s->launches++;
@@ -484,7 +528,9 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (small) {
             gemv<W, true>(s, L->attn_w, L->attn_b, a->x, R, C, L->ln_1_w, L->ln_1_b,
                           make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
-            if (attention<W, float>(s, a->q, a->att, l, n_seq, c) || copy_queries(s, queries, a->q, l, R)) return -1;
+            if ((routed && route_layer(s, a->q, l, R)) || attention<W, float>(s, a->q, a->att, l, n_seq, c) ||
+                copy_queries(s, queries, a->q, l, R))
+                return -1;
             gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
                            make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
             gemv<W, true>(s, L->fc_w, L->fc_b, a->x, R, C, L->ln_2_w, L->ln_2_b,
@@ -498,7 +544,9 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (l == 0) layernorm<W>(s, a->xn, a->x, L->ln_1_w, L->ln_1_b, R);
         if (gemm<W>(s, L->attn_w, a->xn, a->prod, R, C, 3 * C)) return -1;
         epilogue_launch(s, a->prod, L->attn_b, R, make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
-        if (attention<W, W>(s, a->q, a->att, l, n_seq, c) || copy_queries(s, queries, a->q, l, R)) return -1;
+        if ((routed && route_layer(s, a->q, l, R)) || attention<W, W>(s, a->q, a->att, l, n_seq, c) ||
+            copy_queries(s, queries, a->q, l, R))
+            return -1;
         if (gemm<W>(s, L->attn_proj_w, a->att, a->prod, R, C, C)) return -1;
         residual_layernorm<W>(s, a->xn, a->x, a->prod, L->attn_proj_b, L->ln_2_w, L->ln_2_b, R);
         if (gemm<W>(s, L->fc_w, a->xn, a->prod, R, C, F)) return -1;
@@ -544,11 +592,11 @@ template <typename F> static void with_storage_type(const pk_cuda_session *s, F 
 
 /* enqueue_forward for the session's storage type; queries (device [n_layer][R][C]) may be NULL. */
 static int enqueue(pk_cuda_session *s, activations *a, int seq0, int n_seq, int rows_per_seq, int want_logits,
-                   int all_logits, float *queries = nullptr)
+                   int all_logits, float *queries = nullptr, int routed = 0)
 {
     int rc = -1;
     with_storage_type(s, [&](auto w) {
-        rc = enqueue_forward<decltype(w)>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries);
+        rc = enqueue_forward<decltype(w)>(s, a, seq0, n_seq, rows_per_seq, want_logits, all_logits, queries, routed);
     });
     return rc;
 }
@@ -587,6 +635,11 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     cudaFree(s->d_measure);
     cudaFree(s->d_stats);
     cudaFree(s->d_kmeans);
+    cudaFree(s->d_route_len);
+    cudaFree(s->d_route_slot);
+    cudaFree(s->d_route_row);
+    cudaFreeHost(s->h_route_row);
+    cudaFreeHost(s->h_route_q);
     pk_free(s->h_pos);
     pk_free(s->h_len);
     pk_free(s->h_ring);
@@ -804,6 +857,9 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
     if (n > 1 && s->n_rank > 0)
         return pk_fail("CUDA forward: this GPU holds part of each head (one of %d), so only decode steps run",
                        s->n_rank);
+    const int routed = s->routing && s->route_seq == seq;
+    if (routed && s->route_stale)
+        return pk_fail("CUDA forward: sequence %d was cut or compressed since its query-time routing began", seq);
     const int windows = n > 1 && has_rings(s, seq);
     if (windows && keep_queries) return pk_fail("CUDA forward: queries are kept for a prompt, not after a press");
     if (windows && !rings_in_order(s, seq)) {
@@ -832,7 +888,7 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
         s->query_rows = 0;
         if (ensure_queries(s, n)) return -1;
     }
-    if (enqueue(s, a, seq, 1, n, logits != NULL, all_logits, keep_queries ? s->d_queries : nullptr)) return -1;
+    if (enqueue(s, a, seq, 1, n, logits != NULL, all_logits, keep_queries ? s->d_queries : nullptr, routed)) return -1;
     if (logits)
         CU(cudaMemcpyAsync(logits, a->logits, (size_t)(all_logits ? n : 1) * s->cfg.vocab_size * 4,
                            cudaMemcpyDeviceToHost, s->stream),
@@ -902,6 +958,17 @@ static int decode_graph(pk_cuda_session *s, int n_seq, int greedy, cudaGraphExec
     return 0;
 }
 
+/* Fail when sequences 0..n_seq-1 include one whose queries are routed: its
+ * calls stop at every layer for the host, so they run alone and unrecorded. */
+static int routed_among(const pk_cuda_session *s, int n_seq, const char *what)
+{
+    if (s->routing && s->route_seq < n_seq)
+        return pk_fail("CUDA %s: sequence %d routes its queries on the host layer by layer, so its steps run one "
+                       "call at a time (pk_cuda_forward), not in a batch or a graph",
+                       what, s->route_seq);
+    return 0;
+}
+
 /* Run `steps` decode steps of sequences 0..n_seq-1 from tokens ids, replayed
  * or launched, with one synchronisation at the end: one step with logits
  * [n_seq][V] to the host, or greedy steps whose choices feed the next step on
@@ -911,6 +978,7 @@ static int decode_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int s
     if (n_seq < 1 || n_seq > s->params.max_seq)
         return pk_fail("CUDA decode: %d sequences, the session holds 1..%d", n_seq, s->params.max_seq);
     if (steps < 1 || (logits && steps != 1)) return pk_fail("CUDA decode: %d steps", steps);
+    if (routed_among(s, n_seq, "decode")) return -1;
     if (check_tokens(s, ids, n_seq) || reserve_steps(s, 0, n_seq, steps) || upload_table(s)) return -1;
     const int greedy = chosen != NULL;
     memcpy(s->h_tokens, ids, (size_t)n_seq * 4);
@@ -988,7 +1056,59 @@ extern "C" int pk_cuda_truncate(pk_cuda_session *s, int seq, int len)
         return pk_fail("CUDA truncate: sequence %d was compressed by a press, so it can only be cut back to 0 tokens",
                        seq);
     for (int i = 0; i < s->n_lh; i++) s->h_need[i] = len;
+    if (s->routing && seq == s->route_seq) s->route_stale = 1;
     return set_sequence(s, seq, len, s->h_need, nullptr);
+}
+
+extern "C" int pk_cuda_route_begin(pk_cuda_session *s, int seq, pk_cuda_route_fn route, void *ctx)
+{
+    if (seq < 0 || seq >= s->params.max_seq)
+        return pk_fail("CUDA routing: sequence %d outside 0..%d", seq, s->params.max_seq - 1);
+    if (!route) return pk_fail("CUDA routing: no router");
+    if (s->n_rank > 0) return pk_fail("CUDA routing: this GPU holds part of each head (one of %d)", s->n_rank);
+    const size_t P = (size_t)s->cfg.n_positions;
+    if (!s->d_route_len) {
+        CU(cudaMalloc((void **)&s->d_route_len, (size_t)s->n_lh * 4), "allocating the routed lengths");
+        CU(cudaMalloc((void **)&s->d_route_slot, (size_t)s->n_lh * P * 8), "allocating the slot routes");
+        CU(cudaMalloc((void **)&s->d_route_row, P * s->cfg.n_head * 8), "allocating the row routes");
+        CU(cudaMallocHost((void **)&s->h_route_row, P * s->cfg.n_head * 8), "allocating the row routes");
+        CU(cudaMallocHost((void **)&s->h_route_q, P * s->cfg.n_embd * 4), "allocating the queries to route");
+    }
+    CU(cudaMemsetAsync(s->d_route_len, 0, (size_t)s->n_lh * 4, s->stream), "clearing the routed lengths");
+    CU(cudaStreamSynchronize(s->stream), "starting the routing");
+    s->routing = 1;
+    s->route_seq = seq;
+    s->route_stale = 0;
+    s->route = route;
+    s->route_ctx = ctx;
+    return 0;
+}
+
+extern "C" int pk_cuda_route_head(pk_cuda_session *s, int layer, int head, const uint64_t *masks, int n)
+{
+    if (!s->routing) return pk_fail("CUDA routing: no sequence is routed");
+    if (layer < 0 || layer >= s->cfg.n_layer || head < 0 || head >= s->cfg.n_head)
+        return pk_fail("CUDA routing: layer %d head %d out of range", layer, head);
+    const size_t lh = (size_t)s->route_seq * s->n_lh + (size_t)layer * s->cfg.n_head + head;
+    if (n < 0 || n > s->h_len[lh] || (n > 0 && !masks))
+        return pk_fail("CUDA routing: %d slot masks for layer %d head %d, which holds %d", n, layer, head, s->h_len[lh]);
+    if (s->h_ring[lh].recent > 0) return pk_fail("CUDA routing: layer %d head %d streams", layer, head);
+    const int local = layer * s->cfg.n_head + head;
+    const int32_t len = n;
+    if (n)
+        CU(cudaMemcpyAsync(s->d_route_slot + (size_t)local * s->cfg.n_positions, masks, (size_t)n * 8,
+                           cudaMemcpyHostToDevice, s->stream),
+           "sending slot routes");
+    CU(cudaMemcpyAsync(s->d_route_len + local, &len, 4, cudaMemcpyHostToDevice, s->stream), "sending a routed length");
+    CU(cudaStreamSynchronize(s->stream), "sending routes");
+    return 0;
+}
+
+extern "C" void pk_cuda_route_end(pk_cuda_session *s)
+{
+    s->routing = s->route_stale = 0;
+    s->route = nullptr;
+    s->route_ctx = nullptr;
 }
 
 extern "C" int pk_cuda_position(const pk_cuda_session *s, int seq)
@@ -1059,6 +1179,7 @@ extern "C" int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, dou
     if (!s->params.use_graphs) return pk_fail("CUDA replay timing: the session does not use graphs");
     if (n_seq < 1 || n_seq > s->params.max_seq) return pk_fail("CUDA replay timing: %d sequences", n_seq);
     if (steps < 1) return pk_fail("CUDA replay timing: %d steps", steps);
+    if (routed_among(s, n_seq, "replay timing")) return -1;
     const size_t heads = (size_t)n_seq * s->n_lh;
     int32_t *len = (int32_t *)pk_malloc_array(heads, 4, "saved head lengths");
     ring_state *ring = (ring_state *)pk_malloc_array(heads, sizeof *ring, "saved rings");
@@ -1123,8 +1244,10 @@ static int check_heads_hold(const pk_cuda_session *s, int seq, int layer, int he
         head0 + n_heads > s->cfg.n_head)
         return pk_fail("CUDA %s: sequence %d, layer %d or heads %d..%d out of range", what, seq, layer, head0,
                        head0 + n_heads - 1);
+    /* Inside a routing callback the call's own rows are already in the cache. */
+    const int in_call = s->routing && seq == s->route_seq ? s->route_rows : 0;
     for (int h = head0; h < head0 + n_heads; h++)
-        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h])
+        if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h] + in_call)
             return pk_fail("CUDA %s: layer %d head %d holds fewer than %d entries", what, layer, h, len);
     return 0;
 }
@@ -1356,6 +1479,7 @@ static int keep_heads(pk_cuda_session *s, int seq, int layer, const pk_cuda_head
     int stride = 1;
     for (int h = 0; h < H; h++)
         if (heads[h].n > stride) stride = heads[h].n;
+    if (s->routing && seq == s->route_seq) s->route_stale = 1;
     if (ensure_press_buffers(s)) return -1;
     int32_t *slots = (int32_t *)pk_malloc_array((size_t)H * stride, 4, "kept slots");
     int32_t *counts = (int32_t *)pk_malloc_array((size_t)H, 4, "kept counts");

@@ -143,6 +143,24 @@ typedef int (*pk_cuda_exchange_fn)(void *ctx, const float *states, float *gather
 int pk_cuda_keep_shard(pk_cuda_session *s, int seq, int layer, const pk_cuda_head_keep *heads, const int *tail);
 int pk_cuda_set_exchange(pk_cuda_session *s, int n_rank, pk_cuda_exchange_fn exchange, void *ctx);
 
+/* Query-time routing (engine/cuda/routing_cuda.h) of sequence seq. In every
+ * pk_cuda_forward call of that sequence from now on, between each layer's
+ * QKV product and its attention, the layer's query rows go to the host and
+ * route(ctx, layer, queries [n][n_embd], n, masks [n][n_head]) sets each
+ * row's mask per head (0 or -1 after pk_fail); a row then reads slot j of
+ * head h only when j is past the head's routed slots or the slot's mask
+ * (pk_cuda_route_head) shares a bit with masks[row][h]. Inside route, the
+ * call's own rows count as held for pk_cuda_read_heads. A host round trip a
+ * layer cannot be replayed, so decode steps and replays that include the
+ * sequence are refused; a truncation or press of the sequence makes its
+ * later calls fail until routing begins again. */
+typedef int (*pk_cuda_route_fn)(void *ctx, int layer, const float *queries, int n, uint64_t *masks);
+int pk_cuda_route_begin(pk_cuda_session *s, int seq, pk_cuda_route_fn route, void *ctx);
+/* The masks of the routed sequence's slots 0..n-1 of one head (n at most
+ * what the head holds); the head's later slots are read by every row. */
+int pk_cuda_route_head(pk_cuda_session *s, int layer, int head, const uint64_t *masks, int n);
+void pk_cuda_route_end(pk_cuda_session *s);
+
 /* Entries head `head` of `layer` holds in sequence seq, and its blocks in
  * *held_blocks (may be NULL); -1 when out of range. */
 int pk_cuda_head_length(const pk_cuda_session *s, int seq, int layer, int head, int *held_blocks);

@@ -199,7 +199,31 @@ template <typename W> struct rows_ctx {
     W *pool;                  /* blocks of [K: PK_CUDA_BLOCK][head_dim], [V: PK_CUDA_BLOCK][head_dim] */
     W *discard;               /* [max_seq][2C]: where a detached head's new keys and values go, never read */
     int max_blocks, n_lh, n_head, head_dim, C;
+    /* Query-time routing of sequence route_seq (-1: none; engine/cuda/routing_cuda.h):
+     * slot j < route_len[lh] of head lh is read by a row of the call only when
+     * route_slot[lh * route_stride + j] shares a bit with the row's
+     * route_row[row * n_head + h]; later slots are read by every row. */
+    int route_seq, route_stride;
+    const int32_t *route_len;        /* [n_layer * n_head] */
+    const uint64_t *route_slot;      /* [n_layer * n_head][route_stride] */
+    const uint64_t *route_row;       /* [rows][n_head] */
 };
+
+/* What one row of a call reads of one head under query-time routing: the
+ * masks of the first `len` slots and the row's own (len 0: every slot). */
+struct row_routing {
+    const uint64_t *slot;
+    int len;
+    uint64_t row;
+};
+
+template <typename W>
+__device__ __host__ __forceinline__ row_routing routing_of(const rows_ctx<W> &c, int b, int lh, int h, int row)
+{
+    if (b != c.route_seq) return row_routing{nullptr, 0, 0};
+    return row_routing{c.route_slot + (size_t)lh * c.route_stride, c.route_len[lh],
+                       c.route_row[(size_t)row * c.n_head + h]};
+}
 
 /* Address of (keys or values, dim 0) of entry `slot` of head lh of sequence b. */
 template <typename W>
@@ -512,13 +536,15 @@ template <int HD> __device__ __forceinline__ void softmax_init(softmax_state<HD>
 }
 
 /* Fold entries first..end-1 of one KV block (keys K, then its values) into a
- * warp's state; qs is the scaled query, and the range is never empty. Two
+ * warp's state; qs is the scaled query, and the range is never empty, though
+ * the routing (the block's first entry being slot slot0) may skip all of it. Two
  * lanes share a key, each taking half of its dimensions; then every lane owns
  * HD / 32 value dimensions. Keys and values are loaded together before any
  * arithmetic, so that both loads are in flight at once; entries outside the
  * range are loaded (the block is whole) but never used. */
 template <typename W, int HD>
-__device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, int first, int end, const float *qs)
+__device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, int first, int end, const float *qs,
+                                             const row_routing &routing, int slot0)
 {
     constexpr int DPL = HD / 32, KH = HD / 2, VN = vec<W>::n;
     const int lane = threadIdx.x & 31, e = lane >> 1, half = lane & 1;
@@ -540,9 +566,12 @@ __device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, 
         for (int i = 0; i < VN; i++) s += kf[i] * qs[half * KH + k * VN + i];
     }
     s += __shfl_xor_sync(0xffffffffu, s, 1);
-    const bool used = e >= first && e < end;
+    bool used = e >= first && e < end;
+    if (used && slot0 + e < routing.len) used = (routing.slot[slot0 + e] & routing.row) != 0;
     s = used ? s : -INFINITY;
     const float m_new = fmaxf(st.m, warp_max(s));
+    /* Nothing seen yet and nothing here (a block the routing skips whole). */
+    if (m_new == -INFINITY) return;
     const float corr = exp2f(st.m - m_new);
     const float p = used ? exp2f(s - m_new) : 0.f;
     st.l = st.l * corr + warp_sum(half ? 0.f : p);
@@ -551,7 +580,7 @@ __device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, 
 #pragma unroll
     for (int j = 0; j < PK_CUDA_BLOCK; j++) {
         const float pj = __shfl_sync(0xffffffffu, p, 2 * j);
-        if (j >= first && j < end)
+        if (j >= first && j < end) /* a slot the routing skips adds 0 x its (finite) values */
 #pragma unroll
             for (int i = 0; i < DPL; i++) st.acc[i] += pj * to_f<W>(vr[j][i]);
     }
@@ -626,6 +655,8 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
     const int n_sink_blocks = (sinks + B - 1) / B, first_window_block = window / B;
     const int n_blocks = n_sink_blocks + (window < seen ? (seen + B - 1) / B - first_window_block : 0);
     wait_for_previous_kernel();
+    /* The rows' routing is written during the call, before this kernel. */
+    const row_routing routing = routing_of(c, b, lh, h, row);
     stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
     softmax_state<HD> st;
@@ -635,7 +666,7 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
         const int blk = in_sinks ? i : first_window_block + i - n_sink_blocks;
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
         attend_block<W, HD>(st, c.pool + (size_t)id * 2 * B * HD, in_sinks ? 0 : max(0, window - blk * B),
-                            min(B, (in_sinks ? sinks : seen) - blk * B), qs);
+                            min(B, (in_sinks ? sinks : seen) - blk * B), qs, routing, blk * B);
     }
     publish_state(ws, st);
     __syncthreads();
@@ -684,6 +715,8 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     const int per = per_split > 0 ? per_split : max((n_blocks + n_split - 1) / n_split, NW);
     const int first = split * per, end = min(n_blocks, first + per);
     wait_for_previous_kernel();
+    /* The rows' routing is written during the call, before this kernel. */
+    const row_routing routing = routing_of(c, b, lh, h, row);
     stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
     softmax_state<HD> st;
@@ -691,7 +724,7 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     for (int blk = first + (threadIdx.x >> 5); blk < end; blk += NW) {
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
         attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD, 0,
-                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs);
+                            min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs, routing, blk * PK_CUDA_BLOCK);
     }
     publish_state(ws, st);
     __syncthreads();

@@ -52,14 +52,17 @@ static int bench_once(pk_cuda_session *s, const pikv_model *m, const cli_cuda_be
 }
 
 /* A press that acts while decoding (decoding(...)) runs each step through
- * the press on the host rather than from a graph. */
+ * the press on the host, and one that routes queries (route=1) stops each
+ * step at every layer to route them there, rather than replaying a graph. */
 static int steps_on_host(const cli_cuda_bench_options *o)
 {
-    return o->press && pikv_press_acts_while_generating(o->press) == 1;
+    return o->press && (pikv_press_acts_while_generating(o->press) == 1 || pikv_press_routes_queries(o->press) == 1);
 }
 
 static const char *decode_mode(const cli_cuda_bench_options *o)
 {
+    if (o->press && pikv_press_routes_queries(o->press) == 1)
+        return "each step's queries routed on the host, layer by layer";
     return steps_on_host(o) ? "each step's queries to the press on the host" : o->graphs ? "graph replay"
                                                                                            : "plain launches";
 }

@@ -1,10 +1,12 @@
 /* Batches and capacity on the CUDA engine (see capacity_cuda.h). */
 #include "engine/cuda/capacity_cuda.h"
 #include "engine/cuda/decoding_cuda.h"
+#include "engine/cuda/routing_cuda.h"
 #include "model/model.h"
 #include "util/error.h"
 #include "util/mem.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* pk_cuda_run_batch of one sequence with a press that acts while decoding:
@@ -39,18 +41,47 @@ static int run_decoding(pk_cuda_session *s, const pikv_model *m, const int32_t *
     return rc;
 }
 
+/* pk_cuda_run_batch of one sequence with a press that routes later
+ * queries: the prompt is compressed as by any press, then every step stops
+ * at each layer for the host to route its queries, so the steps are calls
+ * of their own and each token is chosen on the host from its logits. */
+static int run_routed(pk_cuda_session *s, const pikv_model *m, const int32_t *prompt, int n_prompt, pk_press *press,
+                      int n_gen, pk_cuda_batch_run *out)
+{
+    static const pikv_sampling greedy = {.greedy = 1};
+    const int V = m->cfg.vocab_size;
+    float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
+    int rc = logits ? 0 : -1;
+    if (rc == 0) rc = pk_cuda_truncate(s, 0, 0) || pk_cuda_prefill_press(s, m, 0, prompt, n_prompt, press, logits,
+                                                                         &out->press);
+    out->prefill_s = out->press.prefill_s;
+    pk_cuda_routing *r = rc == 0 ? pk_cuda_routing_new(s, &m->cfg, 0, press) : NULL;
+    if (!r) rc = -1;
+    const double t0 = pikv_now();
+    for (int i = 0; rc == 0 && i < n_gen; i++) {
+        const int32_t next = pikv_sample(logits, V, &greedy, NULL);
+        rc = pk_cuda_forward(s, 0, &next, 1, logits, 0);
+    }
+    out->decode_s = pikv_now() - t0;
+    if (r) out->press.bytes_to_host += pk_cuda_routing_bytes(r);
+    out->kv_in_use = pk_cuda_sequence_bytes(s, 0, 0);
+    pk_cuda_routing_free(r);
+    pk_free(logits);
+    return rc;
+}
+
 int pk_cuda_run_batch(pk_cuda_session *s, const pikv_model *m, const int32_t *prompt, int n_prompt, pk_press *press,
                       int batch, int n_gen, pk_cuda_batch_run *out)
 {
     static const pikv_sampling greedy = {.greedy = 1};
     memset(out, 0, sizeof *out);
-    if (press && (press->caps & PK_PRESS_WHILE_DECODING)) {
-        if (batch != 1)
-            return pk_fail("press '%s' acts while decoding and keeps one sequence's queries: on the GPU it runs one "
-                           "sequence (batch 1), not %d",
-                           press->name, batch);
-        return run_decoding(s, m, prompt, n_prompt, press, n_gen, out);
+    if (batch != 1) {
+        char where[48];
+        snprintf(where, sizeof where, "a batch of %d", batch);
+        if (pk_cuda_refuse_one_sequence(press, where)) return -1;
     }
+    if (press && (press->caps & PK_PRESS_WHILE_DECODING)) return run_decoding(s, m, prompt, n_prompt, press, n_gen, out);
+    if (press && (press->caps & PK_PRESS_ROUTES_QUERIES)) return run_routed(s, m, prompt, n_prompt, press, n_gen, out);
     const int V = m->cfg.vocab_size;
     float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
     int32_t *next = pk_malloc_array((size_t)batch, sizeof *next, "next tokens");
@@ -80,6 +111,7 @@ int pk_cuda_plan_capacity(pk_cuda_session *probe, const pikv_model *m, const int
 {
     memset(out, 0, sizeof *out);
     if (n_gen < 0) return pk_fail("capacity: %d tokens to decode", n_gen);
+    if (pk_cuda_refuse_one_sequence(press, "in a capacity run")) return -1;
     pk_cuda_press_stats st;
     if (pk_cuda_truncate(probe, 0, 0) || pk_cuda_prefill_press(probe, m, 0, ids, n, press, NULL, &st)) return -1;
     if (n + n_gen > m->cfg.n_positions)

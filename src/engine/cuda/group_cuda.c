@@ -108,6 +108,7 @@ pk_cuda_session *pk_cuda_group_session(pk_cuda_group *g, int rank)
 int pk_cuda_group_prefill(pk_cuda_group *g, int seq, const int32_t *ids, int n, pk_press *press, float *logits)
 {
     if (g->n_placed) return pk_fail("GPU group: the caches are placed already; only decode steps run now");
+    if (pk_cuda_refuse_one_sequence(press, "in a GPU group")) return -1;
     const pikv_config *c = pikv_model_config(g->model);
     /* One rank after another: a press is not made to be run from several threads at once. */
     for (int r = 0; r < g->n_gpu; r++) {

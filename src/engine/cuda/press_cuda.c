@@ -15,9 +15,18 @@ const char *pk_cuda_press_unsupported(const pk_press *p)
     if (p->caps & PK_PRESS_WHILE_DECODING)
         return "acts while decoding: on the GPU it runs on one sequence, through a session (generate, eval, "
                "compare) or bench --batch 1, not from this prefill (a capacity run or a GPU group)";
-    if (p->caps & PK_PRESS_ROUTES_QUERIES)
-        return "does not run on the GPU yet: it routes later queries through its table (route=1)";
     return NULL;
+}
+
+int pk_cuda_refuse_one_sequence(const pk_press *p, const char *where)
+{
+    const char *what = NULL;
+    if (p && (p->caps & PK_PRESS_WHILE_DECODING)) what = "acts while decoding";
+    if (p && (p->caps & PK_PRESS_ROUTES_QUERIES)) what = "routes later queries through its table (route=1)";
+    if (!what) return 0;
+    return pk_fail("press '%s' %s: on the GPU it runs one sequence (batch 1), through a session (generate, eval, "
+                   "compare) or bench --batch 1, not %s",
+                   p->name, what, where);
 }
 
 /* Whether the press (or some part of a composition) lacks a capability. */

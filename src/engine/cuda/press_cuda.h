@@ -35,7 +35,10 @@
  * engine prefills the same prompt with the press on the host's weights, and
  * the GPU keeps the entries the CPU's cache kept (the same positions, since
  * both prefilled the prompt from position 0). Nothing is copied; the CPU's
- * whole prefill and reconstruction are the compression's time. */
+ * whole prefill and reconstruction are the compression's time.
+ *
+ * moe_router with route=1 is compressed here like any moe_router; its
+ * routing of later queries is engine/cuda/routing_cuda.h's. */
 #ifndef PIKV_ENGINE_CUDA_PRESS_CUDA_H
 #define PIKV_ENGINE_CUDA_PRESS_CUDA_H
 
@@ -64,6 +67,11 @@ const char *pk_cuda_press_how(pk_cuda_press_mode mode);
 /* Why pk_cuda_prefill_press cannot run a press (a phrase following the
  * press's name), or NULL when it can. */
 const char *pk_cuda_press_unsupported(const pk_press *p);
+
+/* Fail (pk_fail, naming the press and `where`, e.g. "in a GPU group") when
+ * the press works on one sequence's state between calls: one that acts
+ * while decoding, or routes later queries (route=1). 0 otherwise. */
+int pk_cuda_refuse_one_sequence(const pk_press *p, const char *where);
 
 /* Prefill the n prompt tokens of sequence seq (which must be empty) and
  * compress its cache with the press (NULL: none). logits [V] of the last

@@ -4,6 +4,7 @@
 #include "engine/cuda/session_cuda.h"
 #include "engine/cuda/capacity_cuda.h"
 #include "engine/cuda/decoding_cuda.h"
+#include "engine/cuda/routing_cuda.h"
 #include "engine/device.h"
 #include "model/model.h"
 #include "util/error.h"
@@ -18,7 +19,9 @@ typedef struct {
     pk_cuda_dtype dtype;
     pk_cuda_decoding *decoding;  /* the attached press that acts while decoding, or NULL */
     size_t decoding_bytes;       /* what it has had copied to the host */
-    char press_note[192];        /* how the last prefill's press ran */
+    pk_cuda_routing *routing;    /* the query-time routing the last press left, or NULL */
+    float *logits;               /* [V]: a routed greedy step's, chosen on the host */
+    char press_note[320];        /* how the last prefill's press ran */
 } cuda_engine;
 
 static void *cuda_open(const pikv_model *m, const pikv_session_params *p)
@@ -41,6 +44,8 @@ static void detach(cuda_engine *e)
     pk_cuda_decoding_free(e->decoding);
     e->decoding = NULL;
     e->decoding_bytes = 0;
+    pk_cuda_routing_free(e->routing);
+    e->routing = NULL;
 }
 
 static void cuda_close(void *engine)
@@ -48,6 +53,7 @@ static void cuda_close(void *engine)
     cuda_engine *e = engine;
     detach(e);
     pk_cuda_session_free(e->s);
+    pk_free(e->logits);
     pk_free(e);
 }
 
@@ -87,6 +93,9 @@ static int cuda_prefill(void *engine, const int32_t *ids, int n, pk_press *press
     cuda_engine *e = engine;
     e->press_note[0] = 0;
     if (!press) return pk_cuda_forward(e->s, 0, ids, n, logits, 0);
+    /* The press changes the cache: it routes it or nobody does. */
+    pk_cuda_routing_free(e->routing);
+    e->routing = NULL;
     if (press->caps & PK_PRESS_WHILE_DECODING) {
         if (!e->decoding && !(e->decoding = pk_cuda_decoding_new(e->s, &e->m->cfg, 0, press))) return -1;
         return forward_decoding(e, ids, n, logits, 0, st);
@@ -96,6 +105,10 @@ static int cuda_prefill(void *engine, const int32_t *ids, int n, pk_press *press
     add_stats(st, &ps);
     snprintf(e->press_note, sizeof e->press_note, "%s (%.2f MB to the host), applied on the GPU",
              pk_cuda_press_how(ps.mode), ps.bytes_to_host / 1e6);
+    if (!(press->caps & PK_PRESS_ROUTES_QUERIES)) return 0;
+    if (!(e->routing = pk_cuda_routing_new(e->s, &e->m->cfg, 0, press))) return -1;
+    snprintf(e->press_note + strlen(e->press_note), sizeof e->press_note - strlen(e->press_note),
+             "; later queries routed on the host layer by layer, the GPU reading only their experts' entries");
     return 0;
 }
 
@@ -117,7 +130,17 @@ static int cuda_greedy(void *engine, int32_t first, int steps, int32_t *chosen)
     if (e->decoding)
         return pk_fail("press '%s' acts on every step's queries on the host: the GPU's greedy steps run without it",
                        pk_cuda_decoding_press(e->decoding)->name);
-    return pk_cuda_decode_greedy_steps(e->s, &first, 1, steps, chosen);
+    if (!e->routing) return pk_cuda_decode_greedy_steps(e->s, &first, 1, steps, chosen);
+    /* A routed step stops at every layer for the host: one call a step, each
+     * choice taken on the host from its logits. */
+    static const pikv_sampling greedy = {.greedy = 1};
+    const int V = e->m->cfg.vocab_size;
+    if (!e->logits && !(e->logits = pk_malloc_array((size_t)V, sizeof *e->logits, "logits"))) return -1;
+    for (int i = 0; i < steps; i++) {
+        if (pk_cuda_forward(e->s, 0, i ? &chosen[i - 1] : &first, 1, e->logits, 0)) return -1;
+        chosen[i] = pikv_sample(e->logits, V, &greedy, NULL);
+    }
+    return 0;
 }
 
 static int cuda_position(const void *engine)
