@@ -61,22 +61,22 @@ check "bench --device cuda --press kvzip: decided by the CPU engine, kept on the
 run bench --device cuda -p 600 -n 16 -r 1 --press duo:ratio=0.75,prefill_chunk=256
 check "bench --device cuda --press duo with prefill_chunk: runs, decided from positions" \
   grep -q "press duo:ratio=0.75,prefill_chunk=256: decided from positions alone" "$dir/out"
-run generate --device cuda --weights f32 --prompt "$prompt" -n 24 --print-ids --press "decoding(knorm):every=4,target=8"
-cp "$dir/out" "$dir/gpu_decoding"
-run generate --device cpu --weights f32 --prompt "$prompt" -n 24 --print-ids --press "decoding(knorm):every=4,target=8"
-check "generate --device cuda --press decoding(...): the CPU's 24 greedy ids" cmp -s "$dir/out" "$dir/gpu_decoding"
-run bench --device cuda -p 300 -n 24 -r 1 --press "decoding(knorm):every=8,target=128"
-check "bench --device cuda --press decoding(...): steps through the press on the host" \
-  grep -q "each step's queries to the press on the host" "$dir/out"
-expect_error "bench --device cuda --press decoding(...) --batch 2" 1 "runs one sequence (batch 1), through a session (generate, eval, compare) or bench --batch 1, not a batch of 2" \
-  bench --device cuda -p 100 -n 4 -r 1 --batch 2 --press "decoding(knorm):every=16,target=64"
-run generate --device cuda --weights f32 --prompt "$prompt" -n 24 --print-ids --press "moe_router:ratio=0.5,window=8,route=1"
-cp "$dir/out" "$dir/gpu_routed"
-run generate --device cpu --weights f32 --prompt "$prompt" -n 24 --print-ids --press "moe_router:ratio=0.5,window=8,route=1"
-check "generate --device cuda --press moe_router route=1: the CPU's 24 greedy ids" cmp -s "$dir/out" "$dir/gpu_routed"
-run bench --device cuda -p 300 -n 24 -r 1 --press "moe_router:ratio=0.5,route=1"
-check "bench --device cuda --press moe_router route=1: steps routed on the host" \
-  grep -q "each step's queries routed on the host, layer by layer" "$dir/out"
-expect_error "bench --device cuda --press moe_router route=1 --batch 2" 1 "routes later queries through its table (route=1)" \
-  bench --device cuda -p 100 -n 4 -r 1 --batch 2 --press "moe_router:ratio=0.5,route=1"
+# A press that keeps one sequence's state between calls: generate gives the
+# CPU's greedy ids, bench runs one sequence and says how its steps ran, and a
+# batch of two is refused naming what the press does.
+one_sequence_press() {
+  run generate --device cuda --weights f32 --prompt "$prompt" -n 24 --print-ids --press "$1"
+  cp "$dir/out" "$dir/gpu_ids"
+  run generate --device cpu --weights f32 --prompt "$prompt" -n 24 --print-ids --press "$1"
+  check "generate --device cuda --press $1: the CPU's 24 greedy ids" cmp -s "$dir/out" "$dir/gpu_ids"
+  run bench --device cuda -p 300 -n 24 -r 1 --press "$1"
+  check "bench --device cuda --press $1: $2" grep -q "$2" "$dir/out"
+  expect_error "bench --device cuda --press $1 --batch 2" 1 \
+    "$3: on the GPU it runs one sequence (batch 1), through a session (generate, eval, compare) or bench --batch 1, not a batch of 2" \
+    bench --device cuda -p 100 -n 4 -r 1 --batch 2 --press "$1"
+}
+one_sequence_press "decoding(knorm):every=4,target=8" "each step's queries to the press on the host" \
+  "acts while decoding"
+one_sequence_press "moe_router:ratio=0.5,window=8,route=1" "each step's queries routed on the host, layer by layer" \
+  "routes later queries through its table (route=1)"
 finish cli_cuda
