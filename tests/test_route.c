@@ -268,7 +268,9 @@ static void check_routed_decode(const char *spec)
         worst = fmax(worst, rel_l2_double(logits, ref, V));
         nearest_full = fmin(nearest_full, rel_l2_double(logits, full, V));
     }
-    CHECK(t && worst < 1e-5, "%s: routed decode vs dense attention over the routed entries: %.3g", spec, worst);
+    /* float32 against float64: 1.7e-5 seen in the sanitizer build on an AVX-512 machine; every entry's
+     * attention is more than 1e-4 away. */
+    CHECK(t && worst < 5e-5, "%s: routed decode vs dense attention over the routed entries: %.3g", spec, worst);
     CHECK(nearest_full > 1e-4, "%s: ... and unlike attention over every entry (%.3g)", spec, nearest_full);
     pikv_press_routing_stats(p, &st, 0);
     CHECK(st.queries == (long)steps * model->cfg.n_layer * model->cfg.n_head && st.fraction_read > 0.05 &&
