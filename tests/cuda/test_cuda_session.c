@@ -298,11 +298,12 @@ static void check_routed_generation(const pikv_model *m, pikv_session *cpu, pikv
     pikv_session_reset(gpu);
     int ra = ru == 0 ? pikv_prefill(cpu, prompt, PROMPT, pc, NULL) : -1;
     if (ra == 0) ra = pikv_forward(cpu, prompt + PROMPT, CALL, a, 1);
-    if (ra == 0) ra = pikv_generate_from(cpu, a + (size_t)(CALL - 1) * V, GEN, &greedy, -1, &ga);
     int rb = ru == 0 ? pikv_prefill(gpu, prompt, PROMPT, pg, NULL) : -1;
     if (rb == 0) rb = pikv_forward(gpu, prompt + PROMPT, CALL, b, 1);
+    /* Compared before generation reuses each call's last row for its steps' logits. */
     const double call_err = rb == 0 && ra == 0 ? worst_row(a, b, CALL, V) : 1;
     const double routing_moves = ra == 0 && ru == 0 ? worst_row(a, unrouted, CALL, V) : 0;
+    if (ra == 0) ra = pikv_generate_from(cpu, a + (size_t)(CALL - 1) * V, GEN, &greedy, -1, &ga);
     if (rb == 0) rb = pikv_generate_from(gpu, b + (size_t)(CALL - 1) * V, GEN, &greedy, -1, &gb);
     CHECK(ru == 0 && ra == 0 && rb == 0, "%s: %s", spec, pikv_last_error());
     if (ra == 0 && rb == 0) {
