@@ -195,14 +195,17 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
         std::vector<float> part((size_t)kv.max_seq * n_head * n_split * (HD + 2), NAN);
         std::vector<int> done((size_t)kv.max_seq * n_head, 0);
         for (int run = 0; run < 2; run++) {
-            emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
+            emu_launch(dim3(n_split, n_head, n_seq), dim3(NW * 32), 0,
+                       routed ? attention_decode_kernel<W, float, HD, NW, true>
+                              : attention_decode_kernel<W, float, HD, NW>,
                        (const float *)q.data(), out.data(), layer, scale, ctx(1), part.data(), done.data(),
                        per_split, (float *)nullptr);
             CHECK(std::all_of(done.begin(), done.end(), [](int v) { return v == 0; }),
                   "attention %s: completion counts not reset after run %d", what, run + 1);
         }
     } else {
-        emu_launch(dim3(rows_per_seq, n_head, n_seq), dim3(NW * 32), 0, attention_kernel<W, float, HD, NW>,
+        emu_launch(dim3(rows_per_seq, n_head, n_seq), dim3(NW * 32), 0,
+                   routed ? attention_kernel<W, float, HD, NW, true> : attention_kernel<W, float, HD, NW>,
                    (const float *)q.data(), out.data(), layer, scale, ctx(rows_per_seq));
     }
     std::vector<double> ref((size_t)R * C);

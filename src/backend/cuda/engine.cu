@@ -418,10 +418,10 @@ template <typename W, typename OutT> struct decode_args {
     float *states;
 };
 
-template <typename W, typename OutT, int HD, int NW>
+template <typename W, typename OutT, int HD, int NW, bool ROUTED = false>
 static void launch_decode(pk_cuda_session *s, const decode_args<W, OutT> &a)
 {
-    launch_overlapped(s, attention_decode_kernel<W, OutT, HD, NW>, dim3(a.n_split, s->cfg.n_head, a.n_seq),
+    launch_overlapped(s, attention_decode_kernel<W, OutT, HD, NW, ROUTED>, dim3(a.n_split, s->cfg.n_head, a.n_seq),
                       dim3(NW * 32), 0, a.q, a.out, a.layer, a.scale, a.c, s->d_part, s->d_done, a.per_split,
                       a.states);
 }
@@ -442,11 +442,14 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
     /* On one of several GPUs a decode step's heads end in states that all GPUs exchange and merge. */
     const int sharded = s->n_rank > 0 && c.rows_per_seq == 1;
     const size_t n_states = (size_t)n_seq * s->cfg.n_head * (s->cfg.head_dim + 2);
+    /* A routed call is one sequence's (enqueue_forward); its kernels read the routing. */
+    const bool routed = c.route_seq >= 0;
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
         const decode_args<W, OutT> a{q, o, layer, scale, c, n_split, n_seq, per_split,                              \
                                      sharded ? s->d_states : nullptr};                                               \
-        if (decode_warps(n_seq) == DECODE_WARPS_ONE) launch_decode<W, OutT, HD, DECODE_WARPS_ONE>(s, a);             \
+        if (routed) launch_decode<W, OutT, HD, DECODE_WARPS_ONE, true>(s, a);                                       \
+        else if (decode_warps(n_seq) == DECODE_WARPS_ONE) launch_decode<W, OutT, HD, DECODE_WARPS_ONE>(s, a);        \
         else launch_decode<W, OutT, HD, DECODE_WARPS_MANY>(s, a);                                                    \
         if (sharded) {                                                                                               \
             CU(cudaGetLastError(), "launching decode attention");                                                    \
@@ -456,8 +459,9 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
             s->launches++;                                                                                           \
         }                                                                                                            \
     } else {                                                                                                         \
-        attention_kernel<W, OutT, HD, 4><<<dim3(c.rows_per_seq, s->cfg.n_head, n_seq), 4 * 32, 0, s->stream>>>(       \
-            q, o, layer, scale, c);                                                                                    \
+        const dim3 grid(c.rows_per_seq, s->cfg.n_head, n_seq);                                                       \
+        if (routed) attention_kernel<W, OutT, HD, 4, true><<<grid, 4 * 32, 0, s->stream>>>(q, o, layer, scale, c);    \
+        else attention_kernel<W, OutT, HD, 4><<<grid, 4 * 32, 0, s->stream>>>(q, o, layer, scale, c);                 \
         s->launches++;                                                                                               \
     }
     switch (s->cfg.head_dim) {

@@ -202,7 +202,9 @@ template <typename W> struct rows_ctx {
     /* Query-time routing of sequence route_seq (-1: none; engine/cuda/routing_cuda.h):
      * slot j < route_len[lh] of head lh is read by a row of the call only when
      * route_slot[lh * route_stride + j] shares a bit with the row's
-     * route_row[row * n_head + h]; later slots are read by every row. */
+     * route_row[row * n_head + h]; later slots are read by every row. Only
+     * the attention kernels' ROUTED variants read this, so that calls that do
+     * not route pay nothing for it. */
     int route_seq, route_stride;
     const int32_t *route_len;        /* [n_layer * n_head] */
     const uint64_t *route_slot;      /* [n_layer * n_head][route_stride] */
@@ -542,7 +544,7 @@ template <int HD> __device__ __forceinline__ void softmax_init(softmax_state<HD>
  * HD / 32 value dimensions. Keys and values are loaded together before any
  * arithmetic, so that both loads are in flight at once; entries outside the
  * range are loaded (the block is whole) but never used. */
-template <typename W, int HD>
+template <typename W, int HD, bool ROUTED>
 __device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, int first, int end, const float *qs,
                                              const row_routing &routing, int slot0)
 {
@@ -567,11 +569,11 @@ __device__ __forceinline__ void attend_block(softmax_state<HD> &st, const W *K, 
     }
     s += __shfl_xor_sync(0xffffffffu, s, 1);
     bool used = e >= first && e < end;
-    if (used && slot0 + e < routing.len) used = (routing.slot[slot0 + e] & routing.row) != 0;
+    if (ROUTED && used && slot0 + e < routing.len) used = (routing.slot[slot0 + e] & routing.row) != 0;
     s = used ? s : -INFINITY;
     const float m_new = fmaxf(st.m, warp_max(s));
     /* Nothing seen yet and nothing here (a block the routing skips whole). */
-    if (m_new == -INFINITY) return;
+    if (ROUTED && m_new == -INFINITY) return;
     const float corr = exp2f(st.m - m_new);
     const float p = used ? exp2f(s - m_new) : 0.f;
     st.l = st.l * corr + warp_sum(half ? 0.f : p);
@@ -638,7 +640,7 @@ template <int HD> __device__ __forceinline__ void stage_query(float *qs, const f
  * in position order: its sinks, then consecutive positions) shows row r only
  * its sinks and the last `recent` of those slots, the CPU's window mask
  * (kv/kvcache.h) in slot terms. q [R][C] (scaled here), out [R][C]. */
-template <typename W, typename OutT, int HD, int NW>
+template <typename W, typename OutT, int HD, int NW, bool ROUTED = false>
 __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT *out, int layer, float scale,
                                                             rows_ctx<W> c)
 {
@@ -656,7 +658,7 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
     const int n_blocks = n_sink_blocks + (window < seen ? (seen + B - 1) / B - first_window_block : 0);
     wait_for_previous_kernel();
     /* The rows' routing is written during the call, before this kernel. */
-    const row_routing routing = routing_of(c, b, lh, h, row);
+    const row_routing routing = ROUTED ? routing_of(c, b, lh, h, row) : row_routing{nullptr, 0, 0};
     stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
     softmax_state<HD> st;
@@ -665,7 +667,7 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
         const bool in_sinks = i < n_sink_blocks;
         const int blk = in_sinks ? i : first_window_block + i - n_sink_blocks;
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
-        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * B * HD, in_sinks ? 0 : max(0, window - blk * B),
+        attend_block<W, HD, ROUTED>(st, c.pool + (size_t)id * 2 * B * HD, in_sinks ? 0 : max(0, window - blk * B),
                             min(B, (in_sinks ? sinks : seen) - blk * B), qs, routing, blk * B);
     }
     publish_state(ws, st);
@@ -691,7 +693,7 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
  * that holds part of each head, engine/cuda/group_cuda.h), it writes the
  * merged state instead, [n_seq][n_head][HD + 2] like a part, for
  * merge_ranks_kernel to merge with the other GPUs' states. */
-template <typename W, typename OutT, int HD, int NW>
+template <typename W, typename OutT, int HD, int NW, bool ROUTED = false>
 __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
                                                                    rows_ctx<W> c, float *part, int *done,
                                                                    int per_split, float *states)
@@ -716,14 +718,14 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     const int first = split * per, end = min(n_blocks, first + per);
     wait_for_previous_kernel();
     /* The rows' routing is written during the call, before this kernel. */
-    const row_routing routing = routing_of(c, b, lh, h, row);
+    const row_routing routing = ROUTED ? routing_of(c, b, lh, h, row) : row_routing{nullptr, 0, 0};
     stage_query<HD>(qs, q, row, h, c.C, scale);
     __syncthreads();
     softmax_state<HD> st;
     softmax_init(st);
     for (int blk = first + (threadIdx.x >> 5); blk < end; blk += NW) {
         const int32_t id = c.table[((size_t)b * c.max_blocks + blk) * c.n_lh + lh];
-        attend_block<W, HD>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD, 0,
+        attend_block<W, HD, ROUTED>(st, c.pool + (size_t)id * 2 * PK_CUDA_BLOCK * HD, 0,
                             min(PK_CUDA_BLOCK, visible - blk * PK_CUDA_BLOCK), qs, routing, blk * PK_CUDA_BLOCK);
     }
     publish_state(ws, st);
