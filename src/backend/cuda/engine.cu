@@ -1071,13 +1071,16 @@ extern "C" int pk_cuda_route_begin(pk_cuda_session *s, int seq, pk_cuda_route_fn
     if (!route) return pk_fail("CUDA routing: no router");
     if (s->n_rank > 0) return pk_fail("CUDA routing: this GPU holds part of each head (one of %d)", s->n_rank);
     const size_t P = (size_t)s->cfg.n_positions;
-    if (!s->d_route_len) {
+    /* Each buffer on first use, so that one that failed is tried again next time. */
+    if (!s->d_route_len)
         CU(cudaMalloc((void **)&s->d_route_len, (size_t)s->n_lh * 4), "allocating the routed lengths");
+    if (!s->d_route_slot)
         CU(cudaMalloc((void **)&s->d_route_slot, (size_t)s->n_lh * P * 8), "allocating the slot routes");
-        CU(cudaMalloc((void **)&s->d_route_row, P * s->cfg.n_head * 8), "allocating the row routes");
+    if (!s->d_route_row) CU(cudaMalloc((void **)&s->d_route_row, P * s->cfg.n_head * 8), "allocating the row routes");
+    if (!s->h_route_row)
         CU(cudaMallocHost((void **)&s->h_route_row, P * s->cfg.n_head * 8), "allocating the row routes");
+    if (!s->h_route_q)
         CU(cudaMallocHost((void **)&s->h_route_q, P * s->cfg.n_embd * 4), "allocating the queries to route");
-    }
     CU(cudaMemsetAsync(s->d_route_len, 0, (size_t)s->n_lh * 4, s->stream), "clearing the routed lengths");
     CU(cudaStreamSynchronize(s->stream), "starting the routing");
     s->routing = 1;
@@ -1095,7 +1098,8 @@ extern "C" int pk_cuda_route_head(pk_cuda_session *s, int layer, int head, const
         return pk_fail("CUDA routing: layer %d head %d out of range", layer, head);
     const size_t lh = (size_t)s->route_seq * s->n_lh + (size_t)layer * s->cfg.n_head + head;
     if (n < 0 || n > s->h_len[lh] || (n > 0 && !masks))
-        return pk_fail("CUDA routing: %d slot masks for layer %d head %d, which holds %d", n, layer, head, s->h_len[lh]);
+        return pk_fail("CUDA routing: %d slot masks for layer %d head %d, which holds %d", n, layer, head,
+                       s->h_len[lh]);
     if (s->h_ring[lh].recent > 0) return pk_fail("CUDA routing: layer %d head %d streams", layer, head);
     const int local = layer * s->cfg.n_head + head;
     const int32_t len = n;

@@ -80,7 +80,8 @@ int pk_cuda_run_batch(pk_cuda_session *s, const pikv_model *m, const int32_t *pr
         snprintf(where, sizeof where, "a batch of %d", batch);
         if (pk_cuda_refuse_one_sequence(press, where)) return -1;
     }
-    if (press && (press->caps & PK_PRESS_WHILE_DECODING)) return run_decoding(s, m, prompt, n_prompt, press, n_gen, out);
+    if (press && (press->caps & PK_PRESS_WHILE_DECODING))
+        return run_decoding(s, m, prompt, n_prompt, press, n_gen, out);
     if (press && (press->caps & PK_PRESS_ROUTES_QUERIES)) return run_routed(s, m, prompt, n_prompt, press, n_gen, out);
     const int V = m->cfg.vocab_size;
     float *logits = pk_malloc_array((size_t)V, sizeof *logits, "logits");
