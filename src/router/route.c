@@ -97,6 +97,12 @@ int pk_route_select(const pk_route_table *t, int layer, int head, const pk_kv_he
 {
     unsigned char wanted[PK_ROUTER_MAX_EXPERTS];
     pk_route_wanted(t, layer, head, q, wanted);
+    return pk_route_gather(t, layer, head, kh, wanted, qpos, visible, idx, n_visible);
+}
+
+int pk_route_gather(const pk_route_table *t, int layer, int head, const pk_kv_head *kh, const unsigned char *wanted,
+                    int32_t qpos, int visible, int *idx, int *n_visible)
+{
     int n = 0, seen = 0;
     for (int j = 0; j < visible; j++) {
         if (!pk_kv_in_window(kh, j, qpos)) continue;

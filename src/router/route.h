@@ -82,6 +82,9 @@ int pk_route_reads(const pk_route_table *t, int layer, int head, int j, const un
  * number of visible entries inside the window (what full attention reads). */
 int pk_route_select(const pk_route_table *t, int layer, int head, const pk_kv_head *kh, const float *q,
                     int32_t qpos, int visible, int *idx, int *n_visible);
+/* pk_route_select for a query already routed to `wanted` (pk_route_wanted). */
+int pk_route_gather(const pk_route_table *t, int layer, int head, const pk_kv_head *kh, const unsigned char *wanted,
+                    int32_t qpos, int visible, int *idx, int *n_visible);
 
 /* Whether the query at qpos is one whose missed attention mass is measured. */
 static inline int pk_route_sampled(const pk_route_table *t, int32_t qpos) { return qpos % t->sample_every == 0; }

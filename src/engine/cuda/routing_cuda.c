@@ -101,7 +101,7 @@ static int route_layer(void *ctx, int layer, const float *queries, int R, uint64
             pk_route_wanted(r->table, layer, h, q, wanted);
             masks[(size_t)row * (size_t)H + (size_t)h] = row_mask(wanted, E);
             int n_visible;
-            const int n = pk_route_select(r->table, layer, h, kh, q, qpos, visible, r->idx, &n_visible);
+            const int n = pk_route_gather(r->table, layer, h, kh, wanted, qpos, visible, r->idx, &n_visible);
             const double missed = pk_route_sampled(r->table, qpos)
                                       ? pk_route_missed_mass(&r->mirror, kh, q, qpos, visible, r->idx, n, scale,
                                                              r->weights)
