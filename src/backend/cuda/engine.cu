@@ -104,13 +104,13 @@ struct pk_cuda_session {
     void *exchange_ctx;
     float *d_states, *d_gathered;
     void *d_discard;          /* [max_seq][2C] of the storage type */
-    /* Query-time routing of sequence route_seq while `routing` (pk_cuda_route_begin):
+    /* Query-time routing of sequence route_seq while `route` is set (pk_cuda_route_begin):
      * each head's routed length and slot masks [n_lh][n_positions], a call's
      * row masks [n_positions][n_head] and their pinned staging with the
      * queries [n_positions][C]. route_rows is the rows of the call being
      * routed while the callback runs (they count as held), route_stale that
      * the sequence was cut or compressed since its routing began. */
-    int routing, route_seq, route_rows, route_stale;
+    int route_seq, route_rows, route_stale;
     pk_cuda_route_fn route;
     void *route_ctx;
     int32_t *d_route_len;
@@ -861,7 +861,7 @@ static int forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float
     if (n > 1 && s->n_rank > 0)
         return pk_fail("CUDA forward: this GPU holds part of each head (one of %d), so only decode steps run",
                        s->n_rank);
-    const int routed = s->routing && s->route_seq == seq;
+    const int routed = s->route && s->route_seq == seq;
     if (routed && s->route_stale)
         return pk_fail("CUDA forward: sequence %d was cut or compressed since its query-time routing began", seq);
     const int windows = n > 1 && has_rings(s, seq);
@@ -966,7 +966,7 @@ static int decode_graph(pk_cuda_session *s, int n_seq, int greedy, cudaGraphExec
  * calls stop at every layer for the host, so they run alone and unrecorded. */
 static int routed_among(const pk_cuda_session *s, int n_seq, const char *what)
 {
-    if (s->routing && s->route_seq < n_seq)
+    if (s->route && s->route_seq < n_seq)
         return pk_fail("CUDA %s: sequence %d routes its queries on the host layer by layer, so its steps run one "
                        "call at a time (pk_cuda_forward), not in a batch or a graph",
                        what, s->route_seq);
@@ -1060,7 +1060,7 @@ extern "C" int pk_cuda_truncate(pk_cuda_session *s, int seq, int len)
         return pk_fail("CUDA truncate: sequence %d was compressed by a press, so it can only be cut back to 0 tokens",
                        seq);
     for (int i = 0; i < s->n_lh; i++) s->h_need[i] = len;
-    if (s->routing && seq == s->route_seq) s->route_stale = 1;
+    if (s->route && seq == s->route_seq) s->route_stale = 1;
     return set_sequence(s, seq, len, s->h_need, nullptr);
 }
 
@@ -1083,7 +1083,6 @@ extern "C" int pk_cuda_route_begin(pk_cuda_session *s, int seq, pk_cuda_route_fn
         CU(cudaMallocHost((void **)&s->h_route_q, P * s->cfg.n_embd * 4), "allocating the queries to route");
     CU(cudaMemsetAsync(s->d_route_len, 0, (size_t)s->n_lh * 4, s->stream), "clearing the routed lengths");
     CU(cudaStreamSynchronize(s->stream), "starting the routing");
-    s->routing = 1;
     s->route_seq = seq;
     s->route_stale = 0;
     s->route = route;
@@ -1093,7 +1092,7 @@ extern "C" int pk_cuda_route_begin(pk_cuda_session *s, int seq, pk_cuda_route_fn
 
 extern "C" int pk_cuda_route_head(pk_cuda_session *s, int layer, int head, const uint64_t *masks, int n)
 {
-    if (!s->routing) return pk_fail("CUDA routing: no sequence is routed");
+    if (!s->route) return pk_fail("CUDA routing: no sequence is routed");
     if (layer < 0 || layer >= s->cfg.n_layer || head < 0 || head >= s->cfg.n_head)
         return pk_fail("CUDA routing: layer %d head %d out of range", layer, head);
     const size_t lh = (size_t)s->route_seq * s->n_lh + (size_t)layer * s->cfg.n_head + head;
@@ -1114,7 +1113,7 @@ extern "C" int pk_cuda_route_head(pk_cuda_session *s, int layer, int head, const
 
 extern "C" void pk_cuda_route_end(pk_cuda_session *s)
 {
-    s->routing = s->route_stale = 0;
+    s->route_stale = 0;
     s->route = nullptr;
     s->route_ctx = nullptr;
 }
@@ -1253,7 +1252,7 @@ static int check_heads_hold(const pk_cuda_session *s, int seq, int layer, int he
         return pk_fail("CUDA %s: sequence %d, layer %d or heads %d..%d out of range", what, seq, layer, head0,
                        head0 + n_heads - 1);
     /* Inside a routing callback the call's own rows are already in the cache. */
-    const int in_call = s->routing && seq == s->route_seq ? s->route_rows : 0;
+    const int in_call = s->route && seq == s->route_seq ? s->route_rows : 0;
     for (int h = head0; h < head0 + n_heads; h++)
         if (len < 0 || len > s->h_len[(size_t)seq * s->n_lh + layer * s->cfg.n_head + h] + in_call)
             return pk_fail("CUDA %s: layer %d head %d holds fewer than %d entries", what, layer, h, len);
@@ -1487,7 +1486,7 @@ static int keep_heads(pk_cuda_session *s, int seq, int layer, const pk_cuda_head
     int stride = 1;
     for (int h = 0; h < H; h++)
         if (heads[h].n > stride) stride = heads[h].n;
-    if (s->routing && seq == s->route_seq) s->route_stale = 1;
+    if (s->route && seq == s->route_seq) s->route_stale = 1;
     if (ensure_press_buffers(s)) return -1;
     int32_t *slots = (int32_t *)pk_malloc_array((size_t)H * stride, 4, "kept slots");
     int32_t *counts = (int32_t *)pk_malloc_array((size_t)H, 4, "kept counts");
