@@ -36,6 +36,9 @@ enum { MAX_GEMV_ROWS = 8, GEMV_WARPS = 8, CUBLAS_WORKSPACE = 32 << 20, MAX_SPLIT
 /* Warps of a decode-attention block: 16 for one sequence, 8 for several
  * (measured on an H100 against 4, 8 and 16 for each; docs/cuda.md). */
 enum { DECODE_WARPS_ONE = 16, DECODE_WARPS_MANY = 8 };
+/* Greedy steps captured one after another in one graph: a replay boundary
+ * costs a few microseconds that a kernel boundary inside a graph does not. */
+enum { GREEDY_RUN = 16 };
 
 /* Activation buffers for up to `rows` rows. att and fc are sized for float32
  * and hold W where they feed cuBLAS. */
@@ -94,6 +97,7 @@ struct pk_cuda_session {
     float *h_logits;          /* pinned [small.rows][V] */
     cudaGraphExec_t *graphs;  /* [max_seq + 1]: the decode step of n sequences */
     cudaGraphExec_t *greedy_graphs; /* [max_seq + 1]: the same with each greedy choice fed to the next step */
+    cudaGraphExec_t *greedy_runs;   /* [max_seq + 1]: GREEDY_RUN such steps in one graph */
     int launches;             /* kernel launches enqueued by the last call */
     int kernels_per_decode;
     /* One of several GPUs (engine/cuda/group_cuda.h): decode attention's states
@@ -611,9 +615,11 @@ extern "C" void pk_cuda_session_free(pk_cuda_session *s)
     for (int i = 0; i <= s->params.max_seq; i++) {
         if (s->graphs && s->graphs[i]) cudaGraphExecDestroy(s->graphs[i]);
         if (s->greedy_graphs && s->greedy_graphs[i]) cudaGraphExecDestroy(s->greedy_graphs[i]);
+        if (s->greedy_runs && s->greedy_runs[i]) cudaGraphExecDestroy(s->greedy_runs[i]);
     }
     pk_free(s->graphs);
     pk_free(s->greedy_graphs);
+    pk_free(s->greedy_runs);
     free_activations(&s->small);
     free_activations(&s->large);
     cudaFreeHost(s->h_tokens);
@@ -693,7 +699,9 @@ static int session_init(pk_cuda_session *s)
     s->h_need = (int32_t *)pk_calloc((size_t)s->n_lh, 4, "CUDA head needs");
     s->graphs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->graphs, "CUDA graphs");
     s->greedy_graphs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->greedy_graphs, "CUDA graphs");
-    if (!s->h_pos || !s->h_len || !s->h_ring || !s->h_need || !s->graphs || !s->greedy_graphs) return -1;
+    s->greedy_runs = (cudaGraphExec_t *)pk_calloc((size_t)max_seq + 1, sizeof *s->greedy_runs, "CUDA graphs");
+    if (!s->h_pos || !s->h_len || !s->h_ring || !s->h_need || !s->graphs || !s->greedy_graphs || !s->greedy_runs)
+        return -1;
 
     cudaDeviceProp p;
     int device = 0;
@@ -937,18 +945,19 @@ static int enqueue_step(pk_cuda_session *s, int n_seq, int greedy)
     return 0;
 }
 
-/* Capture the decode step of n_seq sequences once (greedy or not); later
- * steps replay it. */
-static int decode_graph(pk_cuda_session *s, int n_seq, int greedy, cudaGraphExec_t *exec)
+/* Capture `steps` decode steps of n_seq sequences once (one, or a run of
+ * GREEDY_RUN greedy ones); later calls replay them. */
+static int decode_graph(pk_cuda_session *s, int n_seq, int greedy, int steps, cudaGraphExec_t *exec)
 {
-    cudaGraphExec_t *slot = (greedy ? s->greedy_graphs : s->graphs) + n_seq;
+    cudaGraphExec_t *slot = (steps > 1 ? s->greedy_runs : greedy ? s->greedy_graphs : s->graphs) + n_seq;
     if (*slot) {
         *exec = *slot;
         return 0;
     }
     cudaGraph_t g;
     CU(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal), "starting graph capture");
-    int rc = enqueue_step(s, n_seq, greedy);
+    int rc = 0;
+    for (int i = 0; i < steps && !rc; i++) rc = enqueue_step(s, n_seq, greedy);
     cudaError_t e = cudaStreamEndCapture(s->stream, &g);
     if (rc) {
         if (e == cudaSuccess) cudaGraphDestroy(g);
@@ -988,12 +997,20 @@ static int decode_steps(pk_cuda_session *s, const int32_t *ids, int n_seq, int s
     memcpy(s->h_tokens, ids, (size_t)n_seq * 4);
     CU(cudaMemcpyAsync(s->d_tokens, s->h_tokens, (size_t)n_seq * 4, cudaMemcpyHostToDevice, s->stream),
        "copying tokens");
-    cudaGraphExec_t exec = nullptr;
     /* An exchange between GPUs is a host call in the middle of each step, so such steps are launched, not replayed. */
-    if (s->params.use_graphs && !s->exchange && decode_graph(s, n_seq, greedy, &exec)) return -1;
-    for (int i = 0; i < steps; i++) {
-        if (exec) CU(cudaGraphLaunch(exec, s->stream), "replaying the decode graph");
+    const int replay = s->params.use_graphs && !s->exchange;
+    cudaGraphExec_t one = nullptr, run = nullptr;
+    if (replay && decode_graph(s, n_seq, greedy, 1, &one)) return -1;
+    if (replay && greedy && steps >= GREEDY_RUN && decode_graph(s, n_seq, 1, GREEDY_RUN, &run)) return -1;
+    for (int i = 0; i < steps;) {
+        if (run && steps - i >= GREEDY_RUN) {
+            CU(cudaGraphLaunch(run, s->stream), "replaying the decode graph");
+            i += GREEDY_RUN;
+            continue;
+        }
+        if (one) CU(cudaGraphLaunch(one, s->stream), "replaying the decode graph");
         else if (enqueue_step(s, n_seq, greedy)) return -1;
+        i++;
     }
     const size_t bytes = (size_t)n_seq * s->cfg.vocab_size * 4, row = (size_t)s->cfg.n_positions + 1;
     if (logits)
@@ -1200,7 +1217,7 @@ extern "C" int pk_cuda_time_replay(pk_cuda_session *s, int n_seq, int steps, dou
     if (rc == 0) rc = reserve_steps(s, 0, n_seq, steps);
     cudaGraphExec_t exec = nullptr;
     if (rc == 0) rc = upload_table(s);
-    if (rc == 0) rc = decode_graph(s, n_seq, 0, &exec);
+    if (rc == 0) rc = decode_graph(s, n_seq, 0, 1, &exec);
     cudaEvent_t t0 = nullptr, t1 = nullptr;
     if (rc == 0 && (cudaEventCreate(&t0) != cudaSuccess || cudaEventCreate(&t1) != cudaSuccess))
         rc = pk_fail("CUDA replay timing: cannot create events");
