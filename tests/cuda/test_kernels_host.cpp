@@ -233,6 +233,71 @@ static void check_attention(int rows_per_seq, const char *what, int n_split = 0,
     CHECK(d < 1e-5, "attention %s: rel L2 %.3e to the dense reference", what, d);
 }
 
+/* One sequence's decode step as the engine runs it: attention_decode_kernel
+ * leaves each head's split states unmerged (done NULL), and the output
+ * projection (gemv_kernel, one row, EPI_STORE) merges them as it reads its
+ * input. Sequence 1 of three, heads of 37 and 5 entries over n_split splits
+ * (the short head's later splits empty). Against attention and the product
+ * in float64, and bit for bit against the path whose last attention block
+ * merges the states and the projection reads merged rows. */
+template <typename W, int HD, int NW> static void check_projection_merge(const char *what, int n_split)
+{
+    const int n_head = 2, n_layer = 2, layer = 1, seq = 1, out = 45;
+    paged_cache<W> kv(3, n_layer, n_head, HD, 4);
+    const int C = kv.C, lens[2] = {37, 5};
+    for (int h = 0; h < n_head; h++) {
+        const int lh = layer * n_head + h;
+        kv.kv_len[(size_t)seq * kv.n_lh + lh] = lens[h];
+        for (int j = 0; j <= lens[h]; j++)
+            for (int d = 0; d < HD; d++) {
+                kv.at(seq, lh, j, 0, d) = from_f<W>(uniform());
+                kv.at(seq, lh, j, 1, d) = from_f<W>(uniform());
+            }
+    }
+    std::vector<float> q = random_f((size_t)C), bias = random_f((size_t)out);
+    std::vector<W> Wt = random_w<W>((size_t)out * C);
+    const float scale = 0.125f;
+    const split_input parts{n_split, HD};
+    const size_t per_seq = (size_t)split_input_floats(parts, C);
+    std::vector<float> part(3 * per_seq, NAN), merged((size_t)C, NAN), y_merged((size_t)out, NAN),
+        y((size_t)out, NAN);
+    std::vector<int> done((size_t)kv.max_seq * n_head, 0);
+    /* Merged by the attention's last block, then a projection of the merged row. */
+    emu_launch(dim3(n_split, n_head, 1), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
+               (const float *)q.data(), merged.data(), layer, scale, kv.ctx(seq, 1), part.data(), done.data(), 0,
+               (float *)nullptr);
+    epilogue<W, float, EPI_STORE> e{y_merged.data(), out, layer, kv.ctx(seq, 1)};
+    emu_launch(dim3(2), dim3(256), (size_t)C * 4, gemv_kernel<W, 1, false, float, EPI_STORE>, (const W *)Wt.data(),
+               (const float *)bias.data(), (const float *)merged.data(), 1, C, 1, (const float *)nullptr,
+               (const float *)nullptr, 1e-5f, split_input{0, 0}, e);
+    /* Left in parts, merged by the projection. */
+    std::fill(part.begin(), part.end(), NAN);
+    emu_launch(dim3(n_split, n_head, 1), dim3(NW * 32), 0, attention_decode_kernel<W, float, HD, NW>,
+               (const float *)q.data(), (float *)nullptr, layer, scale, kv.ctx(seq, 1), part.data(), (int *)nullptr,
+               0, (float *)nullptr);
+    e.y = y.data();
+    emu_launch(dim3(2), dim3(256), ((size_t)C + per_seq) * 4, gemv_kernel<W, 1, false, float, EPI_STORE>,
+               (const W *)Wt.data(), (const float *)bias.data(), (const float *)(part.data() + seq * per_seq), 1, C,
+               1, (const float *)nullptr, (const float *)nullptr, 1e-5f, parts, e);
+    std::vector<double> att((size_t)C), ref((size_t)out);
+    for (int h = 0; h < n_head; h++) {
+        const int lh = layer * n_head + h;
+        dense_attention(&q[(size_t)h * HD], HD, lens[h] + 1, scale,
+                        [&](int j, int d) { return (double)to_f<W>(kv.at(seq, lh, j, 0, d)); },
+                        [&](int j, int d) { return (double)to_f<W>(kv.at(seq, lh, j, 1, d)); }, &att[(size_t)h * HD]);
+    }
+    for (int j = 0; j < out; j++) {
+        double acc = bias[j];
+        for (int i = 0; i < C; i++) acc += att[i] * to_f<W>(Wt[(size_t)j * C + i]);
+        ref[j] = acc;
+    }
+    const double d = rel(ref, y.data(), y.size());
+    const bool same = std::memcmp(y.data(), y_merged.data(), y.size() * sizeof(float)) == 0;
+    printf("projection merging %s: rel L2 %.2e, %s the projection of merged rows\n", what, d,
+           same ? "equal to" : "DIFFERENT from");
+    CHECK(d < 1e-5 && same, "projection merging %s: rel L2 %.3e, bit-equal to merged rows: %d", what, d, same);
+}
+
 /* Layer norm of one row in float64. */
 static std::vector<double> layernorm_ref(const float *x, const float *w, const float *b, int C, double eps)
 {
@@ -282,7 +347,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     qkv.kv = kv.ctx(0, 1);
     emu_launch(dim3(5), dim3(256), (size_t)(rows + 2) * C * 4, gemv_kernel<W, 4, true, float, EPI_QKV>,
                (const W *)Wqkv.data(), (const float *)bias.data(), (const float *)x.data(), rows, C, 1,
-               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, qkv);
+               (const float *)ln_w.data(), (const float *)ln_b.data(), 1e-5f, split_input{0, 0}, qkv);
     std::vector<double> ref = product_ref(x, rows, C, Wqkv, 3 * C, bias.data(), ln_w.data(), ln_b.data());
     std::vector<double> qref((size_t)rows * C);
     std::vector<double> kvref;
@@ -317,7 +382,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     res.kv = kv.ctx(0, 1);
     emu_launch(dim3(3), dim3(256), (size_t)r5 * F * 4, gemv_kernel<W, 8, false, float, EPI_RESIDUAL>, (const W *)Wp.data(),
                (const float *)bias.data(), (const float *)h.data(), r5, F, 1, (const float *)nullptr,
-               (const float *)nullptr, 1e-5f, res);
+               (const float *)nullptr, 1e-5f, split_input{0, 0}, res);
     ref = product_ref(h, r5, F, Wp, C, bias.data(), nullptr, nullptr);
     for (size_t i = 0; i < ref.size(); i++) ref[i] += before[i];
     double dr = rel(ref, resid.data(), resid.size());
@@ -334,7 +399,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     ge.kv = kv.ctx(0, 1);
     emu_launch(dim3(4), dim3(256), (size_t)4 * C * 4, gemv_kernel<W, 2, true, float, EPI_GELU>, (const W *)Wfc.data(),
                (const float *)bias.data(), (const float *)x.data(), 2, C, 1, (const float *)ln_w.data(),
-               (const float *)ln_b.data(), 1e-5f, ge);
+               (const float *)ln_b.data(), 1e-5f, split_input{0, 0}, ge);
     ref = product_ref(x, 2, C, Wfc, F, bias.data(), ln_w.data(), ln_b.data());
     for (auto &v : ref) v = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
     double dg = rel(ref, fc.data(), fc.size());
@@ -346,7 +411,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     st.kv = kv.ctx(0, 1);
     emu_launch(dim3(3), dim3(256), (size_t)3 * C * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wfc.data(),
                (const float *)nullptr, (const float *)x.data(), 1, C, 1, (const float *)ln_w.data(),
-               (const float *)ln_b.data(), 1e-5f, st);
+               (const float *)ln_b.data(), 1e-5f, split_input{0, 0}, st);
     ref = product_ref(x, 1, C, Wfc, F, nullptr, ln_w.data(), ln_b.data());
     double ds = rel(ref, logits.data(), logits.size());
     printf("gemv %s, LN + GELU: rel L2 %.2e; LN + store: %.2e\n", what, dg, ds);
@@ -359,7 +424,7 @@ template <typename W> static void check_gemv(const char *what, double limit)
     st.out = C;
     emu_launch(dim3(2), dim3(32), (size_t)3 * F * 4, gemv_kernel<W, 1, true, float, EPI_STORE>, (const W *)Wp.data(),
                (const float *)nullptr, (const float *)h.data(), 1, F, 1, (const float *)ln_wf.data(),
-               (const float *)ln_bf.data(), 1e-5f, st);
+               (const float *)ln_bf.data(), 1e-5f, split_input{0, 0}, st);
     ref = product_ref(h, 1, F, Wp, C, nullptr, ln_wf.data(), ln_bf.data());
     double dw = rel(ref, wide.data(), wide.size());
     printf("gemv %s, LN over %d inputs on 32 threads: rel L2 %.2e\n", what, F, dw);
@@ -392,7 +457,7 @@ static void launch_gemv(int grid, const W *Wt, const float *bias, const float *x
     const size_t smem = (size_t)(n_rows + (LN ? 2 : 0)) * in * 4;
 #define GEMV_ROWS(R)                                                                                                 \
     emu_launch(dim3(grid), dim3(256), smem, gemv_kernel<W, R, LN, OutT, EPI>, Wt, bias, x, n_rows, in, split, ln_w,  \
-               ln_b, 1e-5f, epi)
+               ln_b, 1e-5f, split_input{0, 0}, epi)
     if (n_rows <= 1)
         GEMV_ROWS(1);
     else if (n_rows <= 2)
@@ -959,6 +1024,8 @@ int main()
     check_attention<float, 128, 4>(5, "f32 head_dim 128, 5 routed prompt rows (4 warps)", 0, false, 0, false, true);
     check_prompt_pieces();
     check_ring_step();
+    check_projection_merge<float, 64, 4>("f32 split states, 5 splits of 4 warps", 5);
+    check_projection_merge<__nv_bfloat16, 32, 2>("bf16 split states, 8 splits of 2 warps", 8);
     check_sharded_decode<float, 64>("f32");
     check_sharded_decode<__nv_bfloat16, 32>("bf16");
     check_argmax();

@@ -89,6 +89,9 @@ struct pk_cuda_session {
     float *d_part;            /* split decode attention: [max_seq][n_head][split_cap][head_dim + 2] */
     int *d_done;              /* its completion counts [max_seq][n_head], zero between steps */
     int split_cap;
+    /* One sequence's decode attention leaves its split states for the output
+     * projection to merge (decode_parts), unless they would not fit its shared memory. */
+    int merge_in_projection;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
     /* Greedy choices by position: device [max_seq][n_positions + 1] (the
@@ -296,21 +299,22 @@ static int gemv_split(int in, int w_size, int n_rows)
 /* Shared memory of a matrix-vector launch: the rows of x, and the layer norm's weights. */
 static size_t gemv_smem(int n_rows, int in, bool ln) { return (size_t)(n_rows + (ln ? 2 : 0)) * in * sizeof(float); }
 
-/* Launch the matrix-vector kernel with the smallest row template that holds n_rows. */
+/* Launch the matrix-vector kernel with the smallest row template that holds
+ * n_rows; with `parts`, x is one row's split attention states. */
 template <typename W, bool LN, typename OutT, int EPI>
 static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const float *x, int n_rows, int in,
-                 const float *ln_w, const float *ln_b, epilogue<W, OutT, EPI> epi)
+                 const float *ln_w, const float *ln_b, epilogue<W, OutT, EPI> epi, split_input parts = {0, 0})
 {
     const int R = gemv_template_rows(n_rows);
     const int split = gemv_split(in, (int)sizeof(W), n_rows), per_block = GEMV_WARPS / split;
     int blocks = (epi.out + per_block - 1) / per_block;
     if (blocks > s->n_sm * 8) blocks = s->n_sm * 8; /* the kernel strides over the rest */
-    const size_t smem = gemv_smem(n_rows, in, LN);
+    const size_t smem = gemv_smem(n_rows, in, LN) + (parts.n_split ? (size_t)split_input_floats(parts, in) * 4 : 0);
     const float eps = s->cfg.layer_norm_epsilon;
     const W *w = (const W *)Wt;
 #define GEMV_CASE(R)                                                                                                 \
     launch_overlapped(s, gemv_kernel<W, R, LN, OutT, EPI>, blocks, GEMV_WARPS * 32, smem, w, bias, x, n_rows, in,     \
-                      split, ln_w, ln_b, eps, epi)
+                      split, ln_w, ln_b, eps, parts, epi)
     switch (R) {
     case 1: GEMV_CASE(1); break;
     case 2: GEMV_CASE(2); break;
@@ -336,11 +340,14 @@ template <typename W, bool LN, typename OutT, int EPI> static int allow_smem(siz
 
 /* The four matrix-vector variants the forward pass launches, for up to `rows`
  * rows: the layer-normed ones read n_embd inputs, the others up to
- * max(n_embd, n_inner). */
-template <typename W> static int prepare_kernels(const pikv_config *c, int rows)
+ * max(n_embd, n_inner), or `parts_bytes` for the output projection that
+ * merges one sequence's split attention states. */
+template <typename W> static int prepare_kernels(const pikv_config *c, int rows, size_t parts_bytes)
 {
     const int widest = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
-    const size_t ln = gemv_smem(rows, c->n_embd, true), plain = gemv_smem(rows, widest, false);
+    const size_t ln = gemv_smem(rows, c->n_embd, true);
+    size_t plain = gemv_smem(rows, widest, false);
+    if (parts_bytes > plain) plain = parts_bytes;
     if (allow_smem<W, true, float, EPI_QKV>(ln) || allow_smem<W, false, float, EPI_RESIDUAL>(plain) ||
         allow_smem<W, true, float, EPI_GELU>(ln) || allow_smem<W, true, float, EPI_STORE>(ln))
         return -1;
@@ -411,6 +418,18 @@ static int decode_splits(const pk_cuda_session *s, int n_seq)
     return n < 1 ? 1 : n;
 }
 
+/* How one sequence's decode attention hands its heads to the output
+ * projection: as split states that the projection merges while it reads them
+ * (which takes the merge, a fence and a count out of the attention's tail),
+ * or, n_split 0, as merged rows. The states are copied 16 bytes at a time,
+ * so their count must be a multiple of 4 floats. */
+static split_input decode_parts(const pk_cuda_session *s)
+{
+    const split_input p = {decode_splits(s, 1), s->cfg.head_dim};
+    if (!s->merge_in_projection || s->n_rank > 0 || split_input_floats(p, s->cfg.n_embd) % 4) return {0, 0};
+    return p;
+}
+
 /* What a split decode-attention launch takes besides its warp count. */
 template <typename W, typename OutT> struct decode_args {
     const float *q;
@@ -420,22 +439,24 @@ template <typename W, typename OutT> struct decode_args {
     rows_ctx<W> c;
     int n_split, n_seq, per_split;
     float *states;
+    int *done;
 };
 
 template <typename W, typename OutT, int HD, int NW, bool ROUTED = false>
 static void launch_decode(pk_cuda_session *s, const decode_args<W, OutT> &a)
 {
     launch_overlapped(s, attention_decode_kernel<W, OutT, HD, NW, ROUTED>, dim3(a.n_split, s->cfg.n_head, a.n_seq),
-                      dim3(NW * 32), 0, a.q, a.out, a.layer, a.scale, a.c, s->d_part, s->d_done, a.per_split,
+                      dim3(NW * 32), 0, a.q, a.out, a.layer, a.scale, a.c, s->d_part, a.done, a.per_split,
                       a.states);
 }
 
 /* Attention of the call's rows, OutT being float on the matrix-vector path and
  * W on the cuBLAS path. Decode (one row per sequence) splits each head's
- * context over several blocks; prompts have a block per row and head, of 4
- * warps each. */
+ * context over several blocks, whose states stay in d_part unmerged when
+ * leave_parts; prompts have a block per row and head, of 4 warps each. */
 template <typename W, typename OutT>
-static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c)
+static int attention(pk_cuda_session *s, const float *q, void *out, int layer, int n_seq, const rows_ctx<W> &c,
+                     bool leave_parts = false)
 {
     const float scale = pk_attention_scale(&s->cfg, layer);
     const int n_split = decode_splits(s, n_seq);
@@ -451,7 +472,7 @@ static int attention(pk_cuda_session *s, const float *q, void *out, int layer, i
 #define ATTN_CASE(HD)                                                                                                \
     if (c.rows_per_seq == 1) {                                                                                       \
         const decode_args<W, OutT> a{q, o, layer, scale, c, n_split, n_seq, per_split,                              \
-                                     sharded ? s->d_states : nullptr};                                               \
+                                     sharded ? s->d_states : nullptr, leave_parts ? nullptr : s->d_done};             \
         if (routed) launch_decode<W, OutT, HD, DECODE_WARPS_ONE, true>(s, a);                                       \
         else if (decode_warps(n_seq) == DECODE_WARPS_ONE) launch_decode<W, OutT, HD, DECODE_WARPS_ONE>(s, a);        \
         else launch_decode<W, OutT, HD, DECODE_WARPS_MANY>(s, a);                                                    \
@@ -520,6 +541,9 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     const pikv_config *cf = &s->cfg;
     const int C = cf->n_embd, F = cf->n_inner, V = cf->vocab_size, R = n_seq * rows_per_seq;
     const int small = R <= s->gemv_rows;
+    /* One sequence's decode step: its output projection merges the attention's split states. */
+    const split_input parts = small && n_seq == 1 && rows_per_seq == 1 ? decode_parts(s) : split_input{0, 0};
+    const float *att_in = parts.n_split ? s->d_part + (size_t)seq0 * split_input_floats(parts, C) : (const float *)a->att;
     rows_ctx<W> c = make_ctx<W>(s, seq0, rows_per_seq);
     if (routed) {
         c.route_seq = seq0;
@@ -536,11 +560,12 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         if (small) {
             gemv<W, true>(s, L->attn_w, L->attn_b, a->x, R, C, L->ln_1_w, L->ln_1_b,
                           make_epi<W, float, EPI_QKV>(a->q, 3 * C, l, c));
-            if ((routed && route_layer(s, a->q, l, R)) || attention<W, float>(s, a->q, a->att, l, n_seq, c) ||
+            if ((routed && route_layer(s, a->q, l, R)) ||
+                attention<W, float>(s, a->q, a->att, l, n_seq, c, parts.n_split > 0) ||
                 copy_queries(s, queries, a->q, l, R))
                 return -1;
-            gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, (const float *)a->att, R, C, NULL, NULL,
-                           make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c));
+            gemv<W, false>(s, L->attn_proj_w, L->attn_proj_b, att_in, R, C, NULL, NULL,
+                           make_epi<W, float, EPI_RESIDUAL>(a->x, C, l, c), parts);
             gemv<W, true>(s, L->fc_w, L->fc_b, a->x, R, C, L->ln_2_w, L->ln_2_b,
                           make_epi<W, float, EPI_GELU>(a->fc, F, l, c));
             gemv<W, false>(s, L->fc_proj_w, L->fc_proj_b, (const float *)a->fc, R, F, NULL, NULL,
@@ -722,12 +747,16 @@ static int session_init(pk_cuda_session *s)
     const int widest = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
     const size_t smem_cap = p.sharedMemPerBlockOptin - 2048;
     s->gemv_rows = MAX_GEMV_ROWS;
+    s->merge_in_projection = 1;
     while (s->gemv_rows >= 1 && (gemv_smem(s->gemv_rows, widest, false) > smem_cap ||
                                  gemv_smem(s->gemv_rows, c->n_embd, true) > smem_cap))
         s->gemv_rows--;
     if (s->gemv_rows < 1) return pk_fail("CUDA session: n_inner %d is too wide for the decode kernels", c->n_inner);
     int rc = -1;
-    with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(c, s->gemv_rows); });
+    const split_input parts = decode_parts(s);
+    const size_t parts_bytes = parts.n_split ? (size_t)(c->n_embd + split_input_floats(parts, c->n_embd)) * 4 : 0;
+    if (parts_bytes > smem_cap) s->merge_in_projection = 0;
+    with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(c, s->gemv_rows, parts_bytes); });
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
     if (alloc_activations(&s->small, c, small_rows, small_rows)) return -1;

@@ -117,6 +117,36 @@ __device__ __forceinline__ float block_sum(float v, float *red)
     return s[0];
 }
 
+/* Dimension d of n merged softmax states (max m(i), sum l(i), weighted
+ * values acc(i), each read through its function): returns the merged
+ * weighted value and sets the merged max and sum. States that saw no key
+ * (l = 0) count for nothing. */
+template <typename MF, typename LF, typename AccF>
+__device__ __forceinline__ float merge_states(int n, MF m, LF l, AccF acc, float &M, float &L)
+{
+    M = -INFINITY;
+    for (int i = 0; i < n; i++) M = fmaxf(M, m(i));
+    float o = 0.f;
+    L = 0.f;
+    for (int i = 0; i < n; i++) {
+        const float li = l(i), f = li > 0.f ? exp2f(m(i) - M) : 0.f;
+        L += li * f;
+        o += acc(i) * f;
+    }
+    return o;
+}
+
+/* merge_states over n states stored one after another as [hd + 2] floats
+ * (weighted values, then max and sum), read through load(offset). */
+template <typename LoadF>
+__device__ __forceinline__ float merge_parts(int n, int hd, int d, LoadF load, float &M, float &L)
+{
+    const int stride = hd + 2;
+    return merge_states(
+        n, [&](int i) { return load(i * stride + hd); }, [&](int i) { return load(i * stride + hd + 1); },
+        [&](int i) { return load(i * stride + d); }, M, L);
+}
+
 /* Start copying n floats (n a multiple of 4, both pointers 16-byte aligned)
  * from global to shared memory, the block's threads 16 bytes each in turn.
  * On the GPU the copies are asynchronous (cp.async, straight to shared memory
@@ -425,6 +455,32 @@ __device__ __forceinline__ void layernorm_rows(float *xs, int n_rows, int in, co
         }
 }
 
+/* The one input row of a matrix-vector product given as decode attention's
+ * split states (attention_decode_kernel with done NULL): in / head_dim heads,
+ * each n_split states of [head_dim + 2] floats one after another. n_split 0:
+ * the input is rows of x. */
+struct split_input {
+    int n_split, head_dim;
+};
+
+/* Floats of a split_input for a row of `in`. */
+__host__ __device__ inline int split_input_floats(split_input p, int in)
+{
+    return in / p.head_dim * p.n_split * (p.head_dim + 2);
+}
+
+/* The row xs [in] from the split states st, by the block: each head's states
+ * merged exactly as the split attention's last block merges them. */
+__device__ __forceinline__ void merge_split_input(float *xs, const float *st, int in, split_input p)
+{
+    for (int d = threadIdx.x; d < in; d += blockDim.x) {
+        const float *head = st + (size_t)(d / p.head_dim) * p.n_split * (p.head_dim + 2);
+        float M, L;
+        const float o = merge_parts(p.n_split, p.head_dim, d % p.head_dim, [&](int k) { return head[k]; }, M, L);
+        xs[d] = o / L;
+    }
+}
+
 /* Matrix-vector products for n_rows <= R rows (decode): y[r, j] = epi(xn[r] ·
  * Wt[j] + bias[j]) with Wt output-major [out][in], layer-normed rows xn when
  * LN. in must be a multiple of 16 / sizeof(W).
@@ -445,11 +501,13 @@ __device__ __forceinline__ void layernorm_rows(float *xs, int n_rows, int in, co
  * EPI_QKV) and the layer-norm weights. Right after the wait come the
  * residual stream's values that EPI_RESIDUAL adds to and the rows of x,
  * copied to shared memory (with ln_w and ln_b after them: dynamic shared
- * memory of (n_rows + 2 * LN) * in floats). */
+ * memory of (n_rows + 2 * LN) * in floats). With `parts` (one row, no layer
+ * norm) x holds decode attention's split states instead, copied after the
+ * row's place (split_input_floats more) and merged into it. */
 template <typename W, int R, bool LN, typename OutT, int EPI>
 __global__ void __launch_bounds__(256, gemv_min_blocks(R))
     gemv_kernel(const W *Wt, const float *bias, const float *x, int n_rows, int in, int split, const float *ln_w,
-                const float *ln_b, float eps, epilogue<W, OutT, EPI> epi)
+                const float *ln_b, float eps, split_input parts, epilogue<W, OutT, EPI> epi)
 {
     constexpr int VN = vec<W>::n, NL = gemv_loads(R);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, per_block = (blockDim.x >> 5) / split;
@@ -481,8 +539,15 @@ __global__ void __launch_bounds__(256, gemv_min_blocks(R))
     wait_for_previous_kernel();
 
     float base = dst ? epi.before(dst) : 0.f;
-    stage(xs, x, n_rows * in);
-    stage_wait();
+    if (parts.n_split) {
+        stage(xs + in, x, split_input_floats(parts, in));
+        stage_wait();
+        __syncthreads();
+        merge_split_input(xs, xs + in, in, parts);
+    } else {
+        stage(xs, x, n_rows * in);
+        stage_wait();
+    }
     __syncthreads();
     if (LN) {
         layernorm_rows<R>(xs, n_rows, in, xs + n_rows * in, xs + (n_rows + 1) * in, eps, red);
@@ -605,22 +670,11 @@ template <int HD, int NW> __device__ __forceinline__ void publish_state(warp_sta
     for (int i = 0; i < HD / 32; i++) ws.acc[warp][lane * (HD / 32) + i] = st.acc[i];
 }
 
-/* Dimension d of n merged softmax states (max m[i], sum l[i], weighted
- * values acc(i)): returns the merged weighted value and sets the merged max
- * and sum. States that saw no key (l = 0) count for nothing. */
-template <typename AccF>
-__device__ __forceinline__ float merge_states(int n, const float *m, const float *l, AccF acc, float &M, float &L)
+/* Dimension d of a block's NW warp states, merged. */
+template <int HD, int NW> __device__ __forceinline__ float merge_warps(const warp_states<HD, NW> &ws, int d, float &M, float &L)
 {
-    M = -INFINITY;
-    for (int i = 0; i < n; i++) M = fmaxf(M, m[i]);
-    float o = 0.f;
-    L = 0.f;
-    for (int i = 0; i < n; i++) {
-        const float f = l[i] > 0.f ? exp2f(m[i] - M) : 0.f;
-        L += l[i] * f;
-        o += acc(i) * f;
-    }
-    return o;
+    return merge_states(
+        NW, [&](int w) { return ws.m[w]; }, [&](int w) { return ws.l[w]; }, [&](int w) { return ws.acc[w][d]; }, M, L);
 }
 
 /* The query of head h for row `row`, scaled (exp2 instead of exp: log2(e) is
@@ -674,7 +728,7 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
     __syncthreads();
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float M, L;
-        const float o = merge_states(NW, ws.m, ws.l, [&](int w) { return ws.acc[w][d]; }, M, L);
+        const float o = merge_warps(ws, d, M, L);
         out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
     }
 }
@@ -692,7 +746,10 @@ __global__ void __launch_bounds__(NW * 32) attention_kernel(const float *q, OutT
  * sets the count back to zero for the next step. With `states` (a session
  * that holds part of each head, engine/cuda/group_cuda.h), it writes the
  * merged state instead, [n_seq][n_head][HD + 2] like a part, for
- * merge_ranks_kernel to merge with the other GPUs' states. */
+ * merge_ranks_kernel to merge with the other GPUs' states. With done NULL no
+ * block merges: the parts stay for the next kernel, which merges them as it
+ * reads them (gemv_kernel's split_input), so that the step waits for no
+ * fence, count and second read of the parts here. */
 template <typename W, typename OutT, int HD, int NW, bool ROUTED = false>
 __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *q, OutT *out, int layer, float scale,
                                                                    rows_ctx<W> c, float *part, int *done,
@@ -734,12 +791,13 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     float *mine = head_parts + (size_t)split * (HD + 2);
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float M, L;
-        mine[d] = merge_states(NW, ws.m, ws.l, [&](int w) { return ws.acc[w][d]; }, M, L);
+        mine[d] = merge_warps(ws, d, M, L);
         if (d == 0) {
             mine[HD] = M;
             mine[HD + 1] = L;
         }
     }
+    if (!done) return;
     /* Publish this block's state before counting it; the last block reads
      * every state past the (incoherent) L1. */
     __threadfence();
@@ -749,14 +807,8 @@ __global__ void __launch_bounds__(NW * 32) attention_decode_kernel(const float *
     if (!is_last) return;
     __threadfence();
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float M = -INFINITY, L = 0.f, o = 0.f;
-        for (int i = 0; i < n_split; i++) M = fmaxf(M, __ldcg(head_parts + (size_t)i * (HD + 2) + HD));
-        for (int i = 0; i < n_split; i++) {
-            const float *pi = head_parts + (size_t)i * (HD + 2);
-            const float li = __ldcg(pi + HD + 1), f = li > 0.f ? exp2f(__ldcg(pi + HD) - M) : 0.f;
-            L += li * f;
-            o += __ldcg(pi + d) * f;
-        }
+        float M, L;
+        const float o = merge_parts(n_split, HD, d, [&](int k) { return __ldcg(head_parts + k); }, M, L);
         if (!states) {
             out[(size_t)row * c.C + h * HD + d] = from_f<OutT>(o / L);
             continue;
@@ -782,14 +834,10 @@ __global__ void merge_ranks_kernel(const float *gathered, int n_rank, OutT *out,
     const int h = blockIdx.x, row = blockIdx.y, d = threadIdx.x, n_head = gridDim.x;
     const size_t rank_stride = (size_t)gridDim.y * n_head * (HD + 2);
     const float *first = gathered + ((size_t)row * n_head + h) * (HD + 2);
-    float M = -INFINITY, L = 0.f, o = 0.f;
-    for (int g = 0; g < n_rank; g++) M = fmaxf(M, first[g * rank_stride + HD]);
-    for (int g = 0; g < n_rank; g++) {
-        const float *st = first + g * rank_stride;
-        const float l = st[HD + 1], f = l > 0.f ? exp2f(st[HD] - M) : 0.f;
-        L += l * f;
-        o += st[d] * f;
-    }
+    float M, L;
+    const float o = merge_states(
+        n_rank, [&](int g) { return first[g * rank_stride + HD]; }, [&](int g) { return first[g * rank_stride + HD + 1]; },
+        [&](int g) { return first[g * rank_stride + d]; }, M, L);
     out[(size_t)row * C + h * HD + d] = from_f<OutT>(o / L);
 }
 
