@@ -89,9 +89,6 @@ struct pk_cuda_session {
     float *d_part;            /* split decode attention: [max_seq][n_head][split_cap][head_dim + 2] */
     int *d_done;              /* its completion counts [max_seq][n_head], zero between steps */
     int split_cap;
-    /* One sequence's decode attention leaves its split states for the output
-     * projection to merge (decode_parts), unless they would not fit its shared memory. */
-    int merge_in_projection;
     activations small, large; /* small: decode and short inputs (captured in graphs); large: prompts */
     int32_t *h_tokens;        /* pinned [max_seq] */
     /* Greedy choices by position: device [max_seq][n_positions + 1] (the
@@ -299,6 +296,11 @@ static int gemv_split(int in, int w_size, int n_rows)
 /* Shared memory of a matrix-vector launch: the rows of x, and the layer norm's weights. */
 static size_t gemv_smem(int n_rows, int in, bool ln) { return (size_t)(n_rows + (ln ? 2 : 0)) * in * sizeof(float); }
 
+/* The most dynamic shared memory a matrix-vector launch may take: the
+ * kernels' own static shared memory (at most 1.5 KB) comes out of the same
+ * opt-in limit. */
+static size_t gemv_smem_cap(const pk_cuda_session *s) { return s->smem_optin - 2048; }
+
 /* Launch the matrix-vector kernel with the smallest row template that holds
  * n_rows; with `parts`, x is one row's split attention states. */
 template <typename W, bool LN, typename OutT, int EPI>
@@ -421,12 +423,15 @@ static int decode_splits(const pk_cuda_session *s, int n_seq)
 /* How one sequence's decode attention hands its heads to the output
  * projection: as split states that the projection merges while it reads them
  * (which takes the merge, a fence and a count out of the attention's tail),
- * or, n_split 0, as merged rows. The states are copied 16 bytes at a time,
- * so their count must be a multiple of 4 floats. */
+ * or, n_split 0, as merged rows: on one of several GPUs, whose states are
+ * exchanged first, or where the states would not fit the projection's shared
+ * memory beside its row. The states are copied 16 bytes at a time, so their
+ * count must be a multiple of 4 floats. */
 static split_input decode_parts(const pk_cuda_session *s)
 {
     const split_input p = {decode_splits(s, 1), s->cfg.head_dim};
-    if (!s->merge_in_projection || s->n_rank > 0 || split_input_floats(p, s->cfg.n_embd) % 4) return {0, 0};
+    const int floats = split_input_floats(p, s->cfg.n_embd);
+    if (s->n_rank > 0 || floats % 4 || (size_t)(s->cfg.n_embd + floats) * 4 > gemv_smem_cap(s)) return {0, 0};
     return p;
 }
 
@@ -543,7 +548,8 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
     const int small = R <= s->gemv_rows;
     /* One sequence's decode step: its output projection merges the attention's split states. */
     const split_input parts = small && n_seq == 1 && rows_per_seq == 1 ? decode_parts(s) : split_input{0, 0};
-    const float *att_in = parts.n_split ? s->d_part + (size_t)seq0 * split_input_floats(parts, C) : (const float *)a->att;
+    const float *att_in =
+        parts.n_split ? s->d_part + (size_t)seq0 * split_input_floats(parts, C) : (const float *)a->att;
     rows_ctx<W> c = make_ctx<W>(s, seq0, rows_per_seq);
     if (routed) {
         c.route_seq = seq0;
@@ -741,13 +747,10 @@ static int session_init(pk_cuda_session *s)
     CU(cudaMalloc((void **)&s->d_done, heads * 4), "allocating attention counts");
     CU(cudaMalloc(&s->d_discard, (size_t)max_seq * 2 * c->n_embd * es), "allocating the discard rows");
     CU(cudaMemset(s->d_done, 0, heads * 4), "clearing attention counts");
-    /* The matrix-vector path stages its rows, and a layer norm's weights, in
-     * shared memory; the kernels' own static shared memory (at most 1.5 KB)
-     * comes out of the same opt-in limit. */
+    /* The matrix-vector path stages its rows, and a layer norm's weights, in shared memory. */
     const int widest = c->n_embd > c->n_inner ? c->n_embd : c->n_inner;
-    const size_t smem_cap = p.sharedMemPerBlockOptin - 2048;
+    const size_t smem_cap = gemv_smem_cap(s);
     s->gemv_rows = MAX_GEMV_ROWS;
-    s->merge_in_projection = 1;
     while (s->gemv_rows >= 1 && (gemv_smem(s->gemv_rows, widest, false) > smem_cap ||
                                  gemv_smem(s->gemv_rows, c->n_embd, true) > smem_cap))
         s->gemv_rows--;
@@ -755,7 +758,6 @@ static int session_init(pk_cuda_session *s)
     int rc = -1;
     const split_input parts = decode_parts(s);
     const size_t parts_bytes = parts.n_split ? (size_t)(c->n_embd + split_input_floats(parts, c->n_embd)) * 4 : 0;
-    if (parts_bytes > smem_cap) s->merge_in_projection = 0;
     with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(c, s->gemv_rows, parts_bytes); });
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;

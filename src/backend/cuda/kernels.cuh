@@ -671,7 +671,8 @@ template <int HD, int NW> __device__ __forceinline__ void publish_state(warp_sta
 }
 
 /* Dimension d of a block's NW warp states, merged. */
-template <int HD, int NW> __device__ __forceinline__ float merge_warps(const warp_states<HD, NW> &ws, int d, float &M, float &L)
+template <int HD, int NW>
+__device__ __forceinline__ float merge_warps(const warp_states<HD, NW> &ws, int d, float &M, float &L)
 {
     return merge_states(
         NW, [&](int w) { return ws.m[w]; }, [&](int w) { return ws.l[w]; }, [&](int w) { return ws.acc[w][d]; }, M, L);
@@ -836,8 +837,9 @@ __global__ void merge_ranks_kernel(const float *gathered, int n_rank, OutT *out,
     const float *first = gathered + ((size_t)row * n_head + h) * (HD + 2);
     float M, L;
     const float o = merge_states(
-        n_rank, [&](int g) { return first[g * rank_stride + HD]; }, [&](int g) { return first[g * rank_stride + HD + 1]; },
-        [&](int g) { return first[g * rank_stride + d]; }, M, L);
+        n_rank, [&](int g) { return first[g * rank_stride + HD]; },
+        [&](int g) { return first[g * rank_stride + HD + 1]; }, [&](int g) { return first[g * rank_stride + d]; }, M,
+        L);
     out[(size_t)row * C + h * HD + d] = from_f<OutT>(o / L);
 }
 
