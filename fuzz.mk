@@ -1,4 +1,4 @@
-# Fuzzing the parsers (DESIGN §8), included from the Makefile.
+# Fuzzing the parsers and the inputs a user controls, included from the Makefile.
 #
 #   make fuzz                       build every target, run each for FUZZ_SECONDS
 #   make fuzz FUZZ_SECONDS=600 FUZZ_TARGETS=fuzz_eplb
