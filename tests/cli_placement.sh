@@ -20,6 +20,16 @@ check "2 GPUs, equal count: 19008 bytes in a step" \
   grep -q '"gpus":2,[^]]*"equal_count":{[^}]*"exchange_bytes_per_step":19008,' "$dir/out"
 check "1 GPU: nothing exchanged" grep -q '"gpus":1,[^]]*"exchange_bytes_per_step":0,' "$dir/out"
 
+# Whole sequences on GPUs: 2 of the 4 on each of 2 GPUs, half the bytes each,
+# nothing exchanged; --rest-us is added to every step as given. On one GPU:
+# 30,793,728 bytes of f16 weights (6.41536 us at 4,800 GB/s), 7,488,000 of KV
+# (1.56 us) and the 100 us given.
+run placement $small --press none --rest-us 100 --json
+check "by sequence: 2 GPUs hold half the bytes each, exchange nothing" \
+  grep -q '"gpus":2,[^]]*"by_sequence":{"kv_bytes_max":3744000,"load_max_over_mean":1,"slices":4,"split_shards":0,"exchange_bytes_per_step":0,' \
+  "$dir/out"
+check "the rest of the step is in every step" grep -q '"exchange_us":0,"rest_us":100,"step_us":107.97536}' "$dir/out"
+
 # At 600 tokens DuoAttention keeps some heads whole and cuts the rest to a
 # sink and a recent window, so an equal count of heads per GPU is uneven
 # (above 1.05 on some GPU count) while EPLB's max/mean load stays at most the
@@ -38,6 +48,7 @@ expect_error "zero GPUs" 2 "pikv placement: --gpus: '0'" placement --gpus 0
 expect_error "not a list" 2 "pikv placement: --gpus: '2,x'" placement --gpus 2,x
 expect_error "no HBM" 2 "pikv placement: --hbm-gbs: must be > 0, got 0" placement --hbm-gbs 0
 expect_error "negative fixed cost" 2 "pikv placement: --ib-us: must be >= 0" placement --ib-us -3
+expect_error "negative rest of the step" 2 "pikv placement: --rest-us: must be >= 0" placement --rest-us -1
 expect_error "more prefills than sequences" 2 "pikv placement: --measure: 9" placement --batch 4 --measure 9
 expect_error "past n_positions" 1 "pikv placement: --tokens: 4000 exceeds" placement --tokens 4000
 expect_error "bad press" 1 "pikv placement: --press:" placement $small --press nosuchpress

@@ -1,8 +1,9 @@
 /* A batch's KV shards placed on simulated GPUs (router/shard_plan.h) and the
- * modeled step (bench/gpu_cost.h): cases worked by hand for EPLB and the
- * equal count, every entry on exactly one GPU, the exchange's bytes, the
- * fixed costs within and across nodes, bad arguments, and shard loads read
- * from real compressed caches (bench/shard_loads.h). */
+ * modeled step (bench/gpu_cost.h): cases worked by hand for EPLB, the equal
+ * count and whole sequences on GPUs, every entry on exactly one GPU, the
+ * exchange's bytes, the fixed costs within and across nodes, the given rest
+ * of the step, bad arguments, and shard loads read from real compressed
+ * caches (bench/shard_loads.h). */
 #include "bench/gpu_cost.h"
 #include "bench/shard_loads.h"
 #include "check.h"
@@ -146,6 +147,66 @@ static void check_invariants(void)
         }
 }
 
+/* The rest of a step, as given, is paid once per step on every GPU, whatever
+ * the placement. */
+static void check_rest_of_step(void)
+{
+    const int len[4] = {300, 100, 100, 100};
+    pk_shard_plan ep;
+    CHECK(pk_shard_plan_make(len, 1, 4, 2, PK_PLACE_EPLB, &ep) == 0, "eplb: %s", pikv_last_error());
+    const pk_gpu_links links = {.hbm_gbs = 1, .nvlink_gbs = 1, .ib_gbs = 1, .nvlink_us = 5, .ib_us = 50,
+                                .gpus_per_node = 8, .rest_us = 40};
+    pk_gpu_cost c;
+    CHECK(pk_gpu_cost_model(&ep, 260, 64, 1000, &links, &c) == 0 && near(c.rest_us, 40) &&
+              near(c.step_us, 1 + 78 + 5.792 + 40),
+          "rest of the step: %g us, step %g us", c.rest_us, c.step_us);
+    pk_shard_plan_free(&ep);
+}
+
+/* Whole sequences on GPUs. One layer, two heads, a batch of four in head-major
+ * order: head 0 holds 100, 50, 30, 20 entries and head 1 100, 10, 10, 0, so the
+ * sequences hold 200, 60, 40 and 20. Balanced packing, two a GPU, heaviest
+ * first onto the lighter GPU (the lower on ties): 200 to GPU 0, 60 and 40 to
+ * GPU 1, which is then full, 20 to GPU 0: 220 and 100 entries, max/mean
+ * 220 / 160. At 1 GB/s, 260 bytes an entry, 1,000 bytes of weights and 7 us
+ * for the rest: 1 + 57.2 + 7 us, no exchange.
+ *
+ * Three sequences (200, 60, 40) on two GPUs are packed with an empty fourth:
+ * 200 and the empty one on GPU 0, 60 and 40 on GPU 1. Two sequences on four
+ * GPUs leave two GPUs idle and the busiest holds the heavier sequence. */
+static void check_by_sequence(void)
+{
+    const int len[8] = {100, 50, 30, 20, 100, 10, 10, 0};
+    const pk_gpu_links links = {.hbm_gbs = 1, .nvlink_gbs = 1, .ib_gbs = 1, .nvlink_us = 5, .ib_us = 50,
+                                .gpus_per_node = 8, .rest_us = 7};
+    pk_gpu_result r;
+    CHECK(pk_gpu_by_sequence(len, 1, 2, 4, 2, 260, 1000, &links, &r) == 0, "by sequence: %s", pikv_last_error());
+    CHECK(near(r.cost.kv_bytes_max, 220 * 260) && near(r.cost.kv_bytes_mean, 160 * 260) &&
+              near(r.imbalance, 220.0 / 160.0) && r.slices == 4 && r.split == 0,
+          "four on two: max %g B, mean %g B, imbalance %.6f, slices %ld, split %ld", r.cost.kv_bytes_max,
+          r.cost.kv_bytes_mean, r.imbalance, r.slices, r.split);
+    CHECK(near(r.cost.kv_read_us, 57.2) && r.cost.exchange_us == 0 && r.cost.exchange_bytes == 0 &&
+              near(r.cost.step_us, 1 + 57.2 + 7),
+          "four on two: kv %g us, exchange %g us, step %g us", r.cost.kv_read_us, r.cost.exchange_us, r.cost.step_us);
+    /* Sequences 0..2 of a batch of three: the same heads without the last sequence. */
+    const int three[6] = {100, 50, 30, 100, 10, 10};
+    CHECK(pk_gpu_by_sequence(three, 1, 2, 3, 2, 260, 1000, &links, &r) == 0 && near(r.cost.kv_bytes_max, 200 * 260) &&
+              near(r.imbalance, 200.0 / 150.0),
+          "three on two: max %g B, imbalance %.6f", r.cost.kv_bytes_max, r.imbalance);
+    const int two[4] = {100, 50, 100, 10};
+    CHECK(pk_gpu_by_sequence(two, 1, 2, 2, 4, 260, 0, &links, &r) == 0 && near(r.cost.kv_bytes_max, 200 * 260) &&
+              near(r.imbalance, 200.0 / 65.0) && near(r.cost.step_us, 52 + 7),
+          "two on four: max %g B, imbalance %.6f, step %g us", r.cost.kv_bytes_max, r.imbalance, r.cost.step_us);
+    /* One GPU holds the whole batch: the same KV read as one GPU's shard plan. */
+    pk_shard_plan one;
+    pk_gpu_cost c;
+    CHECK(pk_shard_plan_make(len, 1, 8, 1, PK_PLACE_EPLB, &one) == 0 &&
+              pk_gpu_cost_model(&one, 260, 64, 1000, &links, &c) == 0 &&
+              pk_gpu_by_sequence(len, 1, 2, 4, 1, 260, 1000, &links, &r) == 0 && near(r.cost.step_us, c.step_us),
+          "one GPU: %g us by sequence against %g us", r.cost.step_us, c.step_us);
+    pk_shard_plan_free(&one);
+}
+
 static void check_errors(void)
 {
     const int len[2] = {5, -1}, ok[2] = {5, 6};
@@ -162,7 +223,18 @@ static void check_errors(void)
     links.hbm_gbs = 1, links.ib_us = -1;
     CHECK(pk_gpu_cost_model(&p, 260, 64, 0, &links, &c) != 0 && strstr(pikv_last_error(), "fixed cost"),
           "negative fixed cost: %s", pikv_last_error());
-    links.ib_us = 0, links.gpus_per_node = 0;
+    links.ib_us = 0, links.rest_us = -2;
+    CHECK(pk_gpu_cost_model(&p, 260, 64, 0, &links, &c) != 0 && strstr(pikv_last_error(), "rest of a step"),
+          "negative rest of the step: %s", pikv_last_error());
+    pk_gpu_result r;
+    CHECK(pk_gpu_by_sequence(ok, 1, 1, 2, 2, 260, 0, &links, &r) != 0 && strstr(pikv_last_error(), "rest of a step"),
+          "by sequence, negative rest of the step: %s", pikv_last_error());
+    links.rest_us = 0;
+    CHECK(pk_gpu_by_sequence(ok, 1, 1, 2, 0, 260, 0, &links, &r) != 0 && strstr(pikv_last_error(), "on 0 GPUs"),
+          "by sequence on no GPU: %s", pikv_last_error());
+    CHECK(pk_gpu_by_sequence(len, 1, 1, 2, 2, 260, 0, &links, &r) != 0 && strstr(pikv_last_error(), "-1 entries"),
+          "by sequence, a negative length: %s", pikv_last_error());
+    links.gpus_per_node = 0;
     CHECK(pk_gpu_cost_model(&p, 260, 64, 0, &links, &c) != 0, "no GPU a node");
     pk_shard_plan_free(&p);
 }
@@ -230,6 +302,8 @@ int main(void)
     check_hand_layer();
     check_across_nodes();
     check_invariants();
+    check_rest_of_step();
+    check_by_sequence();
     check_errors();
     check_batch_layout();
     check_measured();

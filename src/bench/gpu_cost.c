@@ -1,5 +1,7 @@
 #include "bench/gpu_cost.h"
+#include "router/eplb.h"
 #include "util/error.h"
+#include "util/mem.h"
 
 #include <math.h>
 #include <string.h>
@@ -17,6 +19,8 @@ static int check_links(const pk_gpu_links *k)
             return pk_fail("GPU cost: %s must be a positive number of GB/s, got %g", rates[i].name, rates[i].v);
     if (!(k->nvlink_us >= 0) || !(k->ib_us >= 0) || !isfinite(k->nvlink_us) || !isfinite(k->ib_us))
         return pk_fail("GPU cost: an all-gather's fixed cost must be >= 0 us, got %g and %g", k->nvlink_us, k->ib_us);
+    if (!(k->rest_us >= 0) || !isfinite(k->rest_us))
+        return pk_fail("GPU cost: the rest of a step must be >= 0 us, got %g", k->rest_us);
     if (k->gpus_per_node < 1) return pk_fail("GPU cost: %d GPUs a node", k->gpus_per_node);
     return 0;
 }
@@ -57,7 +61,8 @@ int pk_gpu_cost_model(const pk_shard_plan *p, size_t entry_bytes, int head_dim, 
     }
     out->exchange_bytes = busiest_in;
     out->weights_us = (double)weight_bytes / hbm;
-    out->step_us = out->weights_us + out->kv_read_us + out->exchange_us;
+    out->rest_us = links->rest_us;
+    out->step_us = out->weights_us + out->kv_read_us + out->exchange_us + out->rest_us;
     return 0;
 }
 
@@ -72,5 +77,57 @@ int pk_gpu_simulate(const int *len, int n_layer, int n_shard, int gpus, pk_place
     out->slices = p.slices;
     out->split = p.split;
     pk_shard_plan_free(&p);
+    return rc;
+}
+
+int pk_gpu_by_sequence(const int *len, int n_layer, int n_head, int batch, int gpus, size_t entry_bytes,
+                       size_t weight_bytes, const pk_gpu_links *links, pk_gpu_result *out)
+{
+    memset(out, 0, sizeof *out);
+    if (check_links(links)) return -1;
+    if (n_layer < 1 || n_head < 1 || batch < 1 || gpus < 1)
+        return pk_fail("GPU cost: %d layers, %d heads, %d sequences on %d GPUs", n_layer, n_head, batch, gpus);
+    /* Balanced packing puts the same number of items in every pack: sequences
+     * of no entries fill the batch up to a multiple of the GPUs, and go last. */
+    const int items = (batch + gpus - 1) / gpus * gpus;
+    float *load = pk_calloc((size_t)items, sizeof *load, "sequence loads");
+    int *pack = pk_malloc_array((size_t)items, sizeof *pack, "sequence packing");
+    int *rank = pk_malloc_array((size_t)items, sizeof *rank, "sequence packing");
+    double *held = pk_calloc((size_t)gpus, sizeof *held, "entries per GPU");
+    int rc = -1;
+    if (!load || !pack || !rank || !held) goto done;
+    for (int l = 0; l < n_layer; l++)
+        for (int h = 0; h < n_head; h++)
+            for (int b = 0; b < batch; b++) {
+                const int entries = len[((size_t)l * n_head + h) * batch + b];
+                if (entries < 0) {
+                    pk_fail("GPU cost: head %d of sequence %d in layer %d holds %d entries", h, b, l, entries);
+                    goto done;
+                }
+                load[b] += (float)entries;
+            }
+    if (pk_eplb_balanced_packing(load, items, gpus, pack, rank)) goto done;
+    double total = 0, busiest = 0;
+    for (int b = 0; b < batch; b++) held[pack[b]] += load[b];
+    for (int g = 0; g < gpus; g++) {
+        total += held[g];
+        busiest = fmax(busiest, held[g]);
+    }
+    const double hbm = links->hbm_gbs * 1e3; /* bytes per microsecond */
+    pk_gpu_cost *c = &out->cost;
+    c->kv_bytes_max = busiest * (double)entry_bytes;
+    c->kv_bytes_mean = total * (double)entry_bytes / gpus;
+    c->weights_us = (double)weight_bytes / hbm;
+    c->kv_read_us = c->kv_bytes_max / hbm;
+    c->rest_us = links->rest_us;
+    c->step_us = c->weights_us + c->kv_read_us + c->rest_us;
+    out->imbalance = total > 0 ? busiest * gpus / total : 1;
+    out->slices = batch;
+    rc = 0;
+done:
+    pk_free(load);
+    pk_free(pack);
+    pk_free(rank);
+    pk_free(held);
     return rc;
 }

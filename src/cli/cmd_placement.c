@@ -1,6 +1,7 @@
 /* pikv placement: a decode batch's KV shards placed on simulated GPUs by
  * DeepSeek's EPLB and by an equal count, from shard loads measured on real
- * compressed caches, with a modeled step time (bench/gpu_cost.h). */
+ * compressed caches, with a modeled step time (bench/gpu_cost.h), beside
+ * whole sequences on GPUs (data parallelism) for comparison. */
 #include "bench/gpu_cost.h"
 #include "bench/json.h"
 #include "bench/shard_loads.h"
@@ -14,11 +15,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MAX_GPUS = 4096, EPLB = 0, EQUAL = 1 };
+enum { MAX_GPUS = 4096, EPLB = 0, EQUAL = 1, BY_SEQUENCE = 2 };
 
 typedef struct {
     int gpus;
-    pk_gpu_result r[2]; /* EPLB, equal count */
+    pk_gpu_result r[3]; /* shards by EPLB, shards by equal count, whole sequences */
 } gpu_row;
 
 typedef struct {
@@ -58,7 +59,7 @@ static int check_links(const cli_command *cmd, const pk_gpu_links *k)
         const char *flag;
         double v, min;
     } given[] = {{"--hbm-gbs", k->hbm_gbs, 0}, {"--nvlink-gbs", k->nvlink_gbs, 0}, {"--ib-gbs", k->ib_gbs, 0},
-                 {"--nvlink-us", k->nvlink_us, -1}, {"--ib-us", k->ib_us, -1}};
+                 {"--nvlink-us", k->nvlink_us, -1}, {"--ib-us", k->ib_us, -1}, {"--rest-us", k->rest_us, -1}};
     for (size_t i = 0; i < sizeof given / sizeof *given; i++) {
         const int ok = given[i].min < 0 ? given[i].v >= 0 : given[i].v > 0;
         if (!ok)
@@ -94,6 +95,9 @@ static int simulate_press(pikv_session *s, pikv_press *press, const pk_haystack 
             if (pk_gpu_simulate(shards, L, N, row->gpus, k == EPLB ? PK_PLACE_EPLB : PK_PLACE_EQUAL_COUNT,
                                 entry_bytes, c->head_dim, weight_bytes, &o->links, &row->r[k]))
                 goto done;
+        if (pk_gpu_by_sequence(shards, L, H, o->batch, row->gpus, entry_bytes, weight_bytes, &o->links,
+                               &row->r[BY_SEQUENCE]))
+            goto done;
     }
     rc = 0;
 done:
@@ -130,11 +134,17 @@ static void print_header(const placement_options *o, const pikv_model_info *info
     printf("modeled step time (a model, not a measurement): the weights read once, then per layer the busiest GPU's\n"
            "KV read at %g GB/s HBM and an all-gather of partial states (%zu bytes per shard a GPU holds) costing\n"
            "%g us + bytes / %g GB/s NVLink within a node of %d GPUs, %g us + bytes / %g GB/s InfiniBand per GPU "
-           "across nodes\n",
+           "across nodes,\n",
            k->hbm_gbs, pk_partial_state_bytes(c->head_dim), k->nvlink_us, k->nvlink_gbs, k->gpus_per_node, k->ib_us,
            k->ib_gbs);
+    if (k->rest_us > 0)
+        printf("and the rest of the step (products, layer norms, launches) %g us on every GPU, as given\n", k->rest_us);
+    else
+        printf("and nothing for the rest of the step (products, layer norms, launches): give its measured time with "
+               "--rest-us\n");
     printf("columns: KV bytes per GPU; max/mean of the busiest GPU's entries, summed over layers; slices and shards\n"
-           "split over several GPUs by EPLB, all layers; bytes into a GPU per step with EPLB; step time\n");
+           "split over several GPUs by EPLB, all layers; bytes into a GPU per step with EPLB; step time with the\n"
+           "shards placed by EPLB, by equal count, and with whole sequences on GPUs (no exchange)\n");
 }
 
 static void print_press(const placement_options *o, const press_result *p)
@@ -143,15 +153,16 @@ static void print_press(const placement_options *o, const press_result *p)
     printf("\npress %s: %.1f%% of entries kept, %s of KV\n\n", p->spec, 100 * p->kept,
            bytes_text(p->kv_bytes, a, sizeof a));
     printf("| GPUs | KV/GPU mean | max EPLB | max equal | load EPLB | load equal | slices | split | exchange/step "
-           "| step EPLB | step equal |\n");
-    printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+           "| step EPLB | step equal | step by sequence |\n");
+    printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for (int i = 0; i < o->n_gpus; i++) {
         const gpu_row *r = &p->rows[i];
         const pk_gpu_result *ep = &r->r[EPLB], *eq = &r->r[EQUAL];
-        printf("| %d | %s | %s | %s | %.3f | %.3f | %ld | %ld | %s | %.1f us | %.1f us |\n", r->gpus,
+        printf("| %d | %s | %s | %s | %.3f | %.3f | %ld | %ld | %s | %.1f us | %.1f us | %.1f us |\n", r->gpus,
                bytes_text(ep->cost.kv_bytes_mean, a, sizeof a), bytes_text(ep->cost.kv_bytes_max, b, sizeof b),
                bytes_text(eq->cost.kv_bytes_max, d, sizeof d), ep->imbalance, eq->imbalance, ep->slices, ep->split,
-               bytes_text(ep->cost.exchange_bytes, e, sizeof e), ep->cost.step_us, eq->cost.step_us);
+               bytes_text(ep->cost.exchange_bytes, e, sizeof e), ep->cost.step_us, eq->cost.step_us,
+               r->r[BY_SEQUENCE].cost.step_us);
     }
 }
 
@@ -167,6 +178,7 @@ static cJSON *json_result(const pk_gpu_result *r)
     pk_json_number(o, "weights_us", r->cost.weights_us);
     pk_json_number(o, "kv_read_us", r->cost.kv_read_us);
     pk_json_number(o, "exchange_us", r->cost.exchange_us);
+    pk_json_number(o, "rest_us", r->cost.rest_us);
     pk_json_number(o, "step_us", r->cost.step_us);
     return o;
 }
@@ -193,6 +205,7 @@ static int print_json(const placement_options *o, const pikv_model_info *info, c
     cJSON_AddNumberToObject(model, "nvlink_us", o->links.nvlink_us);
     cJSON_AddNumberToObject(model, "ib_us", o->links.ib_us);
     cJSON_AddNumberToObject(model, "gpus_per_node", o->links.gpus_per_node);
+    cJSON_AddNumberToObject(model, "rest_us", o->links.rest_us);
     cJSON *presses = cJSON_AddArrayToObject(root, "presses");
     for (int i = 0; i < n_press; i++) {
         cJSON *p = cJSON_CreateObject();
@@ -209,6 +222,7 @@ static int print_json(const placement_options *o, const pikv_model_info *info, c
             pk_json_number(row, "kv_bytes_mean", r->r[EPLB].cost.kv_bytes_mean);
             cJSON_AddItemToObject(row, "eplb", json_result(&r->r[EPLB]));
             cJSON_AddItemToObject(row, "equal_count", json_result(&r->r[EQUAL]));
+            cJSON_AddItemToObject(row, "by_sequence", json_result(&r->r[BY_SEQUENCE]));
         }
     }
     char *text = cJSON_PrintUnformatted(root);
@@ -250,6 +264,8 @@ int cmd_placement(int argc, char **argv)
          NULL},
         {"--ib-us", NULL, OPT_FLOAT, &o.links.ib_us, "fixed cost of an all-gather across nodes, us (default 20)",
          NULL},
+        {"--rest-us", NULL, OPT_FLOAT, &o.links.rest_us,
+         "the rest of a step on every GPU (products, norms, launches), us, as measured (default 0: left out)", NULL},
         {"--haystack", NULL, OPT_STRING, &haystack, "text of the contexts (default: the bundled data/haystack.txt)",
          NULL},
         {"--seed", NULL, OPT_INT, &(cli_int){&o.seed, 0, 1 << 30}, "seed of the first context (default 1)", NULL},
@@ -261,13 +277,15 @@ int cmd_placement(int argc, char **argv)
     const cli_command cmd = {
         "placement",
         "placement [--press SPEC]... [--batch B] [--tokens T] [--measure M] [--gpus LIST] [--gpus-per-node N]\n"
-        "       [--hbm-gbs X] [--nvlink-gbs X] [--ib-gbs X] [--nvlink-us X] [--ib-us X] [--kv-type T] [--json]",
+        "       [--hbm-gbs X] [--nvlink-gbs X] [--ib-gbs X] [--nvlink-us X] [--ib-us X] [--rest-us X] [--kv-type T]\n"
+        "       [--json]",
         "Prefills M needle-task contexts of T tokens with each press, reads how many entries every head's cache\n"
         "kept, and makes a batch of B sequences of them (reusing the M in turn). For each GPU count it places every\n"
         "layer's B x n_head KV shards on the GPUs by DeepSeek's EPLB (hot shards cut into slices on several GPUs)\n"
         "and by an equal count of shards (tensor parallelism's split of heads), and prints the KV bytes per GPU,\n"
         "the load balance, the slices, the partial softmax states exchanged per decode step and a step time\n"
-        "modeled from the stated bandwidths. Only the shard loads are measured; no GPU is used.",
+        "modeled from the stated bandwidths, beside the step with whole sequences on the GPUs (data parallelism,\n"
+        "no exchange). Only the shard loads are measured; no GPU is used.",
         opts, sizeof opts / sizeof *opts};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
