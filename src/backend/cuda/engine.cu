@@ -293,8 +293,13 @@ static int gemv_split(int in, int w_size, int n_rows)
     return split;
 }
 
-/* Shared memory of a matrix-vector launch: the rows of x, and the layer norm's weights. */
-static size_t gemv_smem(int n_rows, int in, bool ln) { return (size_t)(n_rows + (ln ? 2 : 0)) * in * sizeof(float); }
+/* Shared memory of a matrix-vector launch: the rows of x, and the layer
+ * norm's weights; with `parts`, one row's split attention states too. */
+static size_t gemv_smem(int n_rows, int in, bool ln, split_input parts = {0, 0})
+{
+    const size_t states = parts.n_split ? (size_t)split_input_floats(parts, in) : 0;
+    return ((size_t)(n_rows + (ln ? 2 : 0)) * in + states) * sizeof(float);
+}
 
 /* The most dynamic shared memory a matrix-vector launch may take: the
  * kernels' own static shared memory (at most 1.5 KB) comes out of the same
@@ -311,7 +316,7 @@ static void gemv(pk_cuda_session *s, const void *Wt, const float *bias, const fl
     const int split = gemv_split(in, (int)sizeof(W), n_rows), per_block = GEMV_WARPS / split;
     int blocks = (epi.out + per_block - 1) / per_block;
     if (blocks > s->n_sm * 8) blocks = s->n_sm * 8; /* the kernel strides over the rest */
-    const size_t smem = gemv_smem(n_rows, in, LN) + (parts.n_split ? (size_t)split_input_floats(parts, in) * 4 : 0);
+    const size_t smem = gemv_smem(n_rows, in, LN, parts);
     const float eps = s->cfg.layer_norm_epsilon;
     const W *w = (const W *)Wt;
 #define GEMV_CASE(R)                                                                                                 \
@@ -430,8 +435,9 @@ static int decode_splits(const pk_cuda_session *s, int n_seq)
 static split_input decode_parts(const pk_cuda_session *s)
 {
     const split_input p = {decode_splits(s, 1), s->cfg.head_dim};
-    const int floats = split_input_floats(p, s->cfg.n_embd);
-    if (s->n_rank > 0 || floats % 4 || (size_t)(s->cfg.n_embd + floats) * 4 > gemv_smem_cap(s)) return {0, 0};
+    if (s->n_rank > 0 || split_input_floats(p, s->cfg.n_embd) % 4 ||
+        gemv_smem(1, s->cfg.n_embd, false, p) > gemv_smem_cap(s))
+        return {0, 0};
     return p;
 }
 
@@ -757,7 +763,7 @@ static int session_init(pk_cuda_session *s)
     if (s->gemv_rows < 1) return pk_fail("CUDA session: n_inner %d is too wide for the decode kernels", c->n_inner);
     int rc = -1;
     const split_input parts = decode_parts(s);
-    const size_t parts_bytes = parts.n_split ? (size_t)(c->n_embd + split_input_floats(parts, c->n_embd)) * 4 : 0;
+    const size_t parts_bytes = parts.n_split ? gemv_smem(1, c->n_embd, false, parts) : 0;
     with_storage_type(s, [&](auto w) { rc = prepare_kernels<decltype(w)>(c, s->gemv_rows, parts_bytes); });
     if (rc) return -1;
     const int small_rows = max_seq > s->gemv_rows ? max_seq : s->gemv_rows;
