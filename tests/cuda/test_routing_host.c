@@ -16,8 +16,9 @@
  *    mass equals a float64 softmax over the stand-in's own keys;
  *  - the bytes counted to the host are the queries plus the keys and values
  *    read back for sampled rows.
- * A table the press has since rewritten for another cache is refused at the
- * next call, and a router over more experts than the masks hold is refused.
+ * Greedy steps are one-token calls, each fed the choice before it, and stop
+ * at a failed call. A table the press has since rewritten for another cache
+ * is refused at the next call, and a router over more experts than the masks hold is refused.
  * The kernels' side of the rule is test_kernels_host's; the whole path is
  * test_cuda_session's. */
 #include "engine/cuda/routing_cuda.h"
@@ -34,7 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MAX_LAYERS = 8, MAX_HEADS = 8, MAX_POS = 1024, MAX_DIM = 128, PROMPT = 300, CALL = 6, STEPS = 20 };
+enum { MAX_LAYERS = 8, MAX_HEADS = 8, MAX_POS = 1024, MAX_DIM = 128, PROMPT = 300, CALL = 6, STEPS = 20,
+       MAX_FED = 16 };
 
 static const char *const MODEL = "models/pikv-ref-14m";
 
@@ -47,7 +49,23 @@ struct pk_cuda_session {
     uint64_t slot_mask[MAX_LAYERS][MAX_HEADS][MAX_POS];
     pk_cuda_route_fn route;
     void *ctx;
+    int vocab, calls, fail_at;        /* pk_cuda_forward: vocabulary, calls made, the call that fails (-1: none) */
+    int32_t fed[MAX_FED];             /* the token of each one-token call */
 };
+
+/* The next token after `t` in the stand-in's calls: one logit is 1, the rest 0. */
+static int32_t stand_in_next(int32_t t, int vocab) { return (int32_t)(((int64_t)t * 37 + 5) % vocab); }
+
+/* A call of the stand-in: records its token and makes its logits. */
+int pk_cuda_forward(pk_cuda_session *s, int seq, const int32_t *ids, int n, float *logits, int all_logits)
+{
+    if (seq != 0 || n != 1 || all_logits || s->calls >= MAX_FED) return pk_fail("stand-in forward: %d rows", n);
+    if (s->calls == s->fail_at) return pk_fail("stand-in forward: call %d fails", s->calls);
+    s->fed[s->calls++] = ids[0];
+    memset(logits, 0, (size_t)s->vocab * sizeof *logits);
+    logits[stand_in_next(ids[0], s->vocab)] = 1.f;
+    return 0;
+}
 
 int pk_cuda_position(const pk_cuda_session *s, int seq) { return seq == 0 ? s->pos : -1; }
 int pk_cuda_head_length(const pk_cuda_session *s, int seq, int layer, int head, int *held_blocks)
@@ -241,6 +259,25 @@ int main(void)
         printf("routing: %ld queries, read %.0f of %.0f visible entries as the CPU selects, missed mass %.5f mean "
                "over %ld sampled, %.2f MB to the host\n",
                queries, read, visible, sampled ? missed / sampled : 0, sampled, bytes / 1e6);
+
+        /* Greedy steps: a call a step, each fed the choice before it; a failed call ends them. */
+        float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+        int32_t chosen[5], expect = 11;
+        s.vocab = c->vocab_size;
+        s.fail_at = -1;
+        CHECK(logits && pk_cuda_routing_greedy(r, 11, 5, logits, chosen) == 0 && s.calls == 5,
+              "greedy steps: %d calls, %s", s.calls, pikv_last_error());
+        for (int i = 0; i < 5 && i < s.calls; i++) {
+            CHECK(s.fed[i] == expect && chosen[i] == stand_in_next(expect, s.vocab),
+                  "greedy step %d fed %d (expected %d), chose %d", i, s.fed[i], expect, chosen[i]);
+            expect = chosen[i];
+        }
+        s.calls = 0;
+        s.fail_at = 2;
+        CHECK(logits && pk_cuda_routing_greedy(r, 11, 5, logits, NULL) == -1 && s.calls == 2 &&
+                  strstr(pikv_last_error(), "call 2 fails"),
+              "a failed step: %d calls, %s", s.calls, pikv_last_error());
+        free(logits);
 
         /* The press compresses another cache: its table no longer describes this one. */
         pikv_session_reset(cpu);

@@ -42,9 +42,8 @@ static int run_decoding(pk_cuda_session *s, const pikv_model *m, const int32_t *
 }
 
 /* pk_cuda_run_batch of one sequence with a press that routes later
- * queries: the prompt is compressed as by any press, then every step stops
- * at each layer for the host to route its queries, so the steps are calls
- * of their own and each token is chosen on the host from its logits. */
+ * queries: the prompt is compressed as by any press, then the steps stop at
+ * every layer for the host to route their queries (pk_cuda_routing_greedy). */
 static int run_routed(pk_cuda_session *s, const pikv_model *m, const int32_t *prompt, int n_prompt, pk_press *press,
                       int n_gen, pk_cuda_batch_run *out)
 {
@@ -58,10 +57,7 @@ static int run_routed(pk_cuda_session *s, const pikv_model *m, const int32_t *pr
     pk_cuda_routing *r = rc == 0 ? pk_cuda_routing_new(s, &m->cfg, 0, press) : NULL;
     if (!r) rc = -1;
     const double t0 = pikv_now();
-    for (int i = 0; rc == 0 && i < n_gen; i++) {
-        const int32_t next = pikv_sample(logits, V, &greedy, NULL);
-        rc = pk_cuda_forward(s, 0, &next, 1, logits, 0);
-    }
+    if (rc == 0) rc = pk_cuda_routing_greedy(r, pikv_sample(logits, V, &greedy, NULL), n_gen, logits, NULL);
     out->decode_s = pikv_now() - t0;
     if (r) out->press.bytes_to_host += pk_cuda_routing_bytes(r);
     out->kv_in_use = pk_cuda_sequence_bytes(s, 0, 0);

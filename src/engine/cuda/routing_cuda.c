@@ -37,6 +37,17 @@ void pk_cuda_routing_free(pk_cuda_routing *r)
 
 size_t pk_cuda_routing_bytes(const pk_cuda_routing *r) { return r->bytes_to_host; }
 
+int pk_cuda_routing_greedy(pk_cuda_routing *r, int32_t token, int steps, float *logits, int32_t *chosen)
+{
+    static const pikv_sampling greedy = {.greedy = 1};
+    for (int i = 0; i < steps; i++) {
+        if (pk_cuda_forward(r->s, r->seq, &token, 1, logits, 0)) return -1;
+        token = pikv_sample(logits, r->c->vocab_size, &greedy, NULL);
+        if (chosen) chosen[i] = token;
+    }
+    return 0;
+}
+
 /* The mask of a row routed to `wanted`: its experts' bits and bit 63. */
 static uint64_t row_mask(const unsigned char *wanted, int experts)
 {

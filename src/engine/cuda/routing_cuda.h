@@ -35,6 +35,12 @@ pk_cuda_routing *pk_cuda_routing_new(pk_cuda_session *s, const pikv_config *c, i
 /* Stop routing and free. */
 void pk_cuda_routing_free(pk_cuda_routing *r);
 
+/* `steps` greedy steps of the routed sequence from `token`: each step is a
+ * call of its own, since it stops at every layer for the host, and its token
+ * is chosen on the host from the call's logits (logits: [vocab] of scratch).
+ * The choices go to chosen[0..steps) when chosen is not NULL. */
+int pk_cuda_routing_greedy(pk_cuda_routing *r, int32_t token, int steps, float *logits, int32_t *chosen);
+
 /* What the routing has copied to the host: query rows, and keys and values of sampled rows. */
 size_t pk_cuda_routing_bytes(const pk_cuda_routing *r);
 

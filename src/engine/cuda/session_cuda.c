@@ -131,16 +131,9 @@ static int cuda_greedy(void *engine, int32_t first, int steps, int32_t *chosen)
         return pk_fail("press '%s' acts on every step's queries on the host: the GPU's greedy steps run without it",
                        pk_cuda_decoding_press(e->decoding)->name);
     if (!e->routing) return pk_cuda_decode_greedy_steps(e->s, &first, 1, steps, chosen);
-    /* A routed step stops at every layer for the host: one call a step, each
-     * choice taken on the host from its logits. */
-    static const pikv_sampling greedy = {.greedy = 1};
     const int V = e->m->cfg.vocab_size;
     if (!e->logits && !(e->logits = pk_malloc_array((size_t)V, sizeof *e->logits, "logits"))) return -1;
-    for (int i = 0; i < steps; i++) {
-        if (pk_cuda_forward(e->s, 0, i ? &chosen[i - 1] : &first, 1, e->logits, 0)) return -1;
-        chosen[i] = pikv_sample(e->logits, V, &greedy, NULL);
-    }
-    return 0;
+    return pk_cuda_routing_greedy(e->routing, first, steps, e->logits, chosen);
 }
 
 static int cuda_position(const void *engine)
