@@ -620,17 +620,18 @@ static void check_prompt_pieces()
     CHECK(d < 5e-3, "layer norm into bf16: rel L2 %.3e", d);
 
     /* Embedding of 2 decode rows at positions 7 and 3, then the advance. */
-    std::vector<W> wte = random_w<W>((size_t)10 * C), wpe = random_w<W>((size_t)16 * C);
+    std::vector<W> wte = random_w<W>((size_t)10 * C);
+    std::vector<float> wpe = random_w<float>((size_t)16 * C);
     kv.seq_pos = {7, 3};
     const int32_t tokens[2] = {9, 2};
     std::vector<float> ex((size_t)2 * C);
-    emu_launch(dim3(2), dim3(32), 0, embed_kernel<W>, ex.data(), (const W *)wte.data(), (const W *)wpe.data(),
+    emu_launch(dim3(2), dim3(32), 0, embed_kernel<W>, ex.data(), (const W *)wte.data(), wpe.data(),
                (const int32_t *)tokens, kv.ctx(0, 1));
     wrong = 0;
     for (int r = 0; r < 2; r++)
         for (int i = 0; i < C; i++)
             wrong += ex[(size_t)r * C + i] != to_f<W>(wte[(size_t)tokens[r] * C + i]) +
-                                                   to_f<W>(wpe[(size_t)kv.seq_pos[r] * C + i]);
+                                                   wpe[(size_t)kv.seq_pos[r] * C + i];
     CHECK(wrong == 0, "embedding: %d values wrong", wrong);
     emu_launch(dim3(1), dim3(64), 0, advance_kernel<W>, kv.ctx(1, rows), 1);
     CHECK(kv.seq_pos[0] == 7 && kv.seq_pos[1] == 3 + rows && kv.kv_len[0] == 20 && kv.kv_len[kv.n_lh] == 20 + rows &&

@@ -565,7 +565,7 @@ static int enqueue_forward(pk_cuda_session *s, activations *a, int seq0, int n_s
         c.route_row = s->d_route_row;
     }
     s->launches = 0;
-    embed_kernel<W><<<R, 128, 0, s->stream>>>(a->x, (const W *)s->w.wte, (const W *)s->w.wpe, s->d_tokens, c);
+    embed_kernel<W><<<R, 128, 0, s->stream>>>(a->x, (const W *)s->w.wte, s->w.wpe, s->d_tokens, c);
     s->launches++;
     for (int l = 0; l < cf->n_layer; l++) {
         const pk_cuda_layer *L = &s->w.layers[l];
@@ -1181,6 +1181,8 @@ extern "C" void pk_cuda_get_stats(const pk_cuda_session *s, pk_cuda_stats *st)
 {
     memset(st, 0, sizeof *st);
     st->weight_bytes = s->w.bytes;
+    st->position_row_bytes = (size_t)s->cfg.n_embd * sizeof(float);
+    st->position_bytes = (size_t)s->cfg.n_positions * st->position_row_bytes;
     st->pool_bytes = (size_t)s->pool.n_blocks * s->pool.block_bytes;
     st->block_bytes = s->pool.block_bytes;
     st->kv_bytes_in_use = pk_block_pool_bytes_in_use(&s->pool);

@@ -38,6 +38,8 @@ typedef struct pk_cuda_session pk_cuda_session;
 
 typedef struct {
     size_t weight_bytes;      /* device bytes of the weights */
+    size_t position_bytes;    /* of which the position embeddings, a row of position_row_bytes a sequence a step */
+    size_t position_row_bytes;
     size_t pool_bytes;        /* device bytes of the whole block pool */
     size_t block_bytes;       /* bytes of one block (keys and values of 16 entries of one head) */
     size_t kv_bytes_in_use;   /* blocks held by heads, in bytes */

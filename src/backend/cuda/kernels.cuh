@@ -324,12 +324,13 @@ template <typename W, typename OutT, int EPI> struct epilogue {
 
 /* x[row] = wte[token] + wpe[position]. One block per row. */
 template <typename W>
-__global__ void embed_kernel(float *x, const W *wte, const W *wpe, const int32_t *tokens, rows_ctx<W> c)
+__global__ void embed_kernel(float *x, const W *wte, const float *wpe, const int32_t *tokens, rows_ctx<W> c)
 {
     const int row = blockIdx.x, b = c.seq0 + row / c.rows_per_seq;
     const int pos = c.seq_pos[b] + row % c.rows_per_seq;
-    const W *te = wte + (size_t)tokens[row] * c.C, *pe = wpe + (size_t)pos * c.C;
-    for (int i = threadIdx.x; i < c.C; i += blockDim.x) x[(size_t)row * c.C + i] = to_f<W>(te[i]) + to_f<W>(pe[i]);
+    const W *te = wte + (size_t)tokens[row] * c.C;
+    const float *pe = wpe + (size_t)pos * c.C;
+    for (int i = threadIdx.x; i < c.C; i += blockDim.x) x[(size_t)row * c.C + i] = to_f<W>(te[i]) + pe[i];
 }
 
 /* Layer norm of one row xr [C] into out [C], by the block; red is shared scratch of 32 floats. */

@@ -89,7 +89,7 @@ static size_t planned_bytes(const pikv_config *c, int tied, pk_cuda_dtype t)
     size_t per_layer = align_up(3 * C * C * es) + align_up(C * C * es) + align_up(F * C * es) + align_up(C * F * es) +
                        6 * align_up(C * 4) + align_up(3 * C * 4) + align_up(F * 4);
     return (size_t)c->n_layer * per_layer + align_up(V * C * es) * (tied ? 1 : 2) +
-           align_up((size_t)c->n_positions * C * es) + 2 * align_up(C * 4);
+           align_up((size_t)c->n_positions * C * 4) + 2 * align_up(C * 4);
 }
 
 int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtype t)
@@ -123,7 +123,9 @@ int pk_cuda_weights_upload(pk_cuda_weights *w, const pikv_model *m, pk_cuda_dtyp
     int ok = 1;
 #define PUT(dst, src, rows, cols, tr, f32) ok = ok && ((dst) = (decltype(dst))put(&u, src, rows, cols, tr, f32)) != NULL
     PUT(w->wte, m->wte, V, C, 0, 0);
-    PUT(w->wpe, f32_array(m->wpe), (size_t)c->n_positions, C, 0, 0);
+    /* Position embeddings stay float32, as the CPU engine keeps them: in bf16
+     * every row's position would be rounded to 8 bits before the first layer. */
+    PUT(w->wpe, f32_array(m->wpe), (size_t)c->n_positions, C, 0, 1);
     if (tied)
         w->lm_head = w->wte;
     else

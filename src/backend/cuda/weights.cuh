@@ -18,7 +18,8 @@ typedef struct {
 typedef struct {
     void *base;              /* the one device allocation */
     size_t bytes;
-    const void *wte, *wpe;   /* [V][C], [P][C] */
+    const void *wte;         /* [V][C] */
+    const float *wpe;        /* [P][C], float32 in every storage type */
     const void *lm_head;     /* [V][C]: wte when tied */
     const float *ln_f_w, *ln_f_b;
     pk_cuda_layer *layers;   /* host array of device pointers, [n_layer] */

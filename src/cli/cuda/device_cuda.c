@@ -68,7 +68,8 @@ static const char *decode_mode(const cli_cuda_bench_options *o)
 }
 
 /* The figures of a finished run, with the floor of a decode step: the
- * weights and the KV blocks it reads (those held after the last step) over
+ * weights it reads (all but the position embeddings, of which a row a
+ * sequence) and the KV blocks it reads (those held after the last step) over
  * the copy bandwidth measured on the device. */
 static void print_report(const pk_cuda_session *s, const char *dir, const cli_cuda_bench_options *o, int batch,
                          pk_cuda_dtype t, double bw, const pk_summary *pre, const pk_summary *dec, double replay_us,
@@ -77,7 +78,9 @@ static void print_report(const pk_cuda_session *s, const char *dir, const cli_cu
     pk_cuda_stats st;
     pk_cuda_get_stats(s, &st);
     const double kv_step = (double)last->kv_in_use;
-    const double step_bytes = (double)st.weight_bytes + kv_step, floor_tps = bw / step_bytes * batch;
+    const double weights_step =
+        (double)(st.weight_bytes - st.position_bytes) + (double)batch * (double)st.position_row_bytes;
+    const double step_bytes = weights_step + kv_step, floor_tps = bw / step_bytes * batch;
     printf("model %s, %s, batch %d: weights %.1f MB on the device, KV pool %.1f MB (blocks of %zu bytes)\n", dir,
            device_type_name(t), batch, st.weight_bytes / 1e6, st.pool_bytes / 1e6, st.block_bytes);
     if (o->press) print_press_line(stdout, o->press_spec, &last->press);
@@ -90,7 +93,7 @@ static void print_report(const pk_cuda_session *s, const char *dir, const cli_cu
         printf("graph replay: %.1f us per step (%.0f tok/s on the device alone); %d kernel launches per step\n",
                replay_us, 1e6 * batch / replay_us, st.kernels_per_decode);
     printf("floor: %.1f MB per step (weights %.1f + KV %.1f) / %.2f TB/s = %.0f tok/s; decode reaches %.0f%%\n",
-           step_bytes / 1e6, st.weight_bytes / 1e6, kv_step / 1e6, bw / 1e12, floor_tps, 100.0 * dec->median / floor_tps);
+           step_bytes / 1e6, weights_step / 1e6, kv_step / 1e6, bw / 1e12, floor_tps, 100.0 * dec->median / floor_tps);
     printf("KV in use after decoding %.1f MB (%.2f MB per sequence), high-water %.1f MB\n", last->kv_in_use / 1e6,
            last->kv_in_use / 1e6 / batch, st.kv_high_water / 1e6);
 }
