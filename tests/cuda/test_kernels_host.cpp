@@ -621,7 +621,7 @@ static void check_prompt_pieces()
 
     /* Embedding of 2 decode rows at positions 7 and 3, then the advance. */
     std::vector<W> wte = random_w<W>((size_t)10 * C);
-    std::vector<float> wpe = random_w<float>((size_t)16 * C);
+    std::vector<float> wpe = random_f((size_t)16 * C);
     kv.seq_pos = {7, 3};
     const int32_t tokens[2] = {9, 2};
     std::vector<float> ex((size_t)2 * C);
