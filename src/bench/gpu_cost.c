@@ -25,6 +25,15 @@ static int check_links(const pk_gpu_links *k)
     return 0;
 }
 
+/* The step from its parts: the weights read at HBM bandwidth, the rest as
+ * given, and the KV read and exchange already in `c`. */
+static void add_up_step(pk_gpu_cost *c, size_t weight_bytes, const pk_gpu_links *links)
+{
+    c->weights_us = (double)weight_bytes / (links->hbm_gbs * 1e3);
+    c->rest_us = links->rest_us;
+    c->step_us = c->weights_us + c->kv_read_us + c->exchange_us + c->rest_us;
+}
+
 int pk_gpu_cost_model(const pk_shard_plan *p, size_t entry_bytes, int head_dim, size_t weight_bytes,
                       const pk_gpu_links *links, pk_gpu_cost *out)
 {
@@ -60,9 +69,7 @@ int pk_gpu_cost_model(const pk_shard_plan *p, size_t entry_bytes, int head_dim, 
         busiest_in += in;
     }
     out->exchange_bytes = busiest_in;
-    out->weights_us = (double)weight_bytes / hbm;
-    out->rest_us = links->rest_us;
-    out->step_us = out->weights_us + out->kv_read_us + out->exchange_us + out->rest_us;
+    add_up_step(out, weight_bytes, links);
     return 0;
 }
 
@@ -117,10 +124,8 @@ int pk_gpu_by_sequence(const int *len, int n_layer, int n_head, int batch, int g
     pk_gpu_cost *c = &out->cost;
     c->kv_bytes_max = busiest * (double)entry_bytes;
     c->kv_bytes_mean = total * (double)entry_bytes / gpus;
-    c->weights_us = (double)weight_bytes / hbm;
     c->kv_read_us = c->kv_bytes_max / hbm;
-    c->rest_us = links->rest_us;
-    c->step_us = c->weights_us + c->kv_read_us + c->rest_us;
+    add_up_step(c, weight_bytes, links);
     out->imbalance = total > 0 ? busiest * gpus / total : 1;
     out->slices = batch;
     rc = 0;
